@@ -1,0 +1,219 @@
+//! Wiring: `App::build(cfg)` creates every part; `run_until(shutdown)` runs
+//! the pipeline and shuts it down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::http::health::Readiness;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::pipeline::ack::OffsetTracker;
+use crate::pipeline::batch::{run_batcher, BatchLimits, Writer};
+use crate::pipeline::dlq::DeadLetterQueue;
+use crate::sink::elasticsearch::retry::Backoff;
+use crate::sink::elasticsearch::ElasticsearchSink;
+use crate::sink::{Sink, SinkError};
+use crate::source::kafka::{self, KafkaSource};
+use crate::source::{Source, SourceError};
+
+/// Why the application could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    #[error("sink: {0}")]
+    Sink(#[from] SinkError),
+}
+
+/// A built, not yet running, pipeline.
+pub struct App {
+    cfg: Config,
+    metrics: Metrics,
+    source: Arc<KafkaSource>,
+    sink: Arc<ElasticsearchSink>,
+    dlq: DeadLetterQueue,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    listener: TcpListener,
+    http_addr: SocketAddr,
+}
+
+impl App {
+    /// Creates clients and binds the HTTP port; nothing is read yet.
+    pub async fn build(cfg: Config) -> Result<App, AppError> {
+        let metrics = Metrics::new();
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
+        let sink = Arc::new(ElasticsearchSink::new(&cfg.es, &cfg.sink, metrics.clone())?);
+        let backoff = Backoff::new(cfg.sink.retry_initial_backoff, cfg.sink.retry_max_backoff);
+        let dlq = DeadLetterQueue::new(
+            kafka::producer(&cfg.kafka)?,
+            cfg.kafka.dlq_topic.clone(),
+            backoff,
+        );
+        let source = Arc::new(KafkaSource::new(
+            &cfg.kafka,
+            tracker.clone(),
+            metrics.clone(),
+        )?);
+        let (listener, http_addr) =
+            http::bind(cfg.http_addr)
+                .await
+                .map_err(|error| AppError::Bind {
+                    addr: cfg.http_addr,
+                    error,
+                })?;
+        Ok(App {
+            cfg,
+            metrics,
+            source,
+            sink,
+            dlq,
+            tracker,
+            listener,
+            http_addr,
+        })
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs until `shutdown` resolves, then stops reading, flushes, commits and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let App {
+            cfg,
+            metrics,
+            source,
+            sink,
+            dlq,
+            tracker,
+            listener,
+            http_addr,
+        } = self;
+        let stop_reading = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+        {
+            let stop_reading = stop_reading.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                info!("shutdown requested");
+                stop_reading.cancel();
+            });
+        }
+
+        let readiness = {
+            let (src, snk) = (source.clone(), sink.clone());
+            Readiness::default()
+                .with("kafka", move || {
+                    let s = src.clone();
+                    async move { s.check().await.map_err(|e| e.to_string()) }
+                })
+                .with("elasticsearch", move || {
+                    let s = snk.clone();
+                    async move { s.check().await.map_err(|e| e.to_string()) }
+                })
+        };
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            HttpState {
+                metrics: metrics.clone(),
+                readiness,
+            },
+            http_stop.clone(),
+        ));
+        info!(%http_addr, "serving /metrics, /healthz and /readyz");
+
+        tokio::select! {
+            r = sink.prepare() => r?,
+            _ = stop_reading.cancelled() => {
+                http_stop.cancel();
+                let _ = http_task.await;
+                return Ok(());
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(cfg.sink.channel_capacity);
+        let writer = Arc::new(Writer {
+            sink: sink.clone(),
+            dlq,
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            abort: abort.clone(),
+        });
+        let limits = BatchLimits {
+            max_events: cfg.sink.max_events,
+            max_bytes: cfg.sink.max_bytes,
+            linger: cfg.sink.linger,
+        };
+        let mut batcher = tokio::spawn(run_batcher(rx, writer, limits, cfg.sink.concurrency));
+
+        let committer_stop = CancellationToken::new();
+        let committer = {
+            let (source, stop, every) = (
+                source.clone(),
+                committer_stop.clone(),
+                cfg.kafka.commit_interval,
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            source.commit(false);
+                            source.update_lag_seconds();
+                        }
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        };
+
+        info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group_id, "consuming");
+        let result = source.run(tx, stop_reading.clone()).await;
+        stop_reading.cancel();
+
+        // The channel is closed now: the batcher flushes what it holds and
+        // waits for the writes in flight, within the shutdown bound.
+        let drained = tokio::time::timeout(cfg.shutdown_timeout, &mut batcher).await;
+        if drained.is_err() {
+            warn!(timeout = ?cfg.shutdown_timeout, "shutdown timeout: abandoning unacknowledged writes, they will be read again");
+            abort.cancel();
+            let _ = batcher.await;
+        }
+        committer_stop.cancel();
+        let _ = committer.await;
+        let s = source.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            s.commit(true);
+            s.close();
+        })
+        .await;
+        let left = tracker.lock().map(|t| t.in_flight_events()).unwrap_or(0);
+        info!(unacknowledged_events = left, "stopped");
+        http_stop.cancel();
+        let _ = http_task.await;
+        result.map_err(AppError::from)
+    }
+}

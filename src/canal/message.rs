@@ -1,0 +1,62 @@
+//! The canal-json message as TiCDC writes it.
+//!
+//! Field list from TiCDC's canal-json encoder (pkg/sink/codec/canal in
+//! pingcap/tiflow) and its documentation: `id`, `database`, `table`,
+//! `pkNames`, `isDdl`, `type`, `es`, `ts`, `sql`, `sqlType`, `mysqlType`,
+//! `data`, `old`, and with `enable-tidb-extension=true` the `_tidb` object.
+
+use serde::Deserialize;
+
+use crate::event::Row;
+
+/// `type` of the watermark messages TiCDC sends with the TiDB extension.
+pub const WATERMARK_TYPE: &str = "TIDB_WATERMARK";
+
+/// One canal-json message.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanalMessage {
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub pk_names: Option<Vec<String>>,
+    #[serde(default)]
+    pub is_ddl: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Commit time of the change in milliseconds.
+    #[serde(default)]
+    pub es: Option<i64>,
+    /// Time the message was built in milliseconds.
+    #[serde(default)]
+    pub ts: Option<i64>,
+    #[serde(default)]
+    pub sql: Option<String>,
+    #[serde(default)]
+    pub sql_type: Option<Row>,
+    #[serde(default)]
+    pub mysql_type: Option<Row>,
+    #[serde(default)]
+    pub data: Option<Vec<Row>>,
+    #[serde(default)]
+    pub old: Option<Vec<Row>>,
+    #[serde(default, rename = "_tidb")]
+    pub tidb: Option<TidbExtension>,
+}
+
+/// TiCDC's `_tidb` extension object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TidbExtension {
+    /// Deserialised as an integer, never through a float: TSOs exceed 2^53.
+    #[serde(default)]
+    pub commit_ts: Option<u64>,
+    #[serde(default)]
+    pub watermark_ts: Option<u64>,
+    #[serde(default)]
+    pub only_handle_key: Option<bool>,
+    #[serde(default)]
+    pub claim_check_location: Option<String>,
+}

@@ -1,0 +1,7 @@
+//! TiCDC canal-json: the wire format (`message`) and its decoding into
+//! normalised events (`decode`). No I/O here.
+
+pub mod decode;
+pub mod message;
+
+pub use decode::{decode, DecodeError, Decoded};

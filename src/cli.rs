@@ -1,0 +1,145 @@
+//! Command line: `run`, `changefeed ensure`, `bench`.
+//!
+//! Configuration flags double as `CDC_*` environment variables (clap's `env`);
+//! both are layered over the TOML file in `config::Layers`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use url::Url;
+
+use crate::config::{Config, ConfigArgs, ConfigError, Layers, Origin, KEYS};
+
+/// Watches every database change: TiCDC canal-json from Kafka into
+/// Elasticsearch and Prometheus.
+#[derive(Debug, Parser)]
+#[command(name = "cdc-monitor", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume canal-json from Kafka into Elasticsearch, serving metrics.
+    Run(RunArgs),
+    /// Manage the TiCDC changefeed.
+    Changefeed {
+        #[command(subcommand)]
+        command: ChangefeedCommand,
+    },
+    /// Measure throughput and latency; prints numbers.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (flags and CDC_* variables override it).
+    #[arg(long, env = "CDC_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: ConfigArgs,
+}
+
+/// `changefeed` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ChangefeedCommand {
+    /// Wait for TiCDC, then create the changefeed unless it exists and is healthy.
+    Ensure(ChangefeedArgs),
+}
+
+/// `changefeed ensure` options.
+#[derive(Debug, Clone, Args)]
+pub struct ChangefeedArgs {
+    /// TiCDC server (open API v2).
+    #[arg(long, env = "CDC_TICDC_URL", default_value = "http://ticdc:8300")]
+    pub ticdc_url: Url,
+    /// Changefeed id.
+    #[arg(long, env = "CDC_CHANGEFEED_ID", default_value = "cf-kafka")]
+    pub changefeed_id: String,
+    /// Sink URI of the changefeed.
+    #[arg(
+        long,
+        env = "CDC_CHANGEFEED_SINK_URI",
+        default_value = "kafka://kafka:9092/tidb-cdc?protocol=canal-json&enable-tidb-extension=true&kafka-version=3.7.0&partition-num=3&max-message-bytes=1048576&replication-factor=1"
+    )]
+    pub sink_uri: String,
+    /// Table filter rules, comma-separated.
+    #[arg(
+        long,
+        env = "CDC_CHANGEFEED_RULES",
+        default_value = "appdb.*",
+        value_delimiter = ','
+    )]
+    pub rules: Vec<String>,
+    /// Seconds to wait for TiCDC to become healthy.
+    #[arg(long, env = "CDC_CHANGEFEED_TIMEOUT", default_value = "120", value_parser = parse_secs)]
+    pub timeout: Duration,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+/// Parses the process arguments, keeping the raw matches for value sources.
+pub fn parse() -> (Cli, ArgMatches) {
+    let matches = Cli::command().get_matches();
+    // The matches came from this very command definition.
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, matches)
+}
+
+/// Every `CDC_*` variable some subcommand reads.
+fn known_env() -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Cli::command(), &mut out);
+    out
+}
+
+/// Builds the `run` configuration: file, then env, then flags.
+pub fn run_config(args: &RunArgs, matches: &ArgMatches) -> Result<Config, ConfigError> {
+    let known = known_env();
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        // CDC_TEST_* belong to the test suite, not to the product.
+        if name.starts_with("CDC_")
+            && !name.starts_with("CDC_TEST_")
+            && !known.iter().any(|k| k == &name)
+        {
+            return Err(ConfigError::UnknownKey {
+                key: name.into_owned(),
+                origin: "the environment".into(),
+            });
+        }
+    }
+    let mut layers = match &args.config {
+        Some(path) => Layers::from_file(path)?,
+        None => Layers::default(),
+    };
+    for key in KEYS {
+        let source = matches.value_source(key.id);
+        let origin = match source {
+            Some(ValueSource::CommandLine) => Origin::Flag(key.id),
+            Some(ValueSource::EnvVariable) => Origin::Env(key.env),
+            _ => continue,
+        };
+        if let Some(v) = matches.get_one::<String>(key.id) {
+            layers.set(key.path, v.clone(), origin);
+        }
+    }
+    Config::from_layers(&layers)
+}

@@ -1,0 +1,642 @@
+//! One typed `Config`, built once from flags > `CDC_*` environment > TOML file > defaults.
+//!
+//! Every value is parsed here, at load time, into its final type; an error
+//! names the key as the user wrote it (`--es-url`, `CDC_ES_URL` or `es.url` in
+//! the file) and the value, and nothing has been started yet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+/// A configuration key: its TOML path, environment variable and flag.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Path in the TOML file, `section.name`.
+    pub path: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Clap argument id (the flag is `--` + id with `_` as `-`).
+    pub id: &'static str,
+    /// Value when no layer sets one.
+    pub default: Option<&'static str>,
+}
+
+macro_rules! keys {
+    ($($id:ident => $path:literal, $env:literal, [$($default:literal)?], $help:literal;)*) => {
+        /// Every key `run` accepts.
+        pub const KEYS: &[Key] = &[$(Key { path: $path, env: $env, id: stringify!($id), default: keys!(@opt $($default)?) },)*];
+
+        /// The configuration flags, each also read from its `CDC_*` variable.
+        #[derive(Debug, Default, clap::Args)]
+        pub struct ConfigArgs {
+            $(
+                #[arg(long, env = $env, hide_env_values = true, value_name = "VALUE",
+                      help = concat!($help $(, " [default: ", $default, "]")?))]
+                pub $id: Option<String>,
+            )*
+        }
+    };
+    (@opt) => { None };
+    (@opt $d:literal) => { Some($d) };
+}
+
+keys! {
+    kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
+    kafka_topics => "kafka.topics", "CDC_KAFKA_TOPICS", ["tidb-cdc"], "Topics to consume, comma-separated";
+    kafka_group_id => "kafka.group_id", "CDC_KAFKA_GROUP_ID", ["cdc-consumer-group"], "Consumer group id";
+    kafka_instance_id => "kafka.instance_id", "CDC_KAFKA_INSTANCE_ID", [], "group.instance.id for static membership (restarts in place keep their partitions)";
+    kafka_auto_offset_reset => "kafka.auto_offset_reset", "CDC_KAFKA_AUTO_OFFSET_RESET", ["earliest"], "Where a group with no committed offset starts: earliest or latest";
+    kafka_session_timeout => "kafka.session_timeout", "CDC_KAFKA_SESSION_TIMEOUT", ["10s"], "Group session timeout; a crashed member's partitions move after this";
+    kafka_commit_interval => "kafka.commit_interval", "CDC_KAFKA_COMMIT_INTERVAL", ["1s"], "How often acknowledged offsets are committed";
+    kafka_queue_max_kbytes => "kafka.queue_max_kbytes", "CDC_KAFKA_QUEUE_MAX_KBYTES", ["8192"], "librdkafka prefetch queue cap per partition, in KiB (bounds memory when the sink stalls)";
+    kafka_security_protocol => "kafka.security_protocol", "CDC_KAFKA_SECURITY_PROTOCOL", [], "security.protocol: plaintext, ssl, sasl_plaintext, sasl_ssl";
+    kafka_sasl_mechanism => "kafka.sasl_mechanism", "CDC_KAFKA_SASL_MECHANISM", [], "sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512";
+    kafka_sasl_username => "kafka.sasl_username", "CDC_KAFKA_SASL_USERNAME", [], "sasl.username";
+    kafka_sasl_password => "kafka.sasl_password", "CDC_KAFKA_SASL_PASSWORD", [], "sasl.password (secret)";
+    kafka_ssl_ca_location => "kafka.ssl_ca_location", "CDC_KAFKA_SSL_CA_LOCATION", [], "ssl.ca.location: CA bundle for TLS to the brokers";
+    kafka_properties => "kafka.properties", "CDC_KAFKA_PROPERTIES", [], "Extra librdkafka properties, key=value,key=value (TOML: [kafka.properties] table)";
+    dlq_topic => "kafka.dlq_topic", "CDC_DLQ_TOPIC", ["tidb-cdc-dlq"], "Dead-letter topic for messages that cannot be decoded or stored";
+    es_url => "es.url", "CDC_ES_URL", ["http://elasticsearch:9200"], "Elasticsearch URL";
+    es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index";
+    es_username => "es.username", "CDC_ES_USERNAME", [], "Elasticsearch basic-auth user";
+    es_password => "es.password", "CDC_ES_PASSWORD", [], "Elasticsearch basic-auth password (secret)";
+    es_api_key => "es.api_key", "CDC_ES_API_KEY", [], "Elasticsearch API key, base64 id:key as Elasticsearch returns it (secret)";
+    es_ca_file => "es.ca_file", "CDC_ES_CA_FILE", [], "PEM CA certificate to trust for Elasticsearch TLS";
+    es_timeout => "es.timeout", "CDC_ES_TIMEOUT", ["30s"], "Timeout of one Elasticsearch request";
+    batch_max_events => "batch.max_events", "CDC_BATCH_MAX_EVENTS", ["2000"], "Most events in one bulk request";
+    batch_max_bytes => "batch.max_bytes", "CDC_BATCH_MAX_BYTES", ["5MiB"], "Most bytes in one bulk request (e.g. 5MiB)";
+    batch_linger => "batch.linger", "CDC_BATCH_LINGER", ["50ms"], "Longest wait to fill a batch";
+    sink_concurrency => "sink.concurrency", "CDC_SINK_CONCURRENCY", ["4"], "Bulk requests in flight at once";
+    retry_initial_backoff => "sink.retry_initial_backoff", "CDC_RETRY_INITIAL_BACKOFF", ["100ms"], "First retry delay (doubles each attempt, with jitter)";
+    retry_max_backoff => "sink.retry_max_backoff", "CDC_RETRY_MAX_BACKOFF", ["30s"], "Longest retry delay";
+    channel_capacity => "pipeline.channel_capacity", "CDC_CHANNEL_CAPACITY", ["4096"], "Messages buffered between the source and the sink";
+    http_addr => "http.addr", "CDC_HTTP_ADDR", ["0.0.0.0:3000"], "Address of /metrics, /healthz and /readyz";
+    log_format => "log.format", "CDC_LOG_FORMAT", ["text"], "Log format: text or json";
+    log_level => "log.level", "CDC_LOG_LEVEL", ["info"], "Log filter, e.g. info or cdc_monitor=debug";
+    shutdown_timeout => "shutdown.timeout", "CDC_SHUTDOWN_TIMEOUT", ["30s"], "Longest graceful shutdown (flush and commit) on SIGTERM";
+}
+
+/// A bad configuration: names the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {error}")]
+    Toml { path: PathBuf, error: String },
+    #[error("unknown key `{key}` in {origin}")]
+    UnknownKey { key: String, origin: String },
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where a raw value came from, as the user would name it.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    File(PathBuf),
+}
+
+/// Raw string values by TOML path, before parsing.
+#[derive(Debug, Default)]
+pub struct Layers {
+    values: BTreeMap<String, (String, Origin)>,
+}
+
+impl Layers {
+    /// Reads the TOML file; later `set` calls (env, flags) override it.
+    pub fn from_file(path: &Path) -> Result<Layers, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Layers::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Layers, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Toml {
+                path: path.to_owned(),
+                error: e.to_string(),
+            })?;
+        let mut layers = Layers::default();
+        let origin = Origin::File(path.to_owned());
+        for (section, value) in &table {
+            let toml::Value::Table(inner) = value else {
+                return Err(unknown(section, path));
+            };
+            for (name, value) in inner {
+                let key = format!("{section}.{name}");
+                if key == "kafka.properties" {
+                    // Free-form librdkafka properties, passed through unchecked.
+                    let toml::Value::Table(props) = value else {
+                        return Err(invalid(&key, &value.to_string(), "expected a table"));
+                    };
+                    for (k, v) in props {
+                        layers
+                            .values
+                            .insert(format!("kafka.properties.{k}"), (scalar(v), origin.clone()));
+                    }
+                    continue;
+                }
+                if !KEYS.iter().any(|k| k.path == key) {
+                    return Err(unknown(&key, path));
+                }
+                layers.values.insert(key, (scalar(value), origin.clone()));
+            }
+        }
+        Ok(layers)
+    }
+
+    /// Overrides a value (from the environment or a flag).
+    pub fn set(&mut self, path: &str, value: String, origin: Origin) {
+        self.values.insert(path.to_owned(), (value, origin));
+    }
+
+    fn raw(&self, path: &str) -> Option<(&str, String)> {
+        self.values.get(path).map(|(v, origin)| {
+            let name = match origin {
+                Origin::Flag(id) => format!("--{}", id.replace('_', "-")),
+                Origin::Env(env) => (*env).to_owned(),
+                Origin::File(file) => format!("`{path}` in {}", file.display()),
+            };
+            (v.as_str(), name)
+        })
+    }
+
+    fn get<T>(
+        &self,
+        path: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        // Every key read with `get` has a default in KEYS; the unit tests load
+        // an empty config, which walks each of them.
+        let default = KEYS
+            .iter()
+            .find(|k| k.path == path)
+            .and_then(|k| k.default)
+            .unwrap_or("");
+        match self.raw(path) {
+            Some((v, name)) => parse(v).map_err(|reason| ConfigError::Invalid {
+                key: name,
+                value: v.to_owned(),
+                reason,
+            }),
+            None => parse(default).map_err(|reason| invalid(path, default, &reason)),
+        }
+    }
+
+    fn opt<T>(
+        &self,
+        path: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(path) {
+            Some((v, _)) if v.is_empty() => Ok(None),
+            Some(_) => self.get(path, parse).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn unknown(key: &str, path: &Path) -> ConfigError {
+    ConfigError::UnknownKey {
+        key: key.to_owned(),
+        origin: path.display().to_string(),
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn scalar(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 500ms, 5s or 2m".to_owned())?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("must be a non-negative duration".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1048576`, `512KiB`, `5MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| "expected a size such as 5MiB".to_owned())?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| "too large".to_owned())
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let v: T = s.trim().parse().map_err(|e: T::Err| e.to_string())?;
+    if v <= T::default() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(v)
+}
+
+fn http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("scheme must be http or https, not {other}")),
+    }
+}
+
+fn list(s: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = s
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(items)
+}
+
+fn text(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.trim().to_owned())
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a group without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// Kafka consumer and dead-letter producer settings.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// `group.instance.id`: static membership for restarts in place.
+    pub instance_id: Option<String>,
+    pub auto_offset_reset: OffsetReset,
+    pub session_timeout: Duration,
+    pub commit_interval: Duration,
+    /// Caps librdkafka's prefetch queue so a stalled sink bounds memory.
+    pub queue_max_kbytes: usize,
+    pub dlq_topic: String,
+    /// librdkafka properties passed through (security, SASL, TLS, tuning).
+    pub properties: BTreeMap<String, String>,
+    pub sasl_password: Option<SecretString>,
+}
+
+/// Elasticsearch sink settings.
+#[derive(Debug, Clone)]
+pub struct EsConfig {
+    pub url: Url,
+    pub index: String,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub api_key: Option<SecretString>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Batching, concurrency and retry settings of the sink.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+    pub concurrency: usize,
+    pub retry_initial_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    pub channel_capacity: usize,
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub es: EsConfig,
+    pub sink: SinkConfig,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Parses and checks every value.
+    pub fn from_layers(l: &Layers) -> Result<Config, ConfigError> {
+        let mut properties = BTreeMap::new();
+        for (path, (value, _)) in l.values.range("kafka.properties.".to_owned()..) {
+            let Some(k) = path.strip_prefix("kafka.properties.") else {
+                break;
+            };
+            properties.insert(k.to_owned(), value.clone());
+        }
+        if let Some((raw, name)) = l.raw("kafka.properties") {
+            for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return Err(ConfigError::Invalid {
+                        key: name,
+                        value: raw.to_owned(),
+                        reason: format!("{pair:?} is not key=value"),
+                    });
+                };
+                properties.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+        }
+        for (key, path) in [
+            ("security.protocol", "kafka.security_protocol"),
+            ("sasl.mechanism", "kafka.sasl_mechanism"),
+            ("sasl.username", "kafka.sasl_username"),
+            ("ssl.ca.location", "kafka.ssl_ca_location"),
+        ] {
+            if let Some(v) = l.opt(path, text)? {
+                properties.insert(key.to_owned(), v);
+            }
+        }
+        let secret = |s: &str| Ok::<_, String>(SecretString::from(s.to_owned()));
+        let kafka = KafkaConfig {
+            brokers: l.get("kafka.brokers", text)?,
+            topics: l.get("kafka.topics", list)?,
+            group_id: l.get("kafka.group_id", text)?,
+            instance_id: l.opt("kafka.instance_id", text)?,
+            auto_offset_reset: l.get("kafka.auto_offset_reset", |s| match s {
+                "earliest" => Ok(OffsetReset::Earliest),
+                "latest" => Ok(OffsetReset::Latest),
+                _ => Err("must be earliest or latest".into()),
+            })?,
+            session_timeout: l.get("kafka.session_timeout", |s| {
+                let d = parse_duration(s)?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
+                    return Err("must be between 1s and 300s".into());
+                }
+                Ok(d)
+            })?,
+            commit_interval: l.get("kafka.commit_interval", parse_duration)?,
+            queue_max_kbytes: l.get("kafka.queue_max_kbytes", positive)?,
+            dlq_topic: l.get("kafka.dlq_topic", text)?,
+            properties,
+            sasl_password: l.opt("kafka.sasl_password", secret)?,
+        };
+        let es = EsConfig {
+            url: l.get("es.url", http_url)?,
+            index: l.get("es.index", |s| {
+                let s = text(s)?;
+                if s.starts_with(['_', '-', '+'])
+                    || s.chars()
+                        .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
+                {
+                    return Err("not a valid Elasticsearch index name".into());
+                }
+                Ok(s)
+            })?,
+            username: l.opt("es.username", text)?,
+            password: l.opt("es.password", secret)?,
+            api_key: l.opt("es.api_key", secret)?,
+            ca_file: l.opt("es.ca_file", |s| {
+                let p = PathBuf::from(s);
+                if !p.is_file() {
+                    return Err("file not found".into());
+                }
+                Ok(p)
+            })?,
+            timeout: l.get("es.timeout", parse_duration)?,
+        };
+        if es.username.is_some() != es.password.is_some() {
+            let key = if es.username.is_some() {
+                "CDC_ES_PASSWORD"
+            } else {
+                "CDC_ES_USERNAME"
+            };
+            return Err(invalid(
+                key,
+                "",
+                "basic authentication needs both CDC_ES_USERNAME and CDC_ES_PASSWORD",
+            ));
+        }
+        let sink = SinkConfig {
+            max_events: l.get("batch.max_events", positive)?,
+            max_bytes: l.get("batch.max_bytes", |s| {
+                let n = parse_bytes(s)?;
+                if n == 0 {
+                    return Err("must be greater than 0".into());
+                }
+                Ok(n)
+            })?,
+            linger: l.get("batch.linger", parse_duration)?,
+            concurrency: l.get("sink.concurrency", positive)?,
+            retry_initial_backoff: l.get("sink.retry_initial_backoff", parse_duration)?,
+            retry_max_backoff: l.get("sink.retry_max_backoff", parse_duration)?,
+            channel_capacity: l.get("pipeline.channel_capacity", positive)?,
+        };
+        if sink.retry_max_backoff < sink.retry_initial_backoff {
+            return Err(invalid(
+                "CDC_RETRY_MAX_BACKOFF",
+                &format!("{:?}", sink.retry_max_backoff),
+                "must not be below CDC_RETRY_INITIAL_BACKOFF",
+            ));
+        }
+        Ok(Config {
+            kafka,
+            es,
+            sink,
+            http_addr: l.get("http.addr", |s| {
+                s.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{e}; expected HOST:PORT such as 0.0.0.0:3000"))
+            })?,
+            log_format: l.get("log.format", |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("must be text or json".into()),
+            })?,
+            log_level: l.get("log.level", |s| {
+                tracing_subscriber::EnvFilter::try_new(s).map_err(|e| e.to_string())?;
+                Ok(s.to_owned())
+            })?,
+            shutdown_timeout: l.get("shutdown.timeout", parse_duration)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, overrides: &[(&str, &str, Origin)]) -> Result<Config, ConfigError> {
+        let mut l = Layers::from_toml(toml, Path::new("cdc.toml"))?;
+        for (path, v, o) in overrides {
+            l.set(path, (*v).to_owned(), o.clone());
+        }
+        Config::from_layers(&l)
+    }
+
+    #[test]
+    fn defaults_are_the_compose_service_names() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.kafka.brokers, "kafka:9092");
+        assert_eq!(c.kafka.topics, ["tidb-cdc"]);
+        assert_eq!(c.kafka.group_id, "cdc-consumer-group");
+        assert_eq!(c.kafka.dlq_topic, "tidb-cdc-dlq");
+        assert_eq!(c.es.url.as_str(), "http://elasticsearch:9200/");
+        assert_eq!(c.es.index, "cdc-events");
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:3000");
+        assert!(c.kafka.session_timeout <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let toml =
+            "[kafka]\nbrokers = \"file:1\"\ntopics = [\"a\", \"b\"]\n[batch]\nmax_events = 10\n";
+        let c = load(
+            toml,
+            &[("kafka.brokers", "env:1", Origin::Env("CDC_KAFKA_BROKERS"))],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "env:1");
+        assert_eq!(c.kafka.topics, ["a", "b"]);
+        assert_eq!(c.sink.max_events, 10);
+        let c = load(
+            toml,
+            &[
+                ("kafka.brokers", "env:1", Origin::Env("CDC_KAFKA_BROKERS")),
+                ("kafka.brokers", "flag:1", Origin::Flag("kafka_brokers")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "flag:1");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_value() {
+        let err = load("", &[("es.url", "htp:/x y", Origin::Env("CDC_ES_URL"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CDC_ES_URL") && err.contains("htp:/x y"),
+            "{err}"
+        );
+        let err = load("[batch]\nmax_events = \"ten\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batch.max_events") && err.contains("ten"),
+            "{err}"
+        );
+        let err = load("[kafka]\nbrokerz = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.brokerz"), "{err}");
+        let err = load(
+            "",
+            &[("batch.max_events", "0", Origin::Flag("batch_max_events"))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--batch-max-events"), "{err}");
+        let err = load("", &[("http.addr", "nope", Origin::Env("CDC_HTTP_ADDR"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CDC_HTTP_ADDR") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kafka_properties_pass_through() {
+        let c = load(
+            "[kafka.properties]\n\"fetch.wait.max.ms\" = 20\n",
+            &[
+                (
+                    "kafka.properties",
+                    "socket.keepalive.enable=true",
+                    Origin::Env("CDC_KAFKA_PROPERTIES"),
+                ),
+                (
+                    "kafka.security_protocol",
+                    "SASL_SSL",
+                    Origin::Env("CDC_KAFKA_SECURITY_PROTOCOL"),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.properties["fetch.wait.max.ms"], "20");
+        assert_eq!(c.kafka.properties["socket.keepalive.enable"], "true");
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_bytes("5MiB").unwrap(), 5 << 20);
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! The `cdc-monitor` binary: CLI → telemetry → config → app.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cdc_monitor::cli::{self, ChangefeedCommand, Command};
+use cdc_monitor::{app::App, config::LogFormat, telemetry};
+
+/// Exit status for bad configuration or input, as with clap's usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let (cli, matches) = cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let run_matches = matches.subcommand_matches("run").expect("run was parsed");
+            let cfg = match cli::run_config(&args, run_matches) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init(cfg.log_format, &cfg.log_level);
+            match runtime.block_on(run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "cdc-monitor failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Changefeed {
+            command: ChangefeedCommand::Ensure(args),
+        } => {
+            telemetry::init(LogFormat::Text, "info");
+            match runtime.block_on(cdc_monitor::ticdc::ensure(&args)) {
+                Ok(outcome) => {
+                    tracing::info!(changefeed = %args.changefeed_id, %outcome, "changefeed ready");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(changefeed = %args.changefeed_id, error = %e, "changefeed ensure failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench(args) => {
+            telemetry::init(LogFormat::Text, "warn");
+            match runtime.block_on(cdc_monitor::bench::run(args)) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(cfg: cdc_monitor::config::Config) -> anyhow::Result<()> {
+    let app = App::build(cfg).await.context("starting")?;
+    app.run_until(shutdown_signal()).await.context("running")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

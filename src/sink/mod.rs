@@ -1,0 +1,70 @@
+//! Where events are stored.
+//!
+//! Lifecycle of a `Sink`: `prepare` once before the first write (install
+//! templates, create tables); then `write` for each batch, from up to
+//! `sink.concurrency` tasks at once; `check` at any time for readiness.
+//! `write` retries transient failures itself, with backoff, until it succeeds
+//! or `abort` fires; it reports the events the sink refused for good so the
+//! pipeline can dead-letter them. Only what `write` returned `Ok` for is
+//! acknowledged upstream.
+
+pub mod elasticsearch;
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::event::ChangeEvent;
+
+/// An event the sink refused for good (mapping or parsing error), by its index in the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Why a sink call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("unexpected response: {0}")]
+    Response(String),
+    #[error("invalid sink configuration: {0}")]
+    Config(String),
+    #[error("gave up: shutting down")]
+    Aborted,
+}
+
+impl SinkError {
+    /// True when trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Http(_) | SinkError::Response(_) => true,
+            // 429 and 5xx are transient; 401/403/404 usually mean a fix is being
+            // deployed, and dropping data is worse than waiting for it.
+            SinkError::Status { status, .. } => {
+                *status == 429 || *status >= 500 || matches!(status, 401 | 403 | 404 | 408)
+            }
+            SinkError::Config(_) | SinkError::Aborted => false,
+        }
+    }
+}
+
+/// A destination for change events.
+pub trait Sink: Send + Sync + 'static {
+    /// Prepares the destination; called once before any write.
+    fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Stores `events`; returns the ones refused for good.
+    fn write(
+        &self,
+        events: &[ChangeEvent],
+        abort: &CancellationToken,
+    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+
+    /// Succeeds when the destination is reachable.
+    fn check(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}

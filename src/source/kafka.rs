@@ -1,0 +1,396 @@
+//! Kafka consumer-group source on librdkafka, auto-commit off.
+//!
+//! Offsets are committed from the `OffsetTracker` only: periodically, on
+//! partition revocation (synchronously, inside the rebalance callback, so the
+//! next owner starts exactly after what we stored), and on shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::canal::{decode, Decoded};
+use crate::config::{KafkaConfig, OffsetReset};
+use crate::event::SourcePosition;
+use crate::metrics::Metrics;
+use crate::pipeline::ack::OffsetTracker;
+use crate::pipeline::batch::{Envelope, Origin};
+use crate::sink::elasticsearch::bulk::now_millis;
+use crate::source::{Source, SourceError};
+
+/// librdkafka callbacks: rebalances, commits, statistics (lag).
+pub struct SourceContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: Metrics,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if *partition < 0 || !p.desired {
+                    continue;
+                }
+                // Records between the high watermark and what we committed;
+                // before a first commit, everything from the log start counts.
+                let lag = if p.hi_offset < 0 {
+                    continue;
+                } else if p.committed_offset >= 0 {
+                    p.hi_offset - p.committed_offset
+                } else {
+                    p.hi_offset - p.lo_offset.max(0)
+                };
+                self.metrics
+                    .lag_records
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set(lag.max(0));
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let mut commit = TopicPartitionList::new();
+        if let Ok(mut tracker) = self.tracker.lock() {
+            for e in tpl.elements() {
+                if let Some(offset) = tracker.revoke(e.topic(), e.partition()) {
+                    let _ = commit.add_partition_offset(
+                        e.topic(),
+                        e.partition(),
+                        Offset::Offset(offset),
+                    );
+                }
+                self.metrics
+                    .lag_records
+                    .remove_label_values(&[e.topic(), &e.partition().to_string()])
+                    .ok();
+                self.metrics
+                    .lag_seconds
+                    .remove_label_values(&[e.topic(), &e.partition().to_string()])
+                    .ok();
+            }
+        }
+        info!(partitions = tpl.count(), "partitions revoked");
+        if commit.count() > 0 {
+            // Synchronous: the next owner must see what we acknowledged.
+            match consumer.commit(&commit, CommitMode::Sync) {
+                Ok(()) => self.metrics.commits.with_label_values(&["ok"]).inc(),
+                Err(e) => {
+                    self.metrics.commits.with_label_values(&["error"]).inc();
+                    warn!(error = %e, "commit on revoke failed");
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Ok(mut tracker) = self.tracker.lock() {
+                    for e in tpl.elements() {
+                        tracker.assign(e.topic(), e.partition());
+                    }
+                }
+                let parts: Vec<String> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                info!(partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                if let Ok(mut tracker) = self.tracker.lock() {
+                    for e in offsets.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            tracker.committed(e.topic(), e.partition(), o);
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "offset commit failed"),
+        }
+    }
+}
+
+/// Consumes canal-json from a consumer group.
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: Metrics,
+    brokers: String,
+}
+
+/// Common librdkafka settings for consumer, producer and admin clients.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    if let Some(p) = &cfg.sasl_password {
+        c.set("sasl.password", p.expose_secret());
+    }
+    c
+}
+
+/// The idempotent producer used for the dead-letter topic.
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, SourceError> {
+    Ok(client_config(cfg)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes; no message is read yet.
+    pub fn new(
+        cfg: &KafkaConfig,
+        tracker: Arc<Mutex<OffsetTracker>>,
+        metrics: Metrics,
+    ) -> Result<KafkaSource, SourceError> {
+        let mut c = client_config(cfg);
+        c.set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match cfg.auto_offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            )
+            // librdkafka's 45 s default leaves a crashed member's partitions
+            // idle too long; 10 s moves them within the 30 s we promise.
+            .set(
+                "session.timeout.ms",
+                cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (cfg.session_timeout.as_millis() / 3).max(100).to_string(),
+            )
+            .set(
+                "queued.max.messages.kbytes",
+                cfg.queue_max_kbytes.to_string(),
+            )
+            .set("statistics.interval.ms", "1000")
+            .set("enable.partition.eof", "false");
+        if let Some(id) = &cfg.instance_id {
+            c.set("group.instance.id", id);
+        }
+        let context = SourceContext {
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+        };
+        let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
+        let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            tracker,
+            metrics,
+            brokers: cfg.brokers.clone(),
+        })
+    }
+
+    fn envelope(
+        &self,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+        topic: &Arc<str>,
+    ) -> Option<Envelope> {
+        let partition = msg.partition();
+        let offset = msg.offset();
+        let payload = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
+        let position = SourcePosition::Kafka {
+            topic: topic.clone(),
+            partition,
+            offset,
+        };
+        let origin = Origin {
+            topic: topic.clone(),
+            partition,
+            offset,
+            key: msg.key().map(Bytes::copy_from_slice),
+            payload,
+        };
+        let mut tracker = self.tracker.lock().ok()?;
+        match decode(&origin.payload, &position) {
+            Ok(Decoded::Events(events)) => {
+                let commit_ms = events.first().map_or(0, |e| e.commit_time_ms);
+                let ack = tracker.read(topic, partition, offset, events.len(), commit_ms);
+                Some(Envelope {
+                    events,
+                    ack,
+                    origin,
+                    undecodable: None,
+                })
+            }
+            Ok(Decoded::Watermark { time_ms, .. }) => {
+                tracker.read(topic, partition, offset, 0, time_ms);
+                self.metrics.watermarks.inc();
+                self.metrics
+                    .resolved_ts
+                    .with_label_values(&[topic.as_ref(), &partition.to_string()])
+                    .set(time_ms as f64 / 1000.0);
+                None
+            }
+            Err(e) => {
+                self.metrics.decode_errors.inc();
+                debug!(topic = %topic, partition, offset, error = %e, "undecodable message");
+                // Counts as one "event" in flight until it is dead-lettered.
+                let ack = tracker.read(topic, partition, offset, 1, now_millis());
+                Some(Envelope {
+                    events: Vec::new(),
+                    ack,
+                    origin,
+                    undecodable: Some((e.reason(), e.to_string())),
+                })
+            }
+        }
+    }
+
+    /// Refreshes the lag-in-seconds gauges from the tracker.
+    pub fn update_lag_seconds(&self) {
+        let Ok(tracker) = self.tracker.lock() else {
+            return;
+        };
+        for (topic, partition, age) in tracker.lag_seconds(now_millis()) {
+            self.metrics
+                .lag_seconds
+                .with_label_values(&[topic.as_ref(), &partition.to_string()])
+                .set(age);
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    async fn run(
+        &self,
+        tx: mpsc::Sender<Envelope>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                m = self.consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    // Broker restarts surface here; librdkafka reconnects by itself.
+                    warn!(error = %e, "kafka receive error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let topic = match topics.iter().find(|t| t.as_ref() == msg.topic()) {
+                Some(t) => t.clone(),
+                None => {
+                    let t: Arc<str> = Arc::from(msg.topic());
+                    topics.push(t.clone());
+                    t
+                }
+            };
+            let Some(envelope) = self.envelope(&msg, &topic) else {
+                continue;
+            };
+            drop(msg);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                r = tx.send(envelope) => if r.is_err() { return Ok(()) },
+            }
+        }
+    }
+
+    fn commit(&self, sync: bool) {
+        let offsets = match self.tracker.lock() {
+            Ok(t) if sync => t.all_committable(),
+            Ok(t) => t.to_commit(),
+            Err(_) => return,
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in &offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.metrics.commits.with_label_values(&["ok"]).inc();
+                if sync {
+                    if let Ok(mut t) = self.tracker.lock() {
+                        for (topic, partition, offset) in &offsets {
+                            t.committed(topic, *partition, *offset);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.commits.with_label_values(&["error"]).inc();
+                warn!(error = %e, sync, "offset commit failed");
+            }
+        }
+    }
+
+    async fn check(&self) -> Result<(), SourceError> {
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| SourceError::Other(e.to_string()))?
+        .map_err(SourceError::from)
+    }
+
+    fn close(&self) {
+        // Leave the group now rather than let the session time out, so the
+        // remaining members take our partitions at once.
+        self.consumer.unsubscribe();
+        if let Err(e) = self.consumer.unassign() {
+            error!(brokers = %self.brokers, error = %e, "unassign failed");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! changefeed ensure tests.

@@ -1,0 +1,5 @@
+//! Integration tests: one crate, one file per scenario, shared harness.
+
+mod harness;
+
+mod changefeed;
