@@ -1,0 +1,296 @@
+//! An in-test HTTP server that follows Elasticsearch's Bulk API contract, or
+//! a real Elasticsearch when `CDC_TEST_ES_URL` is set.
+//!
+//! The stub implements what the consumer and these tests use: `GET /`,
+//! `HEAD/PUT/GET /_index_template/{name}`, `POST /_bulk` with per-item
+//! statuses and the `errors` flag (201 created, 409 on a `create` whose id
+//! exists, 400 document_parsing_exception for a flattened field deeper than
+//! 20 levels, as Elasticsearch does), `/{index}/_count`, `/{index}/_doc/{id}`
+//! and `/{index}/_refresh`, plus fault injection: whole-request 429 or 503
+//! for a while, and per-item 429 for a share of items.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// Faults the stub injects.
+#[derive(Debug, Default, Clone)]
+pub struct Faults {
+    /// Answer every bulk request with 429 until then.
+    pub reject_until: Option<Instant>,
+    /// Answer every bulk request with 503 until then.
+    pub unavailable_until: Option<Instant>,
+    /// Fail every n-th item with 429 on its first attempt.
+    pub item_429_every: Option<usize>,
+}
+
+#[derive(Default)]
+struct Index {
+    docs: HashMap<String, Value>,
+}
+
+#[derive(Default)]
+struct StubState {
+    indices: HashMap<String, Index>,
+    templates: HashMap<String, Value>,
+    faults: Faults,
+    /// Items ever received per id (duplicates show up here, not in docs).
+    attempts: HashMap<String, u32>,
+    bulk_requests: u64,
+    item_counter: usize,
+}
+
+/// The stub server.
+#[derive(Clone)]
+pub struct EsStub {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<StubState>>,
+}
+
+impl EsStub {
+    /// Starts on a free loopback port.
+    pub async fn start() -> EsStub {
+        let state = Arc::new(Mutex::new(StubState::default()));
+        let app = Router::new()
+            .route("/", get(root))
+            .route("/_bulk", post(bulk))
+            .route("/_index_template/{name}", get(get_template).head(head_template).put(put_template))
+            .route("/{index}/_count", get(count).post(count))
+            .route("/{index}/_refresh", post(refresh).get(refresh))
+            .route("/{index}/_doc/{id}", get(get_doc))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        EsStub { addr, state }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().unwrap().faults = faults;
+    }
+
+    /// All documents of `index`.
+    pub fn docs(&self, index: &str) -> HashMap<String, Value> {
+        self.state.lock().unwrap().indices.get(index).map(|i| i.docs.clone()).unwrap_or_default()
+    }
+
+    /// Number of bulk requests received.
+    pub fn bulk_requests(&self) -> u64 {
+        self.state.lock().unwrap().bulk_requests
+    }
+
+    /// Installed template names.
+    pub fn templates(&self) -> Vec<String> {
+        self.state.lock().unwrap().templates.keys().cloned().collect()
+    }
+
+    /// Number of ids that were sent more than once (replays), for reporting.
+    pub fn replayed_ids(&self) -> usize {
+        self.state.lock().unwrap().attempts.values().filter(|n| **n > 1).count()
+    }
+}
+
+async fn root() -> Json<Value> {
+    Json(json!({"name": "stub", "cluster_name": "cdc-test", "version": {"number": "8.15.0"}, "tagline": "You Know, for Search"}))
+}
+
+async fn head_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>) -> StatusCode {
+    if s.lock().unwrap().templates.contains_key(&name) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn get_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>) -> Response {
+    match s.lock().unwrap().templates.get(&name) {
+        Some(t) => Json(json!({"index_templates": [{"name": name, "index_template": t}]})).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": {"type": "resource_not_found_exception"}, "status": 404}))).into_response(),
+    }
+}
+
+async fn put_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>, body: Bytes) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad json").into_response();
+    };
+    if v.get("index_patterns").is_none() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "action_request_validation_exception", "reason": "index patterns are missing"}, "status": 400}))).into_response();
+    }
+    s.lock().unwrap().templates.insert(name, v);
+    Json(json!({"acknowledged": true})).into_response()
+}
+
+async fn count(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
+    match s.lock().unwrap().indices.get(&index) {
+        Some(i) => Json(json!({"count": i.docs.len()})).into_response(),
+        None => index_missing(&index),
+    }
+}
+
+async fn refresh(Path(_index): Path<String>) -> Json<Value> {
+    Json(json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}))
+}
+
+async fn get_doc(State(s): State<Arc<Mutex<StubState>>>, Path((index, id)): Path<(String, String)>) -> Response {
+    let st = s.lock().unwrap();
+    match st.indices.get(&index).and_then(|i| i.docs.get(&id)) {
+        Some(d) => Json(json!({"_index": index, "_id": id, "found": true, "_source": d})).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"_index": index, "_id": id, "found": false}))).into_response(),
+    }
+}
+
+fn index_missing(index: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"type": "index_not_found_exception", "reason": format!("no such index [{index}]")}, "status": 404})),
+    )
+        .into_response()
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
+    let mut st = s.lock().unwrap();
+    st.bulk_requests += 1;
+    let now = Instant::now();
+    if st.faults.reject_until.is_some_and(|t| now < t) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": {"type": "es_rejected_execution_exception", "reason": "rejected execution of coordinating operation"}, "status": 429})),
+        )
+            .into_response();
+    }
+    if st.faults.unavailable_until.is_some_and(|t| now < t) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"type": "cluster_block_exception"}, "status": 503}))).into_response();
+    }
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(_) => return (StatusCode::BAD_REQUEST, "not utf-8").into_response(),
+    };
+    if !text.ends_with('\n') {
+        // Elasticsearch requires the body to end with a newline.
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "illegal_argument_exception", "reason": "The bulk request must be terminated by a newline [\\n]"}, "status": 400}))).into_response();
+    }
+    let mut lines = text.lines();
+    let mut items = Vec::new();
+    let mut errors = false;
+    let started = Instant::now();
+    while let Some(action_line) = lines.next() {
+        if action_line.trim().is_empty() {
+            continue;
+        }
+        let action: Value = match serde_json::from_str(action_line) {
+            Ok(v) => v,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed action line: {e}")).into_response(),
+        };
+        let Some((op, meta)) = action.as_object().and_then(|o| o.iter().next()) else {
+            return (StatusCode::BAD_REQUEST, "empty action").into_response();
+        };
+        let op = op.clone();
+        let index = meta["_index"].as_str().unwrap_or("").to_owned();
+        let id = meta["_id"].as_str().unwrap_or("").to_owned();
+        let Some(source_line) = lines.next() else {
+            return (StatusCode::BAD_REQUEST, "missing source line").into_response();
+        };
+        let source: Value = match serde_json::from_str(source_line) {
+            Ok(v) => v,
+            Err(e) => {
+                errors = true;
+                items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": format!("failed to parse: {e}")}}}));
+                continue;
+            }
+        };
+        *st.attempts.entry(id.clone()).or_default() += 1;
+        st.item_counter += 1;
+        let first_attempt = st.attempts[&id] == 1;
+        let counter = st.item_counter;
+        if let Some(n) = st.faults.item_429_every {
+            if first_attempt && counter % n == 0 {
+                errors = true;
+                items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}}}));
+                continue;
+            }
+        }
+        if ["data", "old", "pk"].iter().any(|f| depth(&source[*f]) > 20) {
+            errors = true;
+            items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": "[1:2] the provided [flattened] field [data] exceeds the maximum depth limit of [20]"}}}));
+            continue;
+        }
+        let docs = &mut st.indices.entry(index.clone()).or_default().docs;
+        if op == "create" && docs.contains_key(&id) {
+            errors = true;
+            items.push(json!({"create": {"_index": index, "_id": id, "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")}}}));
+            continue;
+        }
+        let existed = docs.insert(id.clone(), source).is_some();
+        let status = if existed { 200 } else { 201 };
+        items.push(json!({op: {"_index": index, "_id": id, "_version": 1, "result": if existed {"updated"} else {"created"}, "status": status}}));
+    }
+    let took = started.elapsed().as_millis() as u64;
+    Json(json!({"took": took, "errors": errors, "items": items})).into_response()
+}
+
+/// What a test writes to: the stub, or a real cluster from `CDC_TEST_ES_URL`.
+pub struct EsTarget {
+    pub url: String,
+    pub stub: Option<EsStub>,
+    http: reqwest::Client,
+}
+
+impl EsTarget {
+    /// The stub unless `CDC_TEST_ES_URL` is set.
+    pub async fn start() -> EsTarget {
+        match std::env::var("CDC_TEST_ES_URL") {
+            Ok(url) if !url.is_empty() => EsTarget { url: url.trim_end_matches('/').to_owned(), stub: None, http: reqwest::Client::new() },
+            _ => EsTarget::stub().await,
+        }
+    }
+
+    /// Always the stub (fault-injection tests).
+    pub async fn stub() -> EsTarget {
+        let stub = EsStub::start().await;
+        EsTarget { url: stub.url(), stub: Some(stub), http: reqwest::Client::new() }
+    }
+
+    async fn get_json(&self, path: &str) -> Option<Value> {
+        let resp = self.http.get(format!("{}/{path}", self.url)).timeout(Duration::from_secs(10)).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
+    }
+
+    /// Documents in `index` (0 when it does not exist).
+    pub async fn count(&self, index: &str) -> u64 {
+        let _ = self.http.post(format!("{}/{index}/_refresh", self.url)).send().await;
+        self.get_json(&format!("{index}/_count")).await.and_then(|v| v["count"].as_u64()).unwrap_or(0)
+    }
+
+    /// One document's `_source`.
+    pub async fn doc(&self, index: &str, id: &str) -> Option<Value> {
+        self.get_json(&format!("{index}/_doc/{id}")).await.map(|v| v["_source"].clone())
+    }
+}

@@ -1,0 +1,191 @@
+//! A Kafka-protocol broker for the tests: Tansu started once per test run on
+//! a free port with the sqlite engine (real offsets and high watermarks), or
+//! the cluster in `CDC_TEST_KAFKA_BROKERS`. Plus topic, produce and read helpers.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// The broker every test in this run shares (each test uses its own topics and groups).
+pub struct Broker {
+    pub bootstrap: String,
+    _process: Option<BrokerProcess>,
+}
+
+struct BrokerProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static BROKER: OnceLock<Broker> = OnceLock::new();
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cargo_bin = PathBuf::from(home).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        return cargo_bin;
+    }
+    PathBuf::from("tansu")
+}
+
+/// The shared broker, started on first use.
+pub fn broker() -> &'static Broker {
+    BROKER.get_or_init(|| {
+        if let Ok(b) = std::env::var("CDC_TEST_KAFKA_BROKERS") {
+            if !b.is_empty() {
+                return Broker { bootstrap: b, _process: None };
+            }
+        }
+        let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run .ci/run or install it", tansu_bin().display()));
+        let bootstrap = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {bootstrap}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The OnceLock lives until the process exits; the broker with it.
+        Broker { bootstrap, _process: Some(BrokerProcess { child, _dir: dir }) }
+    })
+}
+
+impl Broker {
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        c
+    }
+
+    /// Creates a topic and waits until its metadata shows every partition.
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap();
+        for r in res {
+            if let Err((t, e)) = r {
+                panic!("create topic {t}: {e}");
+            }
+        }
+        let consumer: BaseConsumer = self.config().create().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let md = consumer.fetch_metadata(Some(name), Duration::from_secs(5));
+            if let Ok(md) = md {
+                if md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize && t.error().is_none()) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "topic {name} not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An idempotent producer.
+    pub fn producer(&self) -> FutureProducer {
+        self.config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "1000")
+            .create()
+            .unwrap()
+    }
+
+    /// Produces `payloads` to `topic`, partition chosen as `i % partitions`, and waits for all.
+    pub async fn produce(&self, topic: &str, partitions: i32, payloads: impl IntoIterator<Item = Vec<u8>>) {
+        let producer = self.producer();
+        let mut pending = Vec::new();
+        for (i, p) in payloads.into_iter().enumerate() {
+            let part = (i as i32) % partitions;
+            let producer = producer.clone();
+            let topic = topic.to_owned();
+            pending.push(async move {
+                let key = format!("k{i}");
+                let rec = FutureRecord::to(&topic).partition(part).key(&key).payload(&p);
+                producer.send(rec, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+            });
+            if pending.len() >= 2000 {
+                for r in futures::future::join_all(pending.drain(..)).await {
+                    r.unwrap();
+                }
+            }
+        }
+        for r in futures::future::join_all(pending).await {
+            r.unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Every message of `topic` from the start: (payload, headers).
+    pub fn read_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+        let consumer: BaseConsumer = self
+            .config()
+            .set("group.id", super::unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            }
+        }
+        out
+    }
+
+    /// The group's committed offsets for `topic`, partition 0..partitions.
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = self.config().set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        c.elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            })
+            .collect()
+    }
+}

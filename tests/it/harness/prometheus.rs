@@ -1,0 +1,65 @@
+//! A real Prometheus (Debian's package) scraping one target every second.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running Prometheus.
+pub struct Prometheus {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` (`host:port`); None when it is not installed.
+    pub fn start(target: &str) -> Option<Prometheus> {
+        let bin = ["/usr/bin/prometheus", "prometheus"].into_iter().find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())?;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cdc-monitor\n    static_configs:\n      - targets: ['{target}']\n"),
+        )
+        .unwrap();
+        let port = super::free_port();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .ok()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "prometheus did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Prometheus { child, url, _dir: dir })
+    }
+
+    /// Runs an instant query; the sum of the result's values.
+    pub async fn query_sum(&self, promql: &str) -> Option<f64> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/query", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("query={}", url::form_urlencoded::byte_serialize(promql.as_bytes()).collect::<String>()))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        if result.is_empty() {
+            return None;
+        }
+        Some(result.iter().filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok()).sum())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
