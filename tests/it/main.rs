@@ -3,4 +3,5 @@
 mod harness;
 
 mod changefeed;
+mod faults;
 mod flow;
