@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod es;
 pub mod kafka;
 pub mod prometheus;
+pub mod ticdc;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
