@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume canal-json from Kafka into Elasticsearch, serving metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage the TiCDC changefeed.
     Changefeed {
         #[command(subcommand)]

@@ -205,7 +205,7 @@ impl Layers {
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Option<T>, ConfigError> {
         match self.raw(path) {
-            Some((v, _)) if v.is_empty() => Ok(None),
+            Some(("", _)) => Ok(None),
             Some(_) => self.get(path, parse).map(Some),
             None => Ok(None),
         }

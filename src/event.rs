@@ -266,15 +266,13 @@ mod tests {
 
     #[test]
     fn same_change_gives_same_id_and_any_difference_changes_it() {
-        let ts = Some(429_918_007_904_436_226);
+        let raw_ts = 429_918_007_904_436_226;
+        let ts = Some(raw_ts);
         let a = event(Op::Insert, "1", ts).document_id();
         assert_eq!(a, event(Op::Insert, "1", ts).document_id());
         assert_ne!(a, event(Op::Update, "1", ts).document_id());
         assert_ne!(a, event(Op::Insert, "2", ts).document_id());
-        assert_ne!(
-            a,
-            event(Op::Insert, "1", Some(ts.unwrap() + 1)).document_id()
-        );
+        assert_ne!(a, event(Op::Insert, "1", Some(raw_ts + 1)).document_id());
         assert_eq!(a.to_string().len(), 32);
     }
 

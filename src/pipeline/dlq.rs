@@ -8,6 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::sink::elasticsearch::retry::Backoff;
+use crate::source::kafka::ProducerLogContext;
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -39,14 +40,18 @@ pub struct DeadLetter<'a> {
 /// Produces to the dead-letter topic.
 #[derive(Clone)]
 pub struct DeadLetterQueue {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerLogContext>,
     topic: String,
     backoff: Backoff,
 }
 
 impl DeadLetterQueue {
     /// Wraps an idempotent producer.
-    pub fn new(producer: FutureProducer, topic: String, backoff: Backoff) -> DeadLetterQueue {
+    pub fn new(
+        producer: FutureProducer<ProducerLogContext>,
+        topic: String,
+        backoff: Backoff,
+    ) -> DeadLetterQueue {
         DeadLetterQueue {
             producer,
             topic,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -65,6 +65,36 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         warn!(error = %error, reason, "kafka client error");
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+}
+
+/// Routes librdkafka's own log lines into `tracing` (target `librdkafka`).
+fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            error!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility = fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            info!(target: "librdkafka", facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{message}"),
+    }
+}
+
+/// Context of the dead-letter producer: its logs go through `tracing` too.
+pub struct ProducerLogContext;
+
+impl ClientContext for ProducerLogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
     }
 }
 
@@ -164,13 +194,13 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// The idempotent producer used for the dead-letter topic.
-pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer, SourceError> {
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer<ProducerLogContext>, SourceError> {
     Ok(client_config(cfg)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
-        .create()?)
+        .create_with_context(ProducerLogContext)?)
 }
 
 impl KafkaSource {

@@ -23,8 +23,15 @@ async fn setup(prefix: &str, partitions: i32, es: &EsTarget) -> Pipeline {
 
 /// Waits for exactly `n` documents and checks every expected id is there.
 async fn assert_all_stored_once(es: &EsTarget, p: &Pipeline, n: usize, logs: &str) {
-    let done = eventually(Duration::from_secs(180), || async { es.count(&p.index).await >= n as u64 }).await;
-    assert!(done, "{} of {n} documents; log:\n{logs}", es.count(&p.index).await);
+    let done = eventually(Duration::from_secs(180), || async {
+        es.count(&p.index).await >= n as u64
+    })
+    .await;
+    assert!(
+        done,
+        "{} of {n} documents; log:\n{logs}",
+        es.count(&p.index).await
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(es.count(&p.index).await, n as u64, "duplicates or extras");
     if let Some(stub) = &es.stub {
@@ -40,7 +47,8 @@ async fn produce_slowly(p: Pipeline, n: usize, chunk: usize, pause: Duration) {
     let mut i = 0;
     while i < n {
         let end = (i + chunk).min(n);
-        b.produce(&p.topic, p.partitions, (i..end).map(message)).await;
+        b.produce(&p.topic, p.partitions, (i..end).map(message))
+            .await;
         i = end;
         tokio::time::sleep(pause).await;
     }
@@ -52,9 +60,19 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
     let es = EsTarget::start().await;
     let p = setup("kill", 3, &es).await;
     let mut env = p.env();
-    // Static membership: a restarted instance takes its partitions straight back.
-    env.push(("CDC_KAFKA_INSTANCE_ID".into(), format!("{}-i0", p.group)));
-    let producer = tokio::spawn(produce_slowly(p.clone(), N, 2_500, Duration::from_millis(300)));
+    if std::env::var_os("CDC_TEST_KAFKA_BROKERS").is_some() {
+        // Static membership: a restarted instance takes its partitions
+        // straight back. Tansu 0.6 keeps rebalancing a group whose static
+        // member was replaced, so there the restart relies on the 6 s session
+        // timeout of a dynamic member instead (see README, "What is tested").
+        env.push(("CDC_KAFKA_INSTANCE_ID".into(), format!("{}-i0", p.group)));
+    }
+    let producer = tokio::spawn(produce_slowly(
+        p.clone(),
+        N,
+        2_500,
+        Duration::from_millis(300),
+    ));
     let mut consumer = ConsumerProcess::spawn(&env);
     let mut logs = String::new();
     for _ in 0..5 {
@@ -66,9 +84,16 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
     }
     producer.await.unwrap();
     assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
-    let committed: i64 = broker().committed(&p.group, &p.topic, p.partitions).iter().sum();
+    let committed: i64 = broker()
+        .committed(&p.group, &p.topic, p.partitions)
+        .iter()
+        .sum();
     let caught_up = eventually(Duration::from_secs(30), || async {
-        broker().committed(&p.group, &p.topic, p.partitions).iter().sum::<i64>() == N as i64
+        broker()
+            .committed(&p.group, &p.topic, p.partitions)
+            .iter()
+            .sum::<i64>()
+            == N as i64
     })
     .await;
     assert!(caught_up, "committed {committed} of {N}");
@@ -80,8 +105,13 @@ async fn sink_answering_429_for_30s_loses_nothing_and_lag_rises_then_returns_to_
     let es = EsTarget::stub().await;
     let stub = es.stub.clone().unwrap();
     let p = setup("throttle", 2, &es).await;
-    stub.set_faults(Faults { reject_until: Some(Instant::now() + Duration::from_secs(30)), ..Faults::default() });
-    broker().produce(&p.topic, p.partitions, (0..N).map(message)).await;
+    stub.set_faults(Faults {
+        reject_until: Some(Instant::now() + Duration::from_secs(30)),
+        ..Faults::default()
+    });
+    broker()
+        .produce(&p.topic, p.partitions, (0..N).map(message))
+        .await;
     let consumer = ConsumerProcess::spawn(&p.env());
     consumer.wait_healthy().await;
 
@@ -89,20 +119,42 @@ async fn sink_answering_429_for_30s_loses_nothing_and_lag_rises_then_returns_to_
         consumer.metric("cdc_consumer_lag_records", &[]).await >= N as f64
     })
     .await;
-    assert!(lag_seen, "lag never showed the backlog:\n{}", consumer.metrics().await);
-    assert_eq!(es.count(&p.index).await, 0, "nothing can be stored while the sink says 429");
+    assert!(
+        lag_seen,
+        "lag never showed the backlog:\n{}",
+        consumer.metrics().await
+    );
+    assert_eq!(
+        es.count(&p.index).await,
+        0,
+        "nothing can be stored while the sink says 429"
+    );
     let m = consumer.metrics().await;
-    assert!(sum_metric(&m, "cdc_sink_retries_total", &["reason=\"too_many_requests\""]) > 0.0);
-    assert!(sum_metric(&m, "cdc_consumer_lag_seconds", &[]) > 0.0, "lag in seconds should rise:\n{m}");
+    assert!(
+        sum_metric(
+            &m,
+            "cdc_sink_retries_total",
+            &["reason=\"too_many_requests\""]
+        ) > 0.0
+    );
+    assert!(
+        sum_metric(&m, "cdc_consumer_lag_seconds", &[]) > 0.0,
+        "lag in seconds should rise:\n{m}"
+    );
     assert!(sum_metric(&m, "cdc_bulk_requests_total", &["outcome=\"rejected\""]) > 0.0);
 
     assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
     let back_to_zero = eventually(Duration::from_secs(30), || async {
         let m = consumer.metrics().await;
-        sum_metric(&m, "cdc_consumer_lag_records", &[]) == 0.0 && sum_metric(&m, "cdc_consumer_lag_seconds", &[]) == 0.0
+        sum_metric(&m, "cdc_consumer_lag_records", &[]) == 0.0
+            && sum_metric(&m, "cdc_consumer_lag_seconds", &[]) == 0.0
     })
     .await;
-    assert!(back_to_zero, "lag did not return to 0:\n{}", consumer.metrics().await);
+    assert!(
+        back_to_zero,
+        "lag did not return to 0:\n{}",
+        consumer.metrics().await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,11 +163,21 @@ async fn partial_item_failures_are_retried_until_every_event_is_stored() {
     let es = EsTarget::stub().await;
     let stub = es.stub.clone().unwrap();
     let p = setup("partial", 2, &es).await;
-    stub.set_faults(Faults { item_429_every: Some(7), ..Faults::default() });
-    broker().produce(&p.topic, p.partitions, (0..N).map(message)).await;
+    stub.set_faults(Faults {
+        item_429_every: Some(7),
+        ..Faults::default()
+    });
+    broker()
+        .produce(&p.topic, p.partitions, (0..N).map(message))
+        .await;
     let consumer = ConsumerProcess::spawn(&p.env());
     assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
-    assert!(consumer.metric("cdc_bulk_requests_total", &["outcome=\"partial\""]).await > 0.0);
+    assert!(
+        consumer
+            .metric("cdc_bulk_requests_total", &["outcome=\"partial\""])
+            .await
+            > 0.0
+    );
     assert_eq!(consumer.metric("cdc_events_total", &[]).await, N as f64);
 }
 
@@ -160,7 +222,10 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_good_ones_are_indexe
         bad += 1;
     }
     payloads.extend((0..REJECTED).map(too_deep));
-    let bad_payloads: HashSet<Vec<u8>> = (0..BAD).map(malformed).chain((0..REJECTED).map(too_deep)).collect();
+    let bad_payloads: HashSet<Vec<u8>> = (0..BAD)
+        .map(malformed)
+        .chain((0..REJECTED).map(too_deep))
+        .collect();
     broker().produce(&p.topic, p.partitions, payloads).await;
     let consumer = ConsumerProcess::spawn(&p.env());
     assert_all_stored_once(&es, &p, GOOD, &consumer.log_tail()).await;
@@ -169,26 +234,63 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_good_ones_are_indexe
     assert_eq!(dead.len(), BAD + REJECTED);
     let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for (payload, headers) in &dead {
-        assert!(bad_payloads.contains(payload), "payload changed: {:?}", String::from_utf8_lossy(payload));
-        let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("header {k} missing"));
+        assert!(
+            bad_payloads.contains(payload),
+            "payload changed: {:?}",
+            String::from_utf8_lossy(payload)
+        );
+        let h = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("header {k} missing"))
+        };
         assert_eq!(h("cdc.source.topic"), p.topic);
         assert!(h("cdc.source.offset").parse::<i64>().is_ok());
         assert!(h("cdc.source.partition").parse::<i32>().is_ok());
         assert!(!h("cdc.error.message").is_empty());
         *reasons.entry(h("cdc.error.reason")).or_default() += 1;
     }
-    assert_eq!(reasons.get("rejected_by_sink"), Some(&REJECTED), "{reasons:?}");
+    assert_eq!(
+        reasons.get("rejected_by_sink"),
+        Some(&REJECTED),
+        "{reasons:?}"
+    );
     for r in ["invalid_json", "unknown_type", "pk_missing", "empty"] {
         assert!(reasons.contains_key(r), "no {r} in {reasons:?}");
     }
-    assert_eq!(consumer.metric("cdc_dead_letter_messages_total", &["reason=\"decode\""]).await, BAD as f64);
-    assert_eq!(consumer.metric("cdc_dead_letter_messages_total", &["reason=\"rejected_by_sink\""]).await, REJECTED as f64);
-    assert_eq!(consumer.metric("cdc_decode_errors_total", &[]).await, BAD as f64);
+    assert_eq!(
+        consumer
+            .metric("cdc_dead_letter_messages_total", &["reason=\"decode\""])
+            .await,
+        BAD as f64
+    );
+    assert_eq!(
+        consumer
+            .metric(
+                "cdc_dead_letter_messages_total",
+                &["reason=\"rejected_by_sink\""]
+            )
+            .await,
+        REJECTED as f64
+    );
+    assert_eq!(
+        consumer.metric("cdc_decode_errors_total", &[]).await,
+        BAD as f64
+    );
     let all_committed = eventually(Duration::from_secs(20), || async {
-        broker().committed(&p.group, &p.topic, p.partitions).iter().sum::<i64>() == (GOOD + BAD + REJECTED) as i64
+        broker()
+            .committed(&p.group, &p.topic, p.partitions)
+            .iter()
+            .sum::<i64>()
+            == (GOOD + BAD + REJECTED) as i64
     })
     .await;
-    assert!(all_committed, "the partition must move past dead-lettered messages");
+    assert!(
+        all_committed,
+        "the partition must move past dead-lettered messages"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,18 +298,40 @@ async fn sigterm_under_load_exits_zero_and_a_restart_loses_nothing() {
     const N: usize = 20_000;
     let es = EsTarget::start().await;
     let p = setup("term", 3, &es).await;
-    let producer = tokio::spawn(produce_slowly(p.clone(), N, 2_000, Duration::from_millis(200)));
+    let producer = tokio::spawn(produce_slowly(
+        p.clone(),
+        N,
+        2_000,
+        Duration::from_millis(200),
+    ));
     let mut consumer = ConsumerProcess::spawn(&p.env());
-    let started = eventually(Duration::from_secs(60), || async { es.count(&p.index).await > 0 }).await;
+    let started = eventually(Duration::from_secs(60), || async {
+        es.count(&p.index).await > 0
+    })
+    .await;
     assert!(started, "nothing indexed:\n{}", consumer.log_tail());
     let t0 = Instant::now();
     let status = consumer.terminate(Duration::from_secs(35));
-    assert!(status.success(), "exit status {status:?}; log:\n{}", consumer.log_tail());
-    assert!(consumer.log_tail().contains("stopped"), "{}", consumer.log_tail());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        consumer.log_tail()
+    );
+    assert!(
+        consumer.log_tail().contains("stopped"),
+        "{}",
+        consumer.log_tail()
+    );
     let stopped_after = t0.elapsed();
     // What was committed is stored: the commit never ran ahead of the sink.
-    let committed: i64 = broker().committed(&p.group, &p.topic, p.partitions).iter().sum();
-    assert!(es.count(&p.index).await as i64 >= committed, "committed {committed} > stored");
+    let committed: i64 = broker()
+        .committed(&p.group, &p.topic, p.partitions)
+        .iter()
+        .sum();
+    assert!(
+        es.count(&p.index).await as i64 >= committed,
+        "committed {committed} > stored"
+    );
     producer.await.unwrap();
     let consumer = ConsumerProcess::spawn(&p.env());
     assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
@@ -219,21 +343,44 @@ async fn two_instances_share_six_partitions_and_one_takes_over_when_the_other_st
     const N: usize = 30_000;
     let es = EsTarget::start().await;
     let p = setup("scale", 6, &es).await;
-    let producer = tokio::spawn(produce_slowly(p.clone(), N, 3_000, Duration::from_millis(300)));
+    let producer = tokio::spawn(produce_slowly(
+        p.clone(),
+        N,
+        3_000,
+        Duration::from_millis(300),
+    ));
     let mut a = ConsumerProcess::spawn(&p.env());
     let b = ConsumerProcess::spawn(&p.env());
     // Both got partitions: each reports lag for its own.
     let shared = eventually(Duration::from_secs(60), || async {
-        a.metrics().await.contains("cdc_consumer_lag_records{") && b.metrics().await.contains("cdc_consumer_lag_records{")
+        a.metrics().await.contains("cdc_consumer_lag_records{")
+            && b.metrics().await.contains("cdc_consumer_lag_records{")
     })
     .await;
-    assert!(shared, "partitions were not shared:\nA:\n{}\nB:\n{}", a.log_tail(), b.log_tail());
-    let progress = eventually(Duration::from_secs(60), || async { es.count(&p.index).await > 3_000 }).await;
+    assert!(
+        shared,
+        "partitions were not shared:\nA:\n{}\nB:\n{}",
+        a.log_tail(),
+        b.log_tail()
+    );
+    let progress = eventually(Duration::from_secs(60), || async {
+        es.count(&p.index).await > 3_000
+    })
+    .await;
     assert!(progress);
     let status = a.terminate(Duration::from_secs(35));
     assert!(status.success(), "{}", a.log_tail());
     producer.await.unwrap();
     assert_all_stored_once(&es, &p, N, &b.log_tail()).await;
-    let owned_by_b = b.metrics().await.matches("cdc_consumer_lag_records{").count();
-    assert_eq!(owned_by_b, 6, "B should own all 6 partitions:\n{}", b.metrics().await);
+    let owned_by_b = b
+        .metrics()
+        .await
+        .matches("cdc_consumer_lag_records{")
+        .count();
+    assert_eq!(
+        owned_by_b,
+        6,
+        "B should own all 6 partitions:\n{}",
+        b.metrics().await
+    );
 }

@@ -28,7 +28,11 @@ pub fn message(i: usize) -> Vec<u8> {
                "sql":format!("ALTER TABLE appdb.{table} COMMENT 'c{i}'"),"sqlType":null,"mysqlType":null,"data":null,"old":null,"_tidb":{"commitTs":ts}})
     } else {
         let row = json!({"id": i.to_string(), "name": format!("n{i}"), "amount": "12345678901234567890.12", "note": null});
-        let old = if kind == "UPDATE" { json!([{"name": format!("o{i}")}]) } else { json!(null) };
+        let old = if kind == "UPDATE" {
+            json!([{"name": format!("o{i}")}])
+        } else {
+            json!(null)
+        };
         json!({"id":0,"database":"appdb","table":table,"pkNames":["id"],"isDdl":false,"type":kind,"es":ts>>18,"ts":ts>>18,"sql":"",
                "sqlType":{"id":-5,"name":12,"amount":3,"note":12},"mysqlType":{"id":"bigint","name":"varchar","amount":"decimal(40,2)","note":"varchar"},
                "old":old,"data":[row],"_tidb":{"commitTs":ts}})

@@ -82,7 +82,12 @@ impl ConsumerProcess {
             cmd.stderr(std::fs::File::create(&log).unwrap());
         }
         let child = cmd.spawn().expect("spawn cdc-monitor");
-        ConsumerProcess { child: Some(child), http, log, _dir: dir }
+        ConsumerProcess {
+            child: Some(child),
+            http,
+            log,
+            _dir: dir,
+        }
     }
 
     /// Waits until `/healthz` answers.
@@ -95,7 +100,11 @@ impl ConsumerProcess {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "consumer not healthy; log:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "consumer not healthy; log:\n{}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -111,7 +120,9 @@ impl ConsumerProcess {
     /// SIGTERM and wait for exit (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -119,7 +130,10 @@ impl ConsumerProcess {
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("consumer did not exit within {timeout:?} of SIGTERM; log:\n{}", self.log_tail());
+                panic!(
+                    "consumer did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -63,7 +63,10 @@ impl EsStub {
         let app = Router::new()
             .route("/", get(root))
             .route("/_bulk", post(bulk))
-            .route("/_index_template/{name}", get(get_template).head(head_template).put(put_template))
+            .route(
+                "/_index_template/{name}",
+                get(get_template).head(head_template).put(put_template),
+            )
             .route("/{index}/_count", get(count).post(count))
             .route("/{index}/_refresh", post(refresh).get(refresh))
             .route("/{index}/_doc/{id}", get(get_doc))
@@ -88,7 +91,13 @@ impl EsStub {
 
     /// All documents of `index`.
     pub fn docs(&self, index: &str) -> HashMap<String, Value> {
-        self.state.lock().unwrap().indices.get(index).map(|i| i.docs.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .unwrap()
+            .indices
+            .get(index)
+            .map(|i| i.docs.clone())
+            .unwrap_or_default()
     }
 
     /// Number of bulk requests received.
@@ -98,20 +107,37 @@ impl EsStub {
 
     /// Installed template names.
     pub fn templates(&self) -> Vec<String> {
-        self.state.lock().unwrap().templates.keys().cloned().collect()
+        self.state
+            .lock()
+            .unwrap()
+            .templates
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Number of ids that were sent more than once (replays), for reporting.
     pub fn replayed_ids(&self) -> usize {
-        self.state.lock().unwrap().attempts.values().filter(|n| **n > 1).count()
+        self.state
+            .lock()
+            .unwrap()
+            .attempts
+            .values()
+            .filter(|n| **n > 1)
+            .count()
     }
 }
 
 async fn root() -> Json<Value> {
-    Json(json!({"name": "stub", "cluster_name": "cdc-test", "version": {"number": "8.15.0"}, "tagline": "You Know, for Search"}))
+    Json(
+        json!({"name": "stub", "cluster_name": "cdc-test", "version": {"number": "8.15.0"}, "tagline": "You Know, for Search"}),
+    )
 }
 
-async fn head_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>) -> StatusCode {
+async fn head_template(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(name): Path<String>,
+) -> StatusCode {
     if s.lock().unwrap().templates.contains_key(&name) {
         StatusCode::OK
     } else {
@@ -119,14 +145,27 @@ async fn head_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<
     }
 }
 
-async fn get_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>) -> Response {
+async fn get_template(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(name): Path<String>,
+) -> Response {
     match s.lock().unwrap().templates.get(&name) {
-        Some(t) => Json(json!({"index_templates": [{"name": name, "index_template": t}]})).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": {"type": "resource_not_found_exception"}, "status": 404}))).into_response(),
+        Some(t) => {
+            Json(json!({"index_templates": [{"name": name, "index_template": t}]})).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"type": "resource_not_found_exception"}, "status": 404})),
+        )
+            .into_response(),
     }
 }
 
-async fn put_template(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn put_template(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad json").into_response();
     };
@@ -148,11 +187,20 @@ async fn refresh(Path(_index): Path<String>) -> Json<Value> {
     Json(json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}))
 }
 
-async fn get_doc(State(s): State<Arc<Mutex<StubState>>>, Path((index, id)): Path<(String, String)>) -> Response {
+async fn get_doc(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path((index, id)): Path<(String, String)>,
+) -> Response {
     let st = s.lock().unwrap();
     match st.indices.get(&index).and_then(|i| i.docs.get(&id)) {
-        Some(d) => Json(json!({"_index": index, "_id": id, "found": true, "_source": d})).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"_index": index, "_id": id, "found": false}))).into_response(),
+        Some(d) => {
+            Json(json!({"_index": index, "_id": id, "found": true, "_source": d})).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"_index": index, "_id": id, "found": false})),
+        )
+            .into_response(),
     }
 }
 
@@ -184,7 +232,11 @@ async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
             .into_response();
     }
     if st.faults.unavailable_until.is_some_and(|t| now < t) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": {"type": "cluster_block_exception"}, "status": 503}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"type": "cluster_block_exception"}, "status": 503})),
+        )
+            .into_response();
     }
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
@@ -204,7 +256,13 @@ async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
         }
         let action: Value = match serde_json::from_str(action_line) {
             Ok(v) => v,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed action line: {e}")).into_response(),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed action line: {e}"),
+                )
+                    .into_response()
+            }
         };
         let Some((op, meta)) = action.as_object().and_then(|o| o.iter().next()) else {
             return (StatusCode::BAD_REQUEST, "empty action").into_response();
@@ -234,7 +292,10 @@ async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
                 continue;
             }
         }
-        if ["data", "old", "pk"].iter().any(|f| depth(&source[*f]) > 20) {
+        if ["data", "old", "pk"]
+            .iter()
+            .any(|f| depth(&source[*f]) > 20)
+        {
             errors = true;
             items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": "[1:2] the provided [flattened] field [data] exceeds the maximum depth limit of [20]"}}}));
             continue;
@@ -264,7 +325,11 @@ impl EsTarget {
     /// The stub unless `CDC_TEST_ES_URL` is set.
     pub async fn start() -> EsTarget {
         match std::env::var("CDC_TEST_ES_URL") {
-            Ok(url) if !url.is_empty() => EsTarget { url: url.trim_end_matches('/').to_owned(), stub: None, http: reqwest::Client::new() },
+            Ok(url) if !url.is_empty() => EsTarget {
+                url: url.trim_end_matches('/').to_owned(),
+                stub: None,
+                http: reqwest::Client::new(),
+            },
             _ => EsTarget::stub().await,
         }
     }
@@ -272,11 +337,21 @@ impl EsTarget {
     /// Always the stub (fault-injection tests).
     pub async fn stub() -> EsTarget {
         let stub = EsStub::start().await;
-        EsTarget { url: stub.url(), stub: Some(stub), http: reqwest::Client::new() }
+        EsTarget {
+            url: stub.url(),
+            stub: Some(stub),
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn get_json(&self, path: &str) -> Option<Value> {
-        let resp = self.http.get(format!("{}/{path}", self.url)).timeout(Duration::from_secs(10)).send().await.ok()?;
+        let resp = self
+            .http
+            .get(format!("{}/{path}", self.url))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -285,12 +360,21 @@ impl EsTarget {
 
     /// Documents in `index` (0 when it does not exist).
     pub async fn count(&self, index: &str) -> u64 {
-        let _ = self.http.post(format!("{}/{index}/_refresh", self.url)).send().await;
-        self.get_json(&format!("{index}/_count")).await.and_then(|v| v["count"].as_u64()).unwrap_or(0)
+        let _ = self
+            .http
+            .post(format!("{}/{index}/_refresh", self.url))
+            .send()
+            .await;
+        self.get_json(&format!("{index}/_count"))
+            .await
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0)
     }
 
     /// One document's `_source`.
     pub async fn doc(&self, index: &str, id: &str) -> Option<Value> {
-        self.get_json(&format!("{index}/_doc/{id}")).await.map(|v| v["_source"].clone())
+        self.get_json(&format!("{index}/_doc/{id}"))
+            .await
+            .map(|v| v["_source"].clone())
     }
 }

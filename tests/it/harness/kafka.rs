@@ -15,6 +15,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+/// A consumed message: payload and headers as (name, value).
+pub type Record = (Vec<u8>, Vec<(String, String)>);
+
 /// The broker every test in this run shares (each test uses its own topics and groups).
 pub struct Broker {
     pub bootstrap: String,
@@ -52,7 +55,10 @@ pub fn broker() -> &'static Broker {
     BROKER.get_or_init(|| {
         if let Ok(b) = std::env::var("CDC_TEST_KAFKA_BROKERS") {
             if !b.is_empty() {
-                return Broker { bootstrap: b, _process: None };
+                return Broker {
+                    bootstrap: b,
+                    _process: None,
+                };
             }
         }
         let port = super::free_port();
@@ -60,21 +66,40 @@ pub fn broker() -> &'static Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
             .current_dir(dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run .ci/run or install it", tansu_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({}): {e}; run .ci/run or install it",
+                    tansu_bin().display()
+                )
+            });
         let bootstrap = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {bootstrap}");
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {bootstrap}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // The OnceLock lives until the process exits; the broker with it.
-        Broker { bootstrap, _process: Some(BrokerProcess { child, _dir: dir }) }
+        Broker {
+            bootstrap,
+            _process: Some(BrokerProcess { child, _dir: dir }),
+        }
     })
 }
 
@@ -89,7 +114,10 @@ impl Broker {
     pub async fn create_topic(&self, name: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let res = admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap();
+        let res = admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .unwrap();
         for r in res {
             if let Err((t, e)) = r {
                 panic!("create topic {t}: {e}");
@@ -100,7 +128,9 @@ impl Broker {
         loop {
             let md = consumer.fetch_metadata(Some(name), Duration::from_secs(5));
             if let Ok(md) = md {
-                if md.topics().first().is_some_and(|t| t.partitions().len() == partitions as usize && t.error().is_none()) {
+                if md.topics().first().is_some_and(|t| {
+                    t.partitions().len() == partitions as usize && t.error().is_none()
+                }) {
                     return;
                 }
             }
@@ -120,7 +150,12 @@ impl Broker {
     }
 
     /// Produces `payloads` to `topic`, partition chosen as `i % partitions`, and waits for all.
-    pub async fn produce(&self, topic: &str, partitions: i32, payloads: impl IntoIterator<Item = Vec<u8>>) {
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partitions: i32,
+        payloads: impl IntoIterator<Item = Vec<u8>>,
+    ) {
         let producer = self.producer();
         let mut pending = Vec::new();
         for (i, p) in payloads.into_iter().enumerate() {
@@ -129,8 +164,15 @@ impl Broker {
             let topic = topic.to_owned();
             pending.push(async move {
                 let key = format!("k{i}");
-                let rec = FutureRecord::to(&topic).partition(part).key(&key).payload(&p);
-                producer.send(rec, Duration::from_secs(60)).await.map(|_| ()).map_err(|(e, _)| e)
+                let rec = FutureRecord::to(&topic)
+                    .partition(part)
+                    .key(&key)
+                    .payload(&p);
+                producer
+                    .send(rec, Duration::from_secs(60))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
             });
             if pending.len() >= 2000 {
                 for r in futures::future::join_all(pending.drain(..)).await {
@@ -145,7 +187,7 @@ impl Broker {
     }
 
     /// Every message of `topic` from the start: (payload, headers).
-    pub fn read_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    pub fn read_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
         let consumer: BaseConsumer = self
             .config()
             .set("group.id", super::unique("reader"))
@@ -162,7 +204,13 @@ impl Broker {
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -179,7 +227,9 @@ impl Broker {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        let c = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
         c.elements()
             .iter()
             .map(|e| match e.offset() {

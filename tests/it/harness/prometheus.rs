@@ -13,7 +13,16 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `target` (`host:port`); None when it is not installed.
     pub fn start(target: &str) -> Option<Prometheus> {
-        let bin = ["/usr/bin/prometheus", "prometheus"].into_iter().find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())?;
+        let bin = ["/usr/bin/prometheus", "prometheus"]
+            .into_iter()
+            .find(|b| {
+                Command::new(b)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok()
+            })?;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
@@ -24,7 +33,10 @@ impl Prometheus {
         let port = super::free_port();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
@@ -36,7 +48,11 @@ impl Prometheus {
             assert!(Instant::now() < deadline, "prometheus did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(Prometheus { child, url, _dir: dir })
+        Some(Prometheus {
+            child,
+            url,
+            _dir: dir,
+        })
     }
 
     /// Runs an instant query; the sum of the result's values.
@@ -44,7 +60,10 @@ impl Prometheus {
         let resp = reqwest::Client::new()
             .post(format!("{}/api/v1/query", self.url))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("query={}", url::form_urlencoded::byte_serialize(promql.as_bytes()).collect::<String>()))
+            .body(format!(
+                "query={}",
+                url::form_urlencoded::byte_serialize(promql.as_bytes()).collect::<String>()
+            ))
             .send()
             .await
             .ok()?;
@@ -53,7 +72,12 @@ impl Prometheus {
         if result.is_empty() {
             return None;
         }
-        Some(result.iter().filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok()).sum())
+        Some(
+            result
+                .iter()
+                .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+                .sum(),
+        )
     }
 }
 
