@@ -3,5 +3,6 @@
 mod harness;
 
 mod changefeed;
+mod cli;
 mod faults;
 mod flow;
