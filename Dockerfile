@@ -34,7 +34,6 @@ ENV CDC_HTTP_ADDR=0.0.0.0:3000 \
 EXPOSE 3000
 # /healthz is liveness only (200 while the process serves HTTP); readiness
 # (/readyz, Kafka and ES reachable) is what scripts/e2e-compose.sh polls.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:3000/healthz >/dev/null || exit 1
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD curl -fsS http://127.0.0.1:3000/healthz >/dev/null || exit 1
 ENTRYPOINT ["cdc-monitor"]
 CMD ["run"]

@@ -23,7 +23,7 @@ kibana() {
 
 # Kibana answers HTTP well before its plugins are ready; wait for "available".
 deadline=$((SECONDS + KIBANA_SETUP_TIMEOUT))
-until kibana -f "${KIBANA_URL}/api/status" 2>/dev/null | grep -q '"level":"available"'; do
+until kibana -f "${KIBANA_URL}/api/status" 2>/dev/null | grep -Eq '"level": ?"available"'; do
   if (( SECONDS >= deadline )); then
     echo "kibana-setup: Kibana at ${KIBANA_URL} not available within ${KIBANA_SETUP_TIMEOUT}s" >&2
     exit 1

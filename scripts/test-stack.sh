@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# Tests for the deployment files (compose, Dockerfile, Prometheus, Grafana,
+# Kibana, db/init.sql, scripts). No Docker engine is needed: compose is
+# validated statically, db/init.sql runs against a private MariaDB that this
+# script starts and stops, and the Kibana setup job runs against a stub.
+#
+# Runs as root on a fresh Debian machine (CI): installs what it lacks, prints
+# `ok - NAME` / `not ok - NAME` per check and a final `stack: N passed, M failed`
+# line, and exits non-zero if anything failed.
+#
+#   bash scripts/test-stack.sh
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+WORK=$(mktemp -d /tmp/cdc-test-stack.XXXXXX)
+PASSED=0
+FAILED=0
+MARIADB_PID=
+STUB_PID=
+
+cleanup() {
+  # Only what this script started, by pid.
+  [[ -n "$MARIADB_PID" ]] && kill "$MARIADB_PID" 2>/dev/null && wait "$MARIADB_PID" 2>/dev/null
+  [[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# report NAME STATUS OUTPUT: one ok/not ok line, and on failure the output
+# indented, so a CI log says why without a rerun.
+report() {
+  if (($2 == 0)); then
+    echo "ok - $1"
+    PASSED=$((PASSED + 1))
+  else
+    echo "not ok - $1"
+    printf '%s\n' "$3" | sed 's/^/    /' | tail -n 40
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+# check NAME COMMAND...: runs COMMAND in a subshell (command substitution).
+# Anything that must outlive the check, such as a server, is started with
+# `check_here` instead: a background child would hold the substitution's pipe
+# open forever, and its pid would be lost with the subshell.
+check() {
+  local name=$1 out status
+  shift
+  out=$("$@" 2>&1)
+  status=$?
+  report "$name" "$status" "$out"
+}
+
+# check_here NAME COMMAND...: runs COMMAND in this shell, output to a file.
+check_here() {
+  local name=$1 status
+  shift
+  "$@" >"$WORK/check.out" 2>&1 </dev/null
+  status=$?
+  report "$name" "$status" "$(cat "$WORK/check.out")"
+}
+
+# --- dependencies --------------------------------------------------------------
+install_deps() {
+  local pkgs=()
+  command -v promtool >/dev/null || pkgs+=(prometheus)
+  { command -v mariadbd && command -v mariadb-install-db && command -v mariadb; } >/dev/null || pkgs+=(mariadb-server mariadb-client)
+  command -v shellcheck >/dev/null || pkgs+=(shellcheck)
+  command -v docker-compose >/dev/null || pkgs+=(docker-compose)
+  command -v curl >/dev/null || pkgs+=(curl)
+  if ((${#pkgs[@]})); then
+    echo "# installing: ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${pkgs[@]}" >/dev/null || return 1
+  fi
+  # PyYAML for the python3 that is first on PATH (may not be Debian's).
+  if ! python3 -c 'import yaml' 2>/dev/null; then
+    python3 -m pip install --quiet pyyaml 2>/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null; } || return 1
+    python3 -c 'import yaml'
+  fi
+}
+check "dependencies installed (promtool, mariadb, shellcheck, docker-compose, pyyaml)" install_deps
+
+# --- compose -------------------------------------------------------------------
+# docker-compose 1.29 validates against its bundled Compose spec schema and
+# interpolates variables; env -i keeps the caller's environment out of it.
+compose_config() {
+  env -i PATH="$PATH" HOME="$WORK" docker-compose --project-directory "$ROOT" \
+    --env-file "$1" -f "$ROOT/docker-compose.yml" config
+}
+
+compose_valid() {
+  compose_config "$ROOT/.env.example" >"$WORK/compose.resolved.yml"
+}
+check "compose: docker-compose config accepts docker-compose.yml with .env.example" compose_valid
+
+compose_requires_secrets() {
+  local out
+  : >"$WORK/empty.env"
+  if out=$(compose_config "$WORK/empty.env" 2>&1); then
+    echo "config succeeded without secrets; a password has a default"
+    return 1
+  fi
+  grep -q 'ELASTIC_PASSWORD\|GRAFANA_ADMIN_PASSWORD\|KIBANA_SYSTEM_PASSWORD' <<<"$out" || { echo "$out"; return 1; }
+}
+check "compose: refuses to start without the password variables (no hard-coded secret)" compose_requires_secrets
+
+compose_structure() {
+  python3 - "$WORK/compose.resolved.yml" "$ROOT" <<'PY'
+import os, re, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+root = sys.argv[2]
+raw = yaml.safe_load(open(os.path.join(root, "docker-compose.yml")))
+svcs = cfg["services"]
+errs = []
+
+want = {"pd", "tikv", "tidb", "ticdc", "kafka", "elasticsearch", "kibana", "prometheus",
+        "grafana", "db-init", "cdc-task", "consumer", "kibana-setup", "mysql-client"}
+missing = want - set(svcs)
+if missing:
+    errs.append(f"missing services: {sorted(missing)}")
+
+def one_shot(name, s):
+    return s.get("restart", "no") == "no"
+
+def cmd_text(s):
+    out = []
+    for k in ("command", "entrypoint"):
+        v = s.get(k)
+        out.append(" ".join(v) if isinstance(v, list) else (v or ""))
+    return " ".join(out)
+
+adopted = set()
+for name, s in svcs.items():
+    # Images pinned to a version tag.
+    img = s.get("image", "")
+    if not img:
+        errs.append(f"{name}: no image")
+    elif ":" not in img.split("/")[-1] or img.endswith(":latest"):
+        errs.append(f"{name}: image {img} is not pinned")
+    if s.get("build") and not img:
+        errs.append(f"{name}: build without image name")
+    # Build context and Dockerfile exist in the repo.
+    b = s.get("build")
+    if b:
+        ctx = b["context"] if isinstance(b, dict) else b
+        df = os.path.join(ctx, b.get("dockerfile", "Dockerfile")) if isinstance(b, dict) else os.path.join(ctx, "Dockerfile")
+        if not os.path.isdir(ctx):
+            errs.append(f"{name}: build context {ctx} missing")
+        if not os.path.isfile(df):
+            errs.append(f"{name}: Dockerfile {df} missing")
+    # Bind mounts point at files in the repo.
+    for v in s.get("volumes", []):
+        src = v.get("source") if isinstance(v, dict) else v.split(":")[0]
+        typ = v.get("type") if isinstance(v, dict) else ("bind" if src.startswith(("/", ".")) else "volume")
+        if typ == "bind":
+            if not os.path.exists(src):
+                errs.append(f"{name}: bind mount source {src} missing")
+            elif not os.path.realpath(src).startswith(root + os.sep):
+                errs.append(f"{name}: bind mount {src} is outside the repository")
+    # No sleeps: order comes from depends_on conditions.
+    if re.search(r"\bsleep\b", cmd_text(s)):
+        errs.append(f"{name}: command uses sleep")
+    # Long-running services have a health check.
+    hc = s.get("healthcheck") or {}
+    if not one_shot(name, s) and (not hc or hc.get("disable")):
+        errs.append(f"{name}: long-running service without healthcheck")
+    deps = s.get("depends_on", {})
+    if isinstance(deps, list):
+        errs.append(f"{name}: depends_on without conditions")
+        deps = {}
+    for dep, d in deps.items():
+        cond = d.get("condition")
+        if cond not in ("service_healthy", "service_completed_successfully"):
+            errs.append(f"{name}: depends_on {dep} with condition {cond}")
+        if cond == "service_healthy":
+            dhc = svcs.get(dep, {}).get("healthcheck") or {}
+            if not dhc or dhc.get("disable"):
+                errs.append(f"{name}: waits for {dep} healthy but {dep} has no healthcheck")
+        if cond == "service_completed_successfully":
+            if not one_shot(dep, svcs.get(dep, {})):
+                errs.append(f"{name}: waits for {dep} to complete but {dep} restarts")
+            if not one_shot(name, s):
+                adopted.add(dep)
+            else:
+                adopted.add(dep) if dep in adopted else None
+
+# `docker compose up --wait` fails on an exited one-shot that no long-running
+# service adopts; follow chains (cdc-task adopted by consumer adopts db-init).
+changed = True
+while changed:
+    changed = False
+    for name, s in svcs.items():
+        if name in adopted:
+            for dep, d in (s.get("depends_on") or {}).items():
+                if d.get("condition") == "service_completed_successfully" and dep not in adopted:
+                    adopted.add(dep)
+                    changed = True
+for name, s in svcs.items():
+    if one_shot(name, s) and not s.get("profiles") and name not in adopted:
+        errs.append(f"{name}: one-shot not adopted by any long-running service (breaks up --wait)")
+
+# Published ports from the issue.
+ports = {}
+for name, s in svcs.items():
+    for p in s.get("ports", []):
+        ports[int(p["published"]) if isinstance(p, dict) else int(str(p).split(":")[-2])] = name
+expected = {4000: "tidb", 8300: "ticdc", 9092: "kafka", 9200: "elasticsearch", 5601: "kibana",
+            9090: "prometheus", 3001: "grafana", 3000: "consumer"}
+for port, name in expected.items():
+    if ports.get(port) != name:
+        errs.append(f"port {port} should be published by {name}, got {ports.get(port)}")
+
+# The one-shots that gate the pipeline.
+def cond(svc, dep):
+    return ((svcs.get(svc, {}).get("depends_on") or {}).get(dep) or {}).get("condition")
+for svc, dep, c in [("cdc-task", "ticdc", "service_healthy"), ("cdc-task", "kafka", "service_healthy"),
+                    ("consumer", "kafka", "service_healthy"), ("consumer", "elasticsearch", "service_healthy"),
+                    ("consumer", "cdc-task", "service_completed_successfully"),
+                    ("kibana-setup", "kibana", "service_healthy"), ("db-init", "tidb", "service_healthy")]:
+    if cond(svc, dep) != c:
+        errs.append(f"{svc} should depend on {dep} with {c}, has {cond(svc, dep)}")
+if "changefeed" not in cmd_text(svcs.get("cdc-task", {})) or "ensure" not in cmd_text(svcs.get("cdc-task", {})):
+    errs.append("cdc-task does not run `changefeed ensure`")
+if svcs.get("mysql-client", {}).get("profiles") != ["tools"]:
+    errs.append("mysql-client should be in profile tools")
+
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "compose: build contexts, bind mounts, healthchecks, depends_on conditions, ports, pinned images" compose_structure
+
+env_example_documents_all() {
+  python3 - "$ROOT/docker-compose.yml" "$ROOT/.env.example" <<'PY'
+import re, sys
+compose = open(sys.argv[1]).read()
+# Drop $$ (container-side expansion) before looking for ${VAR}.
+used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", compose.replace("$$", "")))
+documented = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", open(sys.argv[2]).read(), re.M))
+missing = sorted(used - documented)
+if missing:
+    print("not in .env.example:", missing)
+    sys.exit(1)
+PY
+}
+check "compose: every \${VAR} used in docker-compose.yml is documented in .env.example" env_example_documents_all
+
+dockerfile_shape() {
+  local f="$ROOT/Dockerfile" errs=0
+  [[ $(grep -c '^FROM ' "$f") -ge 2 ]] || { echo "not multi-stage"; errs=1; }
+  grep -q 'cargo build --release --locked' "$f" || { echo "no cargo build --release --locked"; errs=1; }
+  grep -q '^FROM rust:1\.[0-9]*-bookworm' "$f" || { echo "builder is not rust:1.x-bookworm"; errs=1; }
+  grep -q '^FROM debian:bookworm-slim' "$f" || { echo "runtime is not debian:bookworm-slim"; errs=1; }
+  grep -Eq '^USER +[^r0]' "$f" || { echo "runs as root"; errs=1; }
+  grep -q '^EXPOSE 3000' "$f" || { echo "no EXPOSE 3000"; errs=1; }
+  grep -q '^HEALTHCHECK.*/healthz' "$f" || { echo "no HEALTHCHECK on /healthz"; errs=1; }
+  grep -qx 'target/' "$ROOT/.dockerignore" || { echo ".dockerignore lacks target/"; errs=1; }
+  grep -qx '.git/' "$ROOT/.dockerignore" || { echo ".dockerignore lacks .git/"; errs=1; }
+  return $errs
+}
+check "Dockerfile: multi-stage, --locked build, slim non-root runtime, healthcheck; .dockerignore" dockerfile_shape
+
+# --- Prometheus --------------------------------------------------------------------
+check "promtool check config deploy/prometheus/prometheus.yml" promtool check config "$ROOT/deploy/prometheus/prometheus.yml"
+check "promtool check rules deploy/prometheus/alerts.yml" promtool check rules "$ROOT/deploy/prometheus/alerts.yml"
+check "promtool test rules deploy/prometheus/alerts_test.yml" promtool test rules "$ROOT/deploy/prometheus/alerts_test.yml"
+
+alerts_complete() {
+  python3 - "$ROOT" <<'PY'
+import re, sys, yaml
+root = sys.argv[1]
+rules = [r for g in yaml.safe_load(open(f"{root}/deploy/prometheus/alerts.yml"))["groups"] for r in g["rules"]]
+tests = open(f"{root}/deploy/prometheus/alerts_test.yml").read()
+runbook = open(f"{root}/docs/runbook.md").read()
+# GitHub-style anchors of the runbook's headings.
+anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+           for h in re.findall(r"^#+\s+(.*)$", runbook, re.M)}
+want = {"CDCConsumerDown", "CDCConsumerLagRecordsHigh", "CDCConsumerLagSecondsHigh",
+        "CDCNoEventsWhileChangefeedRunning", "CDCSinkErrors", "CDCDeadLetterGrowing", "TiCDCCheckpointLagHigh"}
+errs = []
+names = {r["alert"] for r in rules if "alert" in r}
+if want - names:
+    errs.append(f"missing alerts: {sorted(want - names)}")
+for r in rules:
+    a = r.get("alert")
+    if not a:
+        continue
+    ann = r.get("annotations", {})
+    for k in ("summary", "description", "runbook_url"):
+        if not ann.get(k):
+            errs.append(f"{a}: no {k}")
+    url = ann.get("runbook_url", "")
+    if not url.startswith("docs/runbook.md#") or url.split("#", 1)[1] not in anchors:
+        errs.append(f"{a}: runbook_url {url} has no matching heading in docs/runbook.md")
+    # A firing case (non-empty exp_alerts) and a not-firing case per alert.
+    blocks = re.findall(rf"alertname: {a}\n\s+exp_alerts:(.*)", tests)
+    if not any(b.strip() == "[]" for b in blocks) or not any(b.strip() != "[]" for b in blocks):
+        errs.append(f"{a}: needs both a firing and a not-firing test")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "alerts: annotations, runbook anchors exist, firing and not-firing tests for each" alerts_complete
+
+# --- Grafana -----------------------------------------------------------------------
+# Extracts every PromQL expression from the dashboard into $WORK/exprs.txt.
+grafana_files() {
+  python3 - "$ROOT" "$WORK/exprs.txt" <<'PY'
+import json, sys, yaml
+root, out = sys.argv[1], sys.argv[2]
+errs = []
+ds = yaml.safe_load(open(f"{root}/deploy/grafana/provisioning/datasources/datasources.yml"))
+prov = yaml.safe_load(open(f"{root}/deploy/grafana/provisioning/dashboards/dashboards.yml"))
+dash = json.load(open(f"{root}/deploy/grafana/dashboards/cdc-monitor.json"))
+by_uid = {d["uid"]: d for d in ds["datasources"]}
+if by_uid.get("prometheus", {}).get("url") != "http://prometheus:9090":
+    errs.append("Prometheus data source uid prometheus at http://prometheus:9090 missing")
+es = by_uid.get("elasticsearch", {})
+if es.get("url") != "http://elasticsearch:9200" or es.get("jsonData", {}).get("index") != "cdc-events" \
+        or es.get("jsonData", {}).get("timeField") != "@timestamp":
+    errs.append("Elasticsearch data source uid elasticsearch (cdc-events, @timestamp) missing")
+if not any(p.get("options", {}).get("path") == "/var/lib/grafana/dashboards" for p in prov["providers"]):
+    errs.append("dashboard provider does not load /var/lib/grafana/dashboards")
+if dash.get("refresh") != "30s":
+    errs.append(f"refresh is {dash.get('refresh')}, want 30s")
+
+def panels(ps):
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+exprs, types, ids = [], set(), set()
+for p in panels(dash["panels"]):
+    if p.get("id") in ids:
+        errs.append(f"duplicate panel id {p.get('id')}")
+    ids.add(p.get("id"))
+    if p["type"] == "row":
+        continue
+    types.add(p["type"])
+    for d in [p.get("datasource")] + [t.get("datasource") for t in p.get("targets", [])]:
+        if not d or d.get("uid") not in by_uid:
+            errs.append(f"panel {p['title']!r}: data source {d} is not provisioned")
+        elif d.get("type") != by_uid[d["uid"]]["type"]:
+            errs.append(f"panel {p['title']!r}: data source type {d.get('type')} != {by_uid[d['uid']]['type']}")
+    for t in p.get("targets", []):
+        if t.get("datasource", {}).get("uid") == "prometheus":
+            exprs.append(t["expr"])
+text = json.dumps(dash)
+for needle, what in [('"raw_data"', "ES raw data table"), ("sum by (op) (cdc_events_total)", "pie chart by op"),
+                     ("histogram_quantile(0.99", "p99 latency"), ("histogram_quantile(0.5", "p50 latency"),
+                     ("cdc_consumer_lag_records", "lag records"), ("cdc_consumer_lag_seconds", "lag seconds"),
+                     ("cdc_dead_letter_messages_total", "dead-letter rate"), ("ticdc_owner_checkpoint_ts_lag", "TiCDC checkpoint lag")]:
+    if needle not in text:
+        errs.append(f"dashboard lacks {what}")
+for t in ("table", "piechart", "timeseries"):
+    if t not in types:
+        errs.append(f"no {t} panel")
+open(out, "w").write("\n".join(exprs) + "\n")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "grafana: provisioning and dashboard parse, refresh 30s, every panel's data source uid provisioned" grafana_files
+
+# promtool has no "parse this expression" command: each expression becomes a
+# recording rule and `promtool check rules` parses them all.
+grafana_promql_parses() {
+  python3 - "$WORK/exprs.txt" "$WORK/dashboard_rules.yml" <<'PY'
+import sys, yaml
+exprs = [e for e in open(sys.argv[1]).read().splitlines() if e.strip()]
+if not exprs:
+    sys.exit("no PromQL expressions found")
+# Grafana's interval variables are not PromQL; any valid duration stands in.
+subst = lambda e: e.replace("$__rate_interval", "1m").replace("$__interval", "1m").replace("$__range", "1h")
+rules = [{"record": f"dashboard:expr_{i}", "expr": subst(e)} for i, e in enumerate(exprs)]
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+print(f"{len(rules)} expressions")
+PY
+  promtool check rules "$WORK/dashboard_rules.yml"
+}
+check "grafana: every PromQL expression in the dashboard parses (promtool)" grafana_promql_parses
+
+# The consumer's metric names are a contract with src/metrics.rs; a typo in
+# a rule or panel would silently show nothing.
+metric_names_known() {
+  python3 - "$ROOT" "$WORK/exprs.txt" <<'PY'
+import re, sys
+root = sys.argv[1]
+known = {"cdc_events_total", "cdc_consumer_lag_records", "cdc_consumer_lag_seconds",
+         "cdc_end_to_end_latency_seconds_bucket", "cdc_end_to_end_latency_seconds_sum",
+         "cdc_end_to_end_latency_seconds_count", "cdc_bulk_requests_total",
+         "cdc_bulk_request_duration_seconds_bucket", "cdc_bulk_request_duration_seconds_sum",
+         "cdc_bulk_request_duration_seconds_count", "cdc_sink_retries_total",
+         "cdc_dead_letter_messages_total", "cdc_decode_errors_total", "cdc_events_in_flight",
+         "cdc_build_info",
+         "ticdc_owner_checkpoint_ts_lag", "ticdc_owner_status", "ticdc_sink_mq_worker_batch_size_sum"}
+text = open(sys.argv[2]).read() + open(f"{root}/deploy/prometheus/alerts.yml").read()
+used = set(re.findall(r"\b((?:cdc|ticdc)_[a-z0-9_]+)\b", text))
+unknown = sorted(used - known - {"cdc_monitor"})
+if unknown:
+    print("unknown metric names:", unknown)
+    sys.exit(1)
+PY
+}
+check "metric names in alerts and dashboard are the consumer's documented ones" metric_names_known
+
+# --- db/init.sql on MariaDB ---------------------------------------------------------------
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_mariadb() {
+  local dir="$WORK/mariadb" port
+  mkdir -p "$dir"
+  port=$(free_port)
+  MARIADB_SOCKET="$dir/mariadb.sock"
+  mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
+    --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 \
+    || { cat "$dir/install.log"; return 1; }
+  # --user=root: mariadbd refuses to run as root without it; grant tables are
+  # skipped because only this script connects, over its own socket.
+  mariadbd --no-defaults --datadir="$dir/data" --user=root --port="$port" \
+    --bind-address=127.0.0.1 --socket="$MARIADB_SOCKET" --pid-file="$dir/mariadb.pid" \
+    --skip-grant-tables --log-error="$dir/error.log" >"$dir/stdout.log" 2>&1 </dev/null &
+  MARIADB_PID=$!
+  local deadline=$((SECONDS + 60))
+  until mariadb-admin --no-defaults --socket="$MARIADB_SOCKET" -uroot ping >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$MARIADB_PID" 2>/dev/null; then
+      cat "$dir/error.log"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+sql() {
+  mariadb --no-defaults --socket="$MARIADB_SOCKET" -uroot --batch --skip-column-names "$@"
+}
+
+init_sql_twice() {
+  local state1 state2 n
+  sql <"$ROOT/db/init.sql" || return 1
+  # Everything a re-run could change: row contents and the AUTO_INCREMENT counter.
+  state1=$(sql -e "CHECKSUM TABLE appdb.users; SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA='appdb' AND TABLE_NAME='users'")
+  sql <"$ROOT/db/init.sql" || return 1
+  state2=$(sql -e "CHECKSUM TABLE appdb.users; SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA='appdb' AND TABLE_NAME='users'")
+  [[ "$state1" == "$state2" ]] || { echo "second run changed the table: $state1 -> $state2"; return 1; }
+  n=$(sql -e "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='appdb'")
+  [[ "$n" == 1 ]] || { echo "appdb databases: $n"; return 1; }
+  n=$(sql -e "SELECT GROUP_CONCAT(TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA='appdb'")
+  [[ "$n" == users ]] || { echo "appdb tables: $n"; return 1; }
+  n=$(sql -e "SELECT COUNT(*) FROM appdb.users")
+  [[ "$n" == 1 ]] || { echo "users rows: $n"; return 1; }
+  n=$(sql -e "SELECT GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='appdb' AND TABLE_NAME='users'")
+  [[ "$n" == "id,username,password,email,created_at" ]] || { echo "users columns: $n"; return 1; }
+  # A bcrypt hash ($2a$/$2b$/$2y$, cost, 53 chars of salt+hash), not plain text.
+  n=$(sql -e "SELECT COUNT(*) FROM appdb.users WHERE password REGEXP '^[$]2[aby][$][0-9]{2}[$][./A-Za-z0-9]{53}$'")
+  [[ "$n" == 1 ]] || { echo "seed password is not a bcrypt hash"; return 1; }
+  # The unique username is what keeps a second seed row out.
+  if sql -e "INSERT INTO appdb.users (username, password, email) VALUES ('admin', 'x', 'x@example.com')" 2>/dev/null; then
+    echo "username is not unique"
+    return 1
+  fi
+}
+
+check_here "mariadb: private server started on a free port" start_mariadb
+check "db/init.sql: runs twice; one appdb, one users table, one seed row with a bcrypt hash" init_sql_twice
+
+# --- Kibana setup job against a stub Kibana -------------------------------------------------
+# The stub answers the three endpoints setup.sh uses and records each request,
+# so the test sees what a real Kibana would have been asked, twice in a row.
+KIBANA_STUB_PORT=
+start_kibana_stub() {
+  local log="$WORK/kibana-requests.log" deadline=$((SECONDS + 20))
+  KIBANA_STUB_PORT=$(free_port)
+  python3 - "$KIBANA_STUB_PORT" "$log" >"$WORK/stub.log" 2>&1 <<'PY' &
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+port, log = int(sys.argv[1]), sys.argv[2]
+views = set()
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    def do_GET(self):
+        with open(log, "a") as f: f.write(f"GET {self.path}\n")
+        if self.path == "/api/status":
+            return self.reply(200, {"status": {"overall": {"level": "available"}}})
+        if self.path.startswith("/api/data_views/data_view/"):
+            vid = self.path.rsplit("/", 1)[1]
+            return self.reply(200 if vid in views else 404, {"data_view": {"id": vid}} if vid in views else {"statusCode": 404})
+        self.reply(404, {})
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ok_xsrf = "kbn-xsrf" in self.headers
+        with open(log, "a") as f: f.write(f"POST {self.path} xsrf={ok_xsrf} {json.dumps(body, sort_keys=True)}\n")
+        if not ok_xsrf:
+            return self.reply(400, {})
+        if self.path == "/api/data_views/data_view":
+            views.add(body["data_view"]["id"])
+            return self.reply(200, body)
+        if self.path.startswith("/api/saved_objects/search/"):
+            return self.reply(200, body)
+        self.reply(404, {})
+HTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+  STUB_PID=$!
+  until curl -fsS "http://127.0.0.1:$KIBANA_STUB_PORT/api/status" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$STUB_PID" 2>/dev/null; then
+      cat "$WORK/stub.log"
+      return 1
+    fi
+    sleep 0.2
+  done
+  : >"$log"
+}
+
+kibana_setup_idempotent() {
+  local log="$WORK/kibana-requests.log"
+  [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
+  local env=(KIBANA_URL="http://127.0.0.1:$KIBANA_STUB_PORT" KIBANA_USERNAME=elastic KIBANA_PASSWORD=test KIBANA_SETUP_TIMEOUT=20 CDC_ES_INDEX=cdc-events)
+  env "${env[@]}" bash "$ROOT/deploy/kibana/setup.sh" || return 1
+  env "${env[@]}" bash "$ROOT/deploy/kibana/setup.sh" || return 1
+  python3 - "$log" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+posts = [l for l in lines if l.startswith("POST")]
+dv = [l for l in posts if l.startswith("POST /api/data_views/data_view ")]
+ss = [l for l in posts if l.startswith("POST /api/saved_objects/search/recent-changes?overwrite=true ")]
+errs = []
+if len(dv) != 1:
+    errs.append(f"data view created {len(dv)} times over two runs, want 1")
+else:
+    v = json.loads(dv[0].split(" ", 3)[3])["data_view"]
+    if (v["id"], v["title"], v["timeFieldName"]) != ("cdc-events", "cdc-events", "@timestamp"):
+        errs.append(f"data view {v}")
+if len(ss) != 2:
+    errs.append(f"saved search written {len(ss)} times, want 2 (overwrite each run)")
+else:
+    s = json.loads(ss[0].split(" ", 3)[3])
+    a = s["attributes"]
+    src = json.loads(a["kibanaSavedObjectMeta"]["searchSourceJSON"])
+    if a["title"] != "Recent changes" or a["columns"] != ["database", "table", "op", "pk"] \
+            or a["sort"] != [["@timestamp", "desc"]] or s["references"][0]["id"] != "cdc-events" \
+            or src["indexRefName"] != s["references"][0]["name"]:
+        errs.append(f"saved search {s}")
+if any("xsrf=False" in l for l in posts):
+    errs.append("a write request lacked kbn-xsrf")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check_here "kibana stub: started on a free port" start_kibana_stub
+check "kibana setup.sh: creates data view once and saved search (overwrite) across two runs" kibana_setup_idempotent
+[[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
+STUB_PID=
+
+kibana_setup_times_out() {
+  # Nothing listens on this port: the job must give up, not hang.
+  local port out
+  port=$(free_port)
+  if out=$(KIBANA_URL="http://127.0.0.1:$port" KIBANA_SETUP_TIMEOUT=3 timeout 30 bash "$ROOT/deploy/kibana/setup.sh" 2>&1); then
+    echo "succeeded without Kibana"
+    return 1
+  fi
+  grep -q 'not available within 3s' <<<"$out" || { echo "$out"; return 1; }
+}
+check "kibana setup.sh: fails with a message when Kibana never becomes available" kibana_setup_times_out
+
+# --- shell scripts ---------------------------------------------------------------------------
+shell_scripts() {
+  local f errs=0 files
+  mapfile -t files < <(find "$ROOT/scripts" "$ROOT/deploy" -type f -name '*.sh' | sort)
+  ((${#files[@]})) || { echo "no scripts found"; return 1; }
+  for f in "${files[@]}"; do
+    bash -n "$f" || errs=1
+    shellcheck -x "$f" || errs=1
+  done
+  return $errs
+}
+check "scripts: bash -n and shellcheck on every script under scripts/ and deploy/" shell_scripts
+
+echo "stack: $PASSED passed, $FAILED failed"
+((FAILED == 0))
