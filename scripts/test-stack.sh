@@ -111,6 +111,8 @@ compose_structure() {
   python3 - "$WORK/compose.resolved.yml" "$ROOT" <<'PY'
 import os, re, sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
+if not cfg:
+    sys.exit("no resolved compose file: docker-compose config failed (see above)")
 root = sys.argv[2]
 raw = yaml.safe_load(open(os.path.join(root, "docker-compose.yml")))
 svcs = cfg["services"]
