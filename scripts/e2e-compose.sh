@@ -15,6 +15,8 @@
 #
 #   scripts/e2e-compose.sh            # uses .env if present, else .env.example
 #                                     # with fresh random passwords
+#   E2E_ENV_FILE=path                 # another env file
+#   E2E_KEEP=1                        # leave the stack running afterwards
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +26,7 @@ cd "$ROOT"
 # or its volumes (down -v below removes this project's volumes only).
 PROJECT=${E2E_PROJECT:-cdc-monitor-e2e}
 WORK=$(mktemp -d)
-ENV_FILE="$ROOT/.env"
+ENV_FILE="${E2E_ENV_FILE:-$ROOT/.env}"
 if [[ ! -f "$ENV_FILE" ]]; then
   ENV_FILE="$WORK/e2e.env"
   # Random throwaway secrets: .env.example's placeholders are not to be used.
@@ -98,7 +100,7 @@ sql() { "${COMPOSE[@]}" run --rm -T mysql-client --batch --skip-column-names -e 
 # flattened field, so pk.id matches the primary key column `id` as a keyword.
 es_count() {
   es "${ES_URL}/${ES_INDEX}/_search?filter_path=hits.total.value&track_total_hits=true" -d @- <<JSON \
-    | grep -o '"value":[0-9]*' | cut -d: -f2
+    | grep -Eo '"value": ?[0-9]+' | grep -Eo '[0-9]+$'
 {"size": 0, "query": {"bool": {"filter": [
   {"term": {"database": "appdb"}}, {"term": {"table": "$1"}},
   {"term": {"op": "$2"}}, {"term": {"pk.id": "$3"}}]}}}
@@ -125,7 +127,7 @@ assert_in_es() {
 prom_events_positive() {
   curl -fsS -G "${PROM_URL}/api/v1/query" \
     --data-urlencode "query=sum(cdc_events_total{database=\"appdb\",table=\"$1\",op=\"$2\"}) > 0" \
-    | grep -q '"result":\[{'
+    | grep -Eq '"result": ?\[\{'
 }
 assert_in_prometheus() {
   wait_for "prometheus cdc_events_total{table=$1,op=$2} > 0" 45 prom_events_positive "$1" "$2"
@@ -141,9 +143,13 @@ log "starting the stack (project $PROJECT; the first build compiles the consumer
 wait_for "consumer /readyz (Kafka and Elasticsearch reachable)" 120 curl -fsS "${CONSUMER_URL}/readyz"
 changefeed_normal() { curl -fsS "${TICDC_URL}/api/v2/changefeeds/${CHANGEFEED_ID}" | grep -Eq '"state": ?"normal"'; }
 wait_for "changefeed ${CHANGEFEED_ID} normal" 60 changefeed_normal
-wait_for "consumer exports cdc_build_info" 30 sh -c "curl -fsS '${CONSUMER_URL}/metrics' | grep -q '^cdc_build_info'"
-wait_for "prometheus scrapes the consumer" 60 sh -c \
-  "curl -fsS -G '${PROM_URL}/api/v1/query' --data-urlencode 'query=up{job=\"cdc-monitor\"} == 1' | grep -q '\"result\":\\[{'"
+consumer_build_info() { curl -fsS "${CONSUMER_URL}/metrics" | grep -q '^cdc_build_info'; }
+wait_for "consumer exports cdc_build_info" 30 consumer_build_info
+prom_scrapes_consumer() {
+  curl -fsS -G "${PROM_URL}/api/v1/query" --data-urlencode 'query=up{job="cdc-monitor"} == 1' \
+    | grep -Eq '"result": ?\[\{'
+}
+wait_for "prometheus scrapes the consumer" 60 prom_scrapes_consumer
 kibana_data_view() { curl -fsS -u "elastic:${ELASTIC_PASSWORD}" "${KIBANA_URL}/api/data_views/data_view/${ES_INDEX}"; }
 wait_for "kibana data view ${ES_INDEX}" 60 kibana_data_view
 grafana_es_ok() {

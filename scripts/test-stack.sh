@@ -18,11 +18,13 @@ PASSED=0
 FAILED=0
 MARIADB_PID=
 STUB_PID=
+E2E_STUB_PID=
 
 cleanup() {
   # Only what this script started, by pid.
   [[ -n "$MARIADB_PID" ]] && kill "$MARIADB_PID" 2>/dev/null && wait "$MARIADB_PID" 2>/dev/null
   [[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
+  [[ -n "$E2E_STUB_PID" ]] && kill "$E2E_STUB_PID" 2>/dev/null && wait "$E2E_STUB_PID" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -572,6 +574,137 @@ kibana_setup_times_out() {
   grep -q 'not available within 3s' <<<"$out" || { echo "$out"; return 1; }
 }
 check "kibana setup.sh: fails with a message when Kibana never becomes available" kibana_setup_times_out
+
+# --- e2e-compose.sh against a fake docker and stub services ---------------------------------
+# No Docker engine here, so the e2e script's own logic (env handling, polling,
+# ES queries, teardown) runs against a `docker` stand-in on PATH and one stub
+# process that plays consumer, TiCDC, Elasticsearch, Prometheus, Kibana and
+# Grafana on free ports. The stand-in records each compose call and, for each
+# SQL statement, marks that op as "replicated" so the stubs start reporting it.
+E2E_STUB_PID=
+start_e2e_stubs() {
+  local dir="$WORK/e2e" deadline=$((SECONDS + 20)) name
+  mkdir -p "$dir/bin"
+  : >"$dir/docker.log"
+  : >"$dir/replicated"
+  : >"$dir/es-queries.log"
+  {
+    grep -v -E '^(CONSUMER|TICDC|ES|KIBANA|PROMETHEUS|GRAFANA)_HOST_PORT=' "$ROOT/.env.example"
+    for name in CONSUMER TICDC ES KIBANA PROMETHEUS GRAFANA; do
+      echo "${name}_HOST_PORT=$(free_port)"
+    done
+  } >"$dir/e2e.env"
+  cat >"$dir/bin/docker" <<'SH'
+#!/usr/bin/env bash
+# Stand-in for `docker`: logs the call; `run ... -e SQL` marks the op replicated.
+dir=$(dirname "$(dirname "$0")")
+echo "docker $*" >>"$dir/docker.log"
+[[ "$1" == compose ]] || exit 1
+sql=
+while (($#)); do
+  [[ "$1" == -e ]] && sql=$2
+  shift
+done
+case "$sql" in
+  *INSERT*) echo insert >>"$dir/replicated"; printf '42\n' ;;
+  *UPDATE*) echo update >>"$dir/replicated" ;;
+  *DELETE*) [[ -f "$dir/drop-delete" ]] || echo delete >>"$dir/replicated" ;;
+esac
+exit 0
+SH
+  chmod +x "$dir/bin/docker"
+  python3 - "$dir" >"$dir/stub.log" 2>&1 <<'PY' &
+import json, re, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+d = sys.argv[1]
+env = dict(l.split("=", 1) for l in open(f"{d}/e2e.env").read().splitlines() if "=" in l and not l.startswith("#"))
+def replicated():
+    return set(open(f"{d}/replicated").read().split())
+def handler(role):
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def reply(self, code, body, ctype="application/json"):
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(code); self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+        def do_GET(self):
+            p = self.path
+            if role == "consumer" and p == "/readyz": return self.reply(200, {"status": "ready"})
+            if role == "consumer" and p == "/metrics": return self.reply(200, 'cdc_build_info{version="0.1.0"} 1\n', "text/plain")
+            if role == "ticdc" and p == "/api/v2/changefeeds/cf-kafka": return self.reply(200, {"id": "cf-kafka", "state": "normal"})
+            if role == "kibana" and p == "/api/data_views/data_view/cdc-events": return self.reply(200, {"data_view": {"id": "cdc-events"}})
+            if role == "grafana" and p == "/api/datasources/uid/elasticsearch/health": return self.reply(200, {"status": "OK"})
+            if role == "prometheus" and p.startswith("/api/v1/query"):
+                from urllib.parse import parse_qs, urlparse
+                q = parse_qs(urlparse(p).query).get("query", [""])[0]
+                m = re.search(r'op="(\w+)"', q)
+                hit = ('job="cdc-monitor"' in q) or (m and m.group(1) in replicated() and 'table="users"' in q)
+                return self.reply(200, {"status": "success", "data": {"resultType": "vector",
+                                  "result": [{"metric": {}, "value": [0, "1"]}] if hit else []}})
+            self.reply(404, {})
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)) or 0).decode()
+            if role == "es" and self.path.startswith("/cdc-events/_search"):
+                with open(f"{d}/es-queries.log", "a") as f: f.write(json.dumps(json.loads(body)) + "\n")
+                terms = {k: v for t in json.loads(body)["query"]["bool"]["filter"] for k, v in t["term"].items()}
+                n = int(terms.get("table") == "users" and terms.get("pk.id") == "42" and terms.get("op") in replicated())
+                return self.reply(200, {"hits": {"total": {"value": n}}})
+            self.reply(404, {})
+    return H
+for role, key in [("consumer", "CONSUMER"), ("ticdc", "TICDC"), ("es", "ES"), ("kibana", "KIBANA"),
+                  ("prometheus", "PROMETHEUS"), ("grafana", "GRAFANA")]:
+    srv = ThreadingHTTPServer(("127.0.0.1", int(env[f"{key}_HOST_PORT"])), handler(role))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+PY
+  E2E_STUB_PID=$!
+  until grep -q ready "$dir/stub.log" 2>/dev/null; do
+    if ((SECONDS >= deadline)) || ! kill -0 "$E2E_STUB_PID" 2>/dev/null; then
+      cat "$dir/stub.log"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+run_e2e_fake() {
+  local dir="$WORK/e2e"
+  : >"$dir/docker.log"
+  : >"$dir/replicated"
+  env PATH="$dir/bin:$PATH" E2E_ENV_FILE="$dir/e2e.env" timeout 120 bash "$ROOT/scripts/e2e-compose.sh"
+}
+
+e2e_passes_on_fakes() {
+  local dir="$WORK/e2e" out
+  [[ -n "$E2E_STUB_PID" ]] || { echo "stubs not running"; return 1; }
+  rm -f "$dir/drop-delete"
+  out=$(run_e2e_fake 2>&1) || { echo "$out"; return 1; }
+  grep -q 'PASS: insert, update and delete' <<<"$out" || { echo "$out"; return 1; }
+  grep -q 'compose .*up -d --build --wait' "$dir/docker.log" || { echo "no up --wait"; return 1; }
+  grep -q 'compose .*down -v' "$dir/docker.log" || { echo "no down -v"; return 1; }
+  for op in insert update delete; do
+    grep -q "\"op\": \"$op\"" "$dir/es-queries.log" || { echo "never asked ES for $op"; return 1; }
+  done
+}
+e2e_fails_on_missing_change() {
+  local dir="$WORK/e2e" out start=$SECONDS
+  [[ -n "$E2E_STUB_PID" ]] || { echo "stubs not running"; return 1; }
+  touch "$dir/drop-delete"
+  if out=$(run_e2e_fake 2>&1); then
+    echo "passed although the delete never reached Elasticsearch"
+    return 1
+  fi
+  rm -f "$dir/drop-delete"
+  grep -q 'no delete document for users id=42 in cdc-events within 10s' <<<"$out" || { echo "$out"; return 1; }
+  grep -q 'compose .*down -v' "$dir/docker.log" || { echo "no teardown after failure"; return 1; }
+  ((SECONDS - start < 60)) || { echo "took $((SECONDS - start))s to fail"; return 1; }
+}
+check_here "e2e stubs: fake docker and stub services started" start_e2e_stubs
+check "e2e-compose.sh: passes against fakes; up --wait, ES queried per op, down -v" e2e_passes_on_fakes
+check "e2e-compose.sh: fails within 10s budget when a change never reaches ES, still tears down" e2e_fails_on_missing_change
+[[ -n "$E2E_STUB_PID" ]] && kill "$E2E_STUB_PID" 2>/dev/null && wait "$E2E_STUB_PID" 2>/dev/null
+E2E_STUB_PID=
 
 # --- shell scripts ---------------------------------------------------------------------------
 shell_scripts() {
