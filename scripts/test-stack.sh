@@ -309,6 +309,35 @@ PY
 }
 check "alerts: annotations, runbook anchors exist, firing and not-firing tests for each" alerts_complete
 
+# Runbook steps must target this stack: services that exist, published ports.
+runbook_targets_stack() {
+  python3 - "$ROOT" "$WORK/compose.resolved.yml" <<'PY'
+import re, sys, yaml
+root = sys.argv[1]
+cfg = yaml.safe_load(open(sys.argv[2])) or sys.exit("no resolved compose file")
+svcs = cfg["services"]
+published = {int(p["published"]) for s in svcs.values() for p in s.get("ports", [])}
+text = open(f"{root}/docs/runbook.md").read()
+errs = []
+for m in re.finditer(r"docker compose (exec|logs|ps|restart|stop|start|up|run)((?: -{1,2}[a-z-]+(?:=\S+)?| -d)*)((?: [a-z][a-z0-9-]*)+)", text):
+    names = m.group(3).split()
+    if m.group(1) in ("exec", "run"):
+        names = names[:1]
+    for n in names:
+        if n not in svcs:
+            errs.append(f"`{m.group(0)}`: no service {n}")
+for port in set(int(p) for p in re.findall(r"localhost:(\d+)", text)):
+    if port not in published:
+        errs.append(f"localhost:{port} is not a published port")
+for sec in ("No events in Elasticsearch", "Metrics not increasing", "Services up but nothing flows"):
+    if not re.search(rf"^#+ {sec}$", text, re.M):
+        errs.append(f"missing checklist: {sec}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "runbook: checklists present; commands name existing services and published ports" runbook_targets_stack
+
 # --- Grafana -----------------------------------------------------------------------
 # Extracts every PromQL expression from the dashboard into $WORK/exprs.txt.
 grafana_files() {
