@@ -529,6 +529,8 @@ class H(BaseHTTPRequestHandler):
         self.reply(404, {})
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.startswith("/_security/"):
+            return self.do_POST_es(body)
         ok_xsrf = "kbn-xsrf" in self.headers
         with open(log, "a") as f: f.write(f"POST {self.path} xsrf={ok_xsrf} {json.dumps(body, sort_keys=True)}\n")
         if not ok_xsrf:
@@ -539,6 +541,10 @@ class H(BaseHTTPRequestHandler):
         if self.path.startswith("/api/saved_objects/search/"):
             return self.reply(200, body)
         self.reply(404, {})
+    def do_POST_es(self, body):
+        # Elasticsearch's change-password API, for deploy/elasticsearch/setup.sh.
+        with open(log, "a") as f: f.write(f"ES {self.path} auth={self.headers.get('Authorization', '')} {json.dumps(body)}\n")
+        self.reply(200, {})
 HTTPServer(("127.0.0.1", port), H).serve_forever()
 PY
   STUB_PID=$!
@@ -589,6 +595,21 @@ PY
 }
 check_here "kibana stub: started on a free port" start_kibana_stub
 check "kibana setup.sh: creates data view once and saved search (overwrite) across two runs" kibana_setup_idempotent
+
+es_setup_sets_password() {
+  local log="$WORK/kibana-requests.log" auth
+  [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
+  : >"$log"
+  ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SECURITY_ENABLED=false ELASTIC_PASSWORD=e KIBANA_SYSTEM_PASSWORD=k \
+    bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
+  [[ ! -s "$log" ]] || { echo "security disabled, yet it called Elasticsearch: $(cat "$log")"; return 1; }
+  ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SETUP_TIMEOUT=10 ELASTIC_PASSWORD=el-pw KIBANA_SYSTEM_PASSWORD=kib-pw \
+    bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
+  auth="Basic $(printf 'elastic:el-pw' | base64)"
+  grep -qF "ES /_security/user/kibana_system/_password auth=$auth {\"password\": \"kib-pw\"}" "$log" \
+    || { echo "unexpected requests:"; cat "$log"; return 1; }
+}
+check "elasticsearch setup.sh: sets kibana_system password as elastic; no-op without security" es_setup_sets_password
 [[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
 STUB_PID=
 
