@@ -11,6 +11,8 @@
 #   bash scripts/test-stack.sh
 set -uo pipefail
 
+# mariadbd and friends live in /usr/sbin, which a CI PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 WORK=$(mktemp -d /tmp/cdc-test-stack.XXXXXX)
