@@ -1,8 +1,26 @@
-//! `cdc-monitor bench`: CPU cost of decode + bulk encode, printed as numbers.
+//! `cdc-monitor bench`: prints throughput, latency and memory numbers.
+//!
+//! 1. decode + bulk encode on one core, no I/O;
+//! 2. end to end: a backlog in a local Kafka-protocol broker (Tansu, memory
+//!    engine, started here unless `--brokers` is given) consumed by a real
+//!    `cdc-monitor run` child into an in-process bulk endpoint that answers
+//!    201 for every item; events/s and the child's peak RSS;
+//! 3. latency: a steady rate through the same path, commit time to bulk
+//!    receipt, p50/p99.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::Router;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::canal::{decode, Decoded};
 use crate::event::SourcePosition;
@@ -14,6 +32,21 @@ pub struct BenchArgs {
     /// Events for the decode + encode measurement.
     #[arg(long, default_value_t = 500_000)]
     pub events: usize,
+    /// Backlog size for the end-to-end and peak-RSS measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: usize,
+    /// Steady rate for the latency measurement, events/s.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Duration of the latency measurement in seconds (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    pub latency_seconds: u64,
+    /// Use this broker instead of starting Tansu.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Tansu binary to start (memory engine).
+    #[arg(long, default_value = "tansu")]
+    pub tansu: String,
 }
 
 /// A canal-json INSERT like TiCDC writes for a small table.
@@ -35,12 +68,35 @@ pub fn sample_message(id: u64, commit_ts: u64) -> String {
 /// Runs the benchmarks and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let mut out = String::new();
+    writeln!(out, "machine: {} cores, {}", cores(), cpu_model())?;
+    cpu(&args, &mut out)?;
+    if args.backlog == 0 && args.latency_seconds == 0 {
+        return Ok(out);
+    }
+    let (brokers, _broker) = match &args.brokers {
+        Some(b) => (b.clone(), None),
+        None => {
+            let (addr, child) = start_tansu(&args.tansu)?;
+            (addr, Some(KillOnDrop(child)))
+        }
+    };
+    let sink = BulkStub::start().await?;
+    if args.backlog > 0 {
+        backlog(&args, &brokers, &sink, &mut out).await?;
+    }
+    if args.latency_seconds > 0 {
+        latency(&args, &brokers, &sink, &mut out).await?;
+    }
+    Ok(out)
+}
+
+fn cpu(args: &BenchArgs, out: &mut String) -> anyhow::Result<()> {
     let n = args.events.max(1);
     let messages: Vec<String> = (0..n as u64)
         .map(|i| sample_message(i, 445_318_436_315_725_826 + i))
         .collect();
     let topic: Arc<str> = Arc::from("tidb-cdc");
-    let mut body = Vec::with_capacity(1 << 20);
+    let mut body = Vec::with_capacity(6 << 20);
     let started = Instant::now();
     let mut events = 0usize;
     for (i, m) in messages.iter().enumerate() {
@@ -65,5 +121,324 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         "decode+encode: {events} events in {secs:.3} s = {:.0} events/s on one core",
         events as f64 / secs
     )?;
-    Ok(out)
+    Ok(())
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_tansu(bin: &str) -> anyhow::Result<(String, Child)> {
+    let port = free_port()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("cdc-bench-tansu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let child = Command::new(bin)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {bin}: {e} (install: cargo install tansu --locked --features dynostore,libsql)"))?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "tansu did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((addr, child))
+}
+
+/// Bulk endpoint that stores nothing and acknowledges everything.
+#[derive(Clone)]
+struct BulkStub {
+    addr: SocketAddr,
+    docs: Arc<AtomicU64>,
+    latencies_ms: Arc<Mutex<Vec<i64>>>,
+}
+
+impl BulkStub {
+    async fn start() -> anyhow::Result<BulkStub> {
+        let stub = BulkStub {
+            addr: "127.0.0.1:0".parse()?,
+            docs: Arc::new(AtomicU64::new(0)),
+            latencies_ms: Arc::new(Mutex::new(Vec::new())),
+        };
+        let app = Router::new()
+            .route(
+                "/",
+                get(|| async { "{\"version\":{\"number\":\"8.15.0\"}}" }),
+            )
+            .route(
+                "/_index_template/{name}",
+                get(|| async { "{}" }).head(|| async { "" }),
+            )
+            .route("/_bulk", post(bulk_handler))
+            .with_state(stub.clone());
+        let listener = tokio::net::TcpListener::bind(stub.addr).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(BulkStub { addr, ..stub })
+    }
+}
+
+async fn bulk_handler(
+    State(s): State<BulkStub>,
+    body: Bytes,
+) -> ([(&'static str, &'static str); 1], String) {
+    let now = bulk::now_millis();
+    let mut items = 0u64;
+    let mut lat = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        if i % 2 == 1 && !line.is_empty() {
+            items += 1;
+            if let Some(ts) = find_commit_ts(line) {
+                lat.push(now - crate::canal::decode::tso_to_millis(ts));
+            }
+        }
+    }
+    s.docs.fetch_add(items, Ordering::Relaxed);
+    if let Ok(mut l) = s.latencies_ms.lock() {
+        l.extend(lat);
+    }
+    let mut resp = String::with_capacity(30 + items as usize * 30);
+    resp.push_str("{\"took\":1,\"errors\":false,\"items\":[");
+    for i in 0..items {
+        if i > 0 {
+            resp.push(',');
+        }
+        resp.push_str("{\"create\":{\"status\":201}}");
+    }
+    resp.push_str("]}");
+    ([("content-type", "application/json")], resp)
+}
+
+fn find_commit_ts(doc: &[u8]) -> Option<u64> {
+    let key = b"\"commit_ts\":";
+    let at = doc.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = doc[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()?)
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, payload: &str) {
+    let mut record = BaseRecord::<(), str>::to(topic).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                // Queue full: let the background thread drain it.
+                std::thread::sleep(Duration::from_millis(5));
+                record = r;
+            }
+        }
+    }
+}
+
+fn spawn_consumer(
+    brokers: &str,
+    topic: &str,
+    sink: &BulkStub,
+) -> anyhow::Result<(KillOnDrop, String)> {
+    let port = free_port()?;
+    let group = format!("bench-{}-{}", std::process::id(), bulk::now_millis());
+    let child = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .env("CDC_KAFKA_BROKERS", brokers)
+        .env("CDC_KAFKA_TOPICS", topic)
+        .env("CDC_KAFKA_GROUP_ID", &group)
+        .env("CDC_DLQ_TOPIC", format!("{topic}-dlq"))
+        .env("CDC_ES_URL", format!("http://{}", sink.addr))
+        .env("CDC_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("CDC_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok((KillOnDrop(child), format!("127.0.0.1:{port}")))
+}
+
+/// Peak resident set size of `pid` in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn backlog(
+    args: &BenchArgs,
+    brokers: &str,
+    sink: &BulkStub,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let topic = format!("bench-backlog-{}", bulk::now_millis());
+    let n = args.backlog;
+    create_topic(brokers, &topic, 1).await?;
+    let p = producer(brokers)?;
+    let started = Instant::now();
+    let base = 445_318_436_315_725_826u64;
+    for i in 0..n as u64 {
+        send(&p, &topic, &sample_message(i, base + i));
+    }
+    p.flush(Duration::from_secs(300))?;
+    writeln!(
+        out,
+        "backlog: produced {n} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    )?;
+    let before = sink.docs.load(Ordering::Relaxed);
+    let (child, _) = spawn_consumer(brokers, &topic, sink)?;
+    let pid = child.0.id();
+    let started = Instant::now();
+    let mut first: Option<Instant> = None;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let done = sink.docs.load(Ordering::Relaxed) - before;
+        if done > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if done >= n as u64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = sink.docs.load(Ordering::Relaxed) - before;
+    let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let total = started.elapsed().as_secs_f64();
+    let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+    writeln!(
+        out,
+        "end to end (broker → consumer → bulk endpoint): {done} events in {total:.1} s from start = {:.0} events/s ({:.0} events/s from the first document)",
+        done as f64 / total,
+        done as f64 / from_first.max(1e-9)
+    )?;
+    writeln!(out, "peak RSS while catching up {n} events: {rss:.1} MiB")?;
+    Ok(())
+}
+
+async fn latency(
+    args: &BenchArgs,
+    brokers: &str,
+    sink: &BulkStub,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let topic = format!("bench-latency-{}", bulk::now_millis());
+    create_topic(brokers, &topic, 1).await?;
+    let p = producer(brokers)?;
+    // Create the topic before the consumer subscribes.
+    send(
+        &p,
+        &topic,
+        &sample_message(0, (bulk::now_millis() as u64) << 18),
+    );
+    p.flush(Duration::from_secs(30))?;
+    let (_child, _) = spawn_consumer(brokers, &topic, sink)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sink.latencies_ms.lock().map(|mut l| l.clear()).ok();
+    let p = ProducerLowLatency::new(brokers)?;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let total = args.rate * args.latency_seconds;
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep(due - now).await;
+        }
+        let ts = (bulk::now_millis() as u64) << 18;
+        send(&p.0, &topic, &sample_message(i + 1, ts));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut l = sink
+        .latencies_ms
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    l.sort_unstable();
+    let pct = |q: f64| {
+        l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(-1)
+    };
+    writeln!(
+        out,
+        "latency at {} events/s for {} s (commit time → bulk receipt, {} events): p50 {} ms, p99 {} ms, max {} ms",
+        args.rate,
+        args.latency_seconds,
+        l.len(),
+        pct(0.50),
+        pct(0.99),
+        l.last().copied().unwrap_or(-1)
+    )?;
+    Ok(())
+}
+
+/// A producer that sends at once, so the measured latency is the consumer's.
+struct ProducerLowLatency(ThreadedProducer<DefaultProducerContext>);
+
+impl ProducerLowLatency {
+    fn new(brokers: &str) -> anyhow::Result<Self> {
+        Ok(ProducerLowLatency(
+            ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "0")
+                .create()?,
+        ))
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
