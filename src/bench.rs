@@ -85,7 +85,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         backlog(&args, &brokers, &sink, &mut out).await?;
     }
     if args.latency_seconds > 0 {
-        latency(&args, &brokers, &sink, &mut out).await?;
+        latency(&args, &brokers, &sink, &[], &mut out).await?;
+        // Tansu answers a fetch only when fetch.wait.max.ms runs out, even
+        // when data is there; a real Kafka answers once data arrives.
+        latency(
+            &args,
+            &brokers,
+            &sink,
+            &[("CDC_KAFKA_FETCH_WAIT_MAX", "10ms")],
+            &mut out,
+        )
+        .await?;
     }
     Ok(out)
 }
@@ -239,10 +249,14 @@ fn find_commit_ts(doc: &[u8]) -> Option<u64> {
 
 async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let results = admin
-        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await?;
     for r in results {
         r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
@@ -278,6 +292,7 @@ fn spawn_consumer(
     brokers: &str,
     topic: &str,
     sink: &BulkStub,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(KillOnDrop, String)> {
     let port = free_port()?;
     let group = format!("bench-{}-{}", std::process::id(), bulk::now_millis());
@@ -290,6 +305,7 @@ fn spawn_consumer(
         .env("CDC_ES_URL", format!("http://{}", sink.addr))
         .env("CDC_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("CDC_LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -326,7 +342,7 @@ async fn backlog(
         started.elapsed().as_secs_f64()
     )?;
     let before = sink.docs.load(Ordering::Relaxed);
-    let (child, _) = spawn_consumer(brokers, &topic, sink)?;
+    let (child, _) = spawn_consumer(brokers, &topic, sink, &[])?;
     let pid = child.0.id();
     let started = Instant::now();
     let mut first: Option<Instant> = None;
@@ -359,6 +375,7 @@ async fn latency(
     args: &BenchArgs,
     brokers: &str,
     sink: &BulkStub,
+    env: &[(&str, &str)],
     out: &mut String,
 ) -> anyhow::Result<()> {
     let topic = format!("bench-latency-{}", bulk::now_millis());
@@ -371,7 +388,7 @@ async fn latency(
         &sample_message(0, (bulk::now_millis() as u64) << 18),
     );
     p.flush(Duration::from_secs(30))?;
-    let (_child, _) = spawn_consumer(brokers, &topic, sink)?;
+    let (_child, _) = spawn_consumer(brokers, &topic, sink, env)?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     sink.latencies_ms.lock().map(|mut l| l.clear()).ok();
     let p = ProducerLowLatency::new(brokers)?;
@@ -401,9 +418,10 @@ async fn latency(
     };
     writeln!(
         out,
-        "latency at {} events/s for {} s (commit time → bulk receipt, {} events): p50 {} ms, p99 {} ms, max {} ms",
+        "latency at {} events/s for {} s{} (commit time → bulk receipt, {} events): p50 {} ms, p99 {} ms, max {} ms",
         args.rate,
         args.latency_seconds,
+        env.iter().map(|(k, v)| format!(" with {k}={v}")).collect::<String>(),
         l.len(),
         pct(0.50),
         pct(0.99),

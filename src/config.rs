@@ -52,6 +52,7 @@ keys! {
     kafka_auto_offset_reset => "kafka.auto_offset_reset", "CDC_KAFKA_AUTO_OFFSET_RESET", ["earliest"], "Where a group with no committed offset starts: earliest or latest";
     kafka_session_timeout => "kafka.session_timeout", "CDC_KAFKA_SESSION_TIMEOUT", ["10s"], "Group session timeout; a crashed member's partitions move after this";
     kafka_commit_interval => "kafka.commit_interval", "CDC_KAFKA_COMMIT_INTERVAL", ["1s"], "How often acknowledged offsets are committed";
+    kafka_fetch_wait_max => "kafka.fetch_wait_max", "CDC_KAFKA_FETCH_WAIT_MAX", ["100ms"], "Longest time a fetch waits at the broker for data (latency when traffic is low)";
     kafka_queue_max_kbytes => "kafka.queue_max_kbytes", "CDC_KAFKA_QUEUE_MAX_KBYTES", ["8192"], "librdkafka prefetch queue cap per partition, in KiB (bounds memory when the sink stalls)";
     kafka_security_protocol => "kafka.security_protocol", "CDC_KAFKA_SECURITY_PROTOCOL", [], "security.protocol: plaintext, ssl, sasl_plaintext, sasl_ssl";
     kafka_sasl_mechanism => "kafka.sasl_mechanism", "CDC_KAFKA_SASL_MECHANISM", [], "sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512";
@@ -69,7 +70,7 @@ keys! {
     es_timeout => "es.timeout", "CDC_ES_TIMEOUT", ["30s"], "Timeout of one Elasticsearch request";
     batch_max_events => "batch.max_events", "CDC_BATCH_MAX_EVENTS", ["2000"], "Most events in one bulk request";
     batch_max_bytes => "batch.max_bytes", "CDC_BATCH_MAX_BYTES", ["5MiB"], "Most bytes in one bulk request (e.g. 5MiB)";
-    batch_linger => "batch.linger", "CDC_BATCH_LINGER", ["50ms"], "Longest wait to fill a batch";
+    batch_linger => "batch.linger", "CDC_BATCH_LINGER", ["5ms"], "Longest wait to fill a batch";
     sink_concurrency => "sink.concurrency", "CDC_SINK_CONCURRENCY", ["4"], "Bulk requests in flight at once";
     retry_initial_backoff => "sink.retry_initial_backoff", "CDC_RETRY_INITIAL_BACKOFF", ["100ms"], "First retry delay (doubles each attempt, with jitter)";
     retry_max_backoff => "sink.retry_max_backoff", "CDC_RETRY_MAX_BACKOFF", ["30s"], "Longest retry delay";
@@ -342,6 +343,8 @@ pub struct KafkaConfig {
     pub auto_offset_reset: OffsetReset,
     pub session_timeout: Duration,
     pub commit_interval: Duration,
+    /// `fetch.wait.max.ms`: bounds latency at low traffic on brokers that hold fetches.
+    pub fetch_wait_max: Duration,
     /// Caps librdkafka's prefetch queue so a stalled sink bounds memory.
     pub queue_max_kbytes: usize,
     pub dlq_topic: String,
@@ -437,6 +440,7 @@ impl Config {
                 Ok(d)
             })?,
             commit_interval: l.get("kafka.commit_interval", parse_duration)?,
+            fetch_wait_max: l.get("kafka.fetch_wait_max", parse_duration)?,
             queue_max_kbytes: l.get("kafka.queue_max_kbytes", positive)?,
             dlq_topic: l.get("kafka.dlq_topic", text)?,
             properties,

@@ -235,6 +235,10 @@ impl KafkaSource {
                 "queued.max.messages.kbytes",
                 cfg.queue_max_kbytes.to_string(),
             )
+            .set(
+                "fetch.wait.max.ms",
+                cfg.fetch_wait_max.as_millis().max(1).to_string(),
+            )
             .set("statistics.interval.ms", "1000")
             .set("enable.partition.eof", "false");
         if let Some(id) = &cfg.instance_id {
