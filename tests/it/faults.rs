@@ -76,7 +76,24 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
     let mut consumer = ConsumerProcess::spawn(&env);
     let mut logs = String::new();
     for _ in 0..5 {
-        let wait = rand::rng().random_range(1_000..4_000);
+        // Kill only once this instance owns every partition: Tansu 0.6 does
+        // not always expire a member killed in the middle of a rebalance, and
+        // stacked dead members would then keep partitions forever.
+        let owns_all = eventually(Duration::from_secs(90), || async {
+            consumer
+                .metrics()
+                .await
+                .matches("cdc_consumer_lag_records{")
+                .count()
+                == p.partitions as usize
+        })
+        .await;
+        assert!(
+            owns_all,
+            "restarted consumer never got every partition:\n{}",
+            consumer.log_tail()
+        );
+        let wait = rand::rng().random_range(500..3_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         consumer.kill();
         logs.push_str(&consumer.log_tail());

@@ -65,27 +65,22 @@ pub fn broker() -> &'static Broker {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
+        // Statics are never dropped, so the broker cannot be killed on Drop
+        // at exit: a shell watchdog kills it once this test process is gone.
+        let script = format!(
+            "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db & t=$!; \
+             while kill -0 {pid} 2>/dev/null && kill -0 $t 2>/dev/null; do sleep 1; done; kill $t 2>/dev/null; wait $t",
+            pid = std::process::id()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .arg(tansu_bin())
             .current_dir(dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start tansu ({}): {e}; run .ci/run or install it",
-                    tansu_bin().display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run scripts/test.sh or install it", tansu_bin().display()));
         let bootstrap = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&bootstrap).is_err() {
