@@ -122,5 +122,5 @@ async fn readyz_reports_elasticsearch_down_as_503_and_json_logs_on_request() {
     .await;
     assert!(ready, "{}", consumer.log_tail());
     // The index template was installed at start-up.
-    assert_eq!(es.stub.as_ref().unwrap().templates(), [p.index.clone()]);
+    assert_eq!(es.stub.as_ref().unwrap().templates(), vec![p.index.clone()]);
 }
