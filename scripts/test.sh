@@ -42,4 +42,12 @@ fi
 log "cargo test"
 # Scenario tests start consumers, a broker and Prometheus: a few at a time
 # keeps two cores responsive enough for their timing.
-cargo test --locked -- --test-threads "${CDC_TEST_THREADS:-3}"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --locked --all-targets -- --test-threads "${CDC_TEST_THREADS:-3}" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo: %d passed, %d failed\n", p, f }' "$out"
+exit "$status"

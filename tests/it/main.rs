@@ -6,3 +6,4 @@ mod changefeed;
 mod cli;
 mod faults;
 mod flow;
+mod restart;

@@ -234,3 +234,79 @@ impl Broker {
             .collect()
     }
 }
+
+/// A Tansu broker of one test's own, which the test can stop and start again
+/// on the same port and data (sqlite engine).
+pub struct PrivateBroker {
+    pub bootstrap: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts a fresh broker on a free port.
+    pub fn start() -> PrivateBroker {
+        let mut b = PrivateBroker {
+            bootstrap: String::new(),
+            port: super::free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        b.bootstrap = format!("127.0.0.1:{}", b.port);
+        b.resume();
+        b
+    }
+
+    /// Starts the broker again with the same port and data.
+    pub fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the broker (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The same helpers as the shared broker, against this one.
+    pub fn client(&self) -> Broker {
+        Broker {
+            bootstrap: self.bootstrap.clone(),
+            _process: None,
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
