@@ -77,15 +77,7 @@ impl EsClient {
             .body(body)
             .send()
             .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if !status.is_success() {
-            return Err(SinkError::Status {
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| SinkError::Response(format!("bulk reply: {e}")))
+        json_reply(resp, "bulk reply").await
     }
 
     /// Installs the index template for `index` unless one exists; true when created.
@@ -146,17 +138,24 @@ impl EsClient {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_string());
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if !status.is_success() {
-            return Err(SinkError::Status {
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| SinkError::Response(e.to_string()))
+        json_reply(req.send().await?, path).await
     }
+}
+
+/// A 2xx reply parsed as JSON, or the status with the start of the body.
+async fn json_reply<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<T, SinkError> {
+    let status = resp.status();
+    let bytes = resp.bytes().await?;
+    if !status.is_success() {
+        return Err(SinkError::Status {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+        });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| SinkError::Response(format!("{what}: {e}")))
 }
 
 /// The index template: fixed keyword fields, and `flattened` row data so that
