@@ -182,6 +182,8 @@ impl App {
                     tokio::select! {
                         _ = tick.tick() => {
                             source.commit(false);
+                            let s = source.clone();
+                            let _ = tokio::task::spawn_blocking(move || s.refresh_lag_records()).await;
                             source.update_lag_seconds();
                         }
                         _ = stop.cancelled() => return,

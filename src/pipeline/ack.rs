@@ -173,6 +173,15 @@ impl OffsetTracker {
         }
     }
 
+    /// Per assigned partition, the offset lag is counted from: the committed
+    /// offset, else the lowest offset in flight or next to read, else `None`.
+    pub fn positions(&self) -> Vec<(Arc<str>, i32, Option<i64>)> {
+        self.parts
+            .iter()
+            .map(|((t, p), o)| (t.clone(), *p, o.committed.or_else(|| o.committable())))
+            .collect()
+    }
+
     /// Age in seconds of the oldest change in flight per partition (0 when none).
     pub fn lag_seconds(&self, now_ms: i64) -> Vec<(Arc<str>, i32, f64)> {
         self.parts

@@ -15,7 +15,6 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use secrecy::ExposeSecret;
@@ -39,30 +38,6 @@ pub struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                // -1 is librdkafka's internal "unassigned" partition.
-                if *partition < 0 || !p.desired {
-                    continue;
-                }
-                // Records between the high watermark and what we committed;
-                // before a first commit, everything from the log start counts.
-                let lag = if p.hi_offset < 0 {
-                    continue;
-                } else if p.committed_offset >= 0 {
-                    p.hi_offset - p.committed_offset
-                } else {
-                    p.hi_offset - p.lo_offset.max(0)
-                };
-                self.metrics
-                    .lag_records
-                    .with_label_values(&[topic.as_str(), &partition.to_string()])
-                    .set(lag.max(0));
-            }
-        }
-    }
-
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         warn!(error = %error, reason, "kafka client error");
     }
@@ -239,7 +214,6 @@ impl KafkaSource {
                 "fetch.wait.max.ms",
                 cfg.fetch_wait_max.as_millis().max(1).to_string(),
             )
-            .set("statistics.interval.ms", "1000")
             .set("enable.partition.eof", "false");
         if let Some(id) = &cfg.instance_id {
             c.set("group.instance.id", id);
@@ -311,6 +285,35 @@ impl KafkaSource {
                     origin,
                     undecodable: Some((e.reason(), e.to_string())),
                 })
+            }
+        }
+    }
+
+    /// Refreshes lag in records: the broker's high watermark minus the
+    /// committed offset, per assigned partition. Blocking (one ListOffsets
+    /// round trip per partition): call it off the async threads.
+    ///
+    /// Asked of the broker rather than read from librdkafka's statistics:
+    /// those only see new high watermarks in fetch replies, and a stalled
+    /// sink stops fetching, which is exactly when lag matters.
+    pub fn refresh_lag_records(&self) {
+        let positions = match self.tracker.lock() {
+            Ok(t) => t.positions(),
+            Err(_) => return,
+        };
+        for (topic, partition, position) in positions {
+            match self
+                .consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(2))
+            {
+                Ok((low, high)) => {
+                    let from = position.unwrap_or(low).max(low);
+                    self.metrics
+                        .lag_records
+                        .with_label_values(&[topic.as_ref(), &partition.to_string()])
+                        .set((high - from).max(0));
+                }
+                Err(e) => debug!(topic = %topic, partition, error = %e, "cannot read watermarks"),
             }
         }
     }

@@ -54,29 +54,33 @@ struct StubState {
 pub struct EsStub {
     pub addr: SocketAddr,
     state: Arc<Mutex<StubState>>,
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl EsStub {
     /// Starts on a free loopback port.
     pub async fn start() -> EsStub {
+        EsStub::start_on(0).await
+    }
+
+    /// Starts on `port` (0 for a free one).
+    pub async fn start_on(port: u16) -> EsStub {
         let state = Arc::new(Mutex::new(StubState::default()));
-        let app = Router::new()
-            .route("/", get(root))
-            .route("/_bulk", post(bulk))
-            .route(
-                "/_index_template/{name}",
-                get(get_template).head(head_template).put(put_template),
-            )
-            .route("/{index}/_count", get(count).post(count))
-            .route("/{index}/_refresh", post(refresh).get(refresh))
-            .route("/{index}/_doc/{id}", get(get_doc))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
-        });
-        EsStub { addr, state }
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let addr = serve(port, state.clone(), stop.clone()).await;
+        EsStub { addr, state, stop }
+    }
+
+    /// Stops listening (connections are refused); documents are kept.
+    pub async fn stop(&self) {
+        self.stop.notify_waiters();
+        // Let the listener close before a client tries again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Listens again on the same port, with the same documents.
+    pub async fn restart(&self) {
+        serve(self.addr.port(), self.state.clone(), self.stop.clone()).await;
     }
 
     /// Base URL.
@@ -126,6 +130,35 @@ impl EsStub {
             .filter(|n| **n > 1)
             .count()
     }
+}
+
+async fn serve(
+    port: u16,
+    state: Arc<Mutex<StubState>>,
+    stop: Arc<tokio::sync::Notify>,
+) -> SocketAddr {
+    let app = Router::new()
+        .route("/", get(root))
+        .route("/_bulk", post(bulk))
+        .route(
+            "/_index_template/{name}",
+            get(get_template).head(head_template).put(put_template),
+        )
+        .route("/{index}/_count", get(count).post(count))
+        .route("/{index}/_refresh", post(refresh).get(refresh))
+        .route("/{index}/_doc/{id}", get(get_doc))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.notified().await })
+            .await
+            .ok();
+    });
+    addr
 }
 
 async fn root() -> Json<Value> {
@@ -336,7 +369,12 @@ impl EsTarget {
 
     /// Always the stub (fault-injection tests).
     pub async fn stub() -> EsTarget {
-        let stub = EsStub::start().await;
+        EsTarget::stub_on(0).await
+    }
+
+    /// The stub on `port` (e.g. one a consumer already points at).
+    pub async fn stub_on(port: u16) -> EsTarget {
+        let stub = EsStub::start_on(port).await;
         EsTarget {
             url: stub.url(),
             stub: Some(stub),
