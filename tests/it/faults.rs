@@ -456,3 +456,54 @@ async fn elasticsearch_down_stalls_reading_with_bounded_memory_then_resumes_with
     stub.restart().await;
     assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_elasticsearch_is_down_exits_zero_within_the_bound_and_loses_nothing() {
+    const N: usize = 2_000;
+    let es = EsTarget::stub().await;
+    let stub = es.stub.clone().unwrap();
+    let p = setup("termdown", 2, &es).await;
+    let mut env = p.env();
+    env.push(("CDC_SHUTDOWN_TIMEOUT".into(), "3s".into()));
+    let mut consumer = ConsumerProcess::spawn(&env);
+    consumer.wait_healthy().await;
+    // Let it install the template and join, then take Elasticsearch away.
+    let ready = eventually(Duration::from_secs(30), || async {
+        consumer
+            .metrics()
+            .await
+            .contains("cdc_consumer_lag_records{")
+    })
+    .await;
+    assert!(ready, "{}", consumer.log_tail());
+    stub.stop().await;
+    broker()
+        .produce(&p.topic, p.partitions, (0..N).map(message))
+        .await;
+    let stuck = eventually(Duration::from_secs(20), || async {
+        consumer.metric("cdc_events_in_flight", &[]).await > 0.0
+    })
+    .await;
+    assert!(stuck, "{}", consumer.log_tail());
+    let t0 = Instant::now();
+    let status = consumer.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}: {}", consumer.log_tail());
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let committed: i64 = broker()
+        .committed(&p.group, &p.topic, p.partitions)
+        .iter()
+        .map(|o| (*o).max(0))
+        .sum();
+    assert_eq!(
+        committed, 0,
+        "nothing was stored, so nothing may be committed"
+    );
+
+    stub.restart().await;
+    let consumer = ConsumerProcess::spawn(&p.env());
+    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+}
