@@ -73,18 +73,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     if args.backlog == 0 && args.latency_seconds == 0 {
         return Ok(out);
     }
-    let (brokers, _broker) = match &args.brokers {
-        Some(b) => (b.clone(), None),
-        None => {
-            let (addr, child) = start_tansu(&args.tansu)?;
-            (addr, Some(KillOnDrop(child)))
-        }
-    };
     let sink = BulkStub::start().await?;
     if args.backlog > 0 {
+        let (brokers, _broker) = broker(&args)?;
         backlog(&args, &brokers, &sink, &mut out).await?;
     }
     if args.latency_seconds > 0 {
+        // A fresh broker: the backlog's million messages stay out of the
+        // steady-state measurement.
+        let (brokers, _broker) = broker(&args)?;
         latency(&args, &brokers, &sink, &[], &mut out).await?;
         // Tansu answers a fetch only when fetch.wait.max.ms runs out, even
         // when data is there; a real Kafka answers once data arrives.
@@ -132,6 +129,17 @@ fn cpu(args: &BenchArgs, out: &mut String) -> anyhow::Result<()> {
         events as f64 / secs
     )?;
     Ok(())
+}
+
+/// The broker to use: `--brokers`, or a Tansu started for this phase.
+fn broker(args: &BenchArgs) -> anyhow::Result<(String, Option<KillOnDrop>)> {
+    match &args.brokers {
+        Some(b) => Ok((b.clone(), None)),
+        None => {
+            let (addr, child) = start_tansu(&args.tansu)?;
+            Ok((addr, Some(KillOnDrop(child))))
+        }
+    }
 }
 
 struct KillOnDrop(Child);
@@ -304,7 +312,10 @@ fn spawn_consumer(
         .env("CDC_DLQ_TOPIC", format!("{topic}-dlq"))
         .env("CDC_ES_URL", format!("http://{}", sink.addr))
         .env("CDC_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("CDC_LOG_LEVEL", "warn")
+        .env(
+            "CDC_LOG_LEVEL",
+            std::env::var("CDC_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -388,8 +399,19 @@ async fn latency(
         &sample_message(0, (bulk::now_millis() as u64) << 18),
     );
     p.flush(Duration::from_secs(30))?;
+    let before = sink.docs.load(Ordering::Relaxed);
     let (_child, _) = spawn_consumer(brokers, &topic, sink, env)?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Measure the steady state: start once the consumer has joined its
+    // group and stored the first message.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sink.docs.load(Ordering::Relaxed) == before {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the consumer stored nothing within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     sink.latencies_ms.lock().map(|mut l| l.clear()).ok();
     let p = ProducerLowLatency::new(brokers)?;
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);

@@ -8,7 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::sink::elasticsearch::retry::Backoff;
-use crate::source::kafka::ProducerLogContext;
+use crate::source::kafka::LogContext;
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -40,7 +40,7 @@ pub struct DeadLetter<'a> {
 /// Produces to the dead-letter topic.
 #[derive(Clone)]
 pub struct DeadLetterQueue {
-    producer: FutureProducer<ProducerLogContext>,
+    producer: FutureProducer<LogContext>,
     topic: String,
     backoff: Backoff,
 }
@@ -48,7 +48,7 @@ pub struct DeadLetterQueue {
 impl DeadLetterQueue {
     /// Wraps an idempotent producer.
     pub fn new(
-        producer: FutureProducer<ProducerLogContext>,
+        producer: FutureProducer<LogContext>,
         topic: String,
         backoff: Backoff,
     ) -> DeadLetterQueue {

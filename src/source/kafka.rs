@@ -64,10 +64,13 @@ fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
     }
 }
 
-/// Context of the dead-letter producer: its logs go through `tracing` too.
-pub struct ProducerLogContext;
+/// Context of the clients other than the consumer (dead-letter producer,
+/// probe): their logs go through `tracing` too.
+pub struct LogContext;
 
-impl ClientContext for ProducerLogContext {
+impl ConsumerContext for LogContext {}
+
+impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         log_librdkafka(level, fac, message);
     }
@@ -150,6 +153,11 @@ impl ConsumerContext for SourceContext {
 /// Consumes canal-json from a consumer group.
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer<SourceContext>>,
+    /// A second client with its own connections for watermarks and
+    /// readiness: a broker answers requests on one connection in order, so
+    /// on the consumer's connections they would queue behind long-poll
+    /// fetches, time out, and make librdkafka drop the connection.
+    probe: Arc<BaseConsumer<LogContext>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Metrics,
     brokers: String,
@@ -169,13 +177,13 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 /// The idempotent producer used for the dead-letter topic.
-pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer<ProducerLogContext>, SourceError> {
+pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer<LogContext>, SourceError> {
     Ok(client_config(cfg)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
-        .create_with_context(ProducerLogContext)?)
+        .create_with_context(LogContext)?)
 }
 
 impl KafkaSource {
@@ -225,8 +233,13 @@ impl KafkaSource {
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
+        let probe: BaseConsumer<LogContext> = client_config(cfg)
+            .set("group.id", format!("{}-probe", cfg.group_id))
+            .set("enable.auto.commit", "false")
+            .create_with_context(LogContext)?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
+            probe: Arc::new(probe),
             tracker,
             metrics,
             brokers: cfg.brokers.clone(),
@@ -303,7 +316,7 @@ impl KafkaSource {
         };
         for (topic, partition, position) in positions {
             match self
-                .consumer
+                .probe
                 .fetch_watermarks(&topic, partition, Duration::from_secs(2))
             {
                 Ok((low, high)) => {
@@ -411,9 +424,9 @@ impl Source for KafkaSource {
     }
 
     async fn check(&self) -> Result<(), SourceError> {
-        let consumer = self.consumer.clone();
+        let probe = self.probe.clone();
         tokio::task::spawn_blocking(move || {
-            consumer
+            probe
                 .fetch_metadata(None, Duration::from_secs(3))
                 .map(|_| ())
         })
