@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -207,15 +208,41 @@ impl App {
         committer_stop.cancel();
         let _ = committer.await;
         let s = source.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            s.commit(true);
-            s.close();
-        })
-        .await;
-        let left = tracker.lock().map(|t| t.in_flight_events()).unwrap_or(0);
-        info!(unacknowledged_events = left, "stopped");
+        let _ = tokio::task::spawn_blocking(move || s.commit(true)).await;
         http_stop.cancel();
         let _ = http_task.await;
+        // The HTTP handlers held the other references: this is the last one.
+        leave_group(source, LEAVE_GROUP_TIMEOUT).await;
+        let left = tracker.lock().map(|t| t.in_flight_events()).unwrap_or(0);
+        info!(unacknowledged_events = left, "stopped");
         result.map_err(AppError::from)
+    }
+}
+
+/// How long closing the consumer (leaving the group) may take at exit.
+const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Leaves the consumer group and drops the consumer, waiting at most `timeout`.
+///
+/// librdkafka's close waits for the group's answer, and a broker that holds
+/// a JoinGroup in flight (mid-rebalance) can keep it waiting for the whole
+/// rebalance timeout. Offsets are already committed by then, so exiting
+/// without the LeaveGroup only means the broker expires the member after the
+/// session timeout.
+async fn leave_group(source: Arc<KafkaSource>, timeout: Duration) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        source.close();
+        drop(source);
+        let _ = done_tx.send(());
+    });
+    let finished = tokio::task::spawn_blocking(move || done_rx.recv_timeout(timeout).is_ok())
+        .await
+        .unwrap_or(false);
+    if !finished {
+        warn!(
+            ?timeout,
+            "leaving the consumer group did not finish; the broker will expire this member"
+        );
     }
 }

@@ -233,10 +233,9 @@ impl KafkaSource {
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let probe: BaseConsumer<LogContext> = client_config(cfg)
-            .set("group.id", format!("{}-probe", cfg.group_id))
-            .set("enable.auto.commit", "false")
-            .create_with_context(LogContext)?;
+        // No group.id: the probe never joins a group, so dropping it never
+        // waits for a group close.
+        let probe: BaseConsumer<LogContext> = client_config(cfg).create_with_context(LogContext)?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             probe: Arc::new(probe),
