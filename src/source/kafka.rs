@@ -265,8 +265,10 @@ impl KafkaSource {
             key: msg.key().map(Bytes::copy_from_slice),
             payload,
         };
+        // Decode before taking the lock: the sink's acknowledgements need it too.
+        let decoded = decode(&origin.payload, &position);
         let mut tracker = self.tracker.lock().ok()?;
-        match decode(&origin.payload, &position) {
+        match decoded {
             Ok(Decoded::Events(events)) => {
                 let commit_ms = events.first().map_or(0, |e| e.commit_time_ms);
                 let ack = tracker.read(topic, partition, offset, events.len(), commit_ms);
