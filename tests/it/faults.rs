@@ -22,15 +22,17 @@ async fn setup(prefix: &str, partitions: i32, es: &EsTarget) -> Pipeline {
 }
 
 /// Waits for exactly `n` documents and checks every expected id is there.
-async fn assert_all_stored_once(es: &EsTarget, p: &Pipeline, n: usize, logs: &str) {
+async fn assert_all_stored_once(es: &EsTarget, p: &Pipeline, n: usize, consumer: &ConsumerProcess) {
     let done = eventually(Duration::from_secs(180), || async {
         es.count(&p.index).await >= n as u64
     })
     .await;
     assert!(
         done,
-        "{} of {n} documents; log:\n{logs}",
-        es.count(&p.index).await
+        "{} of {n} documents; metrics:\n{}\nlog:\n{}",
+        es.count(&p.index).await,
+        consumer.metrics().await,
+        consumer.log_tail()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(es.count(&p.index).await, n as u64, "duplicates or extras");
@@ -74,7 +76,6 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
         Duration::from_millis(300),
     ));
     let mut consumer = ConsumerProcess::spawn(&env);
-    let mut logs = String::new();
     for _ in 0..5 {
         // Kill only once this instance owns every partition: Tansu 0.6 does
         // not always expire a member killed in the middle of a rebalance, and
@@ -96,11 +97,10 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
         let wait = rand::rng().random_range(500..3_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         consumer.kill();
-        logs.push_str(&consumer.log_tail());
         consumer = ConsumerProcess::spawn(&env);
     }
     producer.await.unwrap();
-    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &consumer).await;
     let committed: i64 = broker()
         .committed(&p.group, &p.topic, p.partitions)
         .iter()
@@ -165,7 +165,7 @@ async fn sink_answering_429_for_30s_loses_nothing_and_lag_rises_then_returns_to_
     );
     assert_eq!(es.count(&p.index).await, 0);
 
-    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &consumer).await;
     let back_to_zero = eventually(Duration::from_secs(30), || async {
         let m = consumer.metrics().await;
         sum_metric(&m, "cdc_consumer_lag_records", &[]) == 0.0
@@ -193,7 +193,7 @@ async fn partial_item_failures_are_retried_until_every_event_is_stored() {
         .produce(&p.topic, p.partitions, (0..N).map(message))
         .await;
     let consumer = ConsumerProcess::spawn(&p.env());
-    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &consumer).await;
     assert!(
         consumer
             .metric("cdc_bulk_requests_total", &["outcome=\"partial\""])
@@ -250,7 +250,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_good_ones_are_indexe
         .collect();
     broker().produce(&p.topic, p.partitions, payloads).await;
     let consumer = ConsumerProcess::spawn(&p.env());
-    assert_all_stored_once(&es, &p, GOOD, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, GOOD, &consumer).await;
 
     let dead = broker().read_all(&p.dlq, BAD + REJECTED, Duration::from_secs(60));
     assert_eq!(dead.len(), BAD + REJECTED);
@@ -356,7 +356,7 @@ async fn sigterm_under_load_exits_zero_and_a_restart_loses_nothing() {
     );
     producer.await.unwrap();
     let consumer = ConsumerProcess::spawn(&p.env());
-    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &consumer).await;
     assert!(stopped_after < Duration::from_secs(31));
 }
 
@@ -393,7 +393,7 @@ async fn two_instances_share_six_partitions_and_one_takes_over_when_the_other_st
     let status = a.terminate(Duration::from_secs(35));
     assert!(status.success(), "{}", a.log_tail());
     producer.await.unwrap();
-    assert_all_stored_once(&es, &p, N, &b.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &b).await;
     let owned_by_b = b
         .metrics()
         .await
@@ -454,7 +454,7 @@ async fn elasticsearch_down_stalls_reading_with_bounded_memory_then_resumes_with
     assert!(lag > (N / 2) as f64, "lag {lag} should show the backlog");
 
     stub.restart().await;
-    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &consumer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,5 +505,5 @@ async fn sigterm_while_elasticsearch_is_down_exits_zero_within_the_bound_and_los
 
     stub.restart().await;
     let consumer = ConsumerProcess::spawn(&p.env());
-    assert_all_stored_once(&es, &p, N, &consumer.log_tail()).await;
+    assert_all_stored_once(&es, &p, N, &consumer).await;
 }
