@@ -235,7 +235,14 @@ impl KafkaSource {
         consumer.subscribe(&topics)?;
         // No group.id: the probe never joins a group, so dropping it never
         // waits for a group close.
-        let probe: BaseConsumer<LogContext> = client_config(cfg).create_with_context(LogContext)?;
+        // Same session timeout as the consumer, so consumer properties passed
+        // through (max.poll.interval.ms ≥ session.timeout.ms) stay valid here.
+        let probe: BaseConsumer<LogContext> = client_config(cfg)
+            .set(
+                "session.timeout.ms",
+                cfg.session_timeout.as_millis().to_string(),
+            )
+            .create_with_context(LogContext)?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             probe: Arc::new(probe),

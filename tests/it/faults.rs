@@ -62,6 +62,14 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
     let es = EsTarget::start().await;
     let p = setup("kill", 3, &es).await;
     let mut env = p.env();
+    // JoinGroup carries max.poll.interval.ms as the rebalance timeout; a
+    // broker may wait that long for a killed member to rejoin. 20 s instead
+    // of librdkafka's 300 s keeps the restarts within the test's bounds; the
+    // consumer polls continuously here, so it never comes near it.
+    env.push((
+        "CDC_KAFKA_PROPERTIES".into(),
+        "max.poll.interval.ms=20000".into(),
+    ));
     if std::env::var_os("CDC_TEST_KAFKA_BROKERS").is_some() {
         // Static membership: a restarted instance takes its partitions
         // straight back. Tansu 0.6 keeps rebalancing a group whose static
