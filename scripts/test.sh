@@ -4,6 +4,9 @@
 # as root; later runs reuse what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# CI may start with a minimal environment: find cargo and its installs.
+export HOME="${HOME:-/root}"
+export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
