@@ -32,17 +32,6 @@ impl Op {
             Op::Ddl => "ddl",
         }
     }
-
-    /// Parses the lower-case name back.
-    pub fn parse(s: &str) -> Option<Op> {
-        match s {
-            "insert" => Some(Op::Insert),
-            "update" => Some(Op::Update),
-            "delete" => Some(Op::Delete),
-            "ddl" => Some(Op::Ddl),
-            _ => None,
-        }
-    }
 }
 
 impl fmt::Display for Op {

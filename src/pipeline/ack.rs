@@ -91,11 +91,6 @@ impl OffsetTracker {
         self.in_flight_events.sub(events);
     }
 
-    /// True when the partition is currently assigned.
-    pub fn is_assigned(&self, topic: &str, partition: i32) -> bool {
-        self.parts.contains_key(&(Arc::from(topic), partition))
-    }
-
     /// Records a message read with `events` events; `None` when the message
     /// needs no acknowledgement (nothing to store, or partition not assigned).
     pub fn read(

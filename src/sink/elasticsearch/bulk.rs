@@ -71,12 +71,6 @@ pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent, ingested_at: 
     buf.push(b'\n');
 }
 
-/// The document for `event` as a JSON value (the embedded store and tests use it).
-pub fn document_json(event: &ChangeEvent, ingested_at: &str) -> Vec<u8> {
-    // See `encode`: cannot fail.
-    serde_json::to_vec(&document(event, ingested_at)).expect("document serialises")
-}
-
 fn document<'a>(event: &'a ChangeEvent, ingested_at: &'a str) -> Document<'a> {
     Document {
         timestamp: rfc3339_millis(event.commit_time_ms),

@@ -124,22 +124,6 @@ impl EsClient {
         }
         Ok(())
     }
-
-    /// A GET or POST with a JSON body against any path, for the query API and tests.
-    pub async fn json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, SinkError> {
-        let mut req = self.http.request(method, self.url(path));
-        if let Some(body) = body {
-            req = req
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        json_reply(req.send().await?, path).await
-    }
 }
 
 /// A 2xx reply parsed as JSON, or the status with the start of the body.

@@ -40,11 +40,6 @@ impl ElasticsearchSink {
         })
     }
 
-    /// The HTTP client, for the query API and tests.
-    pub fn client(&self) -> &EsClient {
-        &self.client
-    }
-
     async fn pause(&self, attempt: u32, abort: &CancellationToken) -> Result<(), SinkError> {
         tokio::select! {
             _ = tokio::time::sleep(self.backoff.delay(attempt)) => Ok(()),
