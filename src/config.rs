@@ -45,6 +45,16 @@ macro_rules! keys {
 }
 
 keys! {
+    source => "source", "CDC_SOURCE", ["kafka"], "Where changes come from: kafka (canal-json) or binlog (MySQL/MariaDB replication)";
+    sink => "sink", "CDC_SINK", [], "Where changes go: elasticsearch, sqlite (embedded store) or kafka (canal-json producer); default elasticsearch when CDC_ES_URL is set, else sqlite";
+    data_dir => "data_dir", "CDC_DATA_DIR", ["./cdc-data"], "Directory for the embedded store, binlog positions and dead letters without Kafka";
+    mysql_url => "mysql.url", "CDC_MYSQL_URL", [], "Binlog source: mysql://USER:PASSWORD@HOST:PORT (secret)";
+    mysql_server_id => "mysql.server_id", "CDC_MYSQL_SERVER_ID", ["5799"], "Binlog source: replica server id, unique among the server's replicas";
+    tables => "binlog.tables", "CDC_TABLES", ["*.*"], "Binlog source: tables to capture, comma-separated DB.TABLE patterns with * (system schemas are never captured)";
+    tables_exclude => "binlog.tables_exclude", "CDC_TABLES_EXCLUDE", [], "Binlog source: tables to skip, same patterns as CDC_TABLES";
+    binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
+    store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
+    store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted beyond this size";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
     kafka_topics => "kafka.topics", "CDC_KAFKA_TOPICS", ["tidb-cdc"], "Topics to consume, comma-separated";
     kafka_group_id => "kafka.group_id", "CDC_KAFKA_GROUP_ID", ["cdc-consumer-group"], "Consumer group id";
@@ -61,7 +71,7 @@ keys! {
     kafka_ssl_ca_location => "kafka.ssl_ca_location", "CDC_KAFKA_SSL_CA_LOCATION", [], "ssl.ca.location: CA bundle for TLS to the brokers";
     kafka_properties => "kafka.properties", "CDC_KAFKA_PROPERTIES", [], "Extra librdkafka properties, key=value,key=value (TOML: [kafka.properties] table)";
     dlq_topic => "kafka.dlq_topic", "CDC_DLQ_TOPIC", ["tidb-cdc-dlq"], "Dead-letter topic for messages that cannot be decoded or stored";
-    es_url => "es.url", "CDC_ES_URL", ["http://elasticsearch:9200"], "Elasticsearch URL";
+    es_url => "es.url", "CDC_ES_URL", [], "Elasticsearch URL; when unset, events go to the embedded store";
     es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index";
     es_username => "es.username", "CDC_ES_USERNAME", [], "Elasticsearch basic-auth user";
     es_password => "es.password", "CDC_ES_PASSWORD", [], "Elasticsearch basic-auth password (secret)";
@@ -251,7 +261,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?}; use ms, s, m or h")),
+        "d" => n * 86400.0,
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err("must be a non-negative duration".into());
@@ -377,11 +388,127 @@ pub struct SinkConfig {
     pub channel_capacity: usize,
 }
 
+/// Where changes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Kafka,
+    Binlog,
+}
+
+/// Where changes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    Elasticsearch,
+    Sqlite,
+    Kafka,
+}
+
+/// Where a binlog source without a stored position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinlogStart {
+    Current,
+    Earliest,
+}
+
+/// A `db.table` pattern with `*` wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePattern {
+    pub database: String,
+    pub table: String,
+}
+
+impl TablePattern {
+    /// Parses `appdb.*`, `*.users` or `appdb.users`.
+    pub fn parse(s: &str) -> Result<TablePattern, String> {
+        let (database, table) = s
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?} is not DB.TABLE (use * as a wildcard, e.g. appdb.*)"))?;
+        if database.is_empty() || table.is_empty() {
+            return Err(format!("{s:?} is not DB.TABLE"));
+        }
+        Ok(TablePattern {
+            database: database.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// True when `database.table` matches.
+    pub fn matches(&self, database: &str, table: &str) -> bool {
+        glob(&self.database, database) && glob(&self.table, table)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|&i| tail.is_char_boundary(i))
+                .any(|i| glob(rest, &tail[i..]))
+        }
+    }
+}
+
+/// Which tables the binlog source captures.
+#[derive(Debug, Clone)]
+pub struct TableFilter {
+    pub include: Vec<TablePattern>,
+    pub exclude: Vec<TablePattern>,
+}
+
+impl TableFilter {
+    /// Schemas that hold the server's own state, never captured.
+    pub const SYSTEM: [&'static str; 4] =
+        ["mysql", "sys", "information_schema", "performance_schema"];
+
+    /// True when changes of `database.table` are captured.
+    pub fn accepts(&self, database: &str, table: &str) -> bool {
+        !Self::SYSTEM.contains(&database)
+            && self.include.iter().any(|p| p.matches(database, table))
+            && !self.exclude.iter().any(|p| p.matches(database, table))
+    }
+
+    /// True when some table of `database` may be captured (DDL filtering).
+    pub fn accepts_database(&self, database: &str) -> bool {
+        !Self::SYSTEM.contains(&database)
+            && self.include.iter().any(|p| glob(&p.database, database))
+    }
+}
+
+/// Binlog source settings.
+#[derive(Debug, Clone)]
+pub struct MysqlConfig {
+    /// `mysql://USER:PASSWORD@HOST:PORT`; holds the password.
+    pub url: SecretString,
+    pub server_id: u32,
+    pub tables: TableFilter,
+    pub start: BinlogStart,
+}
+
+/// Embedded store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub retention: Duration,
+    pub max_bytes: u64,
+}
+
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub source: SourceKind,
+    pub sink_kind: SinkKind,
+    pub data_dir: PathBuf,
+    /// Set when `source` is `Binlog`.
+    pub mysql: Option<MysqlConfig>,
+    pub store: StoreConfig,
     pub kafka: KafkaConfig,
-    pub es: EsConfig,
+    /// Set when `sink_kind` is `Elasticsearch`.
+    pub es: Option<EsConfig>,
     pub sink: SinkConfig,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
@@ -446,31 +573,131 @@ impl Config {
             properties,
             sasl_password: l.opt("kafka.sasl_password", secret)?,
         };
-        let es = EsConfig {
-            url: l.get("es.url", http_url)?,
-            index: l.get("es.index", |s| {
-                let s = text(s)?;
-                if s.starts_with(['_', '-', '+'])
-                    || s.chars()
-                        .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
-                {
-                    return Err("not a valid Elasticsearch index name".into());
-                }
-                Ok(s)
-            })?,
-            username: l.opt("es.username", text)?,
-            password: l.opt("es.password", secret)?,
-            api_key: l.opt("es.api_key", secret)?,
-            ca_file: l.opt("es.ca_file", |s| {
-                let p = PathBuf::from(s);
-                if !p.is_file() {
-                    return Err("file not found".into());
-                }
-                Ok(p)
-            })?,
-            timeout: l.get("es.timeout", parse_duration)?,
+        let es_url = l.opt("es.url", http_url)?;
+        let source = l.get("source", |s| match s.trim() {
+            "kafka" => Ok(SourceKind::Kafka),
+            "binlog" => Ok(SourceKind::Binlog),
+            _ => Err("must be kafka or binlog".into()),
+        })?;
+        let sink_kind = match l.opt("sink", |s| match s.trim() {
+            "elasticsearch" => Ok(SinkKind::Elasticsearch),
+            "sqlite" => Ok(SinkKind::Sqlite),
+            "kafka" => Ok(SinkKind::Kafka),
+            _ => Err("must be elasticsearch, sqlite or kafka".into()),
+        })? {
+            Some(k) => k,
+            None if es_url.is_some() => SinkKind::Elasticsearch,
+            None => SinkKind::Sqlite,
         };
-        if es.username.is_some() != es.password.is_some() {
+        if sink_kind == SinkKind::Elasticsearch && es_url.is_none() {
+            return Err(invalid(
+                "CDC_ES_URL",
+                "",
+                "CDC_SINK=elasticsearch needs an Elasticsearch URL",
+            ));
+        }
+        if sink_kind == SinkKind::Kafka && source == SourceKind::Kafka {
+            return Err(invalid(
+                "CDC_SINK",
+                "kafka",
+                "the Kafka sink publishes captured changes: it needs CDC_SOURCE=binlog",
+            ));
+        }
+        if sink_kind == SinkKind::Kafka && kafka.topics.len() != 1 {
+            return Err(invalid(
+                "CDC_KAFKA_TOPICS",
+                &kafka.topics.join(","),
+                "the Kafka sink publishes to exactly one topic",
+            ));
+        }
+        let mysql = if source == SourceKind::Binlog {
+            let patterns = |s: &str| {
+                list(s)?
+                    .iter()
+                    .map(|p| TablePattern::parse(p))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            Some(MysqlConfig {
+                url: l
+                    .opt("mysql.url", |s| {
+                        let url = Url::parse(s.trim()).map_err(|e| e.to_string())?;
+                        if url.scheme() != "mysql" {
+                            return Err(format!(
+                                "scheme must be mysql, not {}; expected mysql://USER:PASSWORD@HOST:PORT",
+                                url.scheme()
+                            ));
+                        }
+                        Ok(SecretString::from(s.trim().to_owned()))
+                    })?
+                    .ok_or_else(|| {
+                        invalid(
+                            "CDC_MYSQL_URL",
+                            "",
+                            "CDC_SOURCE=binlog needs mysql://USER:PASSWORD@HOST:PORT",
+                        )
+                    })?,
+                server_id: l.get("mysql.server_id", positive)?,
+                tables: TableFilter {
+                    include: l.get("binlog.tables", patterns)?,
+                    exclude: l.opt("binlog.tables_exclude", patterns)?.unwrap_or_default(),
+                },
+                start: l.get("binlog.start", |s| match s.trim() {
+                    "current" => Ok(BinlogStart::Current),
+                    "earliest" => Ok(BinlogStart::Earliest),
+                    _ => Err("must be current or earliest".into()),
+                })?,
+            })
+        } else {
+            None
+        };
+        let store = StoreConfig {
+            retention: l.get("store.retention", parse_duration)?,
+            max_bytes: l.get("store.max_bytes", |s| {
+                let n = parse_bytes(s)?;
+                if n < (1 << 20) {
+                    return Err("must be at least 1MiB".into());
+                }
+                Ok(n as u64)
+            })?,
+        };
+        let data_dir = l.get("data_dir", |s| Ok(PathBuf::from(text(s)?)))?;
+        let es = es_url
+            .map(|url| -> Result<EsConfig, ConfigError> {
+                Ok(EsConfig {
+                    url,
+                    index: l.get("es.index", |s| {
+                        let s = text(s)?;
+                        if s.starts_with(['_', '-', '+'])
+                            || s.chars()
+                                .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
+                        {
+                            return Err("not a valid Elasticsearch index name".into());
+                        }
+                        Ok(s)
+                    })?,
+                    username: l.opt("es.username", text)?,
+                    password: l.opt("es.password", secret)?,
+                    api_key: l.opt("es.api_key", secret)?,
+                    ca_file: l.opt("es.ca_file", |s| {
+                        let p = PathBuf::from(s);
+                        if !p.is_file() {
+                            return Err("file not found".into());
+                        }
+                        Ok(p)
+                    })?,
+                    timeout: l.get("es.timeout", parse_duration)?,
+                })
+            })
+            .transpose()?;
+        let es = if sink_kind == SinkKind::Elasticsearch {
+            es
+        } else {
+            None
+        };
+        if let Some(es) = es
+            .as_ref()
+            .filter(|es| es.username.is_some() != es.password.is_some())
+        {
             let key = if es.username.is_some() {
                 "CDC_ES_PASSWORD"
             } else {
@@ -505,6 +732,11 @@ impl Config {
             ));
         }
         Ok(Config {
+            source,
+            sink_kind,
+            data_dir,
+            mysql,
+            store,
             kafka,
             es,
             sink,

@@ -135,8 +135,21 @@ pub enum SourcePosition {
         partition: i32,
         offset: i64,
     },
+    /// A MySQL/MariaDB binlog event: the rows event's file and end position.
+    Binlog { file: Arc<str>, pos: u64 },
     /// Not from a durable source (tests, benchmarks).
     None,
+}
+
+/// A source's resume point for one of its streams, in the source's own text
+/// form (a binlog position as JSON, say). Sinks that can keep it with the
+/// events, in the same transaction, are handed it with each batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Which stream: `binlog`, or `kafka/TOPIC/PARTITION`.
+    pub stream: Arc<str>,
+    /// Where to resume after everything up to here is stored.
+    pub position: String,
 }
 
 /// Why a message carries less than the full row (TiCDC large-message handling).

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Checkpoint};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::{Ack, OffsetTracker};
 use crate::pipeline::dlq::{DeadLetter, DeadLetterQueue};
@@ -32,6 +32,8 @@ pub struct Envelope {
     pub origin: Origin,
     /// Set when the message could not be decoded: (reason, error).
     pub undecodable: Option<(&'static str, String)>,
+    /// The source's resume point once this message and all before it are stored.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Where a message came from, and its original bytes for the dead-letter topic.
@@ -145,10 +147,18 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
         owner.extend(std::iter::repeat_n(i, m.events.len()));
         events.append(&mut m.events);
     }
-    let rejected = if events.is_empty() {
+    // The last resume point of each stream in this batch.
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    for c in messages.iter_mut().filter_map(|m| m.checkpoint.take()) {
+        match checkpoints.iter_mut().find(|k| k.stream == c.stream) {
+            Some(k) => *k = c,
+            None => checkpoints.push(c),
+        }
+    }
+    let rejected = if events.is_empty() && checkpoints.is_empty() {
         Vec::new()
     } else {
-        match w.sink.write(&events, &w.abort).await {
+        match w.sink.write(&events, &checkpoints, &w.abort).await {
             Ok(r) => r,
             Err(e) => {
                 // Not acknowledged: these messages are read again after a restart.

@@ -1,7 +1,14 @@
 //! The dead-letter topic: messages that cannot be decoded or stored, kept
 //! byte for byte with headers that say why and where they came from.
+//! Without Kafka (binlog into the embedded store) the letters go to a file,
+//! one JSON object per line with the same fields.
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use serde::Serialize;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -37,12 +44,32 @@ pub struct DeadLetter<'a> {
     pub offset: i64,
 }
 
-/// Produces to the dead-letter topic.
+/// Produces to the dead-letter topic, or appends to the dead-letter file.
 #[derive(Clone)]
-pub struct DeadLetterQueue {
-    producer: FutureProducer<LogContext>,
-    topic: String,
-    backoff: Backoff,
+pub enum DeadLetterQueue {
+    Kafka {
+        producer: FutureProducer<LogContext>,
+        topic: String,
+        backoff: Backoff,
+    },
+    File {
+        path: PathBuf,
+        lock: Arc<Mutex<()>>,
+    },
+}
+
+/// One line of the dead-letter file.
+#[derive(Serialize)]
+struct FileLetter<'a> {
+    failed_at: String,
+    stage: &'a str,
+    reason: &'a str,
+    error: &'a str,
+    source: &'a str,
+    partition: i32,
+    offset: i64,
+    /// The message as the source produced it (canal-json), lossless when UTF-8.
+    payload: std::borrow::Cow<'a, str>,
 }
 
 impl DeadLetterQueue {
@@ -52,10 +79,18 @@ impl DeadLetterQueue {
         topic: String,
         backoff: Backoff,
     ) -> DeadLetterQueue {
-        DeadLetterQueue {
+        DeadLetterQueue::Kafka {
             producer,
             topic,
             backoff,
+        }
+    }
+
+    /// Appends letters to `path` (JSON lines), for setups without Kafka.
+    pub fn file(path: PathBuf) -> DeadLetterQueue {
+        DeadLetterQueue::File {
+            path,
+            lock: Arc::new(Mutex::new(())),
         }
     }
 
@@ -64,6 +99,61 @@ impl DeadLetterQueue {
     /// A message is only acknowledged upstream once it is safely here, so a
     /// broker outage means waiting, never losing it.
     pub async fn send(&self, letter: &DeadLetter<'_>, abort: &CancellationToken) -> bool {
+        match self {
+            DeadLetterQueue::Kafka {
+                producer,
+                topic,
+                backoff,
+            } => send_kafka(producer, topic, backoff, letter, abort).await,
+            DeadLetterQueue::File { path, lock } => {
+                let line = FileLetter {
+                    failed_at: crate::sink::elasticsearch::bulk::now_rfc3339(),
+                    stage: letter.stage,
+                    reason: letter.reason,
+                    error: letter.error,
+                    source: letter.topic,
+                    partition: letter.partition,
+                    offset: letter.offset,
+                    payload: String::from_utf8_lossy(letter.payload),
+                };
+                let mut attempt = 0;
+                loop {
+                    let written = (|| -> std::io::Result<()> {
+                        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)?;
+                        let mut buf = serde_json::to_vec(&line)?;
+                        buf.push(b'\n');
+                        f.write_all(&buf)?;
+                        f.sync_data()
+                    })();
+                    match written {
+                        Ok(()) => return true,
+                        Err(e) => {
+                            attempt += 1;
+                            tracing::warn!(path = %path.display(), attempt, error = %e, "dead-letter write failed, retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(attempt.min(30) as u64)) => {}
+                                _ = abort.cancelled() => return false,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send_kafka(
+    producer: &FutureProducer<LogContext>,
+    topic: &str,
+    backoff: &Backoff,
+    letter: &DeadLetter<'_>,
+    abort: &CancellationToken,
+) -> bool {
+    {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
         let failed_at = crate::sink::elasticsearch::bulk::now_rfc3339();
@@ -98,23 +188,23 @@ impl DeadLetterQueue {
                     key: headers::FAILED_AT,
                     value: Some(&failed_at),
                 });
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
                 .payload(letter.payload)
                 .headers(headers);
             if let Some(key) = letter.key {
                 record = record.key(key);
             }
             let result = tokio::select! {
-                r = self.producer.send(record, Duration::from_secs(30)) => r,
+                r = producer.send(record, Duration::from_secs(30)) => r,
                 _ = abort.cancelled() => return false,
             };
             match result {
                 Ok(_) => return true,
                 Err((e, _)) => {
                     attempt += 1;
-                    tracing::warn!(dlq_topic = %self.topic, attempt, error = %e, "dead-letter produce failed, retrying");
+                    tracing::warn!(dlq_topic = %topic, attempt, error = %e, "dead-letter produce failed, retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(self.backoff.delay(attempt)) => {}
+                        _ = tokio::time::sleep(backoff.delay(attempt)) => {}
                         _ = abort.cancelled() => return false,
                     }
                 }

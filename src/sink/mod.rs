@@ -14,7 +14,7 @@ use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Checkpoint};
 
 /// An event the sink refused for good (mapping or parsing error), by its index in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +58,13 @@ pub trait Sink: Send + Sync + 'static {
     /// Prepares the destination; called once before any write.
     fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
 
-    /// Stores `events`; returns the ones refused for good.
+    /// Stores `events`; returns the ones refused for good. A sink that keeps
+    /// source positions stores `checkpoints` in the same transaction; batches
+    /// reach such a sink one at a time, in order.
     fn write(
         &self,
         events: &[ChangeEvent],
+        checkpoints: &[Checkpoint],
         abort: &CancellationToken,
     ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
 

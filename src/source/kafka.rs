@@ -284,6 +284,7 @@ impl KafkaSource {
                     ack,
                     origin,
                     undecodable: None,
+                    checkpoint: None,
                 })
             }
             Ok(Decoded::Watermark { time_ms, .. }) => {
@@ -305,6 +306,7 @@ impl KafkaSource {
                     ack,
                     origin,
                     undecodable: Some((e.reason(), e.to_string())),
+                    checkpoint: None,
                 })
             }
         }

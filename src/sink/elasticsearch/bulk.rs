@@ -28,6 +28,12 @@ struct KafkaDoc<'a> {
 }
 
 #[derive(Serialize)]
+struct BinlogDoc<'a> {
+    file: &'a str,
+    pos: u64,
+}
+
+#[derive(Serialize)]
 struct LargeMessageDoc<'a> {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,7 +42,7 @@ struct LargeMessageDoc<'a> {
 
 /// The document stored for one event; field names are the public contract.
 #[derive(Serialize)]
-struct Document<'a> {
+pub struct Document<'a> {
     #[serde(rename = "@timestamp")]
     timestamp: String,
     database: &'a str,
@@ -54,6 +60,8 @@ struct Document<'a> {
     ingested_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     kafka: Option<KafkaDoc<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binlog: Option<BinlogDoc<'a>>,
 }
 
 /// Appends the action line and the document line for `event`.
@@ -71,7 +79,7 @@ pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent, ingested_at: 
     buf.push(b'\n');
 }
 
-fn document<'a>(event: &'a ChangeEvent, ingested_at: &'a str) -> Document<'a> {
+pub fn document<'a>(event: &'a ChangeEvent, ingested_at: &'a str) -> Document<'a> {
     Document {
         timestamp: rfc3339_millis(event.commit_time_ms),
         database: &event.database,
@@ -103,7 +111,11 @@ fn document<'a>(event: &'a ChangeEvent, ingested_at: &'a str) -> Document<'a> {
                 partition: *partition,
                 offset: *offset,
             }),
-            SourcePosition::None => None,
+            _ => None,
+        },
+        binlog: match &event.position {
+            SourcePosition::Binlog { file, pos } => Some(BinlogDoc { file, pos: *pos }),
+            _ => None,
         },
     }
 }

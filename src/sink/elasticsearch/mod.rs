@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::{EsConfig, SinkConfig};
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, Checkpoint};
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::EsClient;
 use crate::sink::elasticsearch::response::{classify, ItemOutcome};
@@ -75,6 +75,7 @@ impl Sink for ElasticsearchSink {
     async fn write(
         &self,
         events: &[ChangeEvent],
+        _checkpoints: &[Checkpoint],
         abort: &CancellationToken,
     ) -> Result<Vec<Rejected>, SinkError> {
         let ingested_at = bulk::now_rfc3339();
