@@ -55,7 +55,10 @@ impl App {
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = Metrics::new();
         let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
-        let sink = Arc::new(ElasticsearchSink::new(&cfg.es, &cfg.sink, metrics.clone())?);
+        let es = cfg.es.as_ref().ok_or_else(|| {
+            SinkError::Config("only the Elasticsearch sink is wired so far".into())
+        })?;
+        let sink = Arc::new(ElasticsearchSink::new(es, &cfg.sink, metrics.clone())?);
         let backoff = Backoff::new(cfg.sink.retry_initial_backoff, cfg.sink.retry_max_backoff);
         let dlq = DeadLetterQueue::new(
             kafka::producer(&cfg.kafka)?,

@@ -147,7 +147,14 @@ impl Layers {
         let origin = Origin::File(path.to_owned());
         for (section, value) in &table {
             let toml::Value::Table(inner) = value else {
-                return Err(unknown(section, path));
+                // Top-level keys: `source`, `sink`, `data_dir`.
+                if !KEYS.iter().any(|k| k.path == section) {
+                    return Err(unknown(section, path));
+                }
+                layers
+                    .values
+                    .insert(section.clone(), (scalar(value), origin.clone()));
+                continue;
             };
             for (name, value) in inner {
                 let key = format!("{section}.{name}");
@@ -778,10 +785,57 @@ mod tests {
         assert_eq!(c.kafka.topics, ["tidb-cdc"]);
         assert_eq!(c.kafka.group_id, "cdc-consumer-group");
         assert_eq!(c.kafka.dlq_topic, "tidb-cdc-dlq");
-        assert_eq!(c.es.url.as_str(), "http://elasticsearch:9200/");
-        assert_eq!(c.es.index, "cdc-events");
+        assert!(c.es.is_none());
+        assert_eq!(c.sink_kind, SinkKind::Sqlite);
+        assert_eq!(c.source, SourceKind::Kafka);
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:3000");
+        let c = load("[es]\nurl = \"http://elasticsearch:9200\"\n", &[]).unwrap();
+        assert_eq!(c.sink_kind, SinkKind::Elasticsearch);
+        let es = c.es.unwrap();
+        assert_eq!(es.url.as_str(), "http://elasticsearch:9200/");
+        assert_eq!(es.index, "cdc-events");
         assert!(c.kafka.session_timeout <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn table_patterns_match_with_wildcards_and_never_system_schemas() {
+        let p = |s| TablePattern::parse(s).unwrap();
+        let f = TableFilter {
+            include: vec![p("appdb.*"), p("shop.order*")],
+            exclude: vec![p("appdb.tmp_*")],
+        };
+        assert!(f.accepts("appdb", "users"));
+        assert!(f.accepts("shop", "orders"));
+        assert!(!f.accepts("shop", "users"));
+        assert!(!f.accepts("appdb", "tmp_1"));
+        let all = TableFilter {
+            include: vec![p("*.*")],
+            exclude: vec![],
+        };
+        assert!(all.accepts("x", "y"));
+        assert!(!all.accepts("mysql", "user"));
+        assert!(TablePattern::parse("appdb").is_err());
+    }
+
+    #[test]
+    fn binlog_source_needs_a_mysql_url_and_kafka_sink_needs_binlog() {
+        let e = load("source = \"binlog\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("CDC_MYSQL_URL"), "{e}");
+        let e = load("sink = \"kafka\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("CDC_SINK") && e.contains("binlog"), "{e}");
+        let c = load(
+            "source = \"binlog\"\nsink = \"kafka\"\n[mysql]\nurl = \"mysql://root:pw@127.0.0.1:3306\"\n[binlog]\ntables = \"appdb.*\"\n",
+            &[],
+        )
+        .unwrap();
+        let m = c.mysql.unwrap();
+        assert_eq!(m.server_id, 5799);
+        assert_eq!(m.start, BinlogStart::Current);
+        assert!(m.tables.accepts("appdb", "users") && !m.tables.accepts("other", "t"));
+        let e = load("source = \"binlog\"\n[mysql]\nurl = \"http://x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mysql.url") && e.contains("scheme"), "{e}");
     }
 
     #[test]
