@@ -28,6 +28,14 @@ pub struct Metrics {
     pub watermarks: IntCounter,
     pub resolved_ts: prometheus::GaugeVec,
     pub commits: IntCounterVec,
+    /// Binlog source: row changes and DDL captured, before the sink.
+    pub binlog_events: IntCounterVec,
+    /// Binlog source: file sequence number and offset of the last event read.
+    pub binlog_file: IntGauge,
+    pub binlog_position: IntGauge,
+    /// Binlog source: now minus the last event's timestamp, 0 when idle and caught up.
+    pub binlog_delay_seconds: prometheus::Gauge,
+    pub binlog_reconnects: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -113,6 +121,29 @@ impl Metrics {
             Opts::new("cdc_offset_commits_total", "Offset commits by outcome"),
             &["outcome"],
         ));
+        let binlog_events = must(IntCounterVec::new(
+            Opts::new(
+                "cdc_binlog_events_captured_total",
+                "Binlog source: row changes and DDL captured",
+            ),
+            &["database", "table", "op"],
+        ));
+        let binlog_file = must(IntGauge::new(
+            "cdc_binlog_file_sequence",
+            "Binlog source: sequence number of the binlog file being read (mysql-bin.000042 is 42)",
+        ));
+        let binlog_position = must(IntGauge::new(
+            "cdc_binlog_position_bytes",
+            "Binlog source: offset in that file after the last event read",
+        ));
+        let binlog_delay_seconds = must(prometheus::Gauge::new(
+            "cdc_binlog_replication_delay_seconds",
+            "Binlog source: seconds between the last event's timestamp and its reading, 0 when caught up",
+        ));
+        let binlog_reconnects = must(IntCounter::new(
+            "cdc_binlog_reconnects_total",
+            "Binlog source: reconnections to the server",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -133,6 +164,11 @@ impl Metrics {
         reg(Box::new(watermarks.clone()));
         reg(Box::new(resolved_ts.clone()));
         reg(Box::new(commits.clone()));
+        reg(Box::new(binlog_events.clone()));
+        reg(Box::new(binlog_file.clone()));
+        reg(Box::new(binlog_position.clone()));
+        reg(Box::new(binlog_delay_seconds.clone()));
+        reg(Box::new(binlog_reconnects.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -149,7 +185,26 @@ impl Metrics {
             watermarks,
             resolved_ts,
             commits,
+            binlog_events,
+            binlog_file,
+            binlog_position,
+            binlog_delay_seconds,
+            binlog_reconnects,
         }
+    }
+
+    /// The largest lag in seconds the pipeline reports: consumer lag of any
+    /// partition, or the binlog source's replication delay.
+    pub fn max_lag_seconds(&self) -> f64 {
+        let mut max = self.binlog_delay_seconds.get();
+        for family in self.registry.gather() {
+            if family.get_name() == "cdc_consumer_lag_seconds" {
+                for m in family.get_metric() {
+                    max = max.max(m.get_gauge().get_value());
+                }
+            }
+        }
+        max
     }
 
     /// The registry in Prometheus text format.
