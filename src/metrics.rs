@@ -198,7 +198,7 @@ impl Metrics {
     pub fn max_lag_seconds(&self) -> f64 {
         let mut max = self.binlog_delay_seconds.get();
         for family in self.registry.gather() {
-            if family.get_name() == "cdc_consumer_lag_seconds" {
+            if family.name() == "cdc_consumer_lag_seconds" {
                 for m in family.get_metric() {
                     max = max.max(m.get_gauge().get_value());
                 }
