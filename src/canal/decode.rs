@@ -71,11 +71,12 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
         });
     }
 
-    let commit_ts = tidb.commit_ts;
-    let commit_time_ms = match (commit_ts, msg.es) {
-        (Some(ts), _) => tso_to_millis(ts),
-        (None, Some(es)) => es,
-        (None, None) => msg.ts.ok_or(DecodeError::Missing("es"))?,
+    let es = msg.es.or(msg.ts);
+    let (commit_ts, commit_time_ms) = match (tidb.commit_ts, &msg.binlog) {
+        (Some(ts), _) => (Some(ts), tso_to_millis(ts)),
+        // A binlog change number is no clock: the time is `es`.
+        (None, Some(b)) => (Some(b.commit_ts), es.ok_or(DecodeError::Missing("es"))?),
+        (None, None) => (None, es.ok_or(DecodeError::Missing("es"))?),
     };
     let large_message = match (tidb.claim_check_location, tidb.only_handle_key) {
         (Some(location), _) => Some(LargeMessage::ClaimCheck { location }),

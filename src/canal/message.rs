@@ -44,6 +44,22 @@ pub struct CanalMessage {
     pub old: Option<Vec<Row>>,
     #[serde(default, rename = "_tidb")]
     pub tidb: Option<TidbExtension>,
+    #[serde(default, rename = "_binlog")]
+    pub binlog: Option<BinlogExtension>,
+}
+
+/// cdc-monitor's `_binlog` extension on changes it captured from a MySQL or
+/// MariaDB binlog: where the change is in the binlog, and `commitTs`, a
+/// number that orders changes and names one rows event (the binlog file
+/// number in the high 32 bits, the event's end offset in the low 32).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BinlogExtension {
+    pub file: String,
+    pub pos: u64,
+    pub commit_ts: u64,
+    #[serde(default)]
+    pub gtid: Option<String>,
 }
 
 /// TiCDC's `_tidb` extension object.

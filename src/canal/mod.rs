@@ -2,6 +2,7 @@
 //! normalised events (`decode`). No I/O here.
 
 pub mod decode;
+pub mod encode;
 pub mod message;
 
 pub use decode::{decode, DecodeError, Decoded};
