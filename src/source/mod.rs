@@ -7,6 +7,7 @@
 //! acknowledged position and is called periodically and once more, after the
 //! pipeline has drained, before `close`.
 
+pub mod binlog;
 pub mod kafka;
 
 use std::future::Future;

@@ -1,0 +1,986 @@
+//! MySQL and MariaDB changes read straight from the binlog, as a replica.
+//!
+//! Lifecycle: `run` checks the server (preflight), finds where to start
+//! (the stored position, else the current or earliest binlog), then streams
+//! events: table maps describe the tables, rows events become change events
+//! (one envelope per rows event), and every commit (XID, COMMIT, DDL) is a
+//! resume point. Changes are numbered in reading order and tracked like
+//! Kafka offsets; `commit` stores the last resume point before the first
+//! change still in flight. A lost connection reconnects from the last resume
+//! point read, with backoff.
+
+pub mod convert;
+pub mod position;
+pub mod preflight;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn, Opts};
+use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{BinlogStart, MysqlConfig, TableFilter};
+use crate::event::{ChangeEvent, Checkpoint, Op, Row, SourcePosition};
+use crate::metrics::Metrics;
+use crate::pipeline::ack::OffsetTracker;
+use crate::pipeline::batch::{Envelope, Origin};
+use crate::source::binlog::position::{BinlogPosition, Boundaries, PositionFile};
+use crate::source::binlog::schema::{SchemaCache, TableSchema};
+use crate::source::{Source, SourceError};
+
+/// The stream name of binlog positions, in the tracker and in checkpoints.
+pub const STREAM: &str = "binlog";
+
+/// MariaDB's GTID event, which mysql_async does not parse.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// How long the stream may stay silent (the server sends heartbeats every
+/// second) before the connection is taken for dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Where the resume position lives.
+#[derive(Debug, Clone)]
+pub enum PositionStore {
+    /// A file in the data directory, written after the sink acknowledged.
+    File(PositionFile),
+    /// The sink keeps it with the events, in the same transaction; this is
+    /// what it held at start.
+    Sink(Option<BinlogPosition>),
+}
+
+impl PositionStore {
+    fn load(&self) -> Result<Option<BinlogPosition>, SourceError> {
+        match self {
+            PositionStore::File(f) => f
+                .load()
+                .map_err(|e| SourceError::Other(format!("cannot read the binlog position: {e}"))),
+            PositionStore::Sink(p) => Ok(p.clone()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            PositionStore::File(f) => format!("delete {}", f.path().display()),
+            PositionStore::Sink(_) => {
+                "delete the `binlog` checkpoint from the embedded store (or its data directory)"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+/// A captured table: its schema and, per column, the binlog type and fractional digits.
+struct MappedTable {
+    schema: Arc<TableSchema>,
+    types: Vec<(ColumnType, usize)>,
+    mysql_types: Row,
+}
+
+/// The reading state that survives reconnects.
+struct ReadState {
+    file: String,
+    /// The last resume point read; a reconnect starts here.
+    resume: BinlogPosition,
+    /// GTID of the transaction being read, and of the last one committed.
+    pending_gtid: Option<String>,
+    last_gtid: Option<String>,
+    in_transaction: bool,
+    seq: i64,
+    tables: HashMap<u64, Option<Arc<MappedTable>>>,
+}
+
+/// The binlog source.
+pub struct BinlogSource {
+    cfg: MysqlConfig,
+    opts: Opts,
+    store: PositionStore,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    boundaries: Mutex<Boundaries>,
+    stored: Mutex<Option<BinlogPosition>>,
+    metrics: Metrics,
+    /// Send a checkpoint with every commit (the sink keeps positions).
+    emit_checkpoints: bool,
+    topic: Arc<str>,
+}
+
+impl BinlogSource {
+    /// Parses the URL; nothing is connected yet.
+    pub fn new(
+        cfg: &MysqlConfig,
+        store: PositionStore,
+        tracker: Arc<Mutex<OffsetTracker>>,
+        metrics: Metrics,
+    ) -> Result<BinlogSource, SourceError> {
+        let opts = Opts::from_url(cfg.url.expose_secret())
+            .map_err(|e| SourceError::Other(format!("CDC_MYSQL_URL: {e}")))?;
+        let emit_checkpoints = matches!(store, PositionStore::Sink(_));
+        Ok(BinlogSource {
+            cfg: cfg.clone(),
+            opts,
+            store,
+            tracker,
+            boundaries: Mutex::new(Boundaries::default()),
+            stored: Mutex::new(None),
+            metrics,
+            emit_checkpoints,
+            topic: Arc::from(STREAM),
+        })
+    }
+
+    fn server(&self) -> String {
+        format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
+    }
+
+    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
+        Conn::new(self.opts.clone()).await
+    }
+
+    /// Preflight: every problem at once, or the server's description.
+    async fn preflight(&self, conn: &mut Conn) -> Result<preflight::ServerInfo, SourceError> {
+        let (info, problems) = preflight::check(conn, &self.cfg.tables)
+            .await
+            .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
+        if !problems.is_empty() {
+            let mut msg = format!(
+                "MySQL server {} ({}) cannot be captured:",
+                self.server(),
+                info.version
+            );
+            for p in &problems {
+                msg.push_str(&format!("\n  - {}\n    fix: {}", p.what, p.fix));
+            }
+            return Err(SourceError::Other(msg));
+        }
+        if !info.full_metadata {
+            info!("binlog_row_metadata is not FULL: column names come from information_schema");
+        }
+        Ok(info)
+    }
+
+    async fn binary_logs(&self, conn: &mut Conn) -> Result<Vec<String>, SourceError> {
+        let rows: Vec<mysql_async::Row> = conn
+            .query("SHOW BINARY LOGS")
+            .await
+            .map_err(|e| SourceError::Other(format!("SHOW BINARY LOGS: {e}")))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.get::<String, _>(0))
+            .collect())
+    }
+
+    /// The stored position, checked against the server's binlogs, or the configured start.
+    async fn start_position(
+        &self,
+        conn: &mut Conn,
+        info: &preflight::ServerInfo,
+    ) -> Result<BinlogPosition, SourceError> {
+        let logs = self.binary_logs(conn).await?;
+        if let Some(p) = self.store.load()? {
+            if !logs.contains(&p.file) {
+                return Err(SourceError::Other(format!(
+                    "the stored binlog position {p} is no longer on the server {} (it keeps {}): \
+                     the changes in between were purged and cannot be captured. To start again \
+                     from CDC_BINLOG_START, {} and restart; keep binlogs longer \
+                     (binlog_expire_logs_seconds / expire_logs_days) to avoid this",
+                    self.server(),
+                    match (logs.first(), logs.last()) {
+                        (Some(a), Some(b)) => format!("{a} to {b}"),
+                        _ => "no binlogs".to_owned(),
+                    },
+                    self.store.describe()
+                )));
+            }
+            info!(position = %p, "resuming from the stored binlog position");
+            return Ok(p);
+        }
+        let gtid_var = if info.mariadb {
+            "SELECT @@GLOBAL.gtid_binlog_pos"
+        } else {
+            "SELECT @@GLOBAL.gtid_executed"
+        };
+        let gtid: Option<String> = conn
+            .query_first(gtid_var)
+            .await
+            .ok()
+            .flatten()
+            .filter(|g: &String| !g.is_empty());
+        let p = match self.cfg.start {
+            BinlogStart::Earliest => BinlogPosition {
+                file: logs
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| SourceError::Other("the server has no binlog".into()))?,
+                pos: 4,
+                gtid: None,
+            },
+            BinlogStart::Current => {
+                let row: Option<mysql_async::Row> = match conn
+                    .query_first("SHOW MASTER STATUS")
+                    .await
+                {
+                    Ok(r) => r,
+                    // MySQL 8.4 renamed it.
+                    Err(_) => conn
+                        .query_first("SHOW BINARY LOG STATUS")
+                        .await
+                        .map_err(|e| SourceError::Other(format!("SHOW BINARY LOG STATUS: {e}")))?,
+                };
+                let row = row.ok_or_else(|| {
+                    SourceError::Other("SHOW MASTER STATUS is empty: is log_bin on?".into())
+                })?;
+                BinlogPosition {
+                    file: row.get(0).unwrap_or_default(),
+                    pos: row.get(1).unwrap_or(4),
+                    gtid,
+                }
+            }
+        };
+        info!(position = %p, start = ?self.cfg.start, "no stored binlog position: starting here");
+        Ok(p)
+    }
+
+    /// Reads until shutdown or a connection error (`Ok(false)` means: reconnect).
+    async fn stream(
+        &self,
+        st: &mut ReadState,
+        info: &preflight::ServerInfo,
+        tx: &mpsc::Sender<Envelope>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SourceError> {
+        let mut conn = self
+            .connect()
+            .await
+            .map_err(|e| SourceError::Other(format!("connecting to {}: {e}", self.server())))?;
+        let mut schema_conn = self
+            .connect()
+            .await
+            .map_err(|e| SourceError::Other(format!("connecting to {}: {e}", self.server())))?;
+        // Heartbeats every second while the server has nothing to send.
+        conn.query_drop("SET @master_heartbeat_period = 1000000000")
+            .await
+            .map_err(|e| SourceError::Other(e.to_string()))?;
+        if info.mariadb {
+            // Ask for MariaDB's GTID events (capability 4 = GTID-aware replica).
+            conn.query_drop("SET @mariadb_slave_capability = 4")
+                .await
+                .map_err(|e| SourceError::Other(e.to_string()))?;
+        }
+        let start = st.resume.clone();
+        st.file = start.file.clone();
+        st.in_transaction = false;
+        st.tables.clear();
+        let request = BinlogStreamRequest::new(self.cfg.server_id)
+            .with_filename(start.file.as_bytes())
+            .with_pos(start.pos);
+        let mut stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| SourceError::Other(format!("requesting the binlog at {start}: {e}")))?;
+        debug!(position = %start, "binlog stream open");
+        let mut schemas = SchemaCache::default();
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => n,
+                _ = shutdown.cancelled() => return Ok(true),
+            };
+            let event = match next {
+                Err(_) => {
+                    warn!(silence = ?SILENCE_LIMIT, "binlog stream silent, reconnecting");
+                    return Ok(false);
+                }
+                Ok(None) => {
+                    warn!("binlog stream closed by the server, reconnecting");
+                    return Ok(false);
+                }
+                Ok(Some(Err(e))) => {
+                    let text = e.to_string();
+                    // 1236: the requested binlog is gone (purged while we were away).
+                    if text.contains("1236") {
+                        return Err(SourceError::Other(format!(
+                            "the server cannot send the binlog from {start}: {text}. {}",
+                            self.store.describe()
+                        )));
+                    }
+                    warn!(error = %text, "binlog stream error, reconnecting");
+                    return Ok(false);
+                }
+                Ok(Some(Ok(e))) => e,
+            };
+            let header = event.header();
+            let log_pos = u64::from(header.log_pos());
+            let timestamp = i64::from(header.timestamp());
+            if header.event_type_raw() == MARIADB_GTID_EVENT {
+                let d = event.data();
+                if d.len() >= 12 {
+                    let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+                    let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                    st.pending_gtid = Some(format!("{domain}-{}-{seq}", header.server_id()));
+                }
+                st.in_transaction = true;
+                continue;
+            }
+            let data = match event.read_data() {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, file = %st.file, pos = log_pos, "unreadable binlog event, reconnecting");
+                    return Ok(false);
+                }
+            };
+            if timestamp > 0 {
+                let delay =
+                    (crate::sink::elasticsearch::bulk::now_millis() / 1000 - timestamp).max(0);
+                self.metrics.binlog_delay_seconds.set(delay as f64);
+            }
+            match data {
+                EventData::RotateEvent(r) => {
+                    st.file = r.name().into_owned();
+                    self.metrics
+                        .binlog_file
+                        .set(BinlogPosition::file_sequence(&st.file) as i64);
+                    if !st.in_transaction {
+                        let at = BinlogPosition {
+                            file: st.file.clone(),
+                            pos: r.position(),
+                            gtid: st.last_gtid.clone(),
+                        };
+                        self.boundary(st, at, tx, shutdown).await?;
+                    }
+                }
+                EventData::HeartbeatEvent => {
+                    self.metrics.binlog_delay_seconds.set(0.0);
+                }
+                EventData::GtidEvent(g) => {
+                    st.pending_gtid = Some(format!("{}:{}", uuid_text(&g.sid()), g.gno()));
+                    st.in_transaction = true;
+                }
+                EventData::QueryEvent(q) => {
+                    let sql = q.query();
+                    let verb = first_word(&sql);
+                    match verb.as_str() {
+                        "BEGIN" | "XA" | "SAVEPOINT" => st.in_transaction = true,
+                        "COMMIT" | "ROLLBACK" => {
+                            self.commit_point(st, log_pos, tx, shutdown).await?;
+                        }
+                        _ => {
+                            let schema = q.schema().into_owned();
+                            if let Some((database, table)) = ddl_target(&sql, &schema) {
+                                schemas.invalidate(Some(&database));
+                                let accepted = if table.is_empty() {
+                                    self.cfg.tables.accepts_database(&database)
+                                } else {
+                                    self.cfg.tables.accepts(&database, &table)
+                                };
+                                if accepted {
+                                    let event = ChangeEvent {
+                                        database,
+                                        table,
+                                        op: Op::Ddl,
+                                        pk: Row::default(),
+                                        data: Row::default(),
+                                        old: None,
+                                        commit_time_ms: timestamp * 1000,
+                                        commit_ts: Some(BinlogPosition::change_number(
+                                            &st.file, log_pos,
+                                        )),
+                                        sql: Some(sql.into_owned()),
+                                        mysql_types: None,
+                                        large_message: None,
+                                        position: SourcePosition::Binlog {
+                                            file: Arc::from(st.file.as_str()),
+                                            pos: log_pos,
+                                        },
+                                    };
+                                    self.send_events(st, vec![event], tx, shutdown).await?;
+                                }
+                            } else {
+                                schemas.invalidate(None);
+                            }
+                            // A DDL commits implicitly; other statements outside a
+                            // transaction are their own transaction too.
+                            if !st.in_transaction || ddl_verb(&verb) {
+                                self.commit_point(st, log_pos, tx, shutdown).await?;
+                            }
+                        }
+                    }
+                }
+                EventData::XidEvent(_) => {
+                    self.commit_point(st, log_pos, tx, shutdown).await?;
+                }
+                EventData::TableMapEvent(tme) => {
+                    let id = tme.table_id();
+                    let database = tme.database_name().into_owned();
+                    let table = tme.table_name().into_owned();
+                    let mapped = if self.cfg.tables.accepts(&database, &table) {
+                        Some(Arc::new(
+                            self.map_table(&tme, &mut schemas, &mut schema_conn).await?,
+                        ))
+                    } else {
+                        None
+                    };
+                    st.tables.insert(id, mapped);
+                }
+                EventData::RowsEvent(rows) => {
+                    let Some(Some(mapped)) = st.tables.get(&rows.table_id()).cloned() else {
+                        continue;
+                    };
+                    let Some(tme) = stream.get_tme(rows.table_id()) else {
+                        continue;
+                    };
+                    let events = match rows_to_events(
+                        &rows, tme, &mapped, &st.file, log_pos, timestamp,
+                    ) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            warn!(error = %e, file = %st.file, pos = log_pos, table = %mapped.schema.table, "undecodable rows event, reconnecting");
+                            return Ok(false);
+                        }
+                    };
+                    self.send_events(st, events, tx, shutdown).await?;
+                }
+                _ => {}
+            }
+            self.metrics.binlog_position.set(log_pos as i64);
+        }
+    }
+
+    async fn map_table(
+        &self,
+        tme: &TableMapEvent<'_>,
+        cache: &mut SchemaCache,
+        conn: &mut Conn,
+    ) -> Result<MappedTable, SourceError> {
+        let n = tme.columns_count() as usize;
+        let schema = match TableSchema::from_table_map(tme) {
+            Some(s) => Arc::new(s),
+            None => {
+                let database = tme.database_name();
+                let table = tme.table_name();
+                let s = cache.load(conn, &database, &table).await.map_err(|e| {
+                    SourceError::Other(format!(
+                        "reading the columns of {database}.{table} from information_schema: {e}"
+                    ))
+                })?;
+                if s.columns.len() != n {
+                    warn!(database = %database, table = %table, binlog_columns = n, schema_columns = s.columns.len(),
+                        "the table changed since this change was made; set binlog_row_metadata=FULL for exact column names");
+                }
+                s
+            }
+        };
+        let types = (0..n)
+            .map(|i| {
+                let t = tme
+                    .get_column_type(i)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(ColumnType::MYSQL_TYPE_NULL);
+                (
+                    t,
+                    convert::fsp(t, tme.get_column_metadata(i).unwrap_or(&[])),
+                )
+            })
+            .collect();
+        let mysql_types = Row::from_values(schema.columns.iter().map(|c| {
+            (
+                c.name.as_str(),
+                serde_json::Value::from(c.mysql_type.clone()),
+            )
+        }));
+        Ok(MappedTable {
+            schema,
+            types,
+            mysql_types,
+        })
+    }
+
+    /// A transaction ended at `log_pos`: a resume point.
+    async fn commit_point(
+        &self,
+        st: &mut ReadState,
+        log_pos: u64,
+        tx: &mpsc::Sender<Envelope>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        st.in_transaction = false;
+        if st.pending_gtid.is_some() {
+            st.last_gtid = st.pending_gtid.take();
+        }
+        let at = BinlogPosition {
+            file: st.file.clone(),
+            pos: log_pos,
+            gtid: st.last_gtid.clone(),
+        };
+        self.boundary(st, at, tx, shutdown).await
+    }
+
+    async fn boundary(
+        &self,
+        st: &mut ReadState,
+        at: BinlogPosition,
+        tx: &mpsc::Sender<Envelope>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        if let Ok(mut b) = self.boundaries.lock() {
+            b.record(st.seq, at.clone());
+        }
+        st.resume = at.clone();
+        if self.emit_checkpoints {
+            let envelope = Envelope {
+                events: Vec::new(),
+                ack: None,
+                origin: self.origin(st.seq, Bytes::new()),
+                undecodable: None,
+                checkpoint: Some(Checkpoint {
+                    stream: self.topic.clone(),
+                    position: serde_json::to_string(&at)
+                        .map_err(|e| SourceError::Other(e.to_string()))?,
+                }),
+            };
+            self.send(envelope, tx, shutdown).await;
+        }
+        Ok(())
+    }
+
+    fn origin(&self, seq: i64, payload: Bytes) -> Origin {
+        Origin {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset: seq,
+            key: None,
+            payload,
+        }
+    }
+
+    async fn send_events(
+        &self,
+        st: &mut ReadState,
+        events: Vec<ChangeEvent>,
+        tx: &mpsc::Sender<Envelope>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = crate::sink::elasticsearch::bulk::now_millis();
+        let mut payload = Vec::new();
+        for e in &events {
+            self.metrics
+                .binlog_events
+                .with_label_values(&[&e.database, &e.table, e.op.as_str()])
+                .inc();
+            crate::canal::encode::encode(&mut payload, e, now);
+            payload.push(b'\n');
+        }
+        let seq = st.seq;
+        st.seq += 1;
+        let ack =
+            self.tracker.lock().ok().and_then(|mut t| {
+                t.read(&self.topic, 0, seq, events.len(), events[0].commit_time_ms)
+            });
+        let envelope = Envelope {
+            events,
+            ack,
+            origin: self.origin(seq, Bytes::from(payload)),
+            undecodable: None,
+            checkpoint: None,
+        };
+        self.send(envelope, tx, shutdown).await;
+        Ok(())
+    }
+
+    /// Waits for room in the channel (backpressure) unless shutting down.
+    async fn send(
+        &self,
+        envelope: Envelope,
+        tx: &mpsc::Sender<Envelope>,
+        shutdown: &CancellationToken,
+    ) {
+        tokio::select! {
+            _ = tx.send(envelope) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    /// The lag of the oldest change read but not yet stored.
+    pub fn update_lag_seconds(&self) {
+        let now = crate::sink::elasticsearch::bulk::now_millis();
+        if let Ok(t) = self.tracker.lock() {
+            for (topic, partition, lag) in t.lag_seconds(now) {
+                self.metrics
+                    .lag_seconds
+                    .with_label_values(&[topic.as_ref(), &partition.to_string()])
+                    .set(lag);
+            }
+        }
+    }
+}
+
+impl Source for BinlogSource {
+    async fn run(
+        &self,
+        tx: mpsc::Sender<Envelope>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut conn = self.connect().await.map_err(|e| {
+            SourceError::Other(format!("connecting to MySQL at {}: {e}", self.server()))
+        })?;
+        let info = self.preflight(&mut conn).await?;
+        let start = self.start_position(&mut conn, &info).await?;
+        drop(conn);
+        info!(server = %self.server(), version = %info.version, position = %start, "capturing the binlog");
+        if let Ok(mut t) = self.tracker.lock() {
+            t.assign(STREAM, 0);
+        }
+        if let Ok(mut b) = self.boundaries.lock() {
+            b.record(0, start.clone());
+        }
+        if let Ok(mut s) = self.stored.lock() {
+            *s = Some(start.clone());
+        }
+        let mut st = ReadState {
+            file: start.file.clone(),
+            resume: start.clone(),
+            pending_gtid: None,
+            last_gtid: start.gtid.clone(),
+            in_transaction: false,
+            seq: 0,
+            tables: HashMap::new(),
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            let before = st.seq;
+            match self.stream(&mut st, &info, &tx, &shutdown).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if attempt == 0 && before == 0 && st.seq == 0 => return Err(e),
+                Err(e) => {
+                    if e.to_string().contains("cannot send the binlog") {
+                        return Err(e);
+                    }
+                    warn!(error = %e, "binlog connection failed");
+                }
+            }
+            if st.seq > before {
+                attempt = 0;
+            }
+            attempt += 1;
+            self.metrics.binlog_reconnects.inc();
+            let delay = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8)))
+                .min(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+            info!(position = %st.resume, attempt, "reconnecting to the binlog");
+        }
+    }
+
+    fn commit(&self, _sync: bool) {
+        let committable = match self.tracker.lock() {
+            Ok(t) => t
+                .all_committable()
+                .into_iter()
+                .find(|(topic, p, _)| topic.as_ref() == STREAM && *p == 0)
+                .map(|(_, _, c)| c),
+            Err(_) => return,
+        };
+        let Some(c) = committable else { return };
+        let Some(at) = self
+            .boundaries
+            .lock()
+            .ok()
+            .and_then(|mut b| b.resume_point(c))
+        else {
+            return;
+        };
+        let Ok(mut stored) = self.stored.lock() else {
+            return;
+        };
+        if stored.as_ref() == Some(&at) {
+            return;
+        }
+        match &self.store {
+            PositionStore::File(f) => match f.store(&at) {
+                Ok(()) => {
+                    self.metrics.commits.with_label_values(&["ok"]).inc();
+                    *stored = Some(at);
+                }
+                Err(e) => {
+                    self.metrics.commits.with_label_values(&["error"]).inc();
+                    warn!(error = %e, path = %f.path().display(), "storing the binlog position failed");
+                }
+            },
+            // The sink stored it with the events.
+            PositionStore::Sink(_) => *stored = Some(at),
+        }
+    }
+
+    async fn check(&self) -> Result<(), SourceError> {
+        let mut conn = self
+            .connect()
+            .await
+            .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
+        conn.ping()
+            .await
+            .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
+    fn close(&self) {}
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn first_word(sql: &str) -> String {
+    sql.trim_start()
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+}
+
+fn ddl_verb(verb: &str) -> bool {
+    matches!(verb, "CREATE" | "ALTER" | "DROP" | "RENAME" | "TRUNCATE")
+}
+
+/// For a DDL statement on a schema object, its database and table (empty
+/// for database-level statements); `None` for anything else (user
+/// management, FLUSH, ...).
+pub fn ddl_target(sql: &str, default_db: &str) -> Option<(String, String)> {
+    // Strip leading comments such as MySQL's `/* generated by server */`.
+    let mut s = sql.trim_start();
+    while let Some(rest) = s.strip_prefix("/*") {
+        s = rest.split_once("*/").map_or("", |(_, r)| r).trim_start();
+    }
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let verb = words.first()?.to_ascii_uppercase();
+    if !ddl_verb(&verb) {
+        return None;
+    }
+    // Skip modifiers up to the object kind: CREATE OR REPLACE TEMPORARY TABLE IF NOT EXISTS x
+    let mut i = 1;
+    let mut kind = String::new();
+    while i < words.len() {
+        let w = words[i].to_ascii_uppercase();
+        i += 1;
+        match w.as_str() {
+            "OR" | "REPLACE" | "TEMPORARY" | "ONLINE" | "IGNORE" | "UNIQUE" | "FULLTEXT"
+            | "SPATIAL" | "DEFINER" => continue,
+            _ if w.starts_with("DEFINER=")
+                || w.starts_with("ALGORITHM=")
+                || w.starts_with("SQL") =>
+            {
+                continue
+            }
+            _ => {
+                kind = w;
+                break;
+            }
+        }
+    }
+    let object_level = match kind.as_str() {
+        "TABLE" | "TABLES" | "VIEW" | "INDEX" | "TRIGGER" => true,
+        "DATABASE" | "SCHEMA" => false,
+        _ => return None,
+    };
+    while i < words.len()
+        && matches!(
+            words[i].to_ascii_uppercase().as_str(),
+            "IF" | "NOT" | "EXISTS"
+        )
+    {
+        i += 1;
+    }
+    let mut name = words.get(i).copied().unwrap_or_default();
+    if kind == "INDEX" {
+        // CREATE INDEX idx ON db.t (...) / DROP INDEX idx ON t
+        let on = words.iter().position(|w| w.eq_ignore_ascii_case("ON"))?;
+        name = words.get(on + 1).copied().unwrap_or_default();
+    }
+    let name = name
+        .split('(')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches([';', ',']);
+    let parts: Vec<String> = name
+        .split('.')
+        .map(|p| p.trim_matches('`').to_owned())
+        .collect();
+    if !object_level {
+        return Some((parts.first().cloned().unwrap_or_default(), String::new()));
+    }
+    match parts.as_slice() {
+        [db, table] => Some((db.clone(), table.clone())),
+        [table] => Some((default_db.to_owned(), table.clone())),
+        _ => None,
+    }
+}
+
+/// One rows event's rows as change events.
+fn rows_to_events(
+    rows: &RowsEventData<'_>,
+    tme: &TableMapEvent<'_>,
+    mapped: &MappedTable,
+    file: &str,
+    log_pos: u64,
+    timestamp: i64,
+) -> std::io::Result<Vec<ChangeEvent>> {
+    let op = match rows {
+        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => Op::Insert,
+        RowsEventData::UpdateRowsEventV1(_)
+        | RowsEventData::UpdateRowsEvent(_)
+        | RowsEventData::PartialUpdateRowsEvent(_) => Op::Update,
+        RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => Op::Delete,
+    };
+    let before_cols: Vec<usize> = rows
+        .columns_before_image()
+        .map(|b| b.iter_ones().collect())
+        .unwrap_or_default();
+    let after_cols: Vec<usize> = rows
+        .columns_after_image()
+        .map(|b| b.iter_ones().collect())
+        .unwrap_or_default();
+    let file: Arc<str> = Arc::from(file);
+    let commit_ts = BinlogPosition::change_number(&file, log_pos);
+    let mut out = Vec::new();
+    for row in rows.rows(tme) {
+        let (before, after) = row?;
+        let before = before.map(|r| to_row(&r, &before_cols, mapped));
+        let after = after.map(|r| to_row(&r, &after_cols, mapped));
+        let (data, old) = match op {
+            Op::Insert => (after.unwrap_or_default(), None),
+            Op::Delete => (before.unwrap_or_default(), None),
+            _ => (after.unwrap_or_default(), before),
+        };
+        let pk = Row(mapped
+            .schema
+            .primary_key
+            .iter()
+            .filter_map(|&i| {
+                let name = mapped.schema.columns.get(i)?.name.as_str();
+                data.get(name).map(|v| (Box::from(name), v.to_owned()))
+            })
+            .collect());
+        out.push(ChangeEvent {
+            database: mapped.schema.database.clone(),
+            table: mapped.schema.table.clone(),
+            op,
+            pk,
+            data,
+            old,
+            commit_time_ms: timestamp * 1000,
+            commit_ts: Some(commit_ts),
+            sql: None,
+            mysql_types: Some(mapped.mysql_types.clone()),
+            large_message: None,
+            position: SourcePosition::Binlog {
+                file: file.clone(),
+                pos: log_pos,
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn to_row(r: &BinlogRow, cols: &[usize], mapped: &MappedTable) -> Row {
+    let mut out = Vec::with_capacity(cols.len());
+    for (k, &i) in cols.iter().enumerate() {
+        let (t, digits) = mapped
+            .types
+            .get(i)
+            .copied()
+            .unwrap_or((ColumnType::MYSQL_TYPE_NULL, 0));
+        let name = match mapped.schema.columns.get(i) {
+            Some(c) => c.name.clone(),
+            None => format!("col_{i}"),
+        };
+        let fallback;
+        let col = match mapped.schema.columns.get(i) {
+            Some(c) => c,
+            None => {
+                fallback = schema::ColumnInfo {
+                    name: name.clone(),
+                    mysql_type: String::new(),
+                    unsigned: false,
+                    binary: false,
+                    members: Vec::new(),
+                };
+                &fallback
+            }
+        };
+        out.push((
+            Box::from(name),
+            convert::to_json(r.as_ref(k), t, digits, col),
+        ));
+    }
+    Row(out)
+}
+
+/// Which tables pass the filter: re-exported for the app's messages.
+pub fn describe_filter(f: &TableFilter) -> String {
+    f.include
+        .iter()
+        .map(|p| format!("{}.{}", p.database, p.table))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_statements_name_their_table() {
+        let t = |s: &str| ddl_target(s, "appdb");
+        assert_eq!(
+            t("ALTER TABLE users ADD COLUMN age INT"),
+            Some(("appdb".into(), "users".into()))
+        );
+        assert_eq!(
+            t("alter table `shop`.`orders` add x int"),
+            Some(("shop".into(), "orders".into()))
+        );
+        assert_eq!(
+            t("CREATE TABLE IF NOT EXISTS t2(id INT PRIMARY KEY)"),
+            Some(("appdb".into(), "t2".into()))
+        );
+        assert_eq!(
+            t("/* generated */ DROP TABLE `t3` /* generated by server */"),
+            Some(("appdb".into(), "t3".into()))
+        );
+        assert_eq!(
+            t("CREATE DATABASE shop"),
+            Some(("shop".into(), String::new()))
+        );
+        assert_eq!(
+            t("CREATE INDEX i ON users (name)"),
+            Some(("appdb".into(), "users".into()))
+        );
+        assert_eq!(t("CREATE USER 'x'@'%'"), None);
+        assert_eq!(t("GRANT SELECT ON *.* TO x"), None);
+        assert_eq!(t("FLUSH PRIVILEGES"), None);
+    }
+}

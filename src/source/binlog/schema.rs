@@ -1,0 +1,348 @@
+//! Column names, types and primary keys of captured tables.
+//!
+//! The binlog's table map carries them when the server writes full row
+//! metadata (`binlog_row_metadata=FULL`, MySQL 8.0.1+ and MariaDB 10.5+):
+//! that describes the table as it was when the change was made, so it is
+//! preferred. Otherwise they come from `information_schema`, cached per
+//! table and dropped after any DDL on its database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mysql_async::binlog::events::{OptionalMetadataField, TableMapEvent};
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Queryable;
+
+/// The charset id MySQL uses for binary strings.
+pub const BINARY_CHARSET: u16 = 63;
+
+/// One column, as far as turning its binlog value into text needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The type as `information_schema.COLUMNS.DATA_TYPE` names it (`int`, `varchar`, ...),
+    /// with ` unsigned` for unsigned numbers.
+    pub mysql_type: String,
+    pub unsigned: bool,
+    /// Binary string (charset `binary`): bytes, not text.
+    pub binary: bool,
+    /// Member names of an ENUM or SET, in definition order.
+    pub members: Vec<String>,
+}
+
+/// A captured table's columns and primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub database: String,
+    pub table: String,
+    pub columns: Vec<ColumnInfo>,
+    /// Indexes into `columns`, in key order. Empty: the table has no primary key.
+    pub primary_key: Vec<usize>,
+}
+
+/// The DATA_TYPE name of a binlog column type.
+fn type_name(t: ColumnType, binary: bool, meta: &[u8]) -> &'static str {
+    use ColumnType::*;
+    match t {
+        MYSQL_TYPE_TINY => "tinyint",
+        MYSQL_TYPE_SHORT => "smallint",
+        MYSQL_TYPE_INT24 => "mediumint",
+        MYSQL_TYPE_LONG => "int",
+        MYSQL_TYPE_LONGLONG => "bigint",
+        MYSQL_TYPE_FLOAT => "float",
+        MYSQL_TYPE_DOUBLE => "double",
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => "decimal",
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => "date",
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => "datetime",
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => "timestamp",
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => "time",
+        MYSQL_TYPE_YEAR => "year",
+        MYSQL_TYPE_BIT => "bit",
+        MYSQL_TYPE_JSON => "json",
+        MYSQL_TYPE_ENUM => "enum",
+        MYSQL_TYPE_SET => "set",
+        MYSQL_TYPE_GEOMETRY => "geometry",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if binary => "varbinary",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => "varchar",
+        MYSQL_TYPE_STRING if binary => "binary",
+        MYSQL_TYPE_STRING => "char",
+        MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB | MYSQL_TYPE_BLOB => {
+            // The length-prefix size tells TINY (1), plain (2), MEDIUM (3), LONG (4).
+            let size = meta.first().copied().unwrap_or(2);
+            match (binary, size) {
+                (true, 1) => "tinyblob",
+                (true, 3) => "mediumblob",
+                (true, 4) => "longblob",
+                (true, _) => "blob",
+                (false, 1) => "tinytext",
+                (false, 3) => "mediumtext",
+                (false, 4) => "longtext",
+                (false, _) => "text",
+            }
+        }
+        _ => "unknown",
+    }
+}
+
+impl TableSchema {
+    /// From the table map's optional metadata; `None` when it has no column names.
+    pub fn from_table_map(tme: &TableMapEvent<'_>) -> Option<TableSchema> {
+        let n = tme.columns_count() as usize;
+        let mut names = Vec::new();
+        let mut signedness = Vec::new();
+        let mut charsets: Vec<u16> = Vec::new();
+        let mut default_charset: Option<(u16, Vec<(u64, u16)>)> = None;
+        let mut enum_members: Vec<Vec<String>> = Vec::new();
+        let mut set_members: Vec<Vec<String>> = Vec::new();
+        let mut primary_key = Vec::new();
+        for field in tme.iter_optional_meta() {
+            match field.ok()? {
+                OptionalMetadataField::ColumnName(c) => {
+                    for name in c.iter_names() {
+                        names.push(name.ok()?.name().into_owned());
+                    }
+                }
+                OptionalMetadataField::Signedness(bits) => {
+                    signedness = bits.iter().map(|b| *b).collect();
+                }
+                OptionalMetadataField::DefaultCharset(d) => {
+                    let mut non_default = Vec::new();
+                    for c in d.iter_non_default() {
+                        let c = c.ok()?;
+                        non_default.push((c.column_index(), c.charset()));
+                    }
+                    default_charset = Some((d.default_charset(), non_default));
+                }
+                OptionalMetadataField::ColumnCharset(c) => {
+                    for cs in c.iter_charsets() {
+                        charsets.push(cs.ok()?);
+                    }
+                }
+                OptionalMetadataField::EnumStrValue(e) => {
+                    for values in e.iter_values() {
+                        let values = values.ok()?;
+                        enum_members.push(
+                            values
+                                .values()
+                                .iter()
+                                .map(|v| v.value().into_owned())
+                                .collect(),
+                        );
+                    }
+                }
+                OptionalMetadataField::SetStrValue(e) => {
+                    for values in e.iter_values() {
+                        let values = values.ok()?;
+                        set_members.push(
+                            values
+                                .values()
+                                .iter()
+                                .map(|v| v.value().into_owned())
+                                .collect(),
+                        );
+                    }
+                }
+                OptionalMetadataField::SimplePrimaryKey(k) => {
+                    for i in k.iter_indexes() {
+                        primary_key.push(i.ok()? as usize);
+                    }
+                }
+                OptionalMetadataField::PrimaryKeyWithPrefix(k) => {
+                    for key in k.iter_keys() {
+                        primary_key.push(key.ok()?.column_index() as usize);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if names.len() != n {
+            return None;
+        }
+        let (mut numeric, mut character, mut enums, mut sets) = (0, 0, 0, 0);
+        let mut columns = Vec::with_capacity(n);
+        for (i, name) in names.into_iter().enumerate() {
+            let t = tme.get_column_type(i).ok()??;
+            let meta = tme.get_column_metadata(i).unwrap_or(&[]);
+            let mut unsigned = false;
+            let mut binary = false;
+            let mut members = Vec::new();
+            if t.is_numeric_type() {
+                unsigned = signedness.get(numeric).copied().unwrap_or(false);
+                numeric += 1;
+            }
+            if t.is_character_type() {
+                let cs = match &default_charset {
+                    Some((default, overrides)) => overrides
+                        .iter()
+                        .find(|(idx, _)| *idx as usize == character)
+                        .map_or(*default, |(_, cs)| *cs),
+                    None => charsets.get(character).copied().unwrap_or(0),
+                };
+                binary = cs == BINARY_CHARSET;
+                character += 1;
+            }
+            if t == ColumnType::MYSQL_TYPE_ENUM {
+                members = enum_members.get(enums).cloned().unwrap_or_default();
+                enums += 1;
+            }
+            if t == ColumnType::MYSQL_TYPE_SET {
+                members = set_members.get(sets).cloned().unwrap_or_default();
+                sets += 1;
+            }
+            let base = type_name(t, binary, meta);
+            columns.push(ColumnInfo {
+                name,
+                mysql_type: if unsigned {
+                    format!("{base} unsigned")
+                } else {
+                    base.to_owned()
+                },
+                unsigned,
+                binary,
+                members,
+            });
+        }
+        Some(TableSchema {
+            database: tme.database_name().into_owned(),
+            table: tme.table_name().into_owned(),
+            columns,
+            primary_key,
+        })
+    }
+}
+
+/// Parses the member list of `enum('a','b')` / `set('x','y')` from COLUMN_TYPE.
+pub fn parse_members(column_type: &str) -> Vec<String> {
+    let Some(inner) = column_type
+        .split_once('(')
+        .and_then(|(_, rest)| rest.rsplit_once(')'))
+        .map(|(inner, _)| inner)
+    else {
+        return Vec::new();
+    };
+    let mut members = Vec::new();
+    let mut cur = String::new();
+    let mut chars = inner.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (false, '\'') => quoted = true,
+            (true, '\'') if chars.peek() == Some(&'\'') => {
+                chars.next();
+                cur.push('\'');
+            }
+            (true, '\'') => {
+                quoted = false;
+                members.push(std::mem::take(&mut cur));
+            }
+            (true, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            (true, c) => cur.push(c),
+            (false, _) => {}
+        }
+    }
+    members
+}
+
+/// Table schemas read from `information_schema`, cached until DDL.
+#[derive(Default)]
+pub struct SchemaCache {
+    tables: HashMap<(String, String), Arc<TableSchema>>,
+}
+
+impl SchemaCache {
+    /// Forgets every cached table of `database` (all when `None`).
+    pub fn invalidate(&mut self, database: Option<&str>) {
+        match database {
+            Some(db) => self.tables.retain(|(d, _), _| d != db),
+            None => self.tables.clear(),
+        }
+    }
+
+    /// The table's current schema from `information_schema`.
+    pub async fn load(
+        &mut self,
+        conn: &mut mysql_async::Conn,
+        database: &str,
+        table: &str,
+    ) -> Result<Arc<TableSchema>, mysql_async::Error> {
+        let key = (database.to_owned(), table.to_owned());
+        if let Some(s) = self.tables.get(&key) {
+            return Ok(s.clone());
+        }
+        let rows: Vec<(String, String, String, Option<String>)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 ORDER BY ORDINAL_POSITION",
+                (database, table),
+            )
+            .await?;
+        let pk: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
+                 ORDER BY SEQ_IN_INDEX",
+                (database, table),
+            )
+            .await?;
+        let columns: Vec<ColumnInfo> = rows
+            .into_iter()
+            .map(|(name, data_type, column_type, charset)| {
+                let data_type = data_type.to_ascii_lowercase();
+                let unsigned = column_type.to_ascii_lowercase().contains("unsigned");
+                let binary = charset.is_none()
+                    && matches!(
+                        data_type.as_str(),
+                        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+                    );
+                let members = if matches!(data_type.as_str(), "enum" | "set") {
+                    parse_members(&column_type)
+                } else {
+                    Vec::new()
+                };
+                ColumnInfo {
+                    name,
+                    mysql_type: if unsigned {
+                        format!("{data_type} unsigned")
+                    } else {
+                        data_type
+                    },
+                    unsigned,
+                    binary,
+                    members,
+                }
+            })
+            .collect();
+        let primary_key = pk
+            .iter()
+            .filter_map(|p| columns.iter().position(|c| &c.name == p))
+            .collect();
+        let schema = Arc::new(TableSchema {
+            database: database.to_owned(),
+            table: table.to_owned(),
+            columns,
+            primary_key,
+        });
+        self.tables.insert(key, schema.clone());
+        Ok(schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_members_parse_with_quotes_and_commas() {
+        assert_eq!(
+            parse_members("enum('new','it''s','a,b')"),
+            ["new", "it's", "a,b"]
+        );
+        assert_eq!(parse_members("set('x','y')"), ["x", "y"]);
+        assert!(parse_members("int(11)").is_empty());
+    }
+}
