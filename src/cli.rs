@@ -1,4 +1,4 @@
-//! Command line: `run`, `changefeed ensure`, `bench`.
+//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`.
 //!
 //! Configuration flags double as `CDC_*` environment variables (clap's `env`);
 //! both are layered over the TOML file in `config::Layers`.
@@ -26,6 +26,13 @@ pub struct Cli {
 pub enum Command {
     /// Consume canal-json from Kafka into Elasticsearch, serving metrics.
     Run(Box<RunArgs>),
+    /// Try it on this machine: MariaDB, capture and dashboard in one command.
+    ///
+    /// Starts a private MariaDB (installing it on Debian when absent) with
+    /// the demo database appdb, captures its binlog into the embedded store
+    /// and serves the dashboard. Takes no CDC_* variables; `run` is the
+    /// configurable form.
+    Quickstart(crate::quickstart::QuickstartArgs),
     /// Manage the TiCDC changefeed.
     Changefeed {
         #[command(subcommand)]

@@ -11,6 +11,7 @@ pub mod event;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod quickstart;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

@@ -37,6 +37,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Quickstart(args) => {
+            telemetry::init(LogFormat::Text, "info");
+            let ready = |r: &cdc_monitor::quickstart::Ready| println!("{r}");
+            match runtime.block_on(cdc_monitor::quickstart::run(
+                &args,
+                shutdown_signal(),
+                ready,
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "quickstart failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Changefeed {
             command: ChangefeedCommand::Ensure(args),
         } => {
