@@ -9,6 +9,7 @@
 //! acknowledged upstream.
 
 pub mod elasticsearch;
+pub mod kafka;
 pub mod query;
 
 use std::future::Future;
