@@ -143,6 +143,7 @@ impl App {
             HttpState {
                 metrics: metrics.clone(),
                 readiness,
+                query: None,
             },
             http_stop.clone(),
         ));

@@ -1,5 +1,8 @@
-//! The HTTP server: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, the query API under
+//! `/api/` and the dashboard at `/`, all on one port.
 
+pub mod api;
+pub mod dashboard;
 pub mod health;
 
 use std::net::SocketAddr;
@@ -9,6 +12,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::api::EventQuery;
 use crate::http::health::Readiness;
 use crate::metrics::Metrics;
 
@@ -17,6 +21,8 @@ use crate::metrics::Metrics;
 pub struct HttpState {
     pub metrics: Metrics,
     pub readiness: Readiness,
+    /// The searchable sink behind `/api/*`; `None` answers 404 there.
+    pub query: Option<EventQuery>,
 }
 
 /// The router, for embedding and tests.
@@ -25,6 +31,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/api/events", get(api::events))
+        .route("/api/stats", get(api::stats))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .with_state(state)
 }
 

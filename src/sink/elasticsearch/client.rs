@@ -80,6 +80,28 @@ impl EsClient {
         json_reply(resp, "bulk reply").await
     }
 
+    /// Runs a `_search` on `index`; a missing index answers no hits rather than 404.
+    pub async fn search<T: serde::de::DeserializeOwned>(
+        &self,
+        index: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, SinkError> {
+        let mut url = self.url(&format!("{index}/_search"));
+        // Before the first event is stored the index does not exist yet:
+        // that is an empty result, not an outage.
+        url.query_pairs_mut()
+            .append_pair("ignore_unavailable", "true")
+            .append_pair("allow_no_indices", "true");
+        let resp = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        json_reply(resp, "search reply").await
+    }
+
     /// Installs the index template for `index` unless one exists; true when created.
     pub async fn ensure_template(&self, index: &str) -> Result<bool, SinkError> {
         let url = self.url(&format!("_index_template/{index}"));

@@ -7,6 +7,7 @@ pub mod bulk;
 pub mod client;
 pub mod response;
 pub mod retry;
+pub mod search;
 
 use std::time::Instant;
 

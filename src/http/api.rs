@@ -1,0 +1,380 @@
+//! `/api/events` and `/api/stats`: the stored changes, searched and counted.
+//!
+//! Parameters are parsed here, once, into an `EventFilter`; the backends
+//! only see valid filters. Every error answers JSON `{"error": "..."}`:
+//! 400 names the parameter and its value, 404 means no searchable sink is
+//! configured, 503 means the store did not answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tracing::warn;
+
+use crate::event::Op;
+use crate::http::HttpState;
+use crate::sink::elasticsearch::ElasticsearchSink;
+use crate::sink::query::{EventFilter, EventPage, QueryError, Stats, MAX_LIMIT};
+
+/// Events per page when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 50;
+/// The stats window and rate bucket when not given.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+pub const DEFAULT_BUCKET: Duration = Duration::from_secs(10);
+/// Most rate buckets one stats call may ask for.
+pub const MAX_BUCKETS: u64 = 360;
+/// A query slower than this answers 503 rather than hold the dashboard's poll.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sink the API searches.
+#[derive(Clone)]
+pub enum EventQuery {
+    Elasticsearch(Arc<ElasticsearchSink>),
+}
+
+impl EventQuery {
+    /// One page of events matching `filter`, newest first.
+    pub async fn events(&self, filter: &EventFilter) -> Result<EventPage, QueryError> {
+        match self {
+            EventQuery::Elasticsearch(s) => s.events(filter).await,
+        }
+    }
+
+    /// Counts over every event, and per-table rates over the last `window` in `bucket`s.
+    pub async fn stats(&self, window: Duration, bucket: Duration) -> Result<Stats, QueryError> {
+        match self {
+            EventQuery::Elasticsearch(s) => s.stats(window, bucket).await,
+        }
+    }
+}
+
+/// `/api/stats`: the sink's `Stats` and the current worst lag.
+#[derive(Debug, Serialize)]
+struct StatsReply {
+    #[serde(flatten)]
+    stats: Stats,
+    lag_seconds: f64,
+    window_seconds: u64,
+}
+
+/// An API error answered as `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({"error": self.1}));
+        (self.0, [(header::CACHE_CONTROL, "no-store")], body).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            QueryError::Invalid { .. } => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            QueryError::Unavailable(_) => {
+                warn!(error = %e, "query failed");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+}
+
+fn backend(s: &HttpState) -> Result<&EventQuery, ApiError> {
+    s.query.as_ref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "no searchable sink configured".into(),
+        )
+    })
+}
+
+async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, QueryError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => Err(ApiError::from(QueryError::Unavailable(format!(
+            "no answer within {QUERY_TIMEOUT:?}"
+        )))),
+    }
+}
+
+fn fresh<T: Serialize>(body: T) -> Response {
+    // Always current: a cached page would hide new changes.
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+/// `GET /api/events?database=&table=&op=&q=&since=&until=&limit=&cursor=`
+pub async fn events(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let run = async {
+        let filter = parse_filter(query.as_deref().unwrap_or(""))?;
+        let q = backend(&s)?;
+        bounded(q.events(&filter)).await
+    };
+    match run.await {
+        Ok(page) => fresh(page),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/stats?window=&bucket=`
+pub async fn stats(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let run = async {
+        let (window, bucket) = parse_window(query.as_deref().unwrap_or(""))?;
+        let q = backend(&s)?;
+        let stats = bounded(q.stats(window, bucket)).await?;
+        Ok::<_, ApiError>(StatsReply {
+            stats,
+            lag_seconds: s.metrics.max_lag_seconds(),
+            window_seconds: window.as_secs(),
+        })
+    };
+    match run.await {
+        Ok(reply) => fresh(reply),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn invalid(param: &'static str, value: &str, why: &str) -> QueryError {
+    QueryError::Invalid {
+        param,
+        reason: format!("{value:?} {why}"),
+    }
+}
+
+/// The non-empty parameters of a query string; an empty value (an empty
+/// form field) counts as absent, a repeated parameter is an error.
+fn params(query: &str) -> Result<Vec<(String, String)>, QueryError> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if v.trim().is_empty() {
+            continue;
+        }
+        if seen.iter().any(|(name, _)| *name == k) {
+            let param = known(&k).unwrap_or("query");
+            return Err(invalid(param, &v, "is given twice"));
+        }
+        seen.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(seen)
+}
+
+/// The static name of a known parameter (for `QueryError::Invalid`).
+fn known(name: &str) -> Option<&'static str> {
+    [
+        "database", "table", "op", "q", "since", "until", "limit", "cursor", "window", "bucket",
+    ]
+    .into_iter()
+    .find(|k| *k == name)
+}
+
+/// Parses the `/api/events` parameters; unknown parameters are ignored.
+pub fn parse_filter(query: &str) -> Result<EventFilter, QueryError> {
+    let mut f = EventFilter {
+        limit: DEFAULT_LIMIT,
+        ..EventFilter::default()
+    };
+    for (k, v) in params(query)? {
+        match k.as_str() {
+            "database" => f.database = Some(v),
+            "table" => f.table = Some(v),
+            "op" => f.op = Some(parse_op(&v)?),
+            "q" => f.q = Some(v),
+            "since" => f.since_ms = Some(parse_time("since", &v)?),
+            "until" => f.until_ms = Some(parse_time("until", &v)?),
+            "limit" => {
+                f.limit = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        invalid(
+                            "limit",
+                            &v,
+                            &format!("is not a whole number from 1 to {MAX_LIMIT}"),
+                        )
+                    })?
+            }
+            "cursor" => f.cursor = Some(v),
+            _ => {}
+        }
+    }
+    if let (Some(since), Some(until)) = (f.since_ms, f.until_ms) {
+        if since > until {
+            return Err(QueryError::Invalid {
+                param: "since",
+                reason: format!("{since} is after until {until}"),
+            });
+        }
+    }
+    Ok(f)
+}
+
+fn parse_op(v: &str) -> Result<Op, QueryError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "insert" => Ok(Op::Insert),
+        "update" => Ok(Op::Update),
+        "delete" => Ok(Op::Delete),
+        "ddl" => Ok(Op::Ddl),
+        _ => Err(invalid(
+            "op",
+            v,
+            "is not one of insert, update, delete, ddl",
+        )),
+    }
+}
+
+/// RFC 3339 (`2024-05-01T12:00:00Z`) or Unix milliseconds, as Unix milliseconds.
+fn parse_time(param: &'static str, v: &str) -> Result<i64, QueryError> {
+    let t = v.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    OffsetDateTime::parse(t, &Rfc3339)
+        .map(|d| (d.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| {
+            invalid(
+                param,
+                v,
+                "is neither RFC 3339 (2024-05-01T12:00:00Z) nor Unix milliseconds",
+            )
+        })
+}
+
+/// Parses the `/api/stats` parameters: `window` and `bucket` as durations (`5m`, `10s`).
+pub fn parse_window(query: &str) -> Result<(Duration, Duration), QueryError> {
+    let (mut window, mut bucket) = (DEFAULT_WINDOW, DEFAULT_BUCKET);
+    for (k, v) in params(query)? {
+        let param = match k.as_str() {
+            "window" => "window",
+            "bucket" => "bucket",
+            _ => continue,
+        };
+        let d = crate::config::parse_duration(&v).map_err(|e| invalid(param, &v, &e))?;
+        if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+            return Err(invalid(param, &v, "must be whole seconds, at least 1s"));
+        }
+        if param == "window" {
+            window = d;
+        } else {
+            bucket = d;
+        }
+    }
+    if bucket > window || window.as_secs() / bucket.as_secs() > MAX_BUCKETS {
+        return Err(QueryError::Invalid {
+            param: "bucket",
+            reason: format!(
+                "{bucket:?} must fit the window {window:?} at most {MAX_BUCKETS} times and at least once"
+            ),
+        });
+    }
+    Ok((window, bucket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid_param(r: Result<EventFilter, QueryError>) -> (&'static str, String) {
+        match r {
+            Err(QueryError::Invalid { param, reason }) => (param, reason),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_parameters_is_the_newest_page_of_fifty() {
+        let f = parse_filter("").unwrap();
+        assert_eq!(
+            f,
+            EventFilter {
+                limit: 50,
+                ..EventFilter::default()
+            }
+        );
+    }
+
+    #[test]
+    fn every_parameter_is_parsed_and_empty_ones_are_absent() {
+        let f = parse_filter(
+            "database=appdb&table=users&op=UPDATE&q=alice+smith&since=2023-11-14T22:13:20Z&until=1700000060000&limit=1000&cursor=abc&unknown=1&tag=",
+        )
+        .unwrap();
+        assert_eq!(f.database.as_deref(), Some("appdb"));
+        assert_eq!(f.table.as_deref(), Some("users"));
+        assert_eq!(f.op, Some(Op::Update));
+        assert_eq!(f.q.as_deref(), Some("alice smith"));
+        assert_eq!(f.since_ms, Some(1_700_000_000_000));
+        assert_eq!(f.until_ms, Some(1_700_000_060_000));
+        assert_eq!(f.limit, MAX_LIMIT);
+        assert_eq!(f.cursor.as_deref(), Some("abc"));
+        let blank = parse_filter("database=&op=&q=&limit=").unwrap();
+        assert_eq!(blank.database, None);
+        assert_eq!(blank.limit, DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn rfc3339_offsets_and_fractions_become_milliseconds() {
+        let f = parse_filter("since=2023-11-14T23:13:20.123%2B01:00").unwrap();
+        assert_eq!(f.since_ms, Some(1_700_000_000_123));
+    }
+
+    #[test]
+    fn invalid_parameters_name_the_parameter_and_value() {
+        for (query, param, value) in [
+            ("limit=0", "limit", "\"0\""),
+            ("limit=1001", "limit", "\"1001\""),
+            ("limit=ten", "limit", "\"ten\""),
+            ("op=merge", "op", "\"merge\""),
+            ("since=yesterday", "since", "\"yesterday\""),
+            (
+                "until=2024-13-01T00:00:00Z",
+                "until",
+                "\"2024-13-01T00:00:00Z\"",
+            ),
+            ("table=a&table=b", "table", "\"b\""),
+        ] {
+            let (p, reason) = invalid_param(parse_filter(query));
+            assert_eq!(p, param, "{query}");
+            assert!(reason.contains(value), "{query}: {reason}");
+            let message = QueryError::Invalid { param: p, reason }.to_string();
+            assert!(
+                message.starts_with(&format!("invalid {param}: ")),
+                "{message}"
+            );
+        }
+        let (p, _) = invalid_param(parse_filter("since=2000&until=1000"));
+        assert_eq!(p, "since");
+    }
+
+    #[test]
+    fn stats_window_defaults_to_five_minutes_in_ten_second_buckets() {
+        assert_eq!(
+            parse_window("").unwrap(),
+            (Duration::from_secs(300), Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_window("window=1h&bucket=1m").unwrap(),
+            (Duration::from_secs(3600), Duration::from_secs(60))
+        );
+        for bad in [
+            "window=0s",
+            "bucket=500ms",
+            "bucket=10m",
+            "window=1d&bucket=1s",
+            "window=soon",
+        ] {
+            assert!(
+                matches!(parse_window(bad), Err(QueryError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
