@@ -11,16 +11,21 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, SinkKind, SourceKind};
+use crate::event::{ChangeEvent, Checkpoint};
+use crate::http::api::EventQuery;
 use crate::http::health::Readiness;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{run_batcher, BatchLimits, Writer};
+use crate::pipeline::batch::{run_batcher, BatchLimits, Envelope, Writer};
 use crate::pipeline::dlq::DeadLetterQueue;
 use crate::sink::elasticsearch::retry::Backoff;
 use crate::sink::elasticsearch::ElasticsearchSink;
-use crate::sink::{Sink, SinkError};
+use crate::sink::kafka::KafkaSink;
+use crate::sink::{Rejected, Sink, SinkError};
+use crate::source::binlog::position::PositionFile;
+use crate::source::binlog::{BinlogSource, PositionStore};
 use crate::source::kafka::{self, KafkaSource};
 use crate::source::{Source, SourceError};
 
@@ -38,12 +43,123 @@ pub enum AppError {
     Sink(#[from] SinkError),
 }
 
+/// The configured source.
+pub enum AnySource {
+    Kafka(KafkaSource),
+    Binlog(BinlogSource),
+}
+
+impl AnySource {
+    fn name(&self) -> &'static str {
+        match self {
+            AnySource::Kafka(_) => "kafka",
+            AnySource::Binlog(_) => "mysql",
+        }
+    }
+
+    /// Updates the lag gauges; may block on the broker.
+    fn refresh_lag(&self) {
+        match self {
+            AnySource::Kafka(k) => {
+                k.refresh_lag_records();
+                k.update_lag_seconds();
+            }
+            AnySource::Binlog(b) => b.update_lag_seconds(),
+        }
+    }
+}
+
+impl Source for AnySource {
+    async fn run(
+        &self,
+        tx: mpsc::Sender<Envelope>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        match self {
+            AnySource::Kafka(s) => s.run(tx, shutdown).await,
+            AnySource::Binlog(s) => s.run(tx, shutdown).await,
+        }
+    }
+
+    fn commit(&self, sync: bool) {
+        match self {
+            AnySource::Kafka(s) => s.commit(sync),
+            AnySource::Binlog(s) => s.commit(sync),
+        }
+    }
+
+    async fn check(&self) -> Result<(), SourceError> {
+        match self {
+            AnySource::Kafka(s) => s.check().await,
+            AnySource::Binlog(s) => s.check().await,
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            AnySource::Kafka(s) => s.close(),
+            AnySource::Binlog(s) => s.close(),
+        }
+    }
+}
+
+/// The configured sink.
+pub enum AnySink {
+    Elasticsearch(Arc<ElasticsearchSink>),
+    Kafka(KafkaSink),
+}
+
+impl AnySink {
+    fn name(&self) -> &'static str {
+        match self {
+            AnySink::Elasticsearch(_) => "elasticsearch",
+            AnySink::Kafka(_) => "kafka",
+        }
+    }
+
+    /// What `/api/*` searches.
+    fn query(&self) -> Option<EventQuery> {
+        match self {
+            AnySink::Elasticsearch(s) => Some(EventQuery::Elasticsearch(s.clone())),
+            AnySink::Kafka(_) => None,
+        }
+    }
+}
+
+impl Sink for AnySink {
+    async fn prepare(&self) -> Result<(), SinkError> {
+        match self {
+            AnySink::Elasticsearch(s) => s.prepare().await,
+            AnySink::Kafka(s) => s.prepare().await,
+        }
+    }
+
+    async fn write(
+        &self,
+        events: &[ChangeEvent],
+        checkpoints: &[Checkpoint],
+        abort: &CancellationToken,
+    ) -> Result<Vec<Rejected>, SinkError> {
+        match self {
+            AnySink::Elasticsearch(s) => s.write(events, checkpoints, abort).await,
+            AnySink::Kafka(s) => s.write(events, checkpoints, abort).await,
+        }
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        match self {
+            AnySink::Elasticsearch(s) => s.check().await,
+            AnySink::Kafka(s) => s.check().await,
+        }
+    }
+}
+
 /// A built, not yet running, pipeline.
 pub struct App {
     cfg: Config,
     metrics: Metrics,
-    source: Arc<KafkaSource>,
-    sink: Arc<ElasticsearchSink>,
+    source: Arc<AnySource>,
+    sink: Arc<AnySink>,
     dlq: DeadLetterQueue,
     tracker: Arc<Mutex<OffsetTracker>>,
     listener: TcpListener,
@@ -55,21 +171,66 @@ impl App {
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = Metrics::new();
         let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
-        let es = cfg.es.as_ref().ok_or_else(|| {
-            SinkError::Config("only the Elasticsearch sink is wired so far".into())
-        })?;
-        let sink = Arc::new(ElasticsearchSink::new(es, &cfg.sink, metrics.clone())?);
+        let sink = match cfg.sink_kind {
+            SinkKind::Elasticsearch => {
+                let es = cfg.es.as_ref().ok_or_else(|| {
+                    SinkError::Config("CDC_SINK=elasticsearch needs CDC_ES_URL".into())
+                })?;
+                AnySink::Elasticsearch(Arc::new(ElasticsearchSink::new(
+                    es,
+                    &cfg.sink,
+                    metrics.clone(),
+                )?))
+            }
+            SinkKind::Sqlite => {
+                return Err(SinkError::Config("the embedded store is not wired yet".into()).into())
+            }
+            SinkKind::Kafka => {
+                AnySink::Kafka(KafkaSink::new(&cfg.kafka, &cfg.sink, metrics.clone())?)
+            }
+        };
         let backoff = Backoff::new(cfg.sink.retry_initial_backoff, cfg.sink.retry_max_backoff);
-        let dlq = DeadLetterQueue::new(
-            kafka::producer(&cfg.kafka)?,
-            cfg.kafka.dlq_topic.clone(),
-            backoff,
-        );
-        let source = Arc::new(KafkaSource::new(
-            &cfg.kafka,
-            tracker.clone(),
-            metrics.clone(),
-        )?);
+        // Without Kafka anywhere in the pipeline, dead letters go to a file.
+        let dlq = if cfg.source == SourceKind::Kafka || cfg.sink_kind == SinkKind::Kafka {
+            DeadLetterQueue::new(
+                kafka::producer(&cfg.kafka)?,
+                cfg.kafka.dlq_topic.clone(),
+                backoff,
+            )
+        } else {
+            DeadLetterQueue::file(cfg.data_dir.join("dead-letters.jsonl"))
+        };
+        let source = match cfg.source {
+            SourceKind::Kafka => AnySource::Kafka(KafkaSource::new(
+                &cfg.kafka,
+                tracker.clone(),
+                metrics.clone(),
+            )?),
+            SourceKind::Binlog => {
+                let mysql = cfg.mysql.as_ref().ok_or_else(|| {
+                    SourceError::Other("CDC_SOURCE=binlog needs CDC_MYSQL_URL".into())
+                })?;
+                let store = match &sink {
+                    _ => {
+                        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+                            SourceError::Other(format!(
+                                "cannot create the data directory {}: {e}",
+                                cfg.data_dir.display()
+                            ))
+                        })?;
+                        PositionStore::File(PositionFile::new(&cfg.data_dir))
+                    }
+                };
+                AnySource::Binlog(BinlogSource::new(
+                    mysql,
+                    store,
+                    tracker.clone(),
+                    metrics.clone(),
+                )?)
+            }
+        };
+        let source = Arc::new(source);
+        let sink = Arc::new(sink);
         let (listener, http_addr) =
             http::bind(cfg.http_addr)
                 .await
@@ -129,11 +290,11 @@ impl App {
         let readiness = {
             let (src, snk) = (source.clone(), sink.clone());
             Readiness::default()
-                .with("kafka", move || {
+                .with(source.name(), move || {
                     let s = src.clone();
                     async move { s.check().await.map_err(|e| e.to_string()) }
                 })
-                .with("elasticsearch", move || {
+                .with(sink.name(), move || {
                     let s = snk.clone();
                     async move { s.check().await.map_err(|e| e.to_string()) }
                 })
@@ -143,7 +304,7 @@ impl App {
             HttpState {
                 metrics: metrics.clone(),
                 readiness,
-                query: None,
+                query: sink.query(),
             },
             http_stop.clone(),
         ));
@@ -171,7 +332,17 @@ impl App {
             max_bytes: cfg.sink.max_bytes,
             linger: cfg.sink.linger,
         };
-        let mut batcher = tokio::spawn(run_batcher(rx, writer, limits, cfg.sink.concurrency));
+        // The embedded store keeps the source position with each batch and
+        // the Kafka sink keeps per-row order: both take batches one at a time.
+        let concurrency = match sink.as_ref() {
+            AnySink::Elasticsearch(_) => cfg.sink.concurrency,
+            AnySink::Kafka(_) => 1,
+        };
+        let mut batcher = tokio::spawn(run_batcher(rx, writer, limits, concurrency));
+        let retention_stop = CancellationToken::new();
+        let retention: Option<tokio::task::JoinHandle<()>> = match sink.as_ref() {
+            _ => None,
+        };
 
         let committer_stop = CancellationToken::new();
         let committer = {
@@ -188,8 +359,7 @@ impl App {
                         _ = tick.tick() => {
                             source.commit(false);
                             let s = source.clone();
-                            let _ = tokio::task::spawn_blocking(move || s.refresh_lag_records()).await;
-                            source.update_lag_seconds();
+                            let _ = tokio::task::spawn_blocking(move || s.refresh_lag()).await;
                         }
                         _ = stop.cancelled() => return,
                     }
@@ -197,7 +367,12 @@ impl App {
             })
         };
 
-        info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group_id, "consuming");
+        match cfg.source {
+            SourceKind::Kafka => {
+                info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group_id, sink = sink.name(), "consuming")
+            }
+            SourceKind::Binlog => info!(sink = sink.name(), "capturing"),
+        }
         let result = source.run(tx, stop_reading.clone()).await;
         stop_reading.cancel();
 
@@ -211,6 +386,10 @@ impl App {
         }
         committer_stop.cancel();
         let _ = committer.await;
+        retention_stop.cancel();
+        if let Some(r) = retention {
+            let _ = r.await;
+        }
         let s = source.clone();
         let _ = tokio::task::spawn_blocking(move || s.commit(true)).await;
         http_stop.cancel();
@@ -233,7 +412,7 @@ const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// rebalance timeout. Offsets are already committed by then, so exiting
 /// without the LeaveGroup only means the broker expires the member after the
 /// session timeout.
-async fn leave_group(source: Arc<KafkaSource>, timeout: Duration) {
+async fn leave_group(source: Arc<AnySource>, timeout: Duration) {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         source.close();

@@ -43,7 +43,11 @@ pub fn key(e: &ChangeEvent) -> Vec<u8> {
 
 impl KafkaSink {
     /// An idempotent producer for `cfg.topics[0]`.
-    pub fn new(cfg: &KafkaConfig, sink: &SinkConfig, metrics: Metrics) -> Result<KafkaSink, SinkError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        sink: &SinkConfig,
+        metrics: Metrics,
+    ) -> Result<KafkaSink, SinkError> {
         let producer = client_config(cfg)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -63,8 +67,15 @@ impl KafkaSink {
     }
 
     /// Sends `pending` (indexes into `events`) and returns those that failed.
-    async fn send_all(&self, events: &[ChangeEvent], payloads: &[Vec<u8>], keys: &[Vec<u8>], pending: &[usize]) -> Vec<(usize, KafkaError)> {
-        let mut deliveries: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(pending.len());
+    async fn send_all(
+        &self,
+        events: &[ChangeEvent],
+        payloads: &[Vec<u8>],
+        keys: &[Vec<u8>],
+        pending: &[usize],
+    ) -> Vec<(usize, KafkaError)> {
+        let mut deliveries: VecDeque<(usize, DeliveryFuture)> =
+            VecDeque::with_capacity(pending.len());
         let mut failed = Vec::new();
         for &i in pending {
             loop {
@@ -105,7 +116,12 @@ impl KafkaSink {
     }
 }
 
-fn delivery_error(r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>) -> Option<KafkaError> {
+fn delivery_error(
+    r: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Option<KafkaError> {
     match r {
         Ok(Ok(_)) => None,
         Ok(Err((e, _))) => Some(e),
@@ -147,8 +163,12 @@ impl Sink for KafkaSink {
             }
             attempt += 1;
             let error = failed[0].1.to_string();
-            self.metrics.bulk_requests.with_label_values(&["retry"]).inc();
-            self.metrics.sink_retry("kafka_produce", failed.len(), attempt, &error);
+            self.metrics
+                .bulk_requests
+                .with_label_values(&["retry"])
+                .inc();
+            self.metrics
+                .sink_retry("kafka_produce", failed.len(), attempt, &error);
             pending = failed.into_iter().map(|(i, _)| i).collect();
             debug!(topic = %self.topic, pending = pending.len(), "retrying produce");
             tokio::select! {
