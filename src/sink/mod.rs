@@ -11,6 +11,7 @@
 pub mod elasticsearch;
 pub mod kafka;
 pub mod query;
+pub mod sqlite;
 
 use std::future::Future;
 

@@ -1,0 +1,743 @@
+//! The embedded event store: a `Sink` on SQLite, searchable with FTS5.
+//!
+//! One file, `DATA_DIR/events.db`, in WAL mode. One writer connection, which
+//! batches and retention take in turns, in short transactions; a few reader
+//! connections, so `/api/events` never waits for a write. A batch and the
+//! source positions it carries commit in one transaction, so after a crash
+//! the source resumes right after the last stored event.
+//!
+//! `schema` says what is stored and why, `query` answers `/api/events` and
+//! `/api/stats`, `retention` deletes old events, `bench` measures it all.
+
+mod bench;
+mod query;
+mod retention;
+mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use bench::{bench, Latency, StoreBench};
+
+use crate::config::StoreConfig;
+use crate::event::{ChangeEvent, Checkpoint, Row};
+use crate::metrics::Metrics;
+use crate::sink::elasticsearch::bulk;
+use crate::sink::elasticsearch::retry::Backoff;
+use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
+use crate::sink::{Rejected, Sink, SinkError};
+
+/// Reader connections kept open; more are opened under load and closed after.
+const IDLE_READERS: usize = 4;
+
+/// Knobs the tests turn down; production uses `Tuning::default()`.
+#[derive(Debug, Clone)]
+struct Tuning {
+    busy_timeout: Duration,
+    backoff: Backoff,
+    retention_interval: Duration,
+    retention_chunk: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            busy_timeout: Duration::from_secs(5),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            retention_interval: Duration::from_secs(5),
+            // A chunk deletes in a few milliseconds, so a batch waits no longer.
+            retention_chunk: 500,
+        }
+    }
+}
+
+/// Change events in `DATA_DIR/events.db`.
+pub struct SqliteSink {
+    store: Arc<Store>,
+    metrics: Metrics,
+}
+
+/// The connections; shared with the blocking tasks that use them.
+struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    cfg: StoreConfig,
+    tuning: Tuning,
+}
+
+impl SqliteSink {
+    /// Creates DATA_DIR if needed and opens DATA_DIR/events.db (WAL).
+    pub fn open(
+        data_dir: &Path,
+        cfg: &StoreConfig,
+        metrics: Metrics,
+    ) -> Result<SqliteSink, SinkError> {
+        Self::open_tuned(data_dir, cfg, metrics, Tuning::default())
+    }
+
+    fn open_tuned(
+        data_dir: &Path,
+        cfg: &StoreConfig,
+        metrics: Metrics,
+        tuning: Tuning,
+    ) -> Result<SqliteSink, SinkError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            SinkError::Config(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join("events.db");
+        let writer = schema::open_writer(&path, tuning.busy_timeout)
+            .map_err(|e| SinkError::Config(format!("cannot open {}: {e}", path.display())))?;
+        let reader = schema::open_reader(&path, tuning.busy_timeout)
+            .map_err(|e| SinkError::Config(format!("cannot open {}: {e}", path.display())))?;
+        Ok(SqliteSink {
+            store: Arc::new(Store {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(vec![reader]),
+                cfg: cfg.clone(),
+                tuning,
+            }),
+            metrics,
+        })
+    }
+
+    /// The stored position of a source stream (the `Checkpoint::position` last written for `stream`).
+    pub fn checkpoint(&self, stream: &str) -> Result<Option<String>, SinkError> {
+        self.store
+            .read(|conn| {
+                let mut stmt =
+                    conn.prepare_cached("SELECT position FROM checkpoints WHERE stream = ?1")?;
+                let mut rows = stmt.query([stream])?;
+                rows.next()?.map(|r| r.get(0)).transpose()
+            })
+            .map_err(|e| self.store.sink_error(&e))
+    }
+
+    /// Newest first, paginated, see src/sink/query.rs.
+    pub async fn events(&self, filter: &EventFilter) -> Result<EventPage, QueryError> {
+        let plan = query::Plan::new(filter)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.read(|conn| plan.run(conn)))
+            .await
+            .map_err(|e| QueryError::Unavailable(format!("query task failed: {e}")))?
+            .map_err(|e| QueryError::Unavailable(e.to_string()))
+    }
+
+    /// Counts by op and by table, and events/s by table over the last `window` in buckets of `bucket`.
+    pub async fn stats(&self, window: Duration, bucket: Duration) -> Result<Stats, QueryError> {
+        let request = query::StatsRequest::new(window, bucket, bulk::now_millis())?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.read(|conn| request.run(conn)))
+            .await
+            .map_err(|e| QueryError::Unavailable(format!("stats task failed: {e}")))?
+            .map_err(|e| QueryError::Unavailable(e.to_string()))
+    }
+
+    /// Enforces retention until `stop` fires: deletes events older than cfg.retention (by commit time) and the oldest events while the stored documents exceed cfg.max_bytes; checks every few seconds, deleting in small chunks so writers are never blocked long.
+    pub async fn run_retention(self: Arc<Self>, stop: CancellationToken) {
+        retention::run(self.store.clone(), stop).await
+    }
+
+    async fn pause(&self, attempt: u32, abort: &CancellationToken) -> Result<(), SinkError> {
+        tokio::select! {
+            _ = tokio::time::sleep(self.store.tuning.backoff.delay(attempt)) => Ok(()),
+            _ = abort.cancelled() => Err(SinkError::Aborted),
+        }
+    }
+}
+
+impl Store {
+    /// Runs `f` on an idle reader connection, opening one if none is idle.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        // A panic while a connection was out cannot leave the list itself
+        // inconsistent, so a poisoned lock is still usable.
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => schema::open_reader(&self.path, self.tuning.busy_timeout)?,
+        };
+        let result = f(&conn);
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if readers.len() < IDLE_READERS {
+            readers.push(conn);
+        }
+        result
+    }
+
+    /// Runs `f` on the writer connection.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        // Poisoned means a panic inside `f`; its transaction was rolled back
+        // when it unwound, so the connection is clean.
+        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// Stores a batch and its checkpoints in one transaction; returns how many events were new.
+    fn store_batch(&self, batch: &Batch) -> rusqlite::Result<usize> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut stored = 0;
+            let mut counts: HashMap<(&str, &str, &str), (i64, i64)> = HashMap::new();
+            let mut rate: HashMap<(i64, &str, &str), i64> = HashMap::new();
+            let mut zones: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (doc_id, db, tbl, op, commit_time_ms, ingested_ms, bytes, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (doc_id) DO NOTHING",
+                )?;
+                let mut fts =
+                    tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
+                let second = batch.ingested_ms.div_euclid(1000);
+                for e in &batch.events {
+                    let inserted = insert.execute(params![
+                        e.doc_id,
+                        e.db,
+                        e.tbl,
+                        e.op,
+                        e.commit_time_ms,
+                        batch.ingested_ms,
+                        e.doc.len() as i64,
+                        e.doc,
+                    ])?;
+                    if inserted == 0 {
+                        // A replay: the same change is stored already.
+                        continue;
+                    }
+                    let seq = tx.last_insert_rowid();
+                    fts.execute(params![seq, e.text])?;
+                    stored += 1;
+                    let c = counts.entry((&e.db, &e.tbl, e.op)).or_default();
+                    c.0 += 1;
+                    c.1 += e.doc.len() as i64;
+                    *rate.entry((second, &e.db, &e.tbl)).or_default() += 1;
+                    let z = zones
+                        .entry(seq >> schema::ZONE_BITS)
+                        .or_insert((e.commit_time_ms, e.commit_time_ms));
+                    z.0 = z.0.min(e.commit_time_ms);
+                    z.1 = z.1.max(e.commit_time_ms);
+                }
+            }
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO counts (db, tbl, op, events, bytes) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (db, tbl, op) DO UPDATE
+                     SET events = events + excluded.events, bytes = bytes + excluded.bytes",
+                )?;
+                for ((db, tbl, op), (n, bytes)) in &counts {
+                    upsert.execute(params![db, tbl, op, n, bytes])?;
+                }
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO rate (second, db, tbl, events) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (second, db, tbl) DO UPDATE SET events = events + excluded.events",
+                )?;
+                for ((second, db, tbl), n) in &rate {
+                    upsert.execute(params![second, db, tbl, n])?;
+                }
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO zones (zone, min_commit_ms, max_commit_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (zone) DO UPDATE SET
+                         min_commit_ms = min(min_commit_ms, excluded.min_commit_ms),
+                         max_commit_ms = max(max_commit_ms, excluded.max_commit_ms)",
+                )?;
+                for (zone, (lo, hi)) in &zones {
+                    upsert.execute(params![zone, lo, hi])?;
+                }
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO checkpoints (stream, position) VALUES (?1, ?2)
+                     ON CONFLICT (stream) DO UPDATE SET position = excluded.position",
+                )?;
+                for (stream, position) in &batch.checkpoints {
+                    upsert.execute(params![stream, position])?;
+                }
+            }
+            tx.commit()?;
+            Ok(stored)
+        })
+    }
+
+    /// A SQLite error as a `SinkError`: transient ones are retryable.
+    fn sink_error(&self, e: &rusqlite::Error) -> SinkError {
+        match transient(e) {
+            Some(_) => SinkError::Response(format!("{}: {e}", self.path.display())),
+            None => SinkError::Config(format!("{}: {e}", self.path.display())),
+        }
+    }
+}
+
+/// The retry reason of an error worth retrying, `None` for the others.
+fn transient(e: &rusqlite::Error) -> Option<&'static str> {
+    match e.sqlite_error_code()? {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some("busy"),
+        ErrorCode::DiskFull => Some("disk_full"),
+        ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => Some("io_error"),
+        ErrorCode::OutOfMemory => Some("out_of_memory"),
+        // SQLITE_PROTOCOL: a WAL lock race that resolves on retry.
+        ErrorCode::FileLockingProtocolFailed => Some("busy"),
+        _ => None,
+    }
+}
+
+/// One event ready to insert: everything derived from it before the transaction.
+struct StoredEvent {
+    doc_id: [u8; 16],
+    db: String,
+    tbl: String,
+    op: &'static str,
+    commit_time_ms: i64,
+    /// The Elasticsearch document.
+    doc: String,
+    /// What full-text search sees: row values and the DDL statement.
+    text: String,
+}
+
+/// A batch encoded once, written as often as retries need.
+struct Batch {
+    ingested_ms: i64,
+    events: Vec<StoredEvent>,
+    /// `(stream, position)`.
+    checkpoints: Vec<(String, String)>,
+}
+
+impl Batch {
+    fn new(events: &[ChangeEvent], checkpoints: &[Checkpoint], ingested_ms: i64) -> Batch {
+        let ingested_at = bulk::rfc3339_millis(ingested_ms);
+        let events = events
+            .iter()
+            .map(|e| StoredEvent {
+                doc_id: e.document_id().0.to_be_bytes(),
+                db: e.database.clone(),
+                tbl: e.table.clone(),
+                op: e.op.as_str(),
+                commit_time_ms: e.commit_time_ms,
+                // Serialising the borrowed document into a String cannot
+                // fail: every key is a string and every value valid JSON.
+                doc: serde_json::to_string(&bulk::document(e, &ingested_at))
+                    .expect("document serialises"),
+                text: search_text(e),
+            })
+            .collect();
+        Batch {
+            ingested_ms,
+            events,
+            checkpoints: checkpoints
+                .iter()
+                .map(|c| (c.stream.to_string(), c.position.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The row values (strings unquoted, nulls left out) and the DDL statement, one per line.
+fn search_text(e: &ChangeEvent) -> String {
+    let mut text = String::new();
+    let rows: [Option<&Row>; 3] = [Some(&e.pk), Some(&e.data), e.old.as_ref()];
+    for row in rows.into_iter().flatten() {
+        for (_, value) in &row.0 {
+            let raw = value.get();
+            if raw == "null" {
+                continue;
+            }
+            if raw.starts_with('"') {
+                // Borrow when there is no escape to undo.
+                match serde_json::from_str::<&str>(raw) {
+                    Ok(s) => text.push_str(s),
+                    Err(_) => match serde_json::from_str::<String>(raw) {
+                        Ok(s) => text.push_str(&s),
+                        Err(_) => text.push_str(raw),
+                    },
+                }
+            } else {
+                text.push_str(raw);
+            }
+            text.push('\n');
+        }
+    }
+    if let Some(sql) = &e.sql {
+        text.push_str(sql);
+    }
+    text
+}
+
+impl Sink for SqliteSink {
+    async fn prepare(&self) -> Result<(), SinkError> {
+        // `open` created the schema already: the source reads its
+        // checkpoint before the first write.
+        self.check().await
+    }
+
+    async fn write(
+        &self,
+        events: &[ChangeEvent],
+        checkpoints: &[Checkpoint],
+        abort: &CancellationToken,
+    ) -> Result<Vec<Rejected>, SinkError> {
+        let batch = Arc::new(Batch::new(events, checkpoints, bulk::now_millis()));
+        let mut attempt = 0u32;
+        loop {
+            let (store, b) = (self.store.clone(), batch.clone());
+            let started = Instant::now();
+            // The attempt runs to its end even when `abort` fires meanwhile:
+            // it is short, and its outcome (committed or rolled back) is then known.
+            let result = tokio::task::spawn_blocking(move || store.store_batch(&b))
+                .await
+                .map_err(|e| SinkError::Response(format!("write task failed: {e}")))?;
+            let elapsed = started.elapsed().as_secs_f64();
+            match result {
+                Ok(stored) => {
+                    self.observe("ok", elapsed);
+                    debug!(
+                        events = events.len(),
+                        stored,
+                        checkpoints = checkpoints.len(),
+                        elapsed,
+                        "batch stored"
+                    );
+                    // Nothing is refused for good: every event has a document.
+                    return Ok(Vec::new());
+                }
+                Err(e) => {
+                    self.observe("error", elapsed);
+                    let Some(reason) = transient(&e) else {
+                        return Err(self.store.sink_error(&e));
+                    };
+                    attempt += 1;
+                    self.metrics
+                        .sink_retry(reason, events.len(), attempt, &e.to_string());
+                    self.pause(attempt, abort).await?;
+                }
+            }
+        }
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.read(|conn| conn.query_row("SELECT count(*) FROM checkpoints", [], |_| Ok(())))
+        })
+        .await
+        .map_err(|e| SinkError::Response(format!("check task failed: {e}")))?
+        .map_err(|e| SinkError::Response(format!("{}: {e}", self.store.path.display())))
+    }
+}
+
+impl SqliteSink {
+    /// Counts a write transaction in the bulk request families, so the
+    /// dashboards read the same for both sinks.
+    fn observe(&self, outcome: &str, elapsed: f64) {
+        self.metrics
+            .bulk_requests
+            .with_label_values(&[outcome])
+            .inc();
+        self.metrics
+            .bulk_duration
+            .with_label_values(&[outcome])
+            .observe(elapsed);
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::event::{Op, SourcePosition};
+    use serde_json::json;
+
+    /// A row change whose `note` column holds `note`; `id` makes it unique.
+    pub fn event(
+        db: &str,
+        tbl: &str,
+        op: Op,
+        id: u64,
+        commit_time_ms: i64,
+        note: &str,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            database: db.into(),
+            table: tbl.into(),
+            op,
+            pk: Row::from_values([("id", json!(id.to_string()))]),
+            data: Row::from_values([("id", json!(id.to_string())), ("note", json!(note))]),
+            old: None,
+            commit_time_ms,
+            commit_ts: None,
+            sql: None,
+            mysql_types: None,
+            large_message: None,
+            position: SourcePosition::None,
+        }
+    }
+
+    /// Opens a store with test timings: short busy timeout and backoff.
+    pub fn open_with(dir: &Path, cfg: &StoreConfig) -> SqliteSink {
+        let tuning = Tuning {
+            busy_timeout: Duration::from_millis(50),
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+            retention_interval: Duration::from_millis(50),
+            retention_chunk: 500,
+        };
+        SqliteSink::open_tuned(dir, cfg, Metrics::new(), tuning).unwrap()
+    }
+
+    /// Seven days, no size limit.
+    pub fn cfg() -> StoreConfig {
+        StoreConfig {
+            retention: Duration::from_secs(7 * 86400),
+            max_bytes: u64::MAX,
+        }
+    }
+
+    /// Writes one batch without checkpoints; it must succeed.
+    pub async fn write(sink: &SqliteSink, events: &[ChangeEvent]) {
+        let rejected = sink
+            .write(events, &[], &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(rejected.is_empty());
+    }
+
+    fn count(sink: &SqliteSink, sql: &str) -> i64 {
+        sink.store
+            .read(|c| c.query_row(sql, [], |r| r.get(0)))
+            .unwrap()
+    }
+
+    fn checkpoint(stream: &str, position: &str) -> Checkpoint {
+        Checkpoint {
+            stream: Arc::from(stream),
+            position: position.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_batch_stores_each_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        let batch: Vec<_> = (0..20)
+            .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "x"))
+            .collect();
+        write(&sink, &batch).await;
+        write(&sink, &batch).await;
+        // A replay overlapping the end of the first batch, plus new events.
+        let more: Vec<_> = (15..25)
+            .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "x"))
+            .collect();
+        write(&sink, &more).await;
+        assert_eq!(count(&sink, "SELECT count(*) FROM events"), 25);
+        assert_eq!(count(&sink, "SELECT sum(events) FROM counts"), 25);
+        assert_eq!(
+            count(
+                &sink,
+                "SELECT count(*) FROM events_fts WHERE events_fts MATCH 'x'"
+            ),
+            25
+        );
+        let stats = sink
+            .stats(Duration::from_secs(60), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(stats.total, 25);
+        let rate: f64 = stats.rate[0].points.iter().map(|p| p.1).sum();
+        assert!(rate > 0.0);
+    }
+
+    #[tokio::test]
+    async fn the_stored_document_is_the_elasticsearch_document_with_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        let mut e = event("app", "users", Op::Update, 7, 1_700_000_000_123, "new");
+        e.old = Some(Row::from_values([("note", json!("old"))]));
+        e.commit_ts = Some(445_318_436_578_918_401);
+        write(&sink, std::slice::from_ref(&e)).await;
+        let page = sink
+            .events(&EventFilter {
+                limit: 10,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 1);
+        let got: serde_json::Value = serde_json::from_str(page.events[0].get()).unwrap();
+        let ingested_at = got["ingested_at"].as_str().unwrap().to_owned();
+        let mut want: serde_json::Value =
+            serde_json::to_value(bulk::document(&e, &ingested_at)).unwrap();
+        want["id"] = json!(e.document_id().to_string());
+        assert_eq!(got, want);
+        // Exact integer, not a float.
+        assert!(page.events[0]
+            .get()
+            .contains("\"commit_ts\":445318436578918401"));
+        assert!(page.events[0].get().starts_with("{\"id\":\""));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_stored_with_their_events_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        assert_eq!(sink.checkpoint("binlog").unwrap(), None);
+        let batch: Vec<_> = (0..5)
+            .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
+            .collect();
+        let abort = CancellationToken::new();
+        sink.write(&batch, &[checkpoint("binlog", "{\"pos\":1}")], &abort)
+            .await
+            .unwrap();
+        assert_eq!(
+            sink.checkpoint("binlog").unwrap().as_deref(),
+            Some("{\"pos\":1}")
+        );
+        // A later batch moves it; a checkpoint-only batch too.
+        sink.write(
+            &batch[..1],
+            &[
+                checkpoint("binlog", "{\"pos\":2}"),
+                checkpoint("kafka/t/0", "8"),
+            ],
+            &abort,
+        )
+        .await
+        .unwrap();
+        sink.write(&[], &[checkpoint("binlog", "{\"pos\":3}")], &abort)
+            .await
+            .unwrap();
+        drop(sink);
+        let sink = open_with(dir.path(), &cfg());
+        assert_eq!(
+            sink.checkpoint("binlog").unwrap().as_deref(),
+            Some("{\"pos\":3}")
+        );
+        assert_eq!(sink.checkpoint("kafka/t/0").unwrap().as_deref(), Some("8"));
+        assert_eq!(count(&sink, "SELECT count(*) FROM events"), 5);
+        let page = sink
+            .events(&EventFilter {
+                limit: 10,
+                q: Some("a".into()),
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 5);
+        sink.check().await.unwrap();
+        sink.prepare().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_stores_neither_events_nor_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        // Fail the transaction at its very end, after the events went in.
+        sink.store
+            .write(|c| {
+                c.execute_batch(
+                    "CREATE TEMP TRIGGER fail BEFORE INSERT ON main.checkpoints
+                     BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+                )
+            })
+            .unwrap();
+        let batch: Vec<_> = (0..5)
+            .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
+            .collect();
+        let err = sink
+            .write(
+                &batch,
+                &[checkpoint("binlog", "1")],
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert_eq!(count(&sink, "SELECT count(*) FROM events"), 0);
+        assert_eq!(count(&sink, "SELECT count(*) FROM counts"), 0);
+        assert_eq!(count(&sink, "SELECT count(*) FROM zones"), 0);
+        assert_eq!(sink.checkpoint("binlog").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_is_retried_until_abort_and_nothing_is_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        let metrics = sink.metrics.clone();
+        // Another process holds the write lock.
+        let other = Connection::open(dir.path().join("events.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let batch: Vec<_> = (0..5)
+            .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
+            .collect();
+        let abort = CancellationToken::new();
+        let stopper = abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            stopper.cancel();
+        });
+        let err = sink
+            .write(&batch, &[checkpoint("binlog", "1")], &abort)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SinkError::Aborted), "{err}");
+        let retries = metrics.sink_retries.with_label_values(&["busy"]).get();
+        assert!(retries >= 2, "{retries} retries");
+        assert_eq!(count(&sink, "SELECT count(*) FROM events"), 0);
+        assert_eq!(sink.checkpoint("binlog").unwrap(), None);
+        // Once the lock is gone the same batch goes through.
+        other.execute_batch("ROLLBACK").unwrap();
+        sink.write(
+            &batch,
+            &[checkpoint("binlog", "1")],
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(count(&sink, "SELECT count(*) FROM events"), 5);
+        assert_eq!(sink.checkpoint("binlog").unwrap().as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_created_is_a_config_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let data_dir = file.join("data");
+        let err = SqliteSink::open(&data_dir, &cfg(), Metrics::new())
+            .err()
+            .expect("open fails");
+        assert!(matches!(err, SinkError::Config(_)), "{err}");
+        assert!(
+            err.to_string().contains(&data_dir.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn search_text_has_values_unquoted_and_the_statement() {
+        let mut e = event(
+            "app",
+            "users",
+            Op::Update,
+            1,
+            0,
+            "line\nbreak \u{e9}t\u{e9}",
+        );
+        e.old = Some(Row::from_values([("note", json!(null)), ("n", json!(42))]));
+        e.sql = Some("ALTER TABLE users ADD c INT".into());
+        assert_eq!(
+            search_text(&e),
+            "1\n1\nline\nbreak \u{e9}t\u{e9}\n42\nALTER TABLE users ADD c INT"
+        );
+    }
+}
