@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -21,7 +22,7 @@ use crate::app::{App, AppError};
 use crate::config::{Config, ConfigError, Layers, Origin};
 use mariadb::{Binaries, MariaDb, MariaDbError};
 
-/// The demo schema and its seed row; idempotent, so every start applies it.
+/// The demo schema and its seed row.
 const INIT_SQL: &str = include_str!("../../db/init.sql");
 
 /// The demo application's account: what the printed insert command logs in as.
@@ -152,7 +153,9 @@ async fn setup(args: &QuickstartArgs) -> Result<(MariaDb, App, Ready), Quickstar
             error: std::io::Error::other(e),
         })??;
     let db = MariaDb::start(&data_dir, args.mysql_port).await?;
-    db.exec(INIT_SQL).await.map_err(QuickstartError::InitSql)?;
+    apply_init_sql(&db)
+        .await
+        .map_err(QuickstartError::InitSql)?;
     let app_password = db.ensure_user(APP_USER, APP_GRANTS).await?;
     let client_cnf = data_dir.join("client.cnf");
     mariadb::write_private(
@@ -174,6 +177,29 @@ async fn setup(args: &QuickstartArgs) -> Result<(MariaDb, App, Ready), Quickstar
         mysql_port: args.mysql_port,
     };
     Ok((db, app, ready))
+}
+
+/// Applies `db/init.sql` unless `appdb.users` exists.
+///
+/// Once is enough: the script is idempotent, but its `CREATE ... IF NOT
+/// EXISTS` statements are written to the binlog every time and would show up
+/// as schema changes on every start. A seed row the user deleted stays deleted.
+async fn apply_init_sql(db: &MariaDb) -> Result<(), MariaDbError> {
+    let mut conn = db.root_conn().await?;
+    let present: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = 'appdb' AND TABLE_NAME = 'users'",
+        )
+        .await?;
+    if present == Some(1) {
+        info!("appdb.users exists; db/init.sql not applied again");
+    } else {
+        info!("applying db/init.sql: the appdb schema and its seed row");
+        conn.query_drop(INIT_SQL).await?;
+    }
+    conn.disconnect().await?;
+    Ok(())
 }
 
 /// The `run` configuration quickstart stands for: binlog → embedded store.

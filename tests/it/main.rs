@@ -6,4 +6,5 @@ mod changefeed;
 mod cli;
 mod faults;
 mod flow;
+mod quickstart;
 mod restart;

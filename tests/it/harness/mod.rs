@@ -7,6 +7,7 @@ pub mod canal;
 pub mod consumer;
 pub mod es;
 pub mod kafka;
+pub mod mariadb;
 pub mod prometheus;
 pub mod ticdc;
 

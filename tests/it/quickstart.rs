@@ -1,0 +1,412 @@
+//! `cdc-monitor quickstart` as a user runs it, and the MariaDB launcher under it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::mariadb::MariaDb;
+use crate::harness::{eventually, free_port};
+
+/// `quickstart` as a child process with its stdout read line by line.
+struct Quickstart {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// What quickstart printed once ready.
+struct ReadyLines {
+    dashboard: String,
+    insert_command: String,
+}
+
+impl Quickstart {
+    fn spawn(data_dir: &Path, http_port: u16, mysql_port: u16, log: &Path) -> Quickstart {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CDC_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["quickstart", "--data-dir"])
+            .arg(data_dir)
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--mysql-port", &mysql_port.to_string()])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if std::env::var_os("TEST_LOG").is_some() {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            cmd.stderr(std::fs::File::create(log).unwrap());
+        }
+        let mut child = cmd.spawn().expect("spawn cdc-monitor quickstart");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Quickstart {
+            child: Some(child),
+            lines,
+            data_dir: data_dir.to_owned(),
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits for the `Dashboard:` and `Insert a row:` lines.
+    fn wait_ready(&mut self, timeout: Duration) -> ReadyLines {
+        let deadline = Instant::now() + timeout;
+        let (mut dashboard, mut insert_command) = (None, None);
+        while dashboard.is_none() || insert_command.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("Dashboard: ") {
+                        dashboard = Some(url.trim().to_owned());
+                    } else if let Some(cmd) = line.strip_prefix("Insert a row: ") {
+                        insert_command = Some(cmd.trim().to_owned());
+                    }
+                }
+                Err(_) => {
+                    let status = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten());
+                    panic!(
+                        "quickstart not ready within {timeout:?} (exit: {status:?}); log:\n{}",
+                        self.log_tail()
+                    );
+                }
+            }
+        }
+        ReadyLines {
+            dashboard: dashboard.unwrap(),
+            insert_command: insert_command.unwrap(),
+        }
+    }
+
+    /// The pid of the mariadbd quickstart started.
+    fn mariadbd_pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.data_dir.join("mariadbd.pid"))
+            .expect("mariadbd.pid in the data dir");
+        text.trim().parse().unwrap()
+    }
+
+    /// SIGTERM and wait for exit (at most `timeout`).
+    fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "quickstart did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        // A failed test must not leave quickstart or its server behind.
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(text) = std::fs::read_to_string(self.data_dir.join("mariadbd.pid")) {
+            let pid = text.trim();
+            let dir = self
+                .data_dir
+                .canonicalize()
+                .unwrap_or(self.data_dir.clone());
+            if is_mariadbd_of(pid, &dir) {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+    }
+}
+
+/// True when `pid` is a live mariadbd on `data_dir`.
+fn is_mariadbd_of(pid: &str, data_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = format!("--datadir={}/mysql", data_dir.display());
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false);
+    running && cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes())
+}
+
+/// Every event `/api/events` returns (one page; these tests hold few).
+async fn events(dashboard: &str) -> Vec<Value> {
+    let url = format!("{}api/events?limit=1000", dashboard);
+    let Ok(resp) = reqwest::get(&url).await else {
+        return Vec::new();
+    };
+    if !resp.status().is_success() {
+        return Vec::new();
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Insert events on appdb.users whose `column` is `value`.
+fn inserts_where(events: &[Value], column: &str, value: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            e["database"] == "appdb"
+                && e["table"] == "users"
+                && e["op"] == "insert"
+                && e["data"][column] == value
+        })
+        .count()
+}
+
+fn sh(command: &str) -> std::process::Output {
+    Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_captures_the_printed_insert_and_keeps_events_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("cdc-data");
+    let log = tmp.path().join("quickstart.log");
+    let (http_port, mysql_port) = (free_port(), free_port());
+
+    let mut qs = Quickstart::spawn(&data_dir, http_port, mysql_port, &log);
+    let ready = qs.wait_ready(Duration::from_secs(120));
+    assert_eq!(ready.dashboard, format!("http://127.0.0.1:{http_port}/"));
+    let out = sh(&ready.insert_command);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        ready.insert_command,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = eventually(Duration::from_secs(30), || async {
+        let ev = events(&ready.dashboard).await;
+        inserts_where(&ev, "email", "demo@example.com") == 1
+            && inserts_where(&ev, "username", "admin") == 1
+    })
+    .await;
+    assert!(
+        seen,
+        "inserted and seed rows not both in /api/events: {:?}; log:\n{}",
+        events(&ready.dashboard).await,
+        qs.log_tail()
+    );
+
+    let mariadbd = qs.mariadbd_pid();
+    assert!(is_mariadbd_of(
+        &mariadbd.to_string(),
+        &data_dir.canonicalize().unwrap()
+    ));
+    let status = qs.terminate(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "log:\n{}", qs.log_tail());
+    assert!(
+        !is_mariadbd_of(&mariadbd.to_string(), &data_dir.canonicalize().unwrap()),
+        "mariadbd {mariadbd} still running after quickstart exited"
+    );
+    drop(qs);
+
+    let mut qs = Quickstart::spawn(&data_dir, http_port, mysql_port, &log);
+    let again = qs.wait_ready(Duration::from_secs(60));
+    assert_eq!(again.insert_command, ready.insert_command);
+    // A second insert proves capture resumed; then the counts must hold.
+    let out = sh(&again.insert_command);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = eventually(Duration::from_secs(30), || async {
+        inserts_where(&events(&again.dashboard).await, "email", "demo@example.com") == 2
+    })
+    .await;
+    let ev = events(&again.dashboard).await;
+    assert!(
+        resumed,
+        "second insert not captured: {ev:?}; log:\n{}",
+        qs.log_tail()
+    );
+    assert_eq!(
+        inserts_where(&ev, "username", "admin"),
+        1,
+        "seed row duplicated: {ev:?}"
+    );
+    let status = qs.terminate(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "log:\n{}", qs.log_tail());
+}
+
+#[test]
+fn quickstart_fails_clearly_when_the_mysql_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("d");
+    let out = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"))
+        .args(["quickstart", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--mysql-port", &port.to_string()])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "printed ready lines: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn quickstart_help_documents_its_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"))
+        .args(["quickstart", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--data-dir",
+        "./cdc-data",
+        "--http-addr",
+        "127.0.0.1:3000",
+        "--mysql-port",
+        "3307",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_keeps_its_data_across_restarts_and_root_has_no_tcp_account() {
+    let mut db = MariaDb::start().await;
+    let name = db.create_database("keep").await;
+    db.exec(&format!(
+        "CREATE TABLE {name}.t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO {name}.t VALUES (1, 'a')"
+    ))
+    .await;
+    let started = Instant::now();
+    db.restart().await;
+    let restart = started.elapsed();
+    let rows: Vec<(i32, String)> = db.query(&format!("SELECT id, v FROM {name}.t")).await;
+    assert_eq!(rows, [(1, "a".to_owned())]);
+    assert!(
+        restart < Duration::from_secs(10),
+        "restart took {restart:?}"
+    );
+
+    let root_tcp =
+        mysql_async::Conn::from_url(format!("mysql://root@127.0.0.1:{}", db.port())).await;
+    assert!(
+        root_tcp.is_err(),
+        "root logged in over TCP without a password"
+    );
+    let hosts: Vec<(String,)> = db
+        .query("SELECT Host FROM mysql.user WHERE User = 'root'")
+        .await;
+    assert_eq!(hosts, [("localhost".to_owned(),)]);
+
+    let settings: Vec<(String, String, String)> = db
+        .query("SELECT @@binlog_format, @@binlog_row_image, @@binlog_row_metadata")
+        .await;
+    assert_eq!(settings, [("ROW".into(), "FULL".into(), "FULL".into())]);
+
+    db.kill();
+    db.start_again().await;
+    let n: i64 = db.scalar(&format!("SELECT COUNT(*) FROM {name}.t")).await;
+    assert_eq!(n, 1, "row lost after a crash");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_user_reads_the_binlog_and_a_plain_user_cannot() {
+    use mysql_async::prelude::Queryable;
+    let db = MariaDb::start().await;
+    let mut cdc = mysql_async::Conn::from_url(db.capture_url()).await.unwrap();
+    let logs: Vec<mysql_async::Row> = cdc.query("SHOW BINARY LOGS").await.unwrap();
+    assert!(!logs.is_empty());
+    // Its account changes are kept out of the binlog.
+    let created: Vec<mysql_async::Row> = cdc
+        .query("SHOW BINLOG EVENTS")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r: &mysql_async::Row| {
+            r.get::<String, _>("Info")
+                .is_some_and(|i| i.contains("CREATE USER"))
+        })
+        .collect();
+    assert!(created.is_empty(), "account statements in the binlog");
+    cdc.disconnect().await.unwrap();
+
+    let url = db.user_without_replication().await;
+    let mut plain = mysql_async::Conn::from_url(url).await.unwrap();
+    let err = plain
+        .query_drop("SHOW BINARY LOGS")
+        .await
+        .expect_err("SHOW BINARY LOGS without REPLICATION CLIENT");
+    match err {
+        mysql_async::Error::Server(e) => assert_eq!(e.code, 1227, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_servers_start_in_parallel_within_seconds() {
+    let started = Instant::now();
+    let dbs = futures::future::join_all((0..3).map(|_| MariaDb::start())).await;
+    let elapsed = started.elapsed();
+    let ports: std::collections::BTreeSet<u16> = dbs.iter().map(MariaDb::port).collect();
+    assert_eq!(ports.len(), 3);
+    for db in &dbs {
+        let one: i64 = db.scalar("SELECT 1").await;
+        assert_eq!(one, 1);
+    }
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "3 parallel starts took {elapsed:?}"
+    );
+    if std::env::var_os("TEST_LOG").is_some() {
+        eprintln!("3 MariaDB servers started in parallel in {elapsed:?}");
+    }
+}
