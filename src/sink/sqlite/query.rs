@@ -46,6 +46,8 @@ pub struct Plan {
     /// Only events with a lower seq.
     before: i64,
     limit: usize,
+    /// `NARROW_TIME_RANGE`; lowered by tests to reach the zone walk.
+    narrow_time_range: i64,
 }
 
 /// One stored event as read: seq, doc_id, document.
@@ -86,6 +88,7 @@ impl Plan {
             matches_nothing: no_terms || empty_range,
             before,
             limit: filter.limit,
+            narrow_time_range: NARROW_TIME_RANGE,
         })
     }
 
@@ -185,10 +188,11 @@ impl Plan {
                 "SELECT count(*) FROM (SELECT 1 FROM events INDEXED BY events_commit_time
              WHERE commit_time_ms >= ?1 AND commit_time_ms <= ?2 AND seq < ?3 LIMIT ?4)",
             )?
-            .query_row(params![since, until, self.before, NARROW_TIME_RANGE], |r| {
-                r.get(0)
-            })?;
-        if in_range < NARROW_TIME_RANGE {
+            .query_row(
+                params![since, until, self.before, self.narrow_time_range],
+                |r| r.get(0),
+            )?;
+        if in_range < self.narrow_time_range {
             let mut sql = String::from(
                 "SELECT e.seq, e.doc_id, e.doc FROM events e INDEXED BY events_commit_time WHERE e.seq < ?",
             );
@@ -364,5 +368,563 @@ impl StatsRequest {
             })
             .collect();
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::event::{ChangeEvent, Op};
+    use crate::sink::sqlite::tests::{cfg, event, open_with, write};
+    use crate::sink::sqlite::{Batch, SqliteSink};
+
+    const BASE_MS: i64 = 1_700_000_000_000;
+    const DBS: [&str; 2] = ["app", "crm"];
+    const TABLES: [&str; 3] = ["users", "orders", "items"];
+    const OPS: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Ddl];
+
+    /// Notes with punctuation FTS5 would read as syntax if not quoted.
+    const NOTES: [&str; 6] = [
+        "alpha beta",
+        "o'brien-smith pays",
+        "key:value \"quoted\" text",
+        "gamma NEAR(alpha) AND OR NOT",
+        "price 12.50 (net) 100%",
+        "c++ & c# -- minus",
+    ];
+
+    /// 60 varied events, in arrival order.
+    fn varied() -> Vec<ChangeEvent> {
+        (0..60u64)
+            .map(|i| {
+                let n = i as usize;
+                event(
+                    DBS[n % 2],
+                    TABLES[n % 3],
+                    OPS[n % 4],
+                    i,
+                    BASE_MS + i as i64 * 1000,
+                    NOTES[n % NOTES.len()],
+                )
+            })
+            .collect()
+    }
+
+    async fn store_with(events: &[ChangeEvent]) -> (tempfile::TempDir, SqliteSink) {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        for chunk in events.chunks(25) {
+            write(&sink, chunk).await;
+        }
+        (dir, sink)
+    }
+
+    fn ids(page: &EventPage) -> Vec<String> {
+        page.events
+            .iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(e.get()).unwrap();
+                v["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    fn id_of(e: &ChangeEvent) -> String {
+        e.document_id().to_string()
+    }
+
+    /// What a filter without `q` must return: matching events, newest arrival first.
+    fn expected(events: &[ChangeEvent], f: &EventFilter) -> Vec<String> {
+        events
+            .iter()
+            .rev()
+            .filter(|e| f.database.as_ref().is_none_or(|d| &e.database == d))
+            .filter(|e| f.table.as_ref().is_none_or(|t| &e.table == t))
+            .filter(|e| f.op.is_none_or(|o| e.op == o))
+            .filter(|e| f.since_ms.is_none_or(|s| e.commit_time_ms >= s))
+            .filter(|e| f.until_ms.is_none_or(|u| e.commit_time_ms <= u))
+            .map(id_of)
+            .collect()
+    }
+
+    /// Every page of `f`, following cursors, through `Plan::run` (after `tweak`).
+    fn all_pages(sink: &SqliteSink, f: &EventFilter, tweak: impl Fn(&mut Plan)) -> Vec<String> {
+        let mut f = f.clone();
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let mut plan = Plan::new(&f).unwrap();
+            tweak(&mut plan);
+            let page = sink.store.read(|c| plan.run(c)).unwrap();
+            out.extend(ids(&page));
+            match page.next_cursor {
+                Some(c) => {
+                    assert_eq!(page.events.len(), f.limit, "a short page with a cursor");
+                    f.cursor = Some(c);
+                }
+                None => {
+                    assert!(page.events.len() <= f.limit);
+                    return out;
+                }
+            }
+        }
+        panic!("pagination does not end");
+    }
+
+    fn filters() -> Vec<EventFilter> {
+        let f = EventFilter {
+            limit: 7,
+            ..EventFilter::default()
+        };
+        vec![
+            f.clone(),
+            EventFilter {
+                database: Some("crm".into()),
+                ..f.clone()
+            },
+            EventFilter {
+                table: Some("orders".into()),
+                ..f.clone()
+            },
+            EventFilter {
+                op: Some(Op::Delete),
+                ..f.clone()
+            },
+            EventFilter {
+                since_ms: Some(BASE_MS + 10_000),
+                ..f.clone()
+            },
+            EventFilter {
+                until_ms: Some(BASE_MS + 33_000),
+                ..f.clone()
+            },
+            EventFilter {
+                since_ms: Some(BASE_MS + 5_000),
+                until_ms: Some(BASE_MS + 44_000),
+                ..f.clone()
+            },
+            EventFilter {
+                database: Some("app".into()),
+                table: Some("users".into()),
+                ..f.clone()
+            },
+            EventFilter {
+                table: Some("items".into()),
+                op: Some(Op::Ddl),
+                since_ms: Some(BASE_MS + 20_000),
+                ..f.clone()
+            },
+            EventFilter {
+                database: Some("nope".into()),
+                ..f.clone()
+            },
+            EventFilter {
+                since_ms: Some(BASE_MS + 50_000),
+                until_ms: Some(BASE_MS + 40_000),
+                ..f
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn each_filter_and_combination_pages_through_exactly_the_matching_events() {
+        let events = varied();
+        let (_dir, sink) = store_with(&events).await;
+        for f in filters() {
+            let want = expected(&events, &f);
+            assert_eq!(all_pages(&sink, &f, |_| {}), want, "{f:?}");
+            // Through the zones as well as through the commit-time index.
+            let zones = all_pages(&sink, &f, |p| p.narrow_time_range = 1);
+            assert_eq!(zones, want, "zones: {f:?}");
+            // One big page equals the pages joined.
+            let page = sink
+                .events(&EventFilter {
+                    limit: 1000,
+                    ..f.clone()
+                })
+                .await
+                .unwrap();
+            assert_eq!(ids(&page), want, "one page: {f:?}");
+            assert_eq!(page.next_cursor, None);
+        }
+        // The expectations themselves are not trivial.
+        let sizes: Vec<usize> = filters()
+            .iter()
+            .map(|f| expected(&events, f).len())
+            .collect();
+        assert_eq!(sizes, [60, 30, 20, 15, 50, 34, 40, 10, 4, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn time_filters_agree_through_index_and_zones_across_many_zones() {
+        // Commit times scattered over arrival (a permutation), then in order.
+        let mut all: Vec<_> = (0..9000u64)
+            .map(|i| {
+                let t = BASE_MS + ((i * 7919) % 9000) as i64 * 1000;
+                event("app", TABLES[i as usize % 3], Op::Insert, i, t, "z")
+            })
+            .collect();
+        all.extend((9000..10_000u64).map(|i| {
+            event(
+                "app",
+                "users",
+                Op::Update,
+                i,
+                BASE_MS + i as i64 * 1000,
+                "z",
+            )
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        for chunk in all.chunks(2000) {
+            write(&sink, chunk).await;
+        }
+        let zones: i64 = sink
+            .store
+            .read(|c| c.query_row("SELECT count(*) FROM zones", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(zones, 3);
+        for (since, until, table) in [
+            (0, 500, None),
+            (8_990, 9_500, None),
+            (9_500, 20_000, Some("users")),
+            (100, 8_000, Some("items")),
+        ] {
+            let f = EventFilter {
+                since_ms: Some(BASE_MS + since * 1000),
+                until_ms: Some(BASE_MS + until * 1000),
+                table: table.map(str::to_owned),
+                limit: 400,
+                ..EventFilter::default()
+            };
+            let want = expected(&all, &f);
+            assert!(want.len() > 400, "{f:?}");
+            assert_eq!(all_pages(&sink, &f, |_| {}), want, "{f:?}");
+            assert_eq!(
+                all_pages(&sink, &f, |p| p.narrow_time_range = 1),
+                want,
+                "zones: {f:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn text_search_finds_words_in_row_values_and_punctuation_is_harmless() {
+        let events = varied();
+        let (_dir, sink) = store_with(&events).await;
+        let with_notes = |notes: &[usize], table: Option<&str>| -> Vec<String> {
+            events
+                .iter()
+                .rev()
+                .filter(|e| {
+                    notes
+                        .iter()
+                        .any(|&n| e.data.text("note").as_deref() == Some(NOTES[n]))
+                })
+                .filter(|e| table.is_none_or(|t| e.table == t))
+                .map(id_of)
+                .collect()
+        };
+        let search = |q: &str, table: Option<&str>| {
+            let f = EventFilter {
+                q: Some(q.to_owned()),
+                table: table.map(str::to_owned),
+                limit: 4,
+                ..EventFilter::default()
+            };
+            all_pages(&sink, &f, |_| {})
+        };
+        assert_eq!(search("alpha", None), with_notes(&[0, 3], None));
+        assert_eq!(search("ALPHA beta", None), with_notes(&[0], None));
+        assert_eq!(search("o'brien-smith", None), with_notes(&[1], None));
+        assert_eq!(search("brien", None), with_notes(&[1], None));
+        assert_eq!(search("key:value", None), with_notes(&[2], None));
+        assert_eq!(search("\"quoted\"", None), with_notes(&[2], None));
+        assert_eq!(search("NEAR(alpha)", None), with_notes(&[3], None));
+        assert_eq!(search("AND OR NOT", None), with_notes(&[3], None));
+        assert_eq!(search("12.50 (net)", None), with_notes(&[4], None));
+        assert_eq!(search("100%", None), with_notes(&[4], None));
+        assert_eq!(search("c++ -- minus", None), with_notes(&[5], None));
+        assert_eq!(search("minus c\"", None), with_notes(&[5], None));
+        assert_eq!(
+            search("alpha", Some("users")),
+            with_notes(&[0, 3], Some("users"))
+        );
+        assert!(!with_notes(&[0, 3], Some("users")).is_empty());
+        // A value that is the primary key and id.
+        assert_eq!(search("17", None), vec![id_of(&events[17])]);
+        // Nothing but punctuation matches nothing, and is not an error.
+        assert!(search("-", None).is_empty());
+        assert!(search("\" * : ^ (", None).is_empty());
+        assert!(search("alpha zeta", None).is_empty());
+        // Blank is no text filter at all.
+        assert_eq!(search("  ", None).len(), 60);
+    }
+
+    #[tokio::test]
+    async fn the_ddl_statement_is_searchable() {
+        let mut ddl = event("app", "users", Op::Ddl, 1, BASE_MS, "");
+        ddl.pk = Default::default();
+        ddl.data = Default::default();
+        ddl.sql = Some("ALTER TABLE users ADD COLUMN nickname VARCHAR(20)".into());
+        let other = event("app", "users", Op::Insert, 2, BASE_MS, "x");
+        let (_dir, sink) = store_with(&[ddl.clone(), other]).await;
+        let page = sink
+            .events(&EventFilter {
+                q: Some("nickname".into()),
+                limit: 10,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), vec![id_of(&ddl)]);
+    }
+
+    #[tokio::test]
+    async fn pages_stay_stable_while_events_arrive_between_them() {
+        let events = varied();
+        let (_dir, sink) = store_with(&events[..40]).await;
+        let mut extra = 1000u64;
+        for f in [
+            EventFilter {
+                limit: 6,
+                ..EventFilter::default()
+            },
+            EventFilter {
+                limit: 3,
+                table: Some("users".into()),
+                ..EventFilter::default()
+            },
+            EventFilter {
+                limit: 3,
+                q: Some("alpha".into()),
+                ..EventFilter::default()
+            },
+            EventFilter {
+                limit: 3,
+                since_ms: Some(BASE_MS),
+                ..EventFilter::default()
+            },
+        ] {
+            let before = sink
+                .events(&EventFilter {
+                    limit: 1000,
+                    ..f.clone()
+                })
+                .await
+                .unwrap();
+            assert!(before.events.len() > 2 * f.limit, "{f:?}");
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = sink
+                    .events(&EventFilter {
+                        cursor: cursor.clone(),
+                        ..f.clone()
+                    })
+                    .await
+                    .unwrap();
+                seen.extend(ids(&page));
+                // New matching events arrive between pages.
+                let new: Vec<_> = (0..3)
+                    .map(|k| {
+                        extra += 1;
+                        event("app", "users", OPS[k], extra, BASE_MS + 1, "alpha")
+                    })
+                    .collect();
+                write(&sink, &new).await;
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, ids(&before), "{f:?}");
+            let unique: HashSet<_> = seen.iter().collect();
+            assert_eq!(unique.len(), seen.len());
+        }
+    }
+
+    #[test]
+    fn bad_limits_and_cursors_are_invalid() {
+        let f = |limit, cursor: Option<&str>| {
+            Plan::new(&EventFilter {
+                limit,
+                cursor: cursor.map(str::to_owned),
+                ..EventFilter::default()
+            })
+        };
+        for (limit, cursor, param) in [
+            (0, None, "limit"),
+            (MAX_LIMIT + 1, None, "limit"),
+            (10, Some("abc"), "cursor"),
+            (10, Some("-4"), "cursor"),
+            (10, Some(""), "cursor"),
+        ] {
+            match f(limit, cursor) {
+                Err(QueryError::Invalid { param: p, .. }) => assert_eq!(p, param),
+                other => panic!("{limit} {cursor:?}: {other:?}"),
+            }
+        }
+        assert!(f(MAX_LIMIT, Some("12")).is_ok());
+    }
+
+    #[test]
+    fn user_input_becomes_quoted_phrases() {
+        assert_eq!(fts_query("a-b c").as_deref(), Some("\"a-b\" \"c\""));
+        assert_eq!(
+            fts_query("say \"hi\"").as_deref(),
+            Some("\"say\" \"\"\"hi\"\"\"")
+        );
+        assert_eq!(fts_query("- * :"), None);
+    }
+
+    /// EXPLAIN QUERY PLAN of the page query `f` leads to.
+    fn query_plan(sink: &SqliteSink, f: &EventFilter) -> String {
+        let plan = Plan::new(f).unwrap();
+        let (mut sql, mut args, order) = match &plan.fts {
+            Some(fts) => (
+                String::from(
+                    "SELECT e.seq, e.doc_id, e.doc FROM events_fts CROSS JOIN events e
+                     ON e.seq = events_fts.rowid WHERE events_fts MATCH ? AND events_fts.rowid < ?",
+                ),
+                vec![Value::Text(fts.clone()), Value::Integer(1000)],
+                " ORDER BY events_fts.rowid DESC LIMIT 51",
+            ),
+            None => (
+                String::from("SELECT e.seq, e.doc_id, e.doc FROM events e WHERE e.seq < ?"),
+                vec![Value::Integer(1000)],
+                " ORDER BY e.seq DESC LIMIT 51",
+            ),
+        };
+        plan.conditions(&mut sql, &mut args, false);
+        sql.push_str(order);
+        sink.store
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = stmt.query_map(params_from_iter(&args), |r| r.get::<_, String>(3))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap()
+            .join("; ")
+    }
+
+    #[tokio::test]
+    async fn single_filters_read_their_index_backwards_without_sorting() {
+        let (_dir, sink) = store_with(&varied()).await;
+        let f = EventFilter {
+            limit: 50,
+            ..EventFilter::default()
+        };
+        for (filter, index) in [
+            (f.clone(), "INTEGER PRIMARY KEY"),
+            (
+                EventFilter {
+                    database: Some("app".into()),
+                    ..f.clone()
+                },
+                "INDEX events_db",
+            ),
+            (
+                EventFilter {
+                    table: Some("users".into()),
+                    ..f.clone()
+                },
+                "INDEX events_tbl",
+            ),
+            (
+                EventFilter {
+                    op: Some(Op::Update),
+                    ..f.clone()
+                },
+                "INDEX events_op",
+            ),
+            (
+                EventFilter {
+                    q: Some("alpha".into()),
+                    ..f.clone()
+                },
+                "events_fts VIRTUAL TABLE",
+            ),
+        ] {
+            let plan = query_plan(&sink, &filter);
+            assert!(plan.contains(index), "{filter:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_count_by_op_and_table_and_rate_by_ingest_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        let now_ms = 1_700_000_095_500;
+        let mut id = 0;
+        let mut batch = |db: &str, tbl: &str, op: Op, n: usize, ingested_ms: i64| {
+            let events: Vec<_> = (0..n)
+                .map(|_| {
+                    id += 1;
+                    event(db, tbl, op, id, BASE_MS, "s")
+                })
+                .collect();
+            sink.store
+                .store_batch(&Batch::new(&events, &[], ingested_ms))
+                .unwrap();
+        };
+        batch("app", "users", Op::Insert, 20, 1_700_000_041_000); // bucket 0
+        batch("app", "orders", Op::Update, 30, 1_700_000_085_999); // bucket 4
+        batch("app", "users", Op::Delete, 12, 1_700_000_093_000); // bucket 5, 6 s so far
+        batch("crm", "users", Op::Insert, 5, 1_700_000_000_000); // before the window
+        let request =
+            StatsRequest::new(Duration::from_secs(60), Duration::from_secs(10), now_ms).unwrap();
+        let stats = sink.store.read(|c| request.run(c)).unwrap();
+        assert_eq!(stats.total, 67);
+        assert_eq!(stats.bucket_seconds, 10);
+        let by_op: Vec<_> = stats.by_op.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(by_op, [("delete", 12), ("insert", 25), ("update", 30)]);
+        let by_table: Vec<_> = stats
+            .by_table
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(
+            by_table,
+            [("app.orders", 30), ("app.users", 32), ("crm.users", 5)]
+        );
+        let starts: Vec<i64> = (0..6).map(|k| 1_700_000_040_000 + k * 10_000).collect();
+        let series = |v: [f64; 6]| starts.iter().copied().zip(v).collect::<Vec<_>>();
+        let rate: Vec<(&str, Vec<(i64, f64)>)> = stats
+            .rate
+            .iter()
+            .map(|s| (s.table.as_str(), s.points.clone()))
+            .collect();
+        assert_eq!(
+            rate,
+            [
+                ("app.orders", series([0.0, 0.0, 0.0, 0.0, 3.0, 0.0])),
+                ("app.users", series([2.0, 0.0, 0.0, 0.0, 0.0, 2.0])),
+            ]
+        );
+    }
+
+    #[test]
+    fn stats_windows_and_buckets_are_checked() {
+        let s = |w, b| StatsRequest::new(Duration::from_secs(w), Duration::from_secs(b), 0);
+        assert!(s(300, 10).is_ok());
+        assert!(s(3600, 1).is_ok());
+        let param = |r: Result<StatsRequest, QueryError>| match r {
+            Err(QueryError::Invalid { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(param(s(300, 0)), "bucket");
+        assert_eq!(param(s(5, 10)), "window");
+        assert_eq!(param(s(7200, 60)), "window");
+        assert_eq!(
+            param(StatsRequest::new(
+                Duration::from_secs(60),
+                Duration::from_millis(1500),
+                0
+            )),
+            "bucket"
+        );
     }
 }
