@@ -76,6 +76,8 @@ pub enum MariaDbError {
         log: PathBuf,
         tail: String,
     },
+    #[error("root cannot log in with the password in {path}: it does not belong to this datadir (was it replaced?)")]
+    RootPassword { path: PathBuf },
     #[error("SQL as root: {0}")]
     Sql(#[from] mysql_async::Error),
 }
@@ -470,14 +472,24 @@ impl MariaDb {
                 });
             }
             if self.socket().exists() {
+                let mut denied = 0;
                 for opts in &candidates {
                     match Conn::new(opts.clone()).await {
                         Ok(conn) => {
                             let _ = conn.disconnect().await;
                             return Ok(());
                         }
+                        Err(mysql_async::Error::Server(e)) if e.code == ER_ACCESS_DENIED => {
+                            denied += 1;
+                        }
                         Err(e) => debug!(error = %e, "MariaDB not ready yet"),
                     }
+                }
+                if denied == candidates.len() {
+                    // Up, but neither password works: waiting will not help.
+                    return Err(MariaDbError::RootPassword {
+                        path: self.dir.join("root.password"),
+                    });
                 }
             }
             if Instant::now() > deadline {
@@ -662,9 +674,8 @@ async fn stop_leftover(dir: &Path) {
     let Ok(pid) = text.trim().parse::<u32>() else {
         return;
     };
-    let proc = PathBuf::from(format!("/proc/{pid}"));
     // Only a mariadbd on this very datadir: the pid may since have been reused.
-    let ours = fs::read(proc.join("cmdline")).is_ok_and(|c| {
+    let ours = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let needle = format!("--datadir={}/mysql", dir.display());
         c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes())
     });
@@ -677,13 +688,28 @@ async fn stop_leftover(dir: &Path) {
     );
     signal(pid, "TERM");
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while proc.exists() && Instant::now() < deadline {
+    while alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if proc.exists() {
+    if alive(pid) {
         signal(pid, "KILL");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+}
+
+/// True while `pid` runs. A zombie has exited: in a container without an
+/// init, an orphan's zombie may never be reaped.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name, which may hold spaces.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
 }
 
 /// The last `n` lines of `path` from byte `from` on.
@@ -765,6 +791,12 @@ mod tests {
         let long = PathBuf::from(format!("/{}/mariadbd.sock", "a".repeat(100)));
         let e = check_socket_path(&long).unwrap_err().to_string();
         assert!(e.contains("shorter directory"), "{e}");
+    }
+
+    #[test]
+    fn alive_is_false_for_missing_processes() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
     }
 
     #[test]

@@ -410,3 +410,27 @@ async fn several_servers_start_in_parallel_within_seconds() {
         eprintln!("3 MariaDB servers started in parallel in {elapsed:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_left_running_by_a_killed_run_is_stopped_and_replaced() {
+    use cdc_monitor::quickstart::mariadb::MariaDb as Launcher;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let first = Launcher::start(dir.path(), port).await.unwrap();
+    let old_pid = first.pid().unwrap().to_string();
+    // As when quickstart is SIGKILLed: nothing stops the server.
+    std::mem::forget(first);
+    let canonical = dir.path().canonicalize().unwrap();
+    assert!(is_mariadbd_of(&old_pid, &canonical));
+    let second = Launcher::start(dir.path(), port).await.unwrap();
+    assert!(
+        !is_mariadbd_of(&old_pid, &canonical),
+        "the old server still runs"
+    );
+    let n: Vec<(i64,)> = {
+        use mysql_async::prelude::Queryable;
+        let mut c = second.root_conn().await.unwrap();
+        c.query("SELECT 1").await.unwrap()
+    };
+    assert_eq!(n, [(1,)]);
+}
