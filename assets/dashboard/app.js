@@ -73,7 +73,8 @@
 
   function fmtRate(r) {
     if (r === 0) return '0';
-    if (r < 10) return r.toFixed(1);
+    if (r < 1) return String(Number(r.toFixed(2)));
+    if (r < 10) return String(Number(r.toFixed(1)));
     return numberFormat.format(Math.round(r));
   }
 
@@ -285,11 +286,12 @@
 
   // ------------------------------------------------------------ rate chart
 
-  function niceCeil(v) {
-    if (v <= 0) return 1;
-    const exp = 10 ** Math.floor(Math.log10(v));
-    for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
-      if (m * exp >= v) return m * exp;
+  /** A round step (1, 2, 2.5 or 5 × 10^k) that splits `max` into about `parts`. */
+  function niceStep(max, parts) {
+    const raw = Math.max(max, 1e-9) / parts;
+    const exp = 10 ** Math.floor(Math.log10(raw));
+    for (const m of [1, 2, 2.5, 5, 10]) {
+      if (m * exp >= raw) return m * exp;
     }
     return 10 * exp;
   }
@@ -331,12 +333,14 @@
     const nowMs = Date.now();
     const x1 = starts.length ? Math.max(...starts) + bucketMs : nowMs;
     const x0 = starts.length ? Math.min(...starts) : nowMs - windowSec * 1000;
-    const yMax = niceCeil(Math.max(0, ...series.flatMap((r) => r.points.map((p) => p[1]))));
+    const peak = Math.max(0, ...series.flatMap((r) => r.points.map((p) => p[1])));
+    const yStep = peak > 0 ? niceStep(peak, 4) : 0.25;
+    const yMax = Math.max(1, Math.ceil(peak / yStep)) * yStep;
     const X = (t) => m.left + ((t - x0) / Math.max(1, x1 - x0)) * plotW;
     const Y = (v) => m.top + plotH - (v / yMax) * plotH;
 
-    for (let i = 0; i <= 4; i += 1) {
-      const v = (yMax * i) / 4;
+    for (let i = 0; i * yStep <= yMax + 1e-9; i += 1) {
+      const v = i * yStep;
       const y = Y(v).toFixed(1);
       nodes.push(s('line', { class: i === 0 ? 'axis' : 'grid', x1: m.left, x2: width - m.right, y1: y, y2: y }));
       nodes.push(s('text', { x: m.left - 6, y: Number(y) + 4, 'text-anchor': 'end' }, fmtRate(v)));

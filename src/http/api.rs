@@ -21,6 +21,7 @@ use crate::event::Op;
 use crate::http::HttpState;
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats, MAX_LIMIT};
+use crate::sink::sqlite::SqliteSink;
 
 /// Events per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -35,6 +36,7 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The sink the API searches.
 #[derive(Clone)]
 pub enum EventQuery {
+    Sqlite(Arc<SqliteSink>),
     Elasticsearch(Arc<ElasticsearchSink>),
 }
 
@@ -42,6 +44,7 @@ impl EventQuery {
     /// One page of events matching `filter`, newest first.
     pub async fn events(&self, filter: &EventFilter) -> Result<EventPage, QueryError> {
         match self {
+            EventQuery::Sqlite(s) => s.events(filter).await,
             EventQuery::Elasticsearch(s) => s.events(filter).await,
         }
     }
@@ -49,6 +52,7 @@ impl EventQuery {
     /// Counts over every event, and per-table rates over the last `window` in `bucket`s.
     pub async fn stats(&self, window: Duration, bucket: Duration) -> Result<Stats, QueryError> {
         match self {
+            EventQuery::Sqlite(s) => s.stats(window, bucket).await,
             EventQuery::Elasticsearch(s) => s.stats(window, bucket).await,
         }
     }

@@ -4,6 +4,7 @@ mod harness;
 
 mod changefeed;
 mod cli;
+mod dashboard;
 mod faults;
 mod flow;
 mod quickstart;

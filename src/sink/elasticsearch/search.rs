@@ -54,7 +54,10 @@ impl ElasticsearchSink {
             });
         }
         let now = now_millis();
-        let start = (now - window.as_millis() as i64).div_euclid(bucket_ms) * bucket_ms;
+        // Buckets aligned to multiples of their width (as `date_histogram`
+        // aligns them), the newest being the one in progress.
+        let buckets = (window.as_millis() as i64 + bucket_ms - 1) / bucket_ms;
+        let start = now.div_euclid(bucket_ms) * bucket_ms - (buckets - 1) * bucket_ms;
         let body = stats_request(start, bucket_ms);
         let reply: SearchReply = self
             .client
@@ -302,7 +305,9 @@ fn table_name(key: &[String]) -> String {
     key.join(".")
 }
 
-/// Stats from the reply; rate buckets from `start_ms` to `now_ms`, zeros filled in.
+/// Stats from the reply; rate buckets from `start_ms` to `now_ms`, zeros
+/// filled in. The newest bucket's rate is over the time elapsed in it so
+/// far (at least a second), so a live chart does not dip at its end.
 fn stats_from_reply(
     reply: SearchReply,
     start_ms: i64,
@@ -330,7 +335,7 @@ fn stats_from_reply(
         .map(|i| start_ms + i * bucket_ms)
         .take_while(|s| *s <= now_ms)
         .collect();
-    let per_second = 1000.0 / bucket_ms as f64;
+    let seconds_in = |start: i64| ((now_ms - start).clamp(1000, bucket_ms)) as f64 / 1000.0;
     let rate = aggs
         .recent
         .map(|r| r.by_table.buckets)
@@ -350,7 +355,7 @@ fn stats_from_reply(
                     .iter()
                     .map(|s| {
                         let n = counts.get(s).copied().unwrap_or(0);
-                        (*s, n as f64 * per_second)
+                        (*s, n as f64 / seconds_in(*s))
                     })
                     .collect(),
             }
@@ -565,7 +570,8 @@ mod tests {
                 (1_700_000_000_000, 0.0),
                 (1_700_000_010_000, 2.0),
                 (1_700_000_020_000, 0.0),
-                (1_700_000_030_000, 0.5)
+                // In progress: 5 events in the 5 s elapsed.
+                (1_700_000_030_000, 1.0)
             ]
         );
     }

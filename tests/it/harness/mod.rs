@@ -3,6 +3,7 @@
 //! everything killed on drop. Quiet unless `TEST_LOG` is set.
 #![allow(dead_code)] // each scenario uses a different part of the harness
 
+pub mod browser;
 pub mod canal;
 pub mod consumer;
 pub mod es;
