@@ -94,14 +94,24 @@ impl Plan {
 
     /// Reads one page.
     pub fn run(&self, conn: &Connection) -> rusqlite::Result<EventPage> {
-        let mut found = if self.matches_nothing {
-            Vec::new()
-        } else if self.fts.is_some() {
-            self.by_text(conn)?
-        } else if self.since_ms.is_some() || self.until_ms.is_some() {
-            self.by_time(conn)?
+        let seqs = if self.matches_nothing {
+            None
         } else {
-            self.by_index(conn)?
+            self.seqs(conn)?
+        };
+        let mut found = match seqs {
+            None => Vec::new(),
+            Some(seqs) if self.fts.is_some() => {
+                let (sql, args) = self.text_sql(seqs);
+                self.fetch(conn, &sql, &args)?
+            }
+            Some(seqs) if self.since_ms.is_some() || self.until_ms.is_some() => {
+                self.by_time(conn, seqs)?
+            }
+            Some(seqs) => {
+                let (sql, args) = self.index_sql(seqs);
+                self.fetch(conn, &sql, &args)?
+            }
         };
         let more = found.len() > self.limit;
         found.truncate(self.limit);
@@ -118,6 +128,36 @@ impl Plan {
             events,
             next_cursor,
         })
+    }
+
+    /// The seqs this page may come from: below the cursor and, with a time
+    /// filter, within the zones whose commit times meet it (so that text and
+    /// index reads combined with a time range start near it); `None` when
+    /// no zone does.
+    fn seqs(&self, conn: &Connection) -> rusqlite::Result<Option<Seqs>> {
+        if self.since_ms.is_none() && self.until_ms.is_none() {
+            return Ok(Some(Seqs {
+                from: 0,
+                before: self.before,
+            }));
+        }
+        let (first, last): (Option<i64>, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT min(zone), max(zone) FROM zones
+                 WHERE zone <= ?1 AND max_commit_ms >= ?2 AND min_commit_ms <= ?3",
+            )?
+            .query_row(
+                params![
+                    (self.before - 1) >> ZONE_BITS,
+                    self.since_ms.unwrap_or(i64::MIN),
+                    self.until_ms.unwrap_or(i64::MAX)
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+        Ok(first.zip(last).map(|(first, last)| Seqs {
+            from: first << ZONE_BITS,
+            before: self.before.min((last + 1) << ZONE_BITS),
+        }))
     }
 
     /// `AND …` for every filter but `q`; time columns wrapped in `+` when
@@ -154,75 +194,96 @@ impl Plan {
         rows.collect()
     }
 
-    fn by_index(&self, conn: &Connection) -> rusqlite::Result<Vec<Found>> {
-        let mut sql = String::from("SELECT e.seq, e.doc_id, e.doc FROM events e WHERE e.seq < ?");
-        let mut args = vec![Value::Integer(self.before)];
+    /// Newest first through whichever of the table and its indexes fits.
+    fn index_sql(&self, seqs: Seqs) -> (String, Vec<Value>) {
+        let mut sql = String::from(
+            "SELECT e.seq, e.doc_id, e.doc FROM events e WHERE e.seq >= ? AND e.seq < ?",
+        );
+        let mut args = vec![Value::Integer(seqs.from), Value::Integer(seqs.before)];
         self.conditions(&mut sql, &mut args, false);
         sql.push_str(" ORDER BY e.seq DESC LIMIT ?");
         args.push(Value::Integer(self.limit as i64 + 1));
-        self.fetch(conn, &sql, &args)
+        (sql, args)
     }
 
-    fn by_text(&self, conn: &Connection) -> rusqlite::Result<Vec<Found>> {
+    /// Newest first through the text index.
+    fn text_sql(&self, seqs: Seqs) -> (String, Vec<Value>) {
         // CROSS JOIN keeps the text index outermost: it yields seqs newest
         // first, and each is checked against the other filters by rowid.
         let mut sql = String::from(
             "SELECT e.seq, e.doc_id, e.doc FROM events_fts CROSS JOIN events e ON e.seq = events_fts.rowid
-             WHERE events_fts MATCH ? AND events_fts.rowid < ?",
+             WHERE events_fts MATCH ? AND events_fts.rowid >= ? AND events_fts.rowid < ?",
         );
         let mut args = vec![
             Value::Text(self.fts.clone().unwrap_or_default()),
-            Value::Integer(self.before),
+            Value::Integer(seqs.from),
+            Value::Integer(seqs.before),
         ];
         self.conditions(&mut sql, &mut args, false);
         sql.push_str(" ORDER BY events_fts.rowid DESC LIMIT ?");
         args.push(Value::Integer(self.limit as i64 + 1));
-        self.fetch(conn, &sql, &args)
+        (sql, args)
     }
 
-    fn by_time(&self, conn: &Connection) -> rusqlite::Result<Vec<Found>> {
+    fn by_time(&self, conn: &Connection, seqs: Seqs) -> rusqlite::Result<Vec<Found>> {
         let since = self.since_ms.unwrap_or(i64::MIN);
         let until = self.until_ms.unwrap_or(i64::MAX);
         let in_range: i64 = conn
             .prepare_cached(
                 "SELECT count(*) FROM (SELECT 1 FROM events INDEXED BY events_commit_time
-             WHERE commit_time_ms >= ?1 AND commit_time_ms <= ?2 AND seq < ?3 LIMIT ?4)",
+                 WHERE commit_time_ms >= ?1 AND commit_time_ms <= ?2 AND seq >= ?3 AND seq < ?4
+                 LIMIT ?5)",
             )?
             .query_row(
-                params![since, until, self.before, self.narrow_time_range],
+                params![since, until, seqs.from, seqs.before, self.narrow_time_range],
                 |r| r.get(0),
             )?;
         if in_range < self.narrow_time_range {
+            // Sort seqs only (the index covers them when time is the only
+            // filter), then read the page's documents: sorting whole rows
+            // would copy every document in the range.
             let mut sql = String::from(
-                "SELECT e.seq, e.doc_id, e.doc FROM events e INDEXED BY events_commit_time WHERE e.seq < ?",
+                "SELECT e.seq FROM events e INDEXED BY events_commit_time WHERE e.seq >= ? AND e.seq < ?",
             );
-            let mut args = vec![Value::Integer(self.before)];
+            let mut args = vec![Value::Integer(seqs.from), Value::Integer(seqs.before)];
             self.conditions(&mut sql, &mut args, true);
             sql.push_str(" ORDER BY e.seq DESC LIMIT ?");
             args.push(Value::Integer(self.limit as i64 + 1));
-            return self.fetch(conn, &sql, &args);
+            let found: Vec<i64> = conn
+                .prepare_cached(&sql)?
+                .query_map(params_from_iter(&args), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut load =
+                conn.prepare_cached("SELECT seq, doc_id, doc FROM events WHERE seq = ?1")?;
+            return found
+                .into_iter()
+                .map(|seq| load.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+                .collect();
         }
         let zones: Vec<i64> = conn
             .prepare_cached(
-                "SELECT zone FROM zones WHERE zone <= ?1 AND max_commit_ms >= ?2 AND min_commit_ms <= ?3
-                 ORDER BY zone DESC",
+                "SELECT zone FROM zones WHERE zone >= ?1 AND zone <= ?2
+                 AND max_commit_ms >= ?3 AND min_commit_ms <= ?4 ORDER BY zone DESC",
             )?
-            .query_map(params![(self.before - 1) >> ZONE_BITS, since, until], |r| r.get(0))?
+            .query_map(
+                params![
+                    seqs.from >> ZONE_BITS,
+                    (seqs.before - 1) >> ZONE_BITS,
+                    since,
+                    until
+                ],
+                |r| r.get(0),
+            )?
             .collect::<rusqlite::Result<_>>()?;
-        let mut sql = String::from(
-            "SELECT e.seq, e.doc_id, e.doc FROM events e WHERE e.seq >= ? AND e.seq < ?",
-        );
-        let mut args = vec![Value::Null, Value::Null];
-        self.conditions(&mut sql, &mut args, false);
-        sql.push_str(" ORDER BY e.seq DESC LIMIT ?");
-        args.push(Value::Null);
         let mut found = Vec::with_capacity(self.limit + 1);
         for zone in zones {
-            let want = self.limit + 1 - found.len();
-            args[0] = Value::Integer(zone << ZONE_BITS);
-            args[1] = Value::Integer(((zone + 1) << ZONE_BITS).min(self.before));
+            let zone_seqs = Seqs {
+                from: zone << ZONE_BITS,
+                before: ((zone + 1) << ZONE_BITS).min(seqs.before),
+            };
+            let (sql, mut args) = self.index_sql(zone_seqs);
             if let Some(last) = args.last_mut() {
-                *last = Value::Integer(want as i64);
+                *last = Value::Integer((self.limit + 1 - found.len()) as i64);
             }
             found.extend(self.fetch(conn, &sql, &args)?);
             if found.len() > self.limit {
@@ -231,6 +292,13 @@ impl Plan {
         }
         Ok(found)
     }
+}
+
+/// A half-open range of seqs.
+#[derive(Debug, Clone, Copy)]
+struct Seqs {
+    from: i64,
+    before: i64,
 }
 
 /// The FTS5 query for user input: each whitespace-separated word becomes a
@@ -606,6 +674,12 @@ mod tests {
                 want,
                 "zones: {f:?}"
             );
+            // Every event says "z": text search bounded by the zones.
+            let f = EventFilter {
+                q: Some("z".into()),
+                ..f
+            };
+            assert_eq!(all_pages(&sink, &f, |_| {}), want, "text: {f:?}");
         }
     }
 
@@ -652,6 +726,25 @@ mod tests {
             with_notes(&[0, 3], Some("users"))
         );
         assert!(!with_notes(&[0, 3], Some("users")).is_empty());
+        // Combined with a time range.
+        let f = EventFilter {
+            q: Some("alpha".into()),
+            since_ms: Some(BASE_MS + 10_000),
+            until_ms: Some(BASE_MS + 40_000),
+            limit: 2,
+            ..EventFilter::default()
+        };
+        let want: Vec<String> = with_notes(&[0, 3], None)
+            .into_iter()
+            .filter(|id| {
+                events.iter().any(|e| {
+                    &id_of(e) == id
+                        && (BASE_MS + 10_000..=BASE_MS + 40_000).contains(&e.commit_time_ms)
+                })
+            })
+            .collect();
+        assert_eq!(want.len(), 10);
+        assert_eq!(all_pages(&sink, &f, |_| {}), want);
         // A value that is the primary key and id.
         assert_eq!(search("17", None), vec![id_of(&events[17])]);
         // Nothing but punctuation matches nothing, and is not an error.
@@ -782,23 +875,14 @@ mod tests {
     /// EXPLAIN QUERY PLAN of the page query `f` leads to.
     fn query_plan(sink: &SqliteSink, f: &EventFilter) -> String {
         let plan = Plan::new(f).unwrap();
-        let (mut sql, mut args, order) = match &plan.fts {
-            Some(fts) => (
-                String::from(
-                    "SELECT e.seq, e.doc_id, e.doc FROM events_fts CROSS JOIN events e
-                     ON e.seq = events_fts.rowid WHERE events_fts MATCH ? AND events_fts.rowid < ?",
-                ),
-                vec![Value::Text(fts.clone()), Value::Integer(1000)],
-                " ORDER BY events_fts.rowid DESC LIMIT 51",
-            ),
-            None => (
-                String::from("SELECT e.seq, e.doc_id, e.doc FROM events e WHERE e.seq < ?"),
-                vec![Value::Integer(1000)],
-                " ORDER BY e.seq DESC LIMIT 51",
-            ),
+        let seqs = Seqs {
+            from: 0,
+            before: 1000,
         };
-        plan.conditions(&mut sql, &mut args, false);
-        sql.push_str(order);
+        let (sql, args) = match &plan.fts {
+            Some(_) => plan.text_sql(seqs),
+            None => plan.index_sql(seqs),
+        };
         sink.store
             .read(|c| {
                 let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;

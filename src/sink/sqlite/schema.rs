@@ -130,7 +130,7 @@ pub fn open_reader(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
     let conn = Connection::open(path)?;
     conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "query_only", true)?;
-    conn.pragma_update(None, "cache_size", -32768)?;
+    conn.pragma_update(None, "cache_size", -16384)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
