@@ -166,7 +166,11 @@ mod tests {
                 ("note", json!(null)),
             ]),
             old: (op == Op::Update).then(|| {
-                Row::from_values([("id", json!("7")), ("name", json!("z")), ("note", json!(null))])
+                Row::from_values([
+                    ("id", json!("7")),
+                    ("name", json!("z")),
+                    ("note", json!(null)),
+                ])
             }),
             commit_time_ms: 1_764_000_000_000,
             commit_ts: Some((3 << 32) | 1234),
@@ -200,7 +204,10 @@ mod tests {
             };
             assert_eq!(back.len(), 1);
             let b = &back[0];
-            assert_eq!((b.op, b.commit_time_ms, b.commit_ts), (op, e.commit_time_ms, e.commit_ts));
+            assert_eq!(
+                (b.op, b.commit_time_ms, b.commit_ts),
+                (op, e.commit_time_ms, e.commit_ts)
+            );
             assert_eq!((&b.pk, &b.data, &b.old), (&e.pk, &e.data, &e.old));
             assert_eq!(b.document_id(), e.document_id());
         }
@@ -215,7 +222,10 @@ mod tests {
         let mut buf = Vec::new();
         encode(&mut buf, &e, 0);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
-        assert_eq!((v["isDdl"].clone(), v["type"].clone()), (json!(true), json!("ALTER")));
+        assert_eq!(
+            (v["isDdl"].clone(), v["type"].clone()),
+            (json!(true), json!("ALTER"))
+        );
         let Decoded::Events(back) = decode(&buf, &e.position).unwrap() else {
             panic!("expected events");
         };

@@ -345,7 +345,7 @@ impl BinlogSource {
             }
             match data {
                 EventData::RotateEvent(r) => {
-                    st.file = r.name().into_owned();
+                    st.file = rotate_name(r.name_raw(), log_pos == 0, &st.file);
                     self.metrics
                         .binlog_file
                         .set(BinlogPosition::file_sequence(&st.file) as i64);
@@ -754,6 +754,24 @@ fn uuid_text(b: &[u8; 16]) -> String {
     )
 }
 
+/// The file a rotate event names. The fake rotate a server sends first
+/// (`log_pos` 0) comes before the format description that announces
+/// checksums, so its name can end in the 4 checksum bytes: the name is then
+/// the requested file (which it repeats) or, failing that, the name without
+/// those bytes.
+fn rotate_name(raw: &[u8], fake: bool, requested: &str) -> String {
+    if fake {
+        if raw.starts_with(requested.as_bytes()) && !requested.is_empty() {
+            return requested.to_owned();
+        }
+        let printable = |b: &[u8]| b.iter().all(|c| c.is_ascii_graphic());
+        if !printable(raw) && raw.len() > 4 && printable(&raw[..raw.len() - 4]) {
+            return String::from_utf8_lossy(&raw[..raw.len() - 4]).into_owned();
+        }
+    }
+    String::from_utf8_lossy(raw).into_owned()
+}
+
 fn first_word(sql: &str) -> String {
     sql.trim_start()
         .split(|c: char| c.is_whitespace() || c == '(')
@@ -951,6 +969,18 @@ pub fn describe_filter(f: &TableFilter) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_rotate_loses_its_trailing_checksum() {
+        let mut raw = b"binlog.000001".to_vec();
+        raw.extend_from_slice(&[0xa1, 0x00, 0x6e, 0x93]);
+        assert_eq!(rotate_name(&raw, true, "binlog.000001"), "binlog.000001");
+        assert_eq!(rotate_name(&raw, true, ""), "binlog.000001");
+        assert_eq!(
+            rotate_name(b"binlog.000002", false, "binlog.000001"),
+            "binlog.000002"
+        );
+    }
 
     #[test]
     fn ddl_statements_name_their_table() {

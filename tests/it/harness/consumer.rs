@@ -109,6 +109,11 @@ impl ConsumerProcess {
         }
     }
 
+    /// The exit status once the process has exited by itself.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// SIGKILL, no chance to flush or commit.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
