@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod binlog;
 mod changefeed;
 mod cli;
 mod dashboard;
