@@ -13,12 +13,13 @@ use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use cdc_monitor::canal::{decode, Decoded};
-use cdc_monitor::config::StoreConfig;
+use cdc_monitor::config::{EsConfig, SinkConfig, StoreConfig};
 use cdc_monitor::event::SourcePosition;
 use cdc_monitor::http::api::EventQuery;
 use cdc_monitor::http::health::Readiness;
 use cdc_monitor::http::{self, HttpState};
 use cdc_monitor::metrics::Metrics;
+use cdc_monitor::sink::elasticsearch::ElasticsearchSink;
 use cdc_monitor::sink::sqlite::SqliteSink;
 use cdc_monitor::sink::Sink;
 use serde_json::{json, Value};
@@ -837,5 +838,121 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
     }
     let (status, _) = get_json(&format!("{base}/api/stats?bucket=1s&window=1d")).await;
     assert_eq!(status, 400);
+    stop.cancel();
+}
+
+/// What the `_search` stub saw: (path and query, body).
+type Searches = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Answers `POST /{index}/_search` with two hits and a `sort` per hit, as
+/// Elasticsearch does; with 500 when the body asks for `size` 7.
+async fn search_stub(
+    State(seen): State<Searches>,
+    uri: axum::http::Uri,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, Json<Value>) {
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    seen.lock().unwrap().push((uri.to_string(), body.clone()));
+    if body["size"] == 7 {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"type": "search_phase_execution_exception"}, "status": 500})),
+        );
+    }
+    if body["size"] == 0 {
+        return (
+            axum::http::StatusCode::OK,
+            Json(json!({
+                "took": 1, "timed_out": false,
+                "hits": {"total": {"value": 3, "relation": "eq"}, "hits": []},
+                "aggregations": {
+                    "by_op": {"buckets": [{"key": "insert", "doc_count": 3}]},
+                    "by_table": {"buckets": [{"key": ["appdb", "users"], "key_as_string": "appdb|users", "doc_count": 3}]},
+                    "recent": {"doc_count": 0, "by_table": {"buckets": []}}
+                }
+            })),
+        );
+    }
+    let hit = |id: &str, ts: i64| {
+        json!({"_index": "cdc-events", "_id": id, "_score": null,
+               "_source": {"@timestamp": "2024-05-01T12:00:00.000Z", "database": "appdb", "table": "users", "op": "insert", "pk": {"id": id}, "data": {"id": id}},
+               "sort": [ts, 449_000_000_000_000_001u64, ts, 0, ts]})
+    };
+    (
+        axum::http::StatusCode::OK,
+        Json(json!({"took": 1, "timed_out": false, "hits": {"hits": [hit("b", 2), hit("a", 1)]}})),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after() {
+    let seen: Searches = Arc::default();
+    let stub = Router::new()
+        .route("/{index}/_search", axum::routing::post(search_stub))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let es_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, stub).await });
+    let es = EsConfig {
+        url: format!("http://{es_addr}").parse().unwrap(),
+        index: "cdc-events".into(),
+        username: None,
+        password: None,
+        api_key: None,
+        ca_file: None,
+        timeout: Duration::from_secs(5),
+    };
+    let sink_cfg = SinkConfig {
+        max_events: 100,
+        max_bytes: 1 << 20,
+        linger: Duration::from_millis(5),
+        concurrency: 1,
+        retry_initial_backoff: Duration::from_millis(100),
+        retry_max_backoff: Duration::from_secs(1),
+        channel_capacity: 16,
+    };
+    let metrics = Metrics::new();
+    let sink = Arc::new(ElasticsearchSink::new(&es, &sink_cfg, metrics.clone()).unwrap());
+    let (base, stop) = serve_router(HttpState {
+        metrics,
+        readiness: Readiness::default(),
+        query: Some(EventQuery::Elasticsearch(sink)),
+    })
+    .await;
+
+    // A page of one: the extra hit says another page follows.
+    let (status, page) = get_json(&format!("{base}/api/events?limit=1&table=users&q=alice")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["events"][0]["id"], "b");
+    assert_eq!(page["events"][0]["pk"]["id"], "b");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    {
+        let seen = seen.lock().unwrap();
+        let (uri, body) = &seen[0];
+        assert!(uri.starts_with("/cdc-events/_search?"), "{uri}");
+        assert!(uri.contains("ignore_unavailable=true"), "{uri}");
+        assert_eq!(body["size"], 2);
+        let filter = body["query"]["bool"]["filter"].to_string();
+        assert!(filter.contains(r#"{"term":{"table":"users"}}"#), "{filter}");
+        assert!(filter.contains("simple_query_string"), "{filter}");
+    }
+    // The cursor comes back as the last hit's sort values, digit for digit.
+    let (status, _) = get_json(&format!("{base}/api/events?limit=1&cursor={cursor}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen.lock().unwrap()[1].1["search_after"].to_string(),
+        "[2,449000000000000001,2,0,2]"
+    );
+
+    let (status, stats) = get_json(&format!("{base}/api/stats")).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["total"], 3);
+    assert_eq!(stats["by_table"]["appdb.users"], 3);
+
+    // Elasticsearch failing is a 503 with the reason.
+    let (status, body) = get_json(&format!("{base}/api/events?limit=6")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("500"), "{body}");
     stop.cancel();
 }
