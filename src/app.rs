@@ -23,9 +23,10 @@ use crate::pipeline::dlq::DeadLetterQueue;
 use crate::sink::elasticsearch::retry::Backoff;
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::kafka::KafkaSink;
+use crate::sink::sqlite::SqliteSink;
 use crate::sink::{Rejected, Sink, SinkError};
-use crate::source::binlog::position::PositionFile;
-use crate::source::binlog::{BinlogSource, PositionStore};
+use crate::source::binlog::position::{BinlogPosition, PositionFile};
+use crate::source::binlog::{self, BinlogSource, PositionStore};
 use crate::source::kafka::{self, KafkaSource};
 use crate::source::{Source, SourceError};
 
@@ -106,6 +107,7 @@ impl Source for AnySource {
 /// The configured sink.
 pub enum AnySink {
     Elasticsearch(Arc<ElasticsearchSink>),
+    Sqlite(Arc<SqliteSink>),
     Kafka(KafkaSink),
 }
 
@@ -113,6 +115,7 @@ impl AnySink {
     fn name(&self) -> &'static str {
         match self {
             AnySink::Elasticsearch(_) => "elasticsearch",
+            AnySink::Sqlite(_) => "sqlite",
             AnySink::Kafka(_) => "kafka",
         }
     }
@@ -121,6 +124,7 @@ impl AnySink {
     fn query(&self) -> Option<EventQuery> {
         match self {
             AnySink::Elasticsearch(s) => Some(EventQuery::Elasticsearch(s.clone())),
+            AnySink::Sqlite(s) => Some(EventQuery::Sqlite(s.clone())),
             AnySink::Kafka(_) => None,
         }
     }
@@ -130,6 +134,7 @@ impl Sink for AnySink {
     async fn prepare(&self) -> Result<(), SinkError> {
         match self {
             AnySink::Elasticsearch(s) => s.prepare().await,
+            AnySink::Sqlite(s) => s.prepare().await,
             AnySink::Kafka(s) => s.prepare().await,
         }
     }
@@ -142,6 +147,7 @@ impl Sink for AnySink {
     ) -> Result<Vec<Rejected>, SinkError> {
         match self {
             AnySink::Elasticsearch(s) => s.write(events, checkpoints, abort).await,
+            AnySink::Sqlite(s) => s.write(events, checkpoints, abort).await,
             AnySink::Kafka(s) => s.write(events, checkpoints, abort).await,
         }
     }
@@ -149,6 +155,7 @@ impl Sink for AnySink {
     async fn check(&self) -> Result<(), SinkError> {
         match self {
             AnySink::Elasticsearch(s) => s.check().await,
+            AnySink::Sqlite(s) => s.check().await,
             AnySink::Kafka(s) => s.check().await,
         }
     }
@@ -182,9 +189,11 @@ impl App {
                     metrics.clone(),
                 )?))
             }
-            SinkKind::Sqlite => {
-                return Err(SinkError::Config("the embedded store is not wired yet".into()).into())
-            }
+            SinkKind::Sqlite => AnySink::Sqlite(Arc::new(SqliteSink::open(
+                &cfg.data_dir,
+                &cfg.store,
+                metrics.clone(),
+            )?)),
             SinkKind::Kafka => {
                 AnySink::Kafka(KafkaSink::new(&cfg.kafka, &cfg.sink, metrics.clone())?)
             }
@@ -211,6 +220,18 @@ impl App {
                     SourceError::Other("CDC_SOURCE=binlog needs CDC_MYSQL_URL".into())
                 })?;
                 let store = match &sink {
+                    AnySink::Sqlite(s) => {
+                        let stored = s
+                            .checkpoint(binlog::STREAM)?
+                            .map(|p| serde_json::from_str::<BinlogPosition>(&p))
+                            .transpose()
+                            .map_err(|e| {
+                                SourceError::Other(format!(
+                                    "the binlog checkpoint in the embedded store is unreadable: {e}"
+                                ))
+                            })?;
+                        PositionStore::Sink(stored)
+                    }
                     _ => {
                         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
                             SourceError::Other(format!(
@@ -336,11 +357,14 @@ impl App {
         // the Kafka sink keeps per-row order: both take batches one at a time.
         let concurrency = match sink.as_ref() {
             AnySink::Elasticsearch(_) => cfg.sink.concurrency,
-            AnySink::Kafka(_) => 1,
+            AnySink::Sqlite(_) | AnySink::Kafka(_) => 1,
         };
         let mut batcher = tokio::spawn(run_batcher(rx, writer, limits, concurrency));
         let retention_stop = CancellationToken::new();
         let retention: Option<tokio::task::JoinHandle<()>> = match sink.as_ref() {
+            AnySink::Sqlite(s) => Some(tokio::spawn(
+                s.clone().run_retention(retention_stop.clone()),
+            )),
             _ => None,
         };
 
