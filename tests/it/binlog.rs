@@ -15,7 +15,7 @@ use crate::harness::kafka::broker;
 use crate::harness::mariadb::MariaDb;
 
 /// Environment of a capture process writing into Elasticsearch.
-fn capture_env(
+pub fn capture_env(
     db: &MariaDb,
     database: &str,
     es: &EsTarget,
@@ -216,7 +216,11 @@ async fn a_user_without_replication_privileges_gets_the_grant_to_run() {
 
 /// Writes `n` changes in transactions of up to 50 (inserts, updates, deletes); returns
 /// the expected documents per op.
-async fn write_changes(root: mysql_async::Opts, d: &str, n: usize) -> HashMap<&'static str, usize> {
+pub async fn write_changes(
+    root: mysql_async::Opts,
+    d: &str,
+    n: usize,
+) -> HashMap<&'static str, usize> {
     use mysql_async::prelude::Queryable;
     let mut counts = HashMap::new();
     let mut conn = mysql_async::Conn::new(root).await.unwrap();

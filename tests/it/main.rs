@@ -10,3 +10,4 @@ mod faults;
 mod flow;
 mod quickstart;
 mod restart;
+mod store;
