@@ -6,7 +6,10 @@
 //!    `cdc-monitor run` child into an in-process bulk endpoint that answers
 //!    201 for every item; events/s and the child's peak RSS;
 //! 3. latency: a steady rate through the same path, commit time to bulk
-//!    receipt, p50/p99.
+//!    receipt, p50/p99;
+//! 4. binlog capture: a private MariaDB with a backlog of row changes,
+//!    captured by a real `cdc-monitor run` child into the bulk endpoint and,
+//!    as canal-json, into the broker; row changes/s.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -47,6 +50,9 @@ pub struct BenchArgs {
     /// Tansu binary to start (memory engine).
     #[arg(long, default_value = "tansu")]
     pub tansu: String,
+    /// Row changes for the binlog capture measurement (0 skips it; needs MariaDB).
+    #[arg(long, default_value_t = 300_000)]
+    pub binlog_rows: usize,
 }
 
 /// A canal-json INSERT like TiCDC writes for a small table.
@@ -70,10 +76,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "machine: {} cores, {}", cores(), cpu_model())?;
     cpu(&args, &mut out)?;
-    if args.backlog == 0 && args.latency_seconds == 0 {
+    if args.backlog == 0 && args.latency_seconds == 0 && args.binlog_rows == 0 {
         return Ok(out);
     }
     let sink = BulkStub::start().await?;
+    if args.binlog_rows > 0 {
+        let (brokers, _broker) = broker(&args)?;
+        binlog(&args, &brokers, &sink, &mut out).await?;
+    }
     if args.backlog > 0 {
         let (brokers, _broker) = broker(&args)?;
         backlog(&args, &brokers, &sink, &mut out).await?;
@@ -449,6 +459,124 @@ async fn latency(
         pct(0.99),
         l.last().copied().unwrap_or(-1)
     )?;
+    Ok(())
+}
+
+/// Sum of a metric's samples in the `/metrics` text of `http`.
+async fn scrape_sum(http: &str, name: &str) -> f64 {
+    let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else {
+        return 0.0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the child at `http` reports `n` stored events; returns the
+/// seconds from its first stored event.
+async fn wait_stored(http: &str, n: f64, what: &str) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<Instant> = None;
+    loop {
+        let done = scrape_sum(http, "cdc_events_total").await;
+        if done > 0.0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if done >= n {
+            return Ok(first.map_or(0.0, |f| f.elapsed().as_secs_f64()));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: only {done} of {n} events in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn binlog(
+    args: &BenchArgs,
+    brokers: &str,
+    sink: &BulkStub,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    use crate::quickstart::mariadb::MariaDb;
+    let n = args.binlog_rows;
+    let dir = std::env::temp_dir().join(format!("cdc-bench-mariadb-{}", std::process::id()));
+    let db = MariaDb::start(&dir, free_port()?).await?;
+    db.exec(
+        "CREATE DATABASE IF NOT EXISTS bench; \
+         CREATE TABLE bench.users (id BIGINT PRIMARY KEY, username VARCHAR(64), \
+         email VARCHAR(128), score DECIMAL(10,2), created_at DATETIME)",
+    )
+    .await?;
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(2000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "({i},'user{i}','user{i}@example.com',{}.25,'2024-01-01 00:00:00')",
+                    i % 1000
+                )
+            })
+            .collect();
+        db.exec(&format!(
+            "INSERT INTO bench.users VALUES {}",
+            values.join(",")
+        ))
+        .await?;
+    }
+    writeln!(
+        out,
+        "binlog: wrote {n} rows into MariaDB in {:.1} s",
+        started.elapsed().as_secs_f64()
+    )?;
+    for mode in ["elasticsearch", "kafka"] {
+        let port = free_port()?;
+        let http = format!("127.0.0.1:{port}");
+        let topic = format!("bench-binlog-{}", bulk::now_millis());
+        if mode == "kafka" {
+            create_topic(brokers, &topic, 3).await?;
+        }
+        let data = dir.join(format!("capture-{mode}"));
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("run")
+            .env("CDC_SOURCE", "binlog")
+            .env("CDC_MYSQL_URL", db.capture_url())
+            .env("CDC_TABLES", "bench.users")
+            .env("CDC_BINLOG_START", "earliest")
+            .env("CDC_DATA_DIR", &data)
+            .env("CDC_HTTP_ADDR", &http)
+            .env(
+                "CDC_LOG_LEVEL",
+                std::env::var("CDC_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if mode == "kafka" {
+            cmd.env("CDC_SINK", "kafka")
+                .env("CDC_KAFKA_BROKERS", brokers)
+                .env("CDC_KAFKA_TOPICS", &topic);
+        } else {
+            cmd.env("CDC_ES_URL", format!("http://{}", sink.addr));
+        }
+        let child = KillOnDrop(cmd.spawn()?);
+        let started = Instant::now();
+        // The CREATE TABLE is one more (DDL) event.
+        let secs = wait_stored(&http, (n + 1) as f64, mode).await?;
+        let rss = peak_rss_mib(child.0.id()).unwrap_or(f64::NAN);
+        writeln!(
+            out,
+            "binlog capture → {mode}: {n} row changes in {:.1} s from start = {:.0} rows/s ({:.0} rows/s from the first stored), peak RSS {rss:.1} MiB",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64(),
+            n as f64 / secs.max(1e-9)
+        )?;
+    }
+    db.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
