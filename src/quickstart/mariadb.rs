@@ -316,7 +316,15 @@ impl MariaDb {
             .map_err(io_err(&tmp))?;
         let root_password = load_or_create_password(&dir.join("root.password"))?;
         stop_leftover(&dir).await;
-        initialise(&bins, &dir).await?;
+        {
+            // Not cancellable: a start dropped midway (Ctrl-C during setup)
+            // lets the bootstrap finish rather than orphan its mariadbd
+            // half-way through the system tables; it takes about a second.
+            let (b, d) = (bins.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || initialise(&b, &d))
+                .await
+                .map_err(|e| io_err(&bins.install_db)(std::io::Error::other(e)))??;
+        }
 
         let log = dir.join("mariadbd.log");
         // The error log is appended to by every start: cut it at this start
@@ -624,7 +632,7 @@ fn check_socket_path(socket: &Path) -> Result<(), MariaDbError> {
 }
 
 /// Creates the datadir with `mariadb-install-db` unless it exists.
-async fn initialise(bins: &Binaries, dir: &Path) -> Result<(), MariaDbError> {
+fn initialise(bins: &Binaries, dir: &Path) -> Result<(), MariaDbError> {
     let datadir = dir.join("mysql");
     if datadir.join("mysql").is_dir() {
         return Ok(());
@@ -636,7 +644,7 @@ async fn initialise(bins: &Binaries, dir: &Path) -> Result<(), MariaDbError> {
         fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
     }
     info!(datadir = %datadir.display(), "initialising the MariaDB datadir");
-    let mut cmd = tokio::process::Command::new(&bins.install_db);
+    let mut cmd = Command::new(&bins.install_db);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", partial.display()))
         .arg("--auth-root-authentication-method=normal")
@@ -649,9 +657,7 @@ async fn initialise(bins: &Binaries, dir: &Path) -> Result<(), MariaDbError> {
     }
     let out = cmd
         .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output()
-        .await
         .map_err(io_err(&bins.install_db))?;
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
