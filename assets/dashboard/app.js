@@ -302,10 +302,9 @@
     return PALETTE[i % PALETTE.length];
   }
 
-  /** The last complete bucket's rate (the newest bucket is still filling). */
-  function lastFullRate(points) {
-    if (points.length >= 2) return points[points.length - 2][1];
-    return points.length ? points[0][1] : 0;
+  /** The newest bucket's rate; the backends divide it by the seconds elapsed in it so far. */
+  function currentRate(points) {
+    return points.length ? points[points.length - 1][1] : 0;
   }
 
   function renderRate(stats) {
@@ -365,7 +364,7 @@
         class: 'series', d: `M ${done.join(' L ')}`, stroke: color, 'data-table': r.table,
       }, s('title', {}, r.table)));
       if (pts.length > 1) {
-        // The newest bucket is still filling: drawn dashed so a dip is not read as a drop.
+        // The newest bucket is still filling, its rate an estimate: drawn dashed.
         nodes.push(s('path', { class: 'series partial', d: `M ${pts.slice(-2).join(' L ')}`, stroke: color }));
       }
     });
@@ -374,13 +373,13 @@
     $('rate-legend').replaceChildren(...series.map((r, i) => h('li', { 'data-table': r.table },
       h('span', { class: 'swatch', 'data-color': seriesColor(i) }),
       h('span', { class: 'name' }, r.table),
-      h('span', { class: 'count' }, `${fmtRate(lastFullRate(r.points))}/s`))));
+      h('span', { class: 'count' }, `${fmtRate(currentRate(r.points))}/s`))));
     // Swatch colours are data-driven; the CSSOM is allowed by the CSP where a style attribute is not.
     for (const sw of $('rate-legend').querySelectorAll('.swatch')) sw.style.background = sw.dataset.color;
 
-    const total = series.reduce((t, r) => t + lastFullRate(r.points), 0);
+    const total = series.reduce((t, r) => t + currentRate(r.points), 0);
     setText('rate-value', fmtRate(total), total);
-    $('rate-sub').textContent = `last full ${bucketMs / 1000} s`;
+    $('rate-sub').textContent = `over the current ${bucketMs / 1000} s`;
   }
 
   // ---------------------------------------------------------------- tables

@@ -60,9 +60,10 @@ const READ_ROWS: &str = r#"
 "#;
 
 impl Dashboard {
-    /// Opens `base_url` (`http://host:port`) in a 1440×1800 window.
+    /// Opens `base_url` (`http://host:port`) in a window tall enough for
+    /// the whole page in one screenshot.
     pub async fn open(base_url: &str) -> Dashboard {
-        let browser = Browser::start(1440, 1800).await;
+        let browser = Browser::start(1440, 2200).await;
         browser.open(&format!("{base_url}/")).await;
         let d = Dashboard { browser };
         assert_eq!(d.browser.client.title().await.unwrap(), "cdc-monitor");
@@ -158,6 +159,18 @@ impl Dashboard {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// The tables drawn in the events/s chart.
+    pub async fn rate_series(&self) -> Vec<String> {
+        let v = self
+            .browser
+            .eval(
+                "return [...document.querySelectorAll('#rate-chart .series[data-table]')].map((p) => p.dataset.table);",
+                vec![],
+            )
+            .await;
+        serde_json::from_value(v).unwrap()
     }
 
     /// Types `q` into the search box (other filters cleared), submits, and
@@ -410,6 +423,9 @@ async fn dashboard_follows_kafka_changes_in_the_embedded_store() {
         page.pie_share("insert").await
     );
     assert!(page.legend_text("insert").await.contains('%'));
+    let mut charted = page.rate_series().await;
+    charted.sort();
+    assert_eq!(charted, ["appdb.orders", "appdb.users"]);
 
     // A search for a value of one row finds exactly that row.
     let found = page.search(&marker).await;
