@@ -47,7 +47,7 @@ pub enum AppError {
 /// The configured source.
 pub enum AnySource {
     Kafka(KafkaSource),
-    Binlog(BinlogSource),
+    Binlog(Box<BinlogSource>),
 }
 
 impl AnySource {
@@ -108,7 +108,7 @@ impl Source for AnySource {
 pub enum AnySink {
     Elasticsearch(Arc<ElasticsearchSink>),
     Sqlite(Arc<SqliteSink>),
-    Kafka(KafkaSink),
+    Kafka(Box<KafkaSink>),
 }
 
 impl AnySink {
@@ -194,9 +194,11 @@ impl App {
                 &cfg.store,
                 metrics.clone(),
             )?)),
-            SinkKind::Kafka => {
-                AnySink::Kafka(KafkaSink::new(&cfg.kafka, &cfg.sink, metrics.clone())?)
-            }
+            SinkKind::Kafka => AnySink::Kafka(Box::new(KafkaSink::new(
+                &cfg.kafka,
+                &cfg.sink,
+                metrics.clone(),
+            )?)),
         };
         let backoff = Backoff::new(cfg.sink.retry_initial_backoff, cfg.sink.retry_max_backoff);
         // Without Kafka anywhere in the pipeline, dead letters go to a file.
@@ -242,12 +244,12 @@ impl App {
                         PositionStore::File(PositionFile::new(&cfg.data_dir))
                     }
                 };
-                AnySource::Binlog(BinlogSource::new(
+                AnySource::Binlog(Box::new(BinlogSource::new(
                     mysql,
                     store,
                     tracker.clone(),
                     metrics.clone(),
-                )?)
+                )?))
             }
         };
         let source = Arc::new(source);

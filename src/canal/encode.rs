@@ -61,10 +61,7 @@ impl Serialize for SqlTypes<'_> {
 
 /// The JDBC type code Canal and TiCDC write for a MySQL column type.
 pub fn jdbc_type(mysql_type: &str) -> i32 {
-    let base = mysql_type
-        .split(|c: char| c == '(' || c == ' ')
-        .next()
-        .unwrap_or_default();
+    let base = mysql_type.split(['(', ' ']).next().unwrap_or_default();
     match base {
         "bit" => -7,
         "tinyint" => -6,

@@ -50,10 +50,7 @@ pub fn missing_privileges(grants: &[String], tables: &TableFilter) -> Vec<&'stat
         parsed.iter().any(|(privs, target)| {
             target_ok(target)
                 && (privs.contains("ALL PRIVILEGES")
-                    || privs
-                        .split(',')
-                        .map(str::trim)
-                        .any(|p| names.iter().any(|n| p == *n)))
+                    || privs.split(',').map(str::trim).any(|p| names.contains(&p)))
         })
     };
     let global = |t: &str| t == "*.*";
