@@ -654,6 +654,27 @@ fn state_without_query() -> HttpState {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_explains_a_process_without_a_searchable_sink() {
+    let (base, stop) = serve_router(state_without_query()).await;
+    let page = Dashboard::open(&base).await;
+    let explained = eventually(Duration::from_secs(5), || async {
+        page.banner().await.contains("no searchable sink")
+    })
+    .await;
+    assert!(explained, "banner: {:?}", page.banner().await);
+    let status = page
+        .browser
+        .eval(
+            "return document.getElementById('status').dataset.state;",
+            vec![],
+        )
+        .await;
+    assert_eq!(status, "error");
+    page.close().await;
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn api_without_a_searchable_sink_answers_404_in_json() {
     let (base, stop) = serve_router(state_without_query()).await;
