@@ -180,6 +180,38 @@ async fn rows_after_a_ddl_carry_the_new_column() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_resumes_by_gtid_even_when_the_stored_file_is_unknown() {
+    let db = MariaDb::start().await;
+    let d = db.create_database("gtid").await;
+    db.exec(&format!(
+        "CREATE TABLE {d}.g (id INT PRIMARY KEY); INSERT INTO {d}.g VALUES (1), (2);"
+    ))
+    .await;
+    let es = EsTarget::stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = capture_env(&db, &d, &es, "gtid", dir.path());
+    let mut p = ConsumerProcess::spawn(&env);
+    wait_docs(&es, "gtid", 4, &p).await; // CREATE DATABASE, CREATE TABLE, 2 inserts
+    assert!(p.terminate(Duration::from_secs(30)).success());
+    let path = dir.path().join("binlog-position.json");
+    let mut stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let gtid = stored["gtid"].as_str().unwrap().to_owned();
+    assert!(gtid.starts_with("0-1-"), "{stored}");
+    // As after a failover to a replica whose files are named differently.
+    stored["file"] = json!("other-host-bin.000042");
+    stored["pos"] = json!(4);
+    std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+    db.exec(&format!("INSERT INTO {d}.g VALUES (3)")).await;
+    let p = ConsumerProcess::spawn(&env);
+    wait_docs(&es, "gtid", 5, &p).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = docs(&es, "gtid");
+    assert_eq!(all.len(), 5, "nothing replayed, nothing missed: {all:#?}");
+    find(&all, "insert", "3");
+    assert_eq!(es.stub.as_ref().unwrap().replayed_ids(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_replication_privileges_gets_the_grant_to_run() {
     let db = MariaDb::start().await;
     let url = db.user_without_replication().await;

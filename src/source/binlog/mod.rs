@@ -80,6 +80,57 @@ impl PositionStore {
     }
 }
 
+/// The GTID position. MariaDB keeps one GTID per replication domain
+/// (`domain-server-sequence`), and a replica resumes from that list; a
+/// MySQL GTID (`uuid:n`) is kept for information only, resume there is by
+/// file and position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct GtidState {
+    domains: std::collections::BTreeMap<u32, String>,
+    other: Option<String>,
+}
+
+impl GtidState {
+    fn mariadb_domain(g: &str) -> Option<u32> {
+        let mut parts = g.trim().split('-');
+        let domain = parts.next()?.parse().ok()?;
+        parts.next()?.parse::<u32>().ok()?;
+        parts.next()?.parse::<u64>().ok()?;
+        parts.next().is_none().then_some(domain)
+    }
+
+    fn parse(text: Option<&str>) -> GtidState {
+        let mut st = GtidState::default();
+        for g in text
+            .unwrap_or_default()
+            .split(',')
+            .filter(|g| !g.trim().is_empty())
+        {
+            st.commit(g);
+        }
+        st
+    }
+
+    fn commit(&mut self, g: &str) {
+        match Self::mariadb_domain(g) {
+            Some(d) => {
+                self.domains.insert(d, g.trim().to_owned());
+            }
+            None => self.other = Some(g.trim().to_owned()),
+        }
+    }
+
+    /// `0-1-100,1-2-7`, when every part is a MariaDB GTID.
+    fn mariadb_list(&self) -> Option<String> {
+        (self.other.is_none() && !self.domains.is_empty())
+            .then(|| self.domains.values().cloned().collect::<Vec<_>>().join(","))
+    }
+
+    fn text(&self) -> Option<String> {
+        self.mariadb_list().or_else(|| self.other.clone())
+    }
+}
+
 /// A captured table: its schema and, per column, the binlog type and fractional digits.
 struct MappedTable {
     schema: Arc<TableSchema>,
@@ -92,9 +143,9 @@ struct ReadState {
     file: String,
     /// The last resume point read; a reconnect starts here.
     resume: BinlogPosition,
-    /// GTID of the transaction being read, and of the last one committed.
+    /// GTID of the transaction being read, and the GTID position committed.
     pending_gtid: Option<String>,
-    last_gtid: Option<String>,
+    gtid: GtidState,
     in_transaction: bool,
     seq: i64,
     tables: HashMap<u64, Option<Arc<MappedTable>>>,
@@ -187,6 +238,12 @@ impl BinlogSource {
     ) -> Result<BinlogPosition, SourceError> {
         let logs = self.binary_logs(conn).await?;
         if let Some(p) = self.store.load()? {
+            let by_gtid =
+                info.mariadb && GtidState::parse(p.gtid.as_deref()).mariadb_list().is_some();
+            if by_gtid {
+                info!(position = %p, "resuming from the stored GTID position");
+                return Ok(p);
+            }
             if !logs.contains(&p.file) {
                 return Err(SourceError::Other(format!(
                     "the stored binlog position {p} is no longer on the server {} (it keeps {}): \
@@ -280,14 +337,29 @@ impl BinlogSource {
         st.file = start.file.clone();
         st.in_transaction = false;
         st.tables.clear();
-        let request = BinlogStreamRequest::new(self.cfg.server_id)
-            .with_filename(start.file.as_bytes())
-            .with_pos(start.pos);
+        st.gtid = GtidState::parse(start.gtid.as_deref());
+        // MariaDB resumes by GTID when it has one: it finds the transaction
+        // after it in whatever file holds it, so a failover to another
+        // server with the same history keeps the place.
+        let by_gtid = info.mariadb && st.gtid.mariadb_list().is_some();
+        let request = if let Some(list) = st.gtid.mariadb_list().filter(|_| by_gtid) {
+            conn.query_drop(format!("SET @slave_connect_state = '{list}'"))
+                .await
+                .map_err(|e| SourceError::Other(format!("resuming at GTID {list}: {e}")))?;
+            conn.query_drop("SET @slave_gtid_strict_mode = 0")
+                .await
+                .map_err(|e| SourceError::Other(e.to_string()))?;
+            BinlogStreamRequest::new(self.cfg.server_id)
+        } else {
+            BinlogStreamRequest::new(self.cfg.server_id)
+                .with_filename(start.file.as_bytes())
+                .with_pos(start.pos)
+        };
         let mut stream = conn
             .get_binlog_stream(request)
             .await
             .map_err(|e| SourceError::Other(format!("requesting the binlog at {start}: {e}")))?;
-        debug!(position = %start, "binlog stream open");
+        debug!(position = %start, by_gtid, "binlog stream open");
         let mut schemas = SchemaCache::default();
         loop {
             let next = tokio::select! {
@@ -353,7 +425,7 @@ impl BinlogSource {
                         let at = BinlogPosition {
                             file: st.file.clone(),
                             pos: r.position(),
-                            gtid: st.last_gtid.clone(),
+                            gtid: st.gtid.text(),
                         };
                         self.boundary(st, at, tx, shutdown).await?;
                     }
@@ -514,13 +586,13 @@ impl BinlogSource {
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
         st.in_transaction = false;
-        if st.pending_gtid.is_some() {
-            st.last_gtid = st.pending_gtid.take();
+        if let Some(g) = st.pending_gtid.take() {
+            st.gtid.commit(&g);
         }
         let at = BinlogPosition {
             file: st.file.clone(),
             pos: log_pos,
-            gtid: st.last_gtid.clone(),
+            gtid: st.gtid.text(),
         };
         self.boundary(st, at, tx, shutdown).await
     }
@@ -653,7 +725,7 @@ impl Source for BinlogSource {
             file: start.file.clone(),
             resume: start.clone(),
             pending_gtid: None,
-            last_gtid: start.gtid.clone(),
+            gtid: GtidState::parse(start.gtid.as_deref()),
             in_transaction: false,
             seq: 0,
             tables: HashMap::new(),
@@ -760,13 +832,23 @@ fn uuid_text(b: &[u8; 16]) -> String {
 /// the requested file (which it repeats) or, failing that, the name without
 /// those bytes.
 fn rotate_name(raw: &[u8], fake: bool, requested: &str) -> String {
-    if fake {
-        if raw.starts_with(requested.as_bytes()) && !requested.is_empty() {
+    // `base.000042`: a dot and (usually six) digits end every binlog name.
+    let digits = |b: &[u8]| b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let is_name = |b: &[u8]| {
+        let n = digits(b);
+        n >= 6 && b.len() > n && b[b.len() - n - 1] == b'.'
+    };
+    if fake && raw.len() > 4 {
+        if !requested.is_empty()
+            && raw.len() == requested.len() + 4
+            && raw.starts_with(requested.as_bytes())
+        {
             return requested.to_owned();
         }
-        let printable = |b: &[u8]| b.iter().all(|c| c.is_ascii_graphic());
-        if !printable(raw) && raw.len() > 4 && printable(&raw[..raw.len() - 4]) {
-            return String::from_utf8_lossy(&raw[..raw.len() - 4]).into_owned();
+        let head = &raw[..raw.len() - 4];
+        let plain = is_name(raw) && digits(raw) == 6;
+        if is_name(head) && !plain {
+            return String::from_utf8_lossy(head).into_owned();
         }
     }
     String::from_utf8_lossy(raw).into_owned()
@@ -977,9 +1059,32 @@ mod tests {
         assert_eq!(rotate_name(&raw, true, "binlog.000001"), "binlog.000001");
         assert_eq!(rotate_name(&raw, true, ""), "binlog.000001");
         assert_eq!(
+            rotate_name(b"binlog.0000071234", true, "other.000001"),
+            "binlog.000007"
+        );
+        assert_eq!(
+            rotate_name(b"binlog.000007", true, "other.000001"),
+            "binlog.000007"
+        );
+        assert_eq!(
             rotate_name(b"binlog.000002", false, "binlog.000001"),
             "binlog.000002"
         );
+    }
+
+    #[test]
+    fn mariadb_gtid_positions_keep_one_gtid_per_domain() {
+        let mut g = GtidState::parse(Some("0-1-100,1-2-5"));
+        g.commit("0-1-101");
+        assert_eq!(g.text().as_deref(), Some("0-1-101,1-2-5"));
+        assert_eq!(g.mariadb_list().as_deref(), Some("0-1-101,1-2-5"));
+        let m = GtidState::parse(Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:23"));
+        assert_eq!(m.mariadb_list(), None);
+        assert_eq!(
+            m.text().as_deref(),
+            Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:23")
+        );
+        assert_eq!(GtidState::parse(None).text(), None);
     }
 
     #[test]
