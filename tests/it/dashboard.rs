@@ -448,6 +448,67 @@ async fn dashboard_follows_kafka_changes_in_the_embedded_store() {
     page.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_row_inserted_into_mariadb_within_three_seconds() {
+    let db = crate::harness::mariadb::MariaDb::start().await;
+    let d = db.create_database("dash").await;
+    db.exec(&format!(
+        "CREATE TABLE {d}.users (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(64));
+         INSERT INTO {d}.users (name) VALUES ('first'), ('second');
+         UPDATE {d}.users SET name = 'second!' WHERE id = 2;
+         DELETE FROM {d}.users WHERE id = 1;"
+    ))
+    .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = [
+        ("CDC_SOURCE", "binlog".to_owned()),
+        ("CDC_MYSQL_URL", db.capture_url()),
+        ("CDC_TABLES", format!("{d}.*")),
+        ("CDC_BINLOG_START", "earliest".to_owned()),
+        ("CDC_DATA_DIR", data_dir.path().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let capture = ConsumerProcess::spawn(&env);
+    capture.wait_healthy().await;
+    let page = Dashboard::open(&format!("http://{}", capture.http)).await;
+    // CREATE DATABASE, CREATE TABLE, 2 inserts, 1 update, 1 delete.
+    assert!(
+        page.wait_for_total(6, Duration::from_secs(30)).await,
+        "the dashboard never showed 6 events; log:\n{}",
+        capture.log_tail()
+    );
+    let before = page.pie_share("insert").await;
+
+    let marker = unique_word("wombat");
+    let inserted = Instant::now();
+    db.exec(&format!("INSERT INTO {d}.users (name) VALUES ('{marker}')"))
+        .await;
+    let shown = page
+        .wait_for_live_row(&marker, Duration::from_secs(3))
+        .await;
+    assert!(
+        shown.is_some(),
+        "insert of {marker} not shown within 3 s; rows: {:?}; log:\n{}",
+        page.live_rows().await,
+        capture.log_tail()
+    );
+    eprintln!("MariaDB insert shown after {:?}", inserted.elapsed());
+    let risen = eventually(Duration::from_secs(5), || async {
+        page.pie_share("insert").await > before
+    })
+    .await;
+    assert!(risen, "insert share stayed at {before}");
+    let found = page.search(&marker).await;
+    assert_eq!(found.len(), 1, "search {marker}: {found:?}");
+    assert_eq!(found[0].op, "insert");
+    assert_eq!(found[0].table, format!("{d}.users"));
+    let shot = page.screenshot("dashboard-mariadb.png").await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    page.close().await;
+}
+
 // ------------------------------------------------------------ fixture API
 
 /// A canned `/api/events` and `/api/stats` behind the real page.

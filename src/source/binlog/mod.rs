@@ -3,7 +3,7 @@
 //! Lifecycle: `run` checks the server (preflight), finds where to start
 //! (the stored position, else the current or earliest binlog), then streams
 //! events: table maps describe the tables, rows events become change events
-//! (one envelope per rows event), and every commit (XID, COMMIT, DDL) is a
+//! (one envelope per row), and every commit (XID, COMMIT, DDL) is a
 //! resume point. Changes are numbered in reading order and tracked like
 //! Kafka offsets; `commit` stores the last resume point before the first
 //! change still in flight. A lost connection reconnects from the last resume
@@ -642,33 +642,33 @@ impl BinlogSource {
         tx: &mpsc::Sender<Envelope>,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
-        if events.is_empty() {
-            return Ok(());
-        }
+        // One envelope per row, as TiCDC sends one message per row: the
+        // channel's capacity then bounds rows in memory, whatever the size
+        // of the server's rows events.
         let now = crate::sink::elasticsearch::bulk::now_millis();
-        let mut payload = Vec::new();
-        for e in &events {
+        for e in events {
             self.metrics
                 .binlog_events
                 .with_label_values(&[&e.database, &e.table, e.op.as_str()])
                 .inc();
-            crate::canal::encode::encode(&mut payload, e, now);
-            payload.push(b'\n');
+            let mut payload = Vec::with_capacity(256);
+            crate::canal::encode::encode(&mut payload, &e, now);
+            let seq = st.seq;
+            st.seq += 1;
+            let ack = self
+                .tracker
+                .lock()
+                .ok()
+                .and_then(|mut t| t.read(&self.topic, 0, seq, 1, e.commit_time_ms));
+            let envelope = Envelope {
+                events: vec![e],
+                ack,
+                origin: self.origin(seq, Bytes::from(payload)),
+                undecodable: None,
+                checkpoint: None,
+            };
+            self.send(envelope, tx, shutdown).await;
         }
-        let seq = st.seq;
-        st.seq += 1;
-        let ack =
-            self.tracker.lock().ok().and_then(|mut t| {
-                t.read(&self.topic, 0, seq, events.len(), events[0].commit_time_ms)
-            });
-        let envelope = Envelope {
-            events,
-            ack,
-            origin: self.origin(seq, Bytes::from(payload)),
-            undecodable: None,
-            checkpoint: None,
-        };
-        self.send(envelope, tx, shutdown).await;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Binlog positions: where to resume, and which position is safe to store.
 //!
-//! Changes are numbered in reading order (one sequence number per rows event)
+//! Changes are numbered in reading order (one sequence number per row)
 //! and tracked like Kafka offsets. A resume point is only ever a transaction
 //! boundary: the position after a commit (XID, COMMIT or DDL). The stored
 //! position is the last boundary before the first change still in flight, so
