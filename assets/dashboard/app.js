@@ -152,8 +152,15 @@
     return t === null ? 'NULL' : t;
   }
 
+  // `old` may hold only the changed columns (Canal) or the whole row before
+  // the change (TiCDC, binlog capture): a column changed when its value did.
+  function changed(key, data, old) {
+    return Object.prototype.hasOwnProperty.call(old, key)
+      && JSON.stringify(old[key]) !== JSON.stringify(data[key]);
+  }
+
   function chip(ev, key, data, old) {
-    if (ev.op === 'update' && Object.prototype.hasOwnProperty.call(old, key)) {
+    if (ev.op === 'update' && changed(key, data, old)) {
       return h('span', { class: 'chip changed', title: `${key}: ${fullText(old[key])} → ${fullText(data[key])}` },
         h('span', { class: 'k' }, key),
         valueNode(old[key], 'before'),
@@ -182,7 +189,10 @@
     // An update shows the columns it changed (those in `old`); an insert or
     // delete shows the whole row.
     let keys = Object.keys(data);
-    if (ev.op === 'update' && Object.keys(old).length > 0) keys = Object.keys(old);
+    if (ev.op === 'update') {
+      const diff = Object.keys(old).filter((k) => changed(k, data, old));
+      if (diff.length > 0) keys = diff;
+    }
     for (const key of keys.slice(0, MAX_CHIPS)) cell.append(chip(ev, key, data, old));
     const rest = keys.slice(MAX_CHIPS);
     if (rest.length > 0) {
