@@ -344,11 +344,33 @@ impl Batch {
     }
 }
 
-/// The row values (strings unquoted, nulls left out) and the DDL statement, one per line.
+/// What full-text search sees of an event: the row values (strings
+/// unquoted, nulls left out) and the DDL statement, one per line.
 fn search_text(e: &ChangeEvent) -> String {
+    text_of(&e.pk, &e.data, e.old.as_ref(), e.sql.as_deref())
+}
+
+/// The same text again from a stored document, for the FTS5 `delete`
+/// command, which must be given what was indexed. The document holds the
+/// rows' raw JSON values byte for byte, so the text is identical; `None`
+/// if the document does not parse.
+fn stored_search_text(doc: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Searchable {
+        pk: Row,
+        data: Row,
+        old: Option<Row>,
+        sql: Option<String>,
+    }
+    let d: Searchable = serde_json::from_str(doc).ok()?;
+    Some(text_of(&d.pk, &d.data, d.old.as_ref(), d.sql.as_deref()))
+}
+
+/// Changing what this returns changes the text retention derives for
+/// events indexed before: bump the schema version and rebuild the index.
+fn text_of(pk: &Row, data: &Row, old: Option<&Row>, sql: Option<&str>) -> String {
     let mut text = String::new();
-    let rows: [Option<&Row>; 3] = [Some(&e.pk), Some(&e.data), e.old.as_ref()];
-    for row in rows.into_iter().flatten() {
+    for row in [Some(pk), Some(data), old].into_iter().flatten() {
         for (_, value) in &row.0 {
             let raw = value.get();
             if raw == "null" {
@@ -369,7 +391,7 @@ fn search_text(e: &ChangeEvent) -> String {
             text.push('\n');
         }
     }
-    if let Some(sql) = &e.sql {
+    if let Some(sql) = sql {
         text.push_str(sql);
     }
     text
@@ -721,6 +743,42 @@ pub(super) mod tests {
             err.to_string().contains(&data_dir.display().to_string()),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_search_text_is_derived_again_from_the_stored_document() {
+        let mut events = vec![event("app", "users", Op::Insert, 1, 0, "plain")];
+        let mut e = event(
+            "app",
+            "users",
+            Op::Update,
+            2,
+            0,
+            "tab\t\"q\" \u{e9}\u{1F600} \\",
+        );
+        e.data.0.push((
+            "big".into(),
+            serde_json::from_str::<Box<serde_json::value::RawValue>>(
+                "12345678901234567890.123456789e-3",
+            )
+            .unwrap(),
+        ));
+        e.old = Some(Row::from_values([("note", json!(null)), ("n", json!(42))]));
+        events.push(e);
+        let mut ddl = event("app", "users", Op::Ddl, 3, 0, "");
+        ddl.pk = Row::default();
+        ddl.data = Row::default();
+        ddl.sql = Some("CREATE TABLE `t` (c VARCHAR(10) DEFAULT 'x\ny')".into());
+        events.push(ddl);
+        let batch = Batch::new(&events, &[], 0);
+        for (e, stored) in events.iter().zip(&batch.events) {
+            assert_eq!(
+                stored_search_text(&stored.doc).as_deref(),
+                Some(search_text(e).as_str())
+            );
+        }
+        assert!(search_text(&events[1]).contains("12345678901234567890.123456789e-3"));
+        assert_eq!(stored_search_text("{not json"), None);
     }
 
     #[test]

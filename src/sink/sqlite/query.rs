@@ -21,15 +21,15 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
 use serde_json::value::RawValue;
 
-use super::schema::{RATE_HORIZON, ZONE_BITS};
+use super::schema::ZONE_BITS;
 use crate::sink::query::{EventFilter, EventPage, QueryError, RateSeries, Stats, MAX_LIMIT};
 
 /// Up to this many events in a commit-time range, reading them all through
 /// the commit-time index beats walking zones.
 const NARROW_TIME_RANGE: i64 = 10_000;
 
-/// Most buckets one rate series has.
-const MAX_BUCKETS: u64 = 3600;
+/// Most buckets one rate series has (the API asks for at most 360).
+const MAX_BUCKETS: u64 = 10_000;
 
 /// A validated `EventFilter`, ready to run on a connection.
 #[derive(Debug, Clone)]
@@ -341,8 +341,8 @@ pub struct StatsRequest {
 }
 
 impl StatsRequest {
-    /// Checks the window and bucket: whole seconds, at most `RATE_HORIZON`
-    /// and `MAX_BUCKETS` buckets.
+    /// Checks the window and bucket: whole seconds, the bucket at most the
+    /// window, at most `MAX_BUCKETS` buckets.
     pub fn new(
         window: Duration,
         bucket: Duration,
@@ -355,10 +355,10 @@ impl StatsRequest {
                 format!("must be whole seconds, at least 1, got {bucket:?}"),
             ));
         }
-        if window < bucket || window > RATE_HORIZON {
+        if window < bucket {
             return Err(invalid(
                 "window",
-                format!("must be between the bucket and {RATE_HORIZON:?}, got {window:?}"),
+                format!("must be at least the bucket {bucket:?}, got {window:?}"),
             ));
         }
         let buckets = window.as_secs().div_ceil(bucket.as_secs());
@@ -379,7 +379,8 @@ impl StatsRequest {
     ///
     /// Buckets are aligned to multiples of the bucket width, so a chart
     /// refreshed later keeps its bucket edges; the newest bucket is the one
-    /// in progress, and its rate is over the seconds elapsed so far.
+    /// in progress, and its rate is over the time elapsed in it (at least
+    /// 1 s), as the Elasticsearch sink answers.
     pub fn run(&self, conn: &Connection) -> rusqlite::Result<Stats> {
         let mut stats = Stats {
             bucket_seconds: self.bucket_s as u64,
@@ -425,12 +426,8 @@ impl StatsRequest {
                     .enumerate()
                     .map(|(k, n)| {
                         let start = first_start + k as i64 * b;
-                        let width = if start == last_start {
-                            now_s - start + 1
-                        } else {
-                            b
-                        };
-                        (start * 1000, n as f64 / width as f64)
+                        let elapsed_ms = (self.now_ms - start * 1000).clamp(1000, b * 1000);
+                        (start * 1000, n as f64 * 1000.0 / elapsed_ms as f64)
                     })
                     .collect(),
             })
@@ -956,15 +953,15 @@ mod tests {
         };
         batch("app", "users", Op::Insert, 20, 1_700_000_041_000); // bucket 0
         batch("app", "orders", Op::Update, 30, 1_700_000_085_999); // bucket 4
-        batch("app", "users", Op::Delete, 12, 1_700_000_093_000); // bucket 5, 6 s so far
+        batch("app", "users", Op::Delete, 11, 1_700_000_093_000); // bucket 5, 5.5 s so far
         batch("crm", "users", Op::Insert, 5, 1_700_000_000_000); // before the window
         let request =
             StatsRequest::new(Duration::from_secs(60), Duration::from_secs(10), now_ms).unwrap();
         let stats = sink.store.read(|c| request.run(c)).unwrap();
-        assert_eq!(stats.total, 67);
+        assert_eq!(stats.total, 66);
         assert_eq!(stats.bucket_seconds, 10);
         let by_op: Vec<_> = stats.by_op.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        assert_eq!(by_op, [("delete", 12), ("insert", 25), ("update", 30)]);
+        assert_eq!(by_op, [("delete", 11), ("insert", 25), ("update", 30)]);
         let by_table: Vec<_> = stats
             .by_table
             .iter()
@@ -972,7 +969,7 @@ mod tests {
             .collect();
         assert_eq!(
             by_table,
-            [("app.orders", 30), ("app.users", 32), ("crm.users", 5)]
+            [("app.orders", 30), ("app.users", 31), ("crm.users", 5)]
         );
         let starts: Vec<i64> = (0..6).map(|k| 1_700_000_040_000 + k * 10_000).collect();
         let series = |v: [f64; 6]| starts.iter().copied().zip(v).collect::<Vec<_>>();
@@ -995,13 +992,14 @@ mod tests {
         let s = |w, b| StatsRequest::new(Duration::from_secs(w), Duration::from_secs(b), 0);
         assert!(s(300, 10).is_ok());
         assert!(s(3600, 1).is_ok());
+        assert!(s(7 * 86400, 3600).is_ok());
         let param = |r: Result<StatsRequest, QueryError>| match r {
             Err(QueryError::Invalid { param, .. }) => param,
             other => panic!("{other:?}"),
         };
         assert_eq!(param(s(300, 0)), "bucket");
         assert_eq!(param(s(5, 10)), "window");
-        assert_eq!(param(s(7200, 60)), "window");
+        assert_eq!(param(s(86400, 1)), "bucket");
         assert_eq!(
             param(StatsRequest::new(
                 Duration::from_secs(60),

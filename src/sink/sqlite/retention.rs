@@ -2,18 +2,20 @@
 //! oldest events while the documents exceed `store.max_bytes`.
 //!
 //! Each chunk is its own short transaction on the writer connection, so a
-//! batch waits at most one chunk. The delete trigger removes the text index
-//! rows and decrements `counts` in the same transaction; the size is the
-//! sum of `counts.bytes`, so checking it needs no scan.
+//! batch waits at most one chunk. In that transaction the chunk's text is
+//! removed from the FTS5 index (with `delete` markers, given the text again
+//! from each document) and the delete trigger decrements `counts` and
+//! `rate`; the size is the sum of `counts.bytes`, so checking it needs no
+//! scan.
 
 use std::sync::Arc;
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::{params, ErrorCode, TransactionBehavior};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::schema::{RATE_HORIZON, ZONE_BITS};
+use super::schema::ZONE_BITS;
 use super::Store;
 use crate::sink::elasticsearch::bulk;
 
@@ -65,10 +67,9 @@ pub async fn run(store: Arc<Store>, stop: CancellationToken) {
             );
         }
         let s = store.clone();
-        let now_ms = bulk::now_millis();
-        match tokio::task::spawn_blocking(move || s.prune(now_ms)).await {
+        match tokio::task::spawn_blocking(move || s.prune()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "pruning rate and zones failed"),
+            Ok(Err(e)) => warn!(error = %e, "pruning zones failed"),
             Err(e) => warn!(error = %e, "pruning task failed"),
         }
     }
@@ -78,65 +79,91 @@ impl Store {
     /// Deletes one chunk of what is due, oldest commit time first, then
     /// oldest arrival; `None` when nothing is.
     pub(super) fn retention_chunk(&self, now_ms: i64) -> rusqlite::Result<Option<(usize, Reason)>> {
+        match self.delete_chunk(now_ms, true) {
+            // FTS5 reports a `delete` whose text differs from what was
+            // indexed as corruption of its index. Deleting the events
+            // without their text (it then matches no event) keeps
+            // retention going; a corrupt database fails again below.
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseCorrupt) => {
+                warn!(error = %e, "text index refused the deletion; deleting the events only");
+                self.delete_chunk(now_ms, false)
+            }
+            other => other,
+        }
+    }
+
+    fn delete_chunk(
+        &self,
+        now_ms: i64,
+        unindex_text: bool,
+    ) -> rusqlite::Result<Option<(usize, Reason)>> {
         let retention_ms = i64::try_from(self.cfg.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms.saturating_sub(retention_ms);
         let max_bytes = i64::try_from(self.cfg.max_bytes).unwrap_or(i64::MAX);
         let chunk = self.tuning.retention_chunk as i64;
         self.write(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut deleted = tx
-                .prepare_cached(
-                    "DELETE FROM events WHERE seq IN
-                     (SELECT seq FROM events WHERE commit_time_ms < ?1 LIMIT ?2)",
-                )?
-                .execute(params![cutoff, chunk])?;
+            // (seq, document) of each event to delete.
+            let mut doomed: Vec<(i64, String)> = tx
+                .prepare_cached("SELECT seq, doc FROM events WHERE commit_time_ms < ?1 LIMIT ?2")?
+                .query_map(params![cutoff, chunk], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             let mut reason = Reason::Age;
-            if deleted == 0 {
+            if doomed.is_empty() {
                 reason = Reason::Size;
                 let total: i64 = tx
                     .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM counts")?
                     .query_row([], |r| r.get(0))?;
                 if total > max_bytes {
-                    // The newest seq whose deletion, with all before it,
-                    // brings the total down to the limit (or this chunk's end).
+                    // Oldest first, until the rest fits (or the chunk is full).
                     let mut excess = total - max_bytes;
-                    let mut cut = None;
-                    let mut stmt =
-                        tx.prepare_cached("SELECT seq, bytes FROM events ORDER BY seq LIMIT ?1")?;
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT seq, bytes, doc FROM events ORDER BY seq LIMIT ?1",
+                    )?;
                     let mut rows = stmt.query([chunk])?;
                     while let Some(r) = rows.next()? {
-                        let (seq, bytes): (i64, i64) = (r.get(0)?, r.get(1)?);
-                        cut = Some(seq);
-                        excess -= bytes;
+                        doomed.push((r.get(0)?, r.get(2)?));
+                        excess -= r.get::<_, i64>(1)?;
                         if excess <= 0 {
                             break;
                         }
                     }
-                    drop(rows);
-                    if let Some(cut) = cut {
-                        deleted = tx
-                            .prepare_cached("DELETE FROM events WHERE seq <= ?1")?
-                            .execute([cut])?;
-                    }
                 }
             }
-            if deleted == 0 {
+            if doomed.is_empty() {
                 return Ok(None);
+            }
+            {
+                let mut unindex = tx.prepare_cached(
+                    "INSERT INTO events_fts (events_fts, rowid, body) VALUES ('delete', ?1, ?2)",
+                )?;
+                let mut delete = tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+                for (seq, doc) in &doomed {
+                    match super::stored_search_text(doc).filter(|_| unindex_text) {
+                        Some(text) => {
+                            unindex.execute(params![seq, text])?;
+                        }
+                        // Left in the text index it is harmless: pages join
+                        // on `events`, and the seq is never reused.
+                        None if unindex_text => warn!(
+                            seq,
+                            "stored document does not parse; its text stays indexed"
+                        ),
+                        None => {}
+                    }
+                    delete.execute([seq])?;
+                }
             }
             tx.execute("DELETE FROM counts WHERE events <= 0", [])?;
             tx.commit()?;
-            debug!(deleted, reason = ?reason, "retention chunk deleted");
-            Ok(Some((deleted, reason)))
+            debug!(deleted = doomed.len(), reason = ?reason, "retention chunk deleted");
+            Ok(Some((doomed.len(), reason)))
         })
     }
 
-    /// Drops rate seconds no chart can ask for and zones below the oldest event.
-    pub(super) fn prune(&self, now_ms: i64) -> rusqlite::Result<()> {
-        // Aligned buckets reach back at most one bucket (<= the window) past
-        // the window, so twice the horizon is always enough.
-        let keep_from = now_ms.div_euclid(1000) - 2 * RATE_HORIZON.as_secs() as i64;
+    /// Drops the zones below the oldest event.
+    pub(super) fn prune(&self) -> rusqlite::Result<()> {
         self.write(|conn| {
-            conn.execute("DELETE FROM rate WHERE second < ?1", [keep_from])?;
             conn.execute(
                 &format!(
                     "DELETE FROM zones WHERE zone <
@@ -166,6 +193,18 @@ mod tests {
             limit,
             ..EventFilter::default()
         }
+    }
+
+    /// FTS5's own consistency check of the text index after deletes.
+    fn integrity_check(sink: &SqliteSink) {
+        sink.store
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO events_fts (events_fts, rank) VALUES ('integrity-check', 0)",
+                    [],
+                )
+            })
+            .unwrap();
     }
 
     async fn stored_ids(sink: &SqliteSink) -> Vec<String> {
@@ -217,6 +256,14 @@ mod tests {
         assert_eq!(stats.by_table.get("app.users"), None);
         assert_eq!(stats.by_op.get("insert"), None);
         assert_eq!(stats.by_op.get("update"), Some(&10));
+        // The deleted events left the rate too (they were ingested just now).
+        let tables: Vec<&str> = stats.rate.iter().map(|s| s.table.as_str()).collect();
+        assert_eq!(tables, ["app.orders"]);
+        let rated: i64 = sink
+            .store
+            .read(|c| c.query_row("SELECT sum(events) FROM rate", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(rated, 10);
         let hits: i64 = sink
             .store
             .read(|c| {
@@ -228,6 +275,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(hits, 0);
+        integrity_check(&sink);
         let mut q = all(50);
         q.q = Some("recent".into());
         assert_eq!(sink.events(&q).await.unwrap().events.len(), 10);
@@ -287,6 +335,12 @@ mod tests {
             .read(|c| c.query_row("SELECT sum(bytes) FROM counts", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(bytes, limit);
+        let rated: i64 = sink
+            .store
+            .read(|c| c.query_row("SELECT sum(events) FROM rate", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(rated, 700);
+        integrity_check(&sink);
         let ids = stored_ids(&sink).await;
         assert_eq!(ids.len(), 700);
         assert_eq!(ids.last().unwrap(), "500");
@@ -336,12 +390,50 @@ mod tests {
             .unwrap();
         assert_eq!(stored_ids(&sink).await, vec!["5000".to_owned()]);
         // Zones below the oldest event are gone.
-        sink.store.prune(now).unwrap();
+        sink.store.prune().unwrap();
         let zones: i64 = sink
             .store
             .read(|c| c.query_row("SELECT count(*) FROM zones", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(zones, 1);
+    }
+
+    #[tokio::test]
+    async fn retention_goes_on_when_the_text_index_refuses_a_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            retention: Duration::from_secs(60),
+            max_bytes: u64::MAX,
+        };
+        let sink = open_with(dir.path(), &cfg);
+        let now = bulk::now_millis();
+        let old: Vec<_> = (0..1100)
+            .map(|i| event("app", "users", Op::Insert, i, now - 120_000, "old"))
+            .collect();
+        write(&sink, &old).await;
+        // Index a different text than the documents give (as a change to
+        // the derivation would), so the `delete` markers do not match.
+        sink.store
+            .write(|c| {
+                c.execute_batch(
+                    "INSERT INTO events_fts (events_fts) VALUES ('delete-all');
+                     INSERT INTO events_fts (rowid, body) SELECT seq, 'other words' FROM events;",
+                )
+            })
+            .unwrap();
+        let mut deleted = 0;
+        while let Some((n, _)) = sink.store.retention_chunk(now).unwrap() {
+            deleted += n;
+        }
+        assert_eq!(deleted, 1100);
+        let stats = sink
+            .stats(Duration::from_secs(60), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(stats.total, 0);
+        let mut q = all(50);
+        q.q = Some("other".into());
+        assert!(sink.events(&q).await.unwrap().events.is_empty());
     }
 
     #[tokio::test]

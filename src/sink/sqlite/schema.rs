@@ -7,8 +7,11 @@
 //!   replay is a no-op. Each filter column has an index ending in `seq`, so
 //!   "newest first after this cursor" is one index range read backwards.
 //! - `events_fts`: FTS5 over the row values and the DDL statement, keyed by
-//!   `seq`. Contentless (the text is in `doc` already) with
-//!   `contentless_delete` so retention can delete by rowid.
+//!   `seq`. Contentless: the text can be derived from `doc` again, and
+//!   retention does so to write FTS5 `delete` markers, which the normal
+//!   incremental merges absorb. (`contentless_delete` was tried: its
+//!   tombstone rebuilds and delete-merges stalled writers for seconds at a
+//!   million events.) No column sizes: nothing ranks by bm25.
 //! - `zones`: the commit-time range of each block of `ZONE_ROWS` seqs (a
 //!   block-range index): commit time follows arrival order only roughly, so
 //!   a time filter reads the blocks whose range meets it instead of either
@@ -16,8 +19,9 @@
 //! - `counts`: events and document bytes by (database, table, op), kept in
 //!   the write transaction and by the delete trigger, so `/api/stats` and
 //!   the size limit never scan `events`.
-//! - `rate`: events by ingest second and table for the last `RATE_HORIZON`,
-//!   for the events/s chart.
+//! - `rate`: events by ingest second and table, for the events/s chart;
+//!   kept in the write transaction and by the delete trigger like `counts`,
+//!   so it has at most one row per stored event and any window can be read.
 //! - `checkpoints`: the source position of each stream, written in the same
 //!   transaction as the events it covers.
 
@@ -28,9 +32,6 @@ use rusqlite::Connection;
 
 /// Rows per `zones` block; a time-filtered page reads whole blocks.
 pub const ZONE_BITS: u32 = 12;
-
-/// How far back `rate` keeps per-second counts.
-pub const RATE_HORIZON: Duration = Duration::from_secs(3600);
 
 /// Bumped on any change below; an unknown version is refused, not guessed at.
 const VERSION: i64 = 1;
@@ -53,7 +54,7 @@ CREATE INDEX events_op ON events (op, seq);
 -- Retention by age and narrow time filters; the rowid (seq) is implied.
 CREATE INDEX events_commit_time ON events (commit_time_ms);
 
-CREATE VIRTUAL TABLE events_fts USING fts5 (body, content = '', contentless_delete = 1);
+CREATE VIRTUAL TABLE events_fts USING fts5 (body, content = '', columnsize = 0);
 
 CREATE TABLE zones (
     zone          INTEGER PRIMARY KEY,
@@ -83,13 +84,18 @@ CREATE TABLE checkpoints (
     position TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- Whatever deletes an event (retention, by hand) keeps the text index and
--- the counts in step, in the same transaction. Zones are left wide: a
--- stale range only costs a block read.
+-- Whatever deletes an event keeps the counts and the rate in step, in the
+-- same transaction. The text index is retention's job (it needs the text,
+-- which SQL cannot derive); an entry left behind matches no event, as
+-- pages join on `events`, and seqs are never reused. Zones are left wide:
+-- a stale range only costs a block read.
 CREATE TRIGGER events_deleted AFTER DELETE ON events BEGIN
-    DELETE FROM events_fts WHERE rowid = old.seq;
     UPDATE counts SET events = events - 1, bytes = bytes - old.bytes
         WHERE db = old.db AND tbl = old.tbl AND op = old.op;
+    UPDATE rate SET events = events - 1
+        WHERE second = old.ingested_ms / 1000 AND db = old.db AND tbl = old.tbl;
+    DELETE FROM rate
+        WHERE second = old.ingested_ms / 1000 AND db = old.db AND tbl = old.tbl AND events <= 0;
 END;
 "#;
 
