@@ -103,7 +103,7 @@ impl fmt::Display for StoreBench {
 }
 
 /// Writes `events` generated events into a store in a temporary directory,
-/// measures, and removes the directory.
+/// measures, and removes the directory (about 750 MiB for a million).
 pub async fn bench(events: usize) -> Result<StoreBench, SinkError> {
     let dir = std::env::temp_dir().join(format!("cdc-monitor-store-bench-{}", std::process::id()));
     // A leftover from an interrupted run would skew every number.

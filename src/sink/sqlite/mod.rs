@@ -49,9 +49,12 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             busy_timeout: Duration::from_secs(5),
+            // `open` takes the store section only; a local disk recovers
+            // fast or not at all, so the retry pace is fixed here.
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             retention_interval: Duration::from_secs(5),
-            // A chunk deletes in a few milliseconds, so a batch waits no longer.
+            // A chunk takes tens of milliseconds at a million events, so a
+            // batch never waits longer than that for retention.
             retention_chunk: 500,
         }
     }

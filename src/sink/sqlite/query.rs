@@ -13,6 +13,14 @@
 //!   newest first, each read backwards until the page is full;
 //! - otherwise `events_db`, `events_tbl` or `events_op` (each ends in seq),
 //!   or the table itself.
+//!
+//! With a commit-time bound, every read is also limited to the seqs of the
+//! zones that can hold a match, so `q` or a table filter combined with an
+//! old time range starts there rather than at the newest event.
+//!
+//! The planner is given no statistics (no ANALYZE), so these choices stay
+//! as tested; `single_filters_read_their_index_backwards_without_sorting`
+//! checks them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -76,8 +76,9 @@ pub async fn run(store: Arc<Store>, stop: CancellationToken) {
 }
 
 impl Store {
-    /// Deletes one chunk of what is due, oldest commit time first, then
-    /// oldest arrival; `None` when nothing is.
+    /// Deletes one chunk of what is due: events past the retention first,
+    /// then the oldest arrivals while over the size limit; `None` when
+    /// nothing is.
     pub(super) fn retention_chunk(&self, now_ms: i64) -> rusqlite::Result<Option<(usize, Reason)>> {
         match self.delete_chunk(now_ms, true) {
             // FTS5 reports a `delete` whose text differs from what was

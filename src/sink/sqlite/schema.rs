@@ -6,6 +6,8 @@
 //!   byte for byte; `doc_id` the deterministic id as 16 bytes, UNIQUE, so a
 //!   replay is a no-op. Each filter column has an index ending in `seq`, so
 //!   "newest first after this cursor" is one index range read backwards.
+//!   `ingested_ms` has no index of its own: arrival order is `seq` order,
+//!   and the events/s chart reads `rate`.
 //! - `events_fts`: FTS5 over the row values and the DDL statement, keyed by
 //!   `seq`. Contentless: the text can be derived from `doc` again, and
 //!   retention does so to write FTS5 `delete` markers, which the normal
