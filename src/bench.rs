@@ -9,7 +9,10 @@
 //!    receipt, p50/p99;
 //! 4. binlog capture: a private MariaDB with a backlog of row changes,
 //!    captured by a real `cdc-monitor run` child into the bulk endpoint and,
-//!    as canal-json, into the broker; row changes/s.
+//!    as canal-json, into the broker; row changes/s;
+//! 5. the embedded store: events/s written, query latency with a million
+//!    stored events, and the same through HTTP (`/api/events`,
+//!    `/api/stats`, the dashboard page) as a browser would ask.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -53,6 +56,9 @@ pub struct BenchArgs {
     /// Row changes for the binlog capture measurement (0 skips it; needs MariaDB).
     #[arg(long, default_value_t = 300_000)]
     pub binlog_rows: usize,
+    /// Events in the embedded store for its measurement (0 skips it; ~750 MiB of disk per million).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub store_events: usize,
 }
 
 /// A canal-json INSERT like TiCDC writes for a small table.
@@ -76,6 +82,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "machine: {} cores, {}", cores(), cpu_model())?;
     cpu(&args, &mut out)?;
+    if args.store_events > 0 {
+        store(args.store_events, &mut out).await?;
+    }
     if args.backlog == 0 && args.latency_seconds == 0 && args.binlog_rows == 0 {
         return Ok(out);
     }
@@ -459,6 +468,67 @@ async fn latency(
         pct(0.99),
         l.last().copied().unwrap_or(-1)
     )?;
+    Ok(())
+}
+
+/// Fills the embedded store and measures it directly and through HTTP.
+async fn store(events: usize, out: &mut String) -> anyhow::Result<()> {
+    use crate::http::api::EventQuery;
+    use crate::http::health::Readiness;
+    use crate::http::{self, HttpState};
+    let (bench, http) = crate::sink::sqlite::bench_then(events, |sink| async move {
+        let state = HttpState {
+            metrics: crate::metrics::Metrics::new(),
+            readiness: Readiness::default(),
+            query: Some(EventQuery::Sqlite(sink)),
+        };
+        let (listener, addr) = http::bind("127.0.0.1:0".parse().expect("valid address")).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(http::serve(listener, state, stop.clone()));
+        let client = reqwest::Client::new();
+        let mut lines = Vec::new();
+        for (what, path) in [
+            ("GET /api/events?limit=50", "/api/events?limit=50"),
+            (
+                "GET /api/events?table=…&limit=50",
+                "/api/events?table=orders&limit=50",
+            ),
+            (
+                "GET /api/events?q=…&limit=50",
+                "/api/events?q=harbor&limit=50",
+            ),
+            ("GET /api/stats", "/api/stats"),
+            ("GET / (dashboard page)", "/"),
+            ("GET /assets/app.js", "/assets/app.js"),
+        ] {
+            let mut ms = Vec::with_capacity(50);
+            for _ in 0..50 {
+                let started = Instant::now();
+                let resp = client.get(format!("http://{addr}{path}")).send().await?;
+                anyhow::ensure!(resp.status().is_success(), "{path}: {}", resp.status());
+                resp.bytes().await?;
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            ms.sort_by(f64::total_cmp);
+            lines.push(format!(
+                "  {what}: p50 {:.1} ms, p99 {:.1} ms",
+                ms[ms.len() / 2],
+                ms[(ms.len() * 99 / 100).min(ms.len() - 1)]
+            ));
+        }
+        stop.cancel();
+        let _ = server.await;
+        Ok::<_, anyhow::Error>(lines)
+    })
+    .await?;
+    writeln!(out, "embedded store, {events} events:\n{bench}")?;
+    writeln!(
+        out,
+        "HTTP on the same store (50 requests each, one client):"
+    )?;
+    for l in http? {
+        writeln!(out, "{l}")?;
+    }
     Ok(())
 }
 

@@ -105,15 +105,31 @@ impl fmt::Display for StoreBench {
 /// Writes `events` generated events into a store in a temporary directory,
 /// measures, and removes the directory (about 750 MiB for a million).
 pub async fn bench(events: usize) -> Result<StoreBench, SinkError> {
+    bench_then(events, |_| async {}).await.map(|(b, ())| b)
+}
+
+/// As `bench`, then runs `then` on the filled store (to measure what serves
+/// it, e.g. the HTTP API) before the directory is removed.
+pub async fn bench_then<T, F, Fut>(events: usize, then: F) -> Result<(StoreBench, T), SinkError>
+where
+    F: FnOnce(Arc<SqliteSink>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let dir = std::env::temp_dir().join(format!("cdc-monitor-store-bench-{}", std::process::id()));
     // A leftover from an interrupted run would skew every number.
     let _ = std::fs::remove_dir_all(&dir);
-    let result = run(&dir, events).await;
+    let result = match run(&dir, events).await {
+        Ok((b, sink)) => Ok((b, then(sink).await)),
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn run(dir: &std::path::Path, events: usize) -> Result<StoreBench, SinkError> {
+async fn run(
+    dir: &std::path::Path,
+    events: usize,
+) -> Result<(StoreBench, Arc<SqliteSink>), SinkError> {
     let cfg = StoreConfig {
         retention: Duration::from_secs(365 * 86400),
         max_bytes: u64::MAX,
@@ -140,7 +156,8 @@ async fn run(dir: &std::path::Path, events: usize) -> Result<StoreBench, SinkErr
         .sum();
 
     // Borrowed, so each `async move` below copies the reference.
-    let sink: &SqliteSink = &sink;
+    let sink_arc = sink;
+    let sink: &SqliteSink = &sink_arc;
     let filter = |f: EventFilter| EventFilter { limit: PAGE, ..f };
     let latest = measure(|_| async { sink.events(&filter(EventFilter::default())).await }).await?;
     let by_table = measure(|i| {
@@ -201,7 +218,7 @@ async fn run(dir: &std::path::Path, events: usize) -> Result<StoreBench, SinkErr
             .await
     })
     .await?;
-    Ok(StoreBench {
+    let bench = StoreBench {
         events,
         write_events_per_second: events as f64 / writing.as_secs_f64().max(1e-9),
         file_bytes,
@@ -212,7 +229,8 @@ async fn run(dir: &std::path::Path, events: usize) -> Result<StoreBench, SinkErr
         text,
         deep_page,
         stats,
-    })
+    };
+    Ok((bench, sink_arc))
 }
 
 fn query_failed(e: crate::sink::query::QueryError) -> SinkError {

@@ -23,7 +23,7 @@ use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-pub use bench::{bench, Latency, StoreBench};
+pub use bench::{bench, bench_then, Latency, StoreBench};
 
 use crate::config::StoreConfig;
 use crate::event::{ChangeEvent, Checkpoint, Row};
