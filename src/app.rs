@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
 use crate::pipeline::batch::{run_batcher, BatchLimits, Envelope, Writer};
 use crate::pipeline::dlq::DeadLetterQueue;
+use crate::sink::elasticsearch::bulk::now_millis;
 use crate::sink::elasticsearch::retry::Backoff;
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::kafka::KafkaSink;
@@ -58,14 +59,12 @@ impl AnySource {
         }
     }
 
-    /// Updates the lag gauges; may block on the broker.
-    fn refresh_lag(&self) {
+    /// Updates the lag-in-records gauges; may block on the broker.
+    fn refresh_lag_records(&self) {
         match self {
-            AnySource::Kafka(k) => {
-                k.refresh_lag_records();
-                k.update_lag_seconds();
-            }
-            AnySource::Binlog(b) => b.update_lag_seconds(),
+            AnySource::Kafka(k) => k.refresh_lag_records(),
+            // The binlog's backlog is in bytes and seconds: its own gauges.
+            AnySource::Binlog(_) => {}
         }
     }
 }
@@ -372,10 +371,12 @@ impl App {
 
         let committer_stop = CancellationToken::new();
         let committer = {
-            let (source, stop, every) = (
+            let (source, stop, every, tracker, metrics) = (
                 source.clone(),
                 committer_stop.clone(),
                 cfg.kafka.commit_interval,
+                tracker.clone(),
+                metrics.clone(),
             );
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -385,7 +386,10 @@ impl App {
                         _ = tick.tick() => {
                             source.commit(false);
                             let s = source.clone();
-                            let _ = tokio::task::spawn_blocking(move || s.refresh_lag()).await;
+                            let _ = tokio::task::spawn_blocking(move || s.refresh_lag_records()).await;
+                            if let Ok(t) = tracker.lock() {
+                                metrics.set_lag_seconds(t.lag_seconds(now_millis()));
+                            }
                         }
                         _ = stop.cancelled() => return,
                     }

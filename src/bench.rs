@@ -521,7 +521,7 @@ async fn store(events: usize, out: &mut String) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(lines)
     })
     .await?;
-    writeln!(out, "embedded store, {events} events:\n{bench}")?;
+    write!(out, "{bench}")?;
     writeln!(
         out,
         "HTTP on the same store (50 requests each, one client):"
@@ -603,7 +603,7 @@ async fn binlog(
         "binlog: wrote {n} rows into MariaDB in {:.1} s",
         started.elapsed().as_secs_f64()
     )?;
-    for mode in ["elasticsearch", "kafka"] {
+    for mode in ["elasticsearch", "sqlite", "kafka"] {
         let port = free_port()?;
         let http = format!("127.0.0.1:{port}");
         let topic = format!("bench-binlog-{}", bulk::now_millis());
@@ -625,12 +625,18 @@ async fn binlog(
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if mode == "kafka" {
-            cmd.env("CDC_SINK", "kafka")
-                .env("CDC_KAFKA_BROKERS", brokers)
-                .env("CDC_KAFKA_TOPICS", &topic);
-        } else {
-            cmd.env("CDC_ES_URL", format!("http://{}", sink.addr));
+        match mode {
+            "kafka" => {
+                cmd.env("CDC_SINK", "kafka")
+                    .env("CDC_KAFKA_BROKERS", brokers)
+                    .env("CDC_KAFKA_TOPICS", &topic);
+            }
+            "sqlite" => {
+                cmd.env("CDC_SINK", "sqlite");
+            }
+            _ => {
+                cmd.env("CDC_ES_URL", format!("http://{}", sink.addr));
+            }
         }
         let child = KillOnDrop(cmd.spawn()?);
         let started = Instant::now();

@@ -193,6 +193,15 @@ impl Metrics {
         }
     }
 
+    /// Sets `cdc_consumer_lag_seconds` per `(topic, partition, seconds)`.
+    pub fn set_lag_seconds(&self, lags: impl IntoIterator<Item = (std::sync::Arc<str>, i32, f64)>) {
+        for (topic, partition, seconds) in lags {
+            self.lag_seconds
+                .with_label_values(&[topic.as_ref(), &partition.to_string()])
+                .set(seconds);
+        }
+    }
+
     /// The largest lag in seconds the pipeline reports: consumer lag of any
     /// partition, or the binlog source's replication delay.
     pub fn max_lag_seconds(&self) -> f64 {

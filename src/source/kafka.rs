@@ -340,19 +340,6 @@ impl KafkaSource {
             }
         }
     }
-
-    /// Refreshes the lag-in-seconds gauges from the tracker.
-    pub fn update_lag_seconds(&self) {
-        let Ok(tracker) = self.tracker.lock() else {
-            return;
-        };
-        for (topic, partition, age) in tracker.lag_seconds(now_millis()) {
-            self.metrics
-                .lag_seconds
-                .with_label_values(&[topic.as_ref(), &partition.to_string()])
-                .set(age);
-        }
-    }
 }
 
 impl Source for KafkaSource {

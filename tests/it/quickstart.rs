@@ -105,22 +105,12 @@ impl Quickstart {
     /// SIGTERM and wait for exit (at most `timeout`).
     fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!(
-                    "quickstart did not exit within {timeout:?} of SIGTERM; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match crate::harness::terminate_child(&mut c, timeout) {
+            Some(status) => status,
+            None => panic!(
+                "quickstart did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                self.log_tail()
+            ),
         }
     }
 

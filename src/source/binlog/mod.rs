@@ -684,19 +684,6 @@ impl BinlogSource {
             _ = shutdown.cancelled() => {}
         }
     }
-
-    /// The lag of the oldest change read but not yet stored.
-    pub fn update_lag_seconds(&self) {
-        let now = crate::sink::elasticsearch::bulk::now_millis();
-        if let Ok(t) = self.tracker.lock() {
-            for (topic, partition, lag) in t.lag_seconds(now) {
-                self.metrics
-                    .lag_seconds
-                    .with_label_values(&[topic.as_ref(), &partition.to_string()])
-                    .set(lag);
-            }
-        }
-    }
 }
 
 impl Source for BinlogSource {
