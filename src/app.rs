@@ -39,10 +39,24 @@ pub enum AppError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    // Not `#[from]`: that would make the inner error a `source()` too, and
+    // `{:#}` would print its message twice.
     #[error("source: {0}")]
-    Source(#[from] SourceError),
+    Source(SourceError),
     #[error("sink: {0}")]
-    Sink(#[from] SinkError),
+    Sink(SinkError),
+}
+
+impl From<SourceError> for AppError {
+    fn from(e: SourceError) -> Self {
+        AppError::Source(e)
+    }
+}
+
+impl From<SinkError> for AppError {
+    fn from(e: SinkError) -> Self {
+        AppError::Sink(e)
+    }
 }
 
 /// The configured source.

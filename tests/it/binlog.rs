@@ -212,6 +212,51 @@ async fn mariadb_resumes_by_gtid_even_when_the_stored_file_is_unknown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_position_is_reported_with_what_to_do() {
+    let db = MariaDb::start().await;
+    let d = db.create_database("purged").await;
+    db.exec(&format!(
+        "CREATE TABLE {d}.p (id INT PRIMARY KEY); INSERT INTO {d}.p VALUES (1);"
+    ))
+    .await;
+    let es = EsTarget::stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = capture_env(&db, &d, &es, "purged", dir.path());
+    let mut p = ConsumerProcess::spawn(&env);
+    wait_docs(&es, "purged", 3, &p).await;
+    assert!(p.terminate(Duration::from_secs(30)).success());
+    // Changes made while capture is stopped, then purged before it returns.
+    db.exec(&format!(
+        "INSERT INTO {d}.p VALUES (2); FLUSH BINARY LOGS; FLUSH BINARY LOGS;"
+    ))
+    .await;
+    let logs: Vec<(String, u64)> = db.query("SHOW BINARY LOGS").await;
+    let newest = &logs.last().unwrap().0;
+    db.exec(&format!("PURGE BINARY LOGS TO '{newest}'")).await;
+
+    let mut p = ConsumerProcess::spawn(&env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = p.try_exit() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "should have stopped:\n{}",
+            p.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let log = p.log_tail();
+    assert!(log.contains("purged"), "{log}");
+    assert!(
+        log.contains("binlog-position.json"),
+        "says what to delete: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_replication_privileges_gets_the_grant_to_run() {
     let db = MariaDb::start().await;
     let url = db.user_without_replication().await;

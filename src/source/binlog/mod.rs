@@ -380,7 +380,7 @@ impl BinlogSource {
                     // 1236: the requested binlog is gone (purged while we were away).
                     if text.contains("1236") {
                         return Err(SourceError::Other(format!(
-                            "the server cannot send the binlog from {start}: {text}. {}",
+                            "the server cannot send the binlog from {start}: {text} The changes since were purged and cannot be captured: to start again from CDC_BINLOG_START, {} and restart; keep binlogs longer (binlog_expire_logs_seconds / expire_logs_days) to avoid this",
                             self.store.describe()
                         )));
                     }
