@@ -50,8 +50,9 @@ pub struct CanalMessage {
 
 /// cdc-monitor's `_binlog` extension on changes it captured from a MySQL or
 /// MariaDB binlog: where the change is in the binlog, and `commitTs`, a
-/// number that orders changes and names one rows event (the binlog file
-/// number in the high 32 bits, the event's end offset in the low 32).
+/// number that orders changes and names one row change (the binlog file
+/// number in the high 20 bits, the rows event's end offset in the next 32,
+/// the row's index in the event in the low 12).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BinlogExtension {

@@ -24,6 +24,17 @@ pub enum SourceError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{0}")]
     Other(String),
+    /// Retrying cannot help (missing privileges, a purged position, a
+    /// rejected login): the source stops and says what to do.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl SourceError {
+    /// True when the source stops instead of retrying.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SourceError::Fatal(_))
+    }
 }
 
 /// A stream of change messages with a resumable position.

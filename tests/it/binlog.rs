@@ -212,6 +212,63 @@ async fn mariadb_resumes_by_gtid_even_when_the_stored_file_is_unknown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_waits_for_a_server_that_is_down_and_rides_out_a_restart() {
+    let mut db = MariaDb::start().await;
+    let d = db.create_database("down").await;
+    db.exec(&format!(
+        "CREATE TABLE {d}.w (id INT PRIMARY KEY); INSERT INTO {d}.w VALUES (1);"
+    ))
+    .await;
+    let es = EsTarget::stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = capture_env(&db, &d, &es, "down", dir.path());
+    db.kill();
+    let mut p = ConsumerProcess::spawn(&env);
+    p.wait_healthy().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        p.try_exit().is_none(),
+        "must wait, not exit:\n{}",
+        p.log_tail()
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", p.http))
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(p.metric("cdc_binlog_reconnects_total", &[]).await >= 1.0);
+
+    db.start_again().await;
+    wait_docs(&es, "down", 3, &p).await; // CREATE DATABASE, CREATE TABLE, insert 1
+                                         // A restart mid-stream: the stream reconnects from where it was.
+    db.restart().await;
+    db.exec(&format!("INSERT INTO {d}.w VALUES (2)")).await;
+    wait_docs(&es, "down", 4, &p).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(docs(&es, "down").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_rows_of_a_table_without_primary_key_stay_two_changes() {
+    let db = MariaDb::start().await;
+    let d = db.create_database("nopk").await;
+    db.exec(&format!(
+        "CREATE TABLE {d}.log (msg VARCHAR(20)); INSERT INTO {d}.log VALUES ('same'), ('same');"
+    ))
+    .await;
+    let es = EsTarget::stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "nopk", dir.path()));
+    wait_docs(&es, "nopk", 4, &p).await; // CREATE DATABASE, CREATE TABLE, 2 inserts
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = docs(&es, "nopk");
+    let inserts: Vec<&Value> = all.iter().filter(|x| x["op"] == "insert").collect();
+    assert_eq!(inserts.len(), 2, "{all:#?}");
+    assert!(inserts
+        .iter()
+        .all(|x| x["data"]["msg"] == "same" && x["pk"] == json!({})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_position_is_reported_with_what_to_do() {
     let db = MariaDb::start().await;
     let d = db.create_database("purged").await;

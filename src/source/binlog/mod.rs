@@ -45,6 +45,9 @@ pub const STREAM: &str = "binlog";
 /// MariaDB's GTID event, which mysql_async does not parse.
 const MARIADB_GTID_EVENT: u8 = 162;
 
+/// How long connecting, or setting up the binlog stream, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long the stream may stay silent (the server sends heartbeats every
 /// second) before the connection is taken for dead.
 const SILENCE_LIMIT: Duration = Duration::from_secs(10);
@@ -193,8 +196,28 @@ impl BinlogSource {
         format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port())
     }
 
-    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
-        Conn::new(self.opts.clone()).await
+    /// A connection, within `CONNECT_TIMEOUT`. A rejected login is fatal:
+    /// retrying the same credentials cannot succeed.
+    async fn connect(&self) -> Result<Conn, SourceError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts.clone())).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => {
+                let text = format!("connecting to MySQL at {}: {e}", self.server());
+                match e {
+                    // 1045: access denied; 1044: no access to the database.
+                    mysql_async::Error::Server(ref s) if s.code == 1045 || s.code == 1044 => {
+                        Err(SourceError::Fatal(format!(
+                            "{text} (check the user and password in CDC_MYSQL_URL)"
+                        )))
+                    }
+                    _ => Err(SourceError::Other(text)),
+                }
+            }
+            Err(_) => Err(SourceError::Other(format!(
+                "connecting to MySQL at {}: no answer within {CONNECT_TIMEOUT:?}",
+                self.server()
+            ))),
+        }
     }
 
     /// Preflight: every problem at once, or the server's description.
@@ -211,7 +234,7 @@ impl BinlogSource {
             for p in &problems {
                 msg.push_str(&format!("\n  - {}\n    fix: {}", p.what, p.fix));
             }
-            return Err(SourceError::Other(msg));
+            return Err(SourceError::Fatal(msg));
         }
         if !info.full_metadata {
             info!("binlog_row_metadata is not FULL: column names come from information_schema");
@@ -245,7 +268,7 @@ impl BinlogSource {
                 return Ok(p);
             }
             if !logs.contains(&p.file) {
-                return Err(SourceError::Other(format!(
+                return Err(SourceError::Fatal(format!(
                     "the stored binlog position {p} is no longer on the server {} (it keeps {}): \
                      the changes in between were purged and cannot be captured. To start again \
                      from CDC_BINLOG_START, {} and restart; keep binlogs longer \
@@ -315,14 +338,8 @@ impl BinlogSource {
         tx: &mpsc::Sender<Envelope>,
         shutdown: &CancellationToken,
     ) -> Result<bool, SourceError> {
-        let mut conn = self
-            .connect()
-            .await
-            .map_err(|e| SourceError::Other(format!("connecting to {}: {e}", self.server())))?;
-        let mut schema_conn = self
-            .connect()
-            .await
-            .map_err(|e| SourceError::Other(format!("connecting to {}: {e}", self.server())))?;
+        let mut conn = self.connect().await?;
+        let mut schema_conn = self.connect().await?;
         // Heartbeats every second while the server has nothing to send.
         conn.query_drop("SET @master_heartbeat_period = 1000000000")
             .await
@@ -355,10 +372,17 @@ impl BinlogSource {
                 .with_filename(start.file.as_bytes())
                 .with_pos(start.pos)
         };
-        let mut stream = conn
-            .get_binlog_stream(request)
-            .await
-            .map_err(|e| SourceError::Other(format!("requesting the binlog at {start}: {e}")))?;
+        let mut stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, conn.get_binlog_stream(request)).await {
+                Ok(r) => r.map_err(|e| {
+                    SourceError::Other(format!("requesting the binlog at {start}: {e}"))
+                })?,
+                Err(_) => {
+                    return Err(SourceError::Other(format!(
+                        "requesting the binlog at {start}: no answer within {CONNECT_TIMEOUT:?}"
+                    )))
+                }
+            };
         debug!(position = %start, by_gtid, "binlog stream open");
         let mut schemas = SchemaCache::default();
         loop {
@@ -379,7 +403,7 @@ impl BinlogSource {
                     let text = e.to_string();
                     // 1236: the requested binlog is gone (purged while we were away).
                     if text.contains("1236") {
-                        return Err(SourceError::Other(format!(
+                        return Err(SourceError::Fatal(format!(
                             "the server cannot send the binlog from {start}: {text} The changes since were purged and cannot be captured: to start again from CDC_BINLOG_START, {} and restart; keep binlogs longer (binlog_expire_logs_seconds / expire_logs_days) to avoid this",
                             self.store.describe()
                         )));
@@ -464,7 +488,7 @@ impl BinlogSource {
                                         old: None,
                                         commit_time_ms: timestamp * 1000,
                                         commit_ts: Some(BinlogPosition::change_number(
-                                            &st.file, log_pos,
+                                            &st.file, log_pos, 0,
                                         )),
                                         sql: Some(sql.into_owned()),
                                         mysql_types: None,
@@ -692,12 +716,31 @@ impl Source for BinlogSource {
         tx: mpsc::Sender<Envelope>,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
-        let mut conn = self.connect().await.map_err(|e| {
-            SourceError::Other(format!("connecting to MySQL at {}: {e}", self.server()))
-        })?;
-        let info = self.preflight(&mut conn).await?;
-        let start = self.start_position(&mut conn, &info).await?;
-        drop(conn);
+        // A server that is down or restarting is waited for, with backoff;
+        // only what retrying cannot fix stops the source.
+        let mut attempt: u32 = 0;
+        let (info, start) = loop {
+            let setup = async {
+                let mut conn = self.connect().await?;
+                let info = self.preflight(&mut conn).await?;
+                let start = self.start_position(&mut conn, &info).await?;
+                let _ = conn.disconnect().await;
+                Ok::<_, SourceError>((info, start))
+            };
+            match setup.await {
+                Ok(ok) => break ok,
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    attempt += 1;
+                    self.metrics.binlog_reconnects.inc();
+                    warn!(error = %e, attempt, "MySQL not reachable yet, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(attempt)) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        };
         info!(server = %self.server(), version = %info.version, position = %start, "capturing the binlog");
         if let Ok(mut t) = self.tracker.lock() {
             t.assign(STREAM, 0);
@@ -723,23 +766,16 @@ impl Source for BinlogSource {
             match self.stream(&mut st, &info, &tx, &shutdown).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
-                Err(e) if attempt == 0 && before == 0 && st.seq == 0 => return Err(e),
-                Err(e) => {
-                    if e.to_string().contains("cannot send the binlog") {
-                        return Err(e);
-                    }
-                    warn!(error = %e, "binlog connection failed");
-                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => warn!(error = %e, "binlog connection failed"),
             }
             if st.seq > before {
                 attempt = 0;
             }
             attempt += 1;
             self.metrics.binlog_reconnects.inc();
-            let delay = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8)))
-                .min(Duration::from_secs(30));
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(backoff(attempt)) => {}
                 _ = shutdown.cancelled() => return Ok(()),
             }
             info!(position = %st.resume, attempt, "reconnecting to the binlog");
@@ -787,10 +823,7 @@ impl Source for BinlogSource {
     }
 
     async fn check(&self) -> Result<(), SourceError> {
-        let mut conn = self
-            .connect()
-            .await
-            .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
+        let mut conn = self.connect().await?;
         conn.ping()
             .await
             .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
@@ -799,6 +832,11 @@ impl Source for BinlogSource {
     }
 
     fn close(&self) {}
+}
+
+/// 0.4 s, doubling up to 30 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(30))
 }
 
 fn uuid_text(b: &[u8; 16]) -> String {
@@ -951,9 +989,8 @@ fn rows_to_events(
         .map(|b| b.iter_ones().collect())
         .unwrap_or_default();
     let file: Arc<str> = Arc::from(file);
-    let commit_ts = BinlogPosition::change_number(&file, log_pos);
     let mut out = Vec::new();
-    for row in rows.rows(tme) {
+    for (index, row) in rows.rows(tme).enumerate() {
         let (before, after) = row?;
         let before = before.map(|r| to_row(&r, &before_cols, mapped));
         let after = after.map(|r| to_row(&r, &after_cols, mapped));
@@ -979,7 +1016,7 @@ fn rows_to_events(
             data,
             old,
             commit_time_ms: timestamp * 1000,
-            commit_ts: Some(commit_ts),
+            commit_ts: Some(BinlogPosition::change_number(&file, log_pos, index)),
             sql: None,
             mysql_types: Some(mapped.mysql_types.clone()),
             large_message: None,

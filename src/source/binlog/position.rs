@@ -42,10 +42,15 @@ impl BinlogPosition {
             .unwrap_or(0)
     }
 
-    /// A number that orders changes and names one rows event: file number
-    /// in the high 32 bits, offset in the low 32. Part of the document id.
-    pub fn change_number(file: &str, pos: u64) -> u64 {
-        (Self::file_sequence(file) << 32) | (pos & 0xffff_ffff)
+    /// A number that orders changes and names one row change: the file
+    /// number in the high 20 bits, the rows event's end offset in the next
+    /// 32, the row's index in the event in the low 12. Part of the document
+    /// id, so two identical rows of one statement on a table without a
+    /// primary key stay two changes.
+    pub fn change_number(file: &str, pos: u64, row: usize) -> u64 {
+        ((Self::file_sequence(file) & 0xf_ffff) << 44)
+            | ((pos & 0xffff_ffff) << 12)
+            | (row as u64 & 0xfff)
     }
 }
 
@@ -155,8 +160,12 @@ mod tests {
     fn file_numbers_order_positions() {
         assert_eq!(BinlogPosition::file_sequence("binlog.000042"), 42);
         assert!(
-            BinlogPosition::change_number("binlog.000002", 4)
-                > BinlogPosition::change_number("binlog.000001", 900_000)
+            BinlogPosition::change_number("binlog.000002", 4, 0)
+                > BinlogPosition::change_number("binlog.000001", 900_000, 7)
+        );
+        assert!(
+            BinlogPosition::change_number("binlog.000001", 900, 1)
+                > BinlogPosition::change_number("binlog.000001", 900, 0)
         );
     }
 
