@@ -92,6 +92,7 @@ pub async fn check(
         "binlog_format",
         "binlog_row_image",
         "binlog_row_metadata",
+        "log_bin_compress",
     ] {
         let row: Option<(String, String)> = conn.query_first(var(name)).await?;
         if let Some((_, v)) = row {
@@ -126,6 +127,12 @@ pub async fn check(
             fix: format!(
                 "SET GLOBAL binlog_row_image = 'FULL'; and in {cnf}: binlog_row_image = FULL"
             ),
+        });
+    }
+    if vars.get("log_bin_compress").map(String::as_str) == Some("ON") {
+        problems.push(Problem {
+            what: "log_bin_compress is ON: compressed row events cannot be read".into(),
+            fix: format!("SET GLOBAL log_bin_compress = OFF; and in {cnf}: log_bin_compress = OFF"),
         });
     }
     let full_metadata = vars.get("binlog_row_metadata").map(String::as_str) == Some("FULL");
