@@ -314,6 +314,36 @@ async fn a_purged_position_is_reported_with_what_to_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_not_logging_full_rows_is_refused_with_the_fix() {
+    let db = MariaDb::start().await;
+    db.exec("SET GLOBAL binlog_format = 'STATEMENT'; SET GLOBAL binlog_row_image = 'MINIMAL';")
+        .await;
+    let es = EsTarget::stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = ConsumerProcess::spawn(&capture_env(&db, "appdb", &es, "fmt", dir.path()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = p.try_exit() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "should have stopped:\n{}",
+            p.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let log = p.log_tail();
+    assert!(log.contains("binlog_format is STATEMENT"), "{log}");
+    assert!(log.contains("SET GLOBAL binlog_format = 'ROW'"), "{log}");
+    assert!(
+        log.contains("SET GLOBAL binlog_row_image = 'FULL'"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_replication_privileges_gets_the_grant_to_run() {
     let db = MariaDb::start().await;
     let url = db.user_without_replication().await;
