@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{BinlogStart, MysqlConfig, TableFilter};
+use crate::config::{BinlogStart, MysqlConfig};
 use crate::event::{ChangeEvent, Checkpoint, Op, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
@@ -1061,15 +1061,6 @@ fn to_row(r: &BinlogRow, cols: &[usize], mapped: &MappedTable) -> Row {
         ));
     }
     Row(out)
-}
-
-/// Which tables pass the filter: re-exported for the app's messages.
-pub fn describe_filter(f: &TableFilter) -> String {
-    f.include
-        .iter()
-        .map(|p| format!("{}.{}", p.database, p.table))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]
