@@ -225,11 +225,32 @@ impl App {
             DeadLetterQueue::file(cfg.data_dir.join("dead-letters.jsonl"))
         };
         let source = match cfg.source {
-            SourceKind::Kafka => AnySource::Kafka(KafkaSource::new(
-                &cfg.kafka,
-                tracker.clone(),
-                metrics.clone(),
-            )?),
+            SourceKind::Kafka => {
+                // The embedded store keeps each partition's next offset with
+                // the events: an assigned partition starts there.
+                let stored: Option<kafka::StoredOffsets> = match &sink {
+                    AnySink::Sqlite(s) => {
+                        let s = s.clone();
+                        Some(Arc::new(move |topic: &str, partition: i32| {
+                            let stream = kafka::checkpoint_stream(topic, partition);
+                            match s.checkpoint(&stream) {
+                                Ok(p) => p.and_then(|p| p.parse().ok()),
+                                Err(e) => {
+                                    warn!(stream, error = %e, "reading the stored position failed; using the group's");
+                                    None
+                                }
+                            }
+                        }))
+                    }
+                    _ => None,
+                };
+                AnySource::Kafka(KafkaSource::new(
+                    &cfg.kafka,
+                    tracker.clone(),
+                    metrics.clone(),
+                    stored,
+                )?)
+            }
             SourceKind::Binlog => {
                 let mysql = cfg.mysql.as_ref().ok_or_else(|| {
                     SourceError::Other("CDC_SOURCE=binlog needs CDC_MYSQL_URL".into())

@@ -139,6 +139,16 @@ pub async fn run_batcher<S: Sink>(
 }
 
 async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
+    // Undecodable messages go to the dead-letter queue first: a sink that
+    // stores positions with the events then never holds a position past a
+    // message that is neither stored nor dead-lettered.
+    for m in messages.iter().filter(|m| m.undecodable.is_some()) {
+        if let Some((reason, error)) = &m.undecodable {
+            if !dead_letter(w, m, "decode", reason, error).await {
+                return;
+            }
+        }
+    }
     // Flatten the events, remembering which message each came from.
     let mut events = Vec::with_capacity(messages.iter().map(|m| m.events.len()).sum());
     let mut owner = Vec::with_capacity(events.capacity());
@@ -183,33 +193,10 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
         .collect();
     w.metrics.stored(&stored, now);
     for (m, reason) in messages.iter().zip(sink_reason) {
-        let letter = match (&m.undecodable, &reason) {
-            (Some((reason, error)), _) => Some(("decode", *reason, error.as_str())),
-            (None, Some(error)) => Some(("sink", "rejected_by_sink", error.as_str())),
-            (None, None) => None,
-        };
-        if let Some((stage, reason, error)) = letter {
-            let o = &m.origin;
-            let letter = DeadLetter {
-                payload: &o.payload,
-                key: o.key.as_deref(),
-                stage,
-                reason,
-                error,
-                topic: &o.topic,
-                partition: o.partition,
-                offset: o.offset,
-            };
-            if !w.dlq.send(&letter, &w.abort).await {
+        if let Some(error) = &reason {
+            if !dead_letter(w, m, "sink", "rejected_by_sink", error).await {
                 return;
             }
-            let label = if stage == "decode" {
-                "decode"
-            } else {
-                "rejected_by_sink"
-            };
-            w.metrics
-                .dead_lettered(label, &o.topic, o.partition, o.offset, error);
         }
         if let Some(ack) = &m.ack {
             // A poisoned lock means a panic elsewhere already broke the
@@ -219,4 +206,37 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
             }
         }
     }
+}
+
+/// Sends `m`'s original bytes to the dead-letter queue and counts it;
+/// `false` when shutting down first.
+async fn dead_letter<S: Sink>(
+    w: &Writer<S>,
+    m: &Envelope,
+    stage: &'static str,
+    reason: &str,
+    error: &str,
+) -> bool {
+    let o = &m.origin;
+    let letter = DeadLetter {
+        payload: &o.payload,
+        key: o.key.as_deref(),
+        stage,
+        reason,
+        error,
+        topic: &o.topic,
+        partition: o.partition,
+        offset: o.offset,
+    };
+    if !w.dlq.send(&letter, &w.abort).await {
+        return false;
+    }
+    let label = if stage == "decode" {
+        "decode"
+    } else {
+        "rejected_by_sink"
+    };
+    w.metrics
+        .dead_lettered(label, &o.topic, o.partition, o.offset, error);
+    true
 }

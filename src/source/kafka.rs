@@ -3,6 +3,12 @@
 //! Offsets are committed from the `OffsetTracker` only: periodically, on
 //! partition revocation (synchronously, inside the rebalance callback, so the
 //! next owner starts exactly after what we stored), and on shutdown.
+//!
+//! With a sink that keeps positions (the embedded store), each message also
+//! carries its checkpoint (`kafka/TOPIC/PARTITION` → next offset), stored in
+//! the same transaction as its events, and an assigned partition starts from
+//! that stored offset: a crash between the store's commit and the group's
+//! re-reads nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
@@ -24,17 +31,26 @@ use tracing::{debug, error, info, warn};
 
 use crate::canal::{decode, Decoded};
 use crate::config::{KafkaConfig, OffsetReset};
-use crate::event::SourcePosition;
+use crate::event::{Checkpoint, SourcePosition};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
 use crate::pipeline::batch::{Envelope, Origin};
 use crate::sink::elasticsearch::bulk::now_millis;
 use crate::source::{Source, SourceError};
 
+/// The next offset the sink holds for a partition, when it keeps positions.
+pub type StoredOffsets = Arc<dyn Fn(&str, i32) -> Option<i64> + Send + Sync>;
+
+/// The checkpoint stream name of a partition.
+pub fn checkpoint_stream(topic: &str, partition: i32) -> String {
+    format!("kafka/{topic}/{partition}")
+}
+
 /// librdkafka callbacks: rebalances, commits, statistics (lag).
 pub struct SourceContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Metrics,
+    stored: Option<StoredOffsets>,
 }
 
 impl ClientContext for SourceContext {
@@ -77,6 +93,58 @@ impl ClientContext for LogContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// As rdkafka's default, but an assignment starts each partition at the
+    /// offset the sink stored, when it stored one.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::{
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS as ASSIGN,
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS as REVOKE,
+        };
+        if err == ASSIGN {
+            if let Some(stored) = &self.stored {
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                for (topic, partition) in parts {
+                    if let Some(offset) = stored(&topic, partition) {
+                        info!(
+                            topic,
+                            partition, offset, "starting from the position the store holds"
+                        );
+                        let _ = tpl.set_partition_offset(&topic, partition, Offset::Offset(offset));
+                    }
+                }
+            }
+        }
+        let rebalance = match err {
+            ASSIGN => Rebalance::Assign(tpl),
+            REVOKE => Rebalance::Revoke(tpl),
+            other => Rebalance::Error(rdkafka::error::KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match (err, cooperative) {
+            (ASSIGN, true) => consumer.incremental_assign(tpl),
+            (ASSIGN, false) => consumer.assign(tpl),
+            (_, true) => consumer.incremental_unassign(tpl),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "applying the rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -161,6 +229,8 @@ pub struct KafkaSource {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Metrics,
     brokers: String,
+    /// Attach a checkpoint to every message (the sink keeps positions).
+    emit_checkpoints: bool,
 }
 
 /// Common librdkafka settings for consumer, producer and admin clients.
@@ -188,11 +258,14 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer<LogContext>, SourceE
 
 impl KafkaSource {
     /// Creates the consumer and subscribes; no message is read yet.
+    /// `stored` is set when the sink keeps positions with the events.
     pub fn new(
         cfg: &KafkaConfig,
         tracker: Arc<Mutex<OffsetTracker>>,
         metrics: Metrics,
+        stored: Option<StoredOffsets>,
     ) -> Result<KafkaSource, SourceError> {
+        let emit_checkpoints = stored.is_some();
         let mut c = client_config(cfg);
         c.set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
@@ -229,6 +302,7 @@ impl KafkaSource {
         let context = SourceContext {
             tracker: tracker.clone(),
             metrics: metrics.clone(),
+            stored,
         };
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
@@ -249,6 +323,7 @@ impl KafkaSource {
             tracker,
             metrics,
             brokers: cfg.brokers.clone(),
+            emit_checkpoints,
         })
     }
 
@@ -274,6 +349,10 @@ impl KafkaSource {
         };
         // Decode before taking the lock: the sink's acknowledgements need it too.
         let decoded = decode(&origin.payload, &position);
+        let checkpoint = self.emit_checkpoints.then(|| Checkpoint {
+            stream: Arc::from(checkpoint_stream(topic, partition)),
+            position: (offset + 1).to_string(),
+        });
         let mut tracker = self.tracker.lock().ok()?;
         match decoded {
             Ok(Decoded::Events(events)) => {
@@ -284,7 +363,7 @@ impl KafkaSource {
                     ack,
                     origin,
                     undecodable: None,
-                    checkpoint: None,
+                    checkpoint,
                 })
             }
             Ok(Decoded::Watermark { time_ms, .. }) => {
@@ -306,7 +385,7 @@ impl KafkaSource {
                     ack,
                     origin,
                     undecodable: Some((e.reason(), e.to_string())),
-                    checkpoint: None,
+                    checkpoint,
                 })
             }
         }

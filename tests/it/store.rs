@@ -45,6 +45,85 @@ fn stored(dir: &std::path::Path) -> HashMap<String, usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_consumption_resumes_from_the_stores_position_not_the_groups() {
+    const N: usize = 2_000;
+    let broker = crate::harness::kafka::broker();
+    let p = crate::harness::consumer::Pipeline::new("store-kafka", &broker.bootstrap, "", 2);
+    broker.create_topic(&p.topic, p.partitions).await;
+    broker.create_topic(&p.dlq, 1).await;
+    broker
+        .produce(
+            &p.topic,
+            p.partitions,
+            (0..N)
+                .map(crate::harness::canal::message)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = p
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("CDC_ES_"))
+        .collect();
+    env.push(("CDC_SINK".into(), "sqlite".into()));
+    env.push(("CDC_DATA_DIR".into(), dir.path().display().to_string()));
+    // The group's offsets are never committed while it runs: only the store
+    // knows how far it got.
+    env.push(("CDC_KAFKA_COMMIT_INTERVAL".into(), "1h".into()));
+    // The generated changes were committed in 2023: keep them.
+    env.push(("CDC_STORE_RETENTION".into(), "36500d".into()));
+    let mut consumer = ConsumerProcess::spawn(&env);
+    let all = eventually(Duration::from_secs(90), || async {
+        stored(dir.path()).values().sum::<usize>() >= N
+    })
+    .await;
+    assert!(
+        all,
+        "stored {:?}; log:\n{}",
+        stored(dir.path()),
+        consumer.log_tail()
+    );
+    consumer.kill();
+    let committed = broker.committed(&p.group, &p.topic, p.partitions);
+    assert!(
+        committed.iter().all(|&o| o <= 0),
+        "group committed {committed:?}"
+    );
+
+    // Restarted, it reads nothing again: the store's positions win.
+    let consumer = ConsumerProcess::spawn(&env);
+    consumer.wait_healthy().await;
+    broker
+        .produce(
+            &p.topic,
+            p.partitions,
+            (N..N + 10)
+                .map(crate::harness::canal::message)
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let more = eventually(Duration::from_secs(60), || async {
+        stored(dir.path()).values().sum::<usize>() >= N + 10
+    })
+    .await;
+    assert!(
+        more,
+        "stored {:?}; log:\n{}",
+        stored(dir.path()),
+        consumer.log_tail()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        consumer.metric("cdc_events_total", &[]).await,
+        10.0,
+        "only the new messages are read after the restart; log:\n{}",
+        consumer.log_tail()
+    );
+    assert_eq!(stored(dir.path()).values().sum::<usize>(), N + 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_and_restarts_of_capture_into_the_store_lose_and_repeat_nothing() {
     let db = MariaDb::start().await;
     let d = db.create_database("store").await;

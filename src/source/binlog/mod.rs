@@ -132,6 +132,24 @@ impl GtidState {
     fn text(&self) -> Option<String> {
         self.mariadb_list().or_else(|| self.other.clone())
     }
+
+    fn sequence(g: &str) -> u64 {
+        g.rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// True when some domain of `self` is past where `other` stands in it:
+    /// `other` would need transactions before `self`.
+    fn is_after(&self, other: &GtidState) -> bool {
+        self.domains
+            .iter()
+            .any(|(d, g)| match other.domains.get(d) {
+                Some(o) => Self::sequence(g) > Self::sequence(o),
+                None => false,
+            })
+    }
 }
 
 /// A captured table: its schema and, per column, the binlog type and fractional digits.
@@ -242,6 +260,41 @@ impl BinlogSource {
         Ok(info)
     }
 
+    /// The oldest binlog when it starts after `gtid` (the transactions right
+    /// after `gtid` were purged), else `None`.
+    async fn gtid_purged(
+        &self,
+        conn: &mut Conn,
+        gtid: &GtidState,
+    ) -> Result<Option<String>, SourceError> {
+        let logs = self.binary_logs(conn).await?;
+        let Some(oldest) = logs.first() else {
+            return Ok(None);
+        };
+        let before = self.gtid_list_of(conn, oldest).await?;
+        Ok(before.is_after(gtid).then(|| oldest.clone()))
+    }
+
+    /// The GTID position at the start of `file`: MariaDB's Gtid_list event.
+    async fn gtid_list_of(&self, conn: &mut Conn, file: &str) -> Result<GtidState, SourceError> {
+        let rows: Vec<mysql_async::Row> = conn
+            .query(format!(
+                "SHOW BINLOG EVENTS IN '{}' LIMIT 10",
+                file.replace('\'', "")
+            ))
+            .await
+            .map_err(|e| SourceError::Other(format!("SHOW BINLOG EVENTS IN '{file}': {e}")))?;
+        for r in rows {
+            let kind: Option<String> = r.get("Event_type");
+            if kind.as_deref() == Some("Gtid_list") {
+                let info: String = r.get("Info").unwrap_or_default();
+                let list = info.trim().trim_start_matches('[').trim_end_matches(']');
+                return Ok(GtidState::parse(Some(list)));
+            }
+        }
+        Ok(GtidState::default())
+    }
+
     async fn binary_logs(&self, conn: &mut Conn) -> Result<Vec<String>, SourceError> {
         let rows: Vec<mysql_async::Row> = conn
             .query("SHOW BINARY LOGS")
@@ -263,23 +316,34 @@ impl BinlogSource {
         if let Some(p) = self.store.load()? {
             let by_gtid =
                 info.mariadb && GtidState::parse(p.gtid.as_deref()).mariadb_list().is_some();
-            if by_gtid {
-                info!(position = %p, "resuming from the stored GTID position");
-                return Ok(p);
-            }
-            if !logs.contains(&p.file) {
-                return Err(SourceError::Fatal(format!(
+            let purged = |oldest: &str| {
+                SourceError::Fatal(format!(
                     "the stored binlog position {p} is no longer on the server {} (it keeps {}): \
                      the changes in between were purged and cannot be captured. To start again \
                      from CDC_BINLOG_START, {} and restart; keep binlogs longer \
                      (binlog_expire_logs_seconds / expire_logs_days) to avoid this",
                     self.server(),
-                    match (logs.first(), logs.last()) {
-                        (Some(a), Some(b)) => format!("{a} to {b}"),
-                        _ => "no binlogs".to_owned(),
+                    match logs.last() {
+                        Some(newest) => format!("{oldest} to {newest}"),
+                        None => "no binlogs".to_owned(),
                     },
                     self.store.describe()
-                )));
+                ))
+            };
+            if by_gtid {
+                // The oldest binlog starts with the GTIDs before it: a stored
+                // GTID older than those needs a purged file.
+                if let Some(oldest) = self
+                    .gtid_purged(conn, &GtidState::parse(p.gtid.as_deref()))
+                    .await?
+                {
+                    return Err(purged(&oldest));
+                }
+                info!(position = %p, "resuming from the stored GTID position");
+                return Ok(p);
+            }
+            if !logs.contains(&p.file) {
+                return Err(purged(logs.first().map_or("", String::as_str)));
             }
             info!(position = %p, "resuming from the stored binlog position");
             return Ok(p);
@@ -359,6 +423,16 @@ impl BinlogSource {
         // after it in whatever file holds it, so a failover to another
         // server with the same history keeps the place.
         let by_gtid = info.mariadb && st.gtid.mariadb_list().is_some();
+        if by_gtid {
+            if let Some(oldest) = self.gtid_purged(&mut schema_conn, &st.gtid).await? {
+                return Err(SourceError::Fatal(format!(
+                    "the binlog after {start} was purged while capture was away (the oldest \
+                     binlog, {oldest}, starts later): those changes cannot be captured. To start \
+                     again from CDC_BINLOG_START, {} and restart",
+                    self.store.describe()
+                )));
+            }
+        }
         let request = if let Some(list) = st.gtid.mariadb_list().filter(|_| by_gtid) {
             conn.query_drop(format!("SET @slave_connect_state = '{list}'"))
                 .await
@@ -1100,6 +1174,10 @@ mod tests {
             Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:23")
         );
         assert_eq!(GtidState::parse(None).text(), None);
+        let oldest = GtidState::parse(Some("0-1-4"));
+        assert!(oldest.is_after(&GtidState::parse(Some("0-1-3"))));
+        assert!(!oldest.is_after(&GtidState::parse(Some("0-1-4"))));
+        assert!(!oldest.is_after(&GtidState::parse(Some("0-2-9,1-1-1"))));
     }
 
     #[test]
