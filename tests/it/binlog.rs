@@ -299,18 +299,7 @@ async fn a_purged_position_is_reported_with_what_to_do() {
     assert!(purged, "the server kept older binlogs");
 
     let mut p = ConsumerProcess::spawn(&env);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = p.try_exit() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "should have stopped:\n{}",
-            p.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = p.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     let log = p.log_tail();
     assert!(log.contains("purged"), "{log}");
@@ -328,18 +317,7 @@ async fn a_server_not_logging_full_rows_is_refused_with_the_fix() {
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = ConsumerProcess::spawn(&capture_env(&db, "appdb", &es, "fmt", dir.path()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = p.try_exit() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "should have stopped:\n{}",
-            p.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = p.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     let log = p.log_tail();
     assert!(log.contains("binlog_format is STATEMENT"), "{log}");
@@ -360,18 +338,7 @@ async fn a_user_without_replication_privileges_gets_the_grant_to_run() {
     env.retain(|(k, _)| k != "CDC_MYSQL_URL");
     env.push(("CDC_MYSQL_URL".into(), url));
     let mut p = ConsumerProcess::spawn(&env);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = p.try_exit() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "should have stopped; log:\n{}",
-            p.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = p.wait_exit(Duration::from_secs(30)).await;
 
     assert!(!status.success());
     let log = p.log_tail();

@@ -109,6 +109,22 @@ impl ConsumerProcess {
         }
     }
 
+    /// Waits for the process to exit by itself, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_exit() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "should have stopped within {timeout:?}; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The exit status once the process has exited by itself.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         self.child.as_mut()?.try_wait().ok().flatten()
