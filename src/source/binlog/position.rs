@@ -54,6 +54,75 @@ impl BinlogPosition {
     }
 }
 
+/// The GTID position. MariaDB keeps one GTID per replication domain
+/// (`domain-server-sequence`), and a replica resumes from that list; a
+/// MySQL GTID (`uuid:n`) is kept for information only, resume there is by
+/// file and position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidState {
+    domains: std::collections::BTreeMap<u32, String>,
+    other: Option<String>,
+}
+
+impl GtidState {
+    fn mariadb_domain(g: &str) -> Option<u32> {
+        let mut parts = g.trim().split('-');
+        let domain = parts.next()?.parse().ok()?;
+        parts.next()?.parse::<u32>().ok()?;
+        parts.next()?.parse::<u64>().ok()?;
+        parts.next().is_none().then_some(domain)
+    }
+
+    pub fn parse(text: Option<&str>) -> GtidState {
+        let mut st = GtidState::default();
+        for g in text
+            .unwrap_or_default()
+            .split(',')
+            .filter(|g| !g.trim().is_empty())
+        {
+            st.commit(g);
+        }
+        st
+    }
+
+    pub fn commit(&mut self, g: &str) {
+        match Self::mariadb_domain(g) {
+            Some(d) => {
+                self.domains.insert(d, g.trim().to_owned());
+            }
+            None => self.other = Some(g.trim().to_owned()),
+        }
+    }
+
+    /// `0-1-100,1-2-7`, when every part is a MariaDB GTID.
+    pub fn mariadb_list(&self) -> Option<String> {
+        (self.other.is_none() && !self.domains.is_empty())
+            .then(|| self.domains.values().cloned().collect::<Vec<_>>().join(","))
+    }
+
+    pub fn text(&self) -> Option<String> {
+        self.mariadb_list().or_else(|| self.other.clone())
+    }
+
+    fn sequence(g: &str) -> u64 {
+        g.rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// True when some domain of `self` is past where `other` stands in it:
+    /// `other` would need transactions before `self`.
+    pub fn is_after(&self, other: &GtidState) -> bool {
+        self.domains
+            .iter()
+            .any(|(d, g)| match other.domains.get(d) {
+                Some(o) => Self::sequence(g) > Self::sequence(o),
+                None => false,
+            })
+    }
+}
+
 /// Resume points by the sequence number of the first change after them.
 #[derive(Debug, Default)]
 pub struct Boundaries {
@@ -131,6 +200,25 @@ impl PositionFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mariadb_gtid_positions_keep_one_gtid_per_domain() {
+        let mut g = GtidState::parse(Some("0-1-100,1-2-5"));
+        g.commit("0-1-101");
+        assert_eq!(g.text().as_deref(), Some("0-1-101,1-2-5"));
+        assert_eq!(g.mariadb_list().as_deref(), Some("0-1-101,1-2-5"));
+        let m = GtidState::parse(Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:23"));
+        assert_eq!(m.mariadb_list(), None);
+        assert_eq!(
+            m.text().as_deref(),
+            Some("3e11fa47-71ca-11e1-9e33-c80aa9429562:23")
+        );
+        assert_eq!(GtidState::parse(None).text(), None);
+        let oldest = GtidState::parse(Some("0-1-4"));
+        assert!(oldest.is_after(&GtidState::parse(Some("0-1-3"))));
+        assert!(!oldest.is_after(&GtidState::parse(Some("0-1-4"))));
+        assert!(!oldest.is_after(&GtidState::parse(Some("0-2-9,1-1-1"))));
+    }
 
     fn at(pos: u64) -> BinlogPosition {
         BinlogPosition {
