@@ -419,9 +419,14 @@ impl App {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {
-                            source.commit(false);
+                            // Both may block: a position file is synced, watermarks
+                            // are asked of the broker.
                             let s = source.clone();
-                            let _ = tokio::task::spawn_blocking(move || s.refresh_lag_records()).await;
+                            let _ = tokio::task::spawn_blocking(move || {
+                                s.commit(false);
+                                s.refresh_lag_records();
+                            })
+                            .await;
                             if let Ok(t) = tracker.lock() {
                                 metrics.set_lag_seconds(t.lag_seconds(now_millis()));
                             }

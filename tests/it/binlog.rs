@@ -22,20 +22,18 @@ pub fn capture_env(
     index: &str,
     data_dir: &std::path::Path,
 ) -> Vec<(String, String)> {
-    [
-        ("CDC_SOURCE", "binlog".to_owned()),
-        ("CDC_MYSQL_URL", db.capture_url()),
-        ("CDC_TABLES", format!("{database}.*")),
-        ("CDC_BINLOG_START", "earliest".to_owned()),
-        ("CDC_ES_URL", es.url.clone()),
-        ("CDC_ES_INDEX", index.to_owned()),
-        ("CDC_DATA_DIR", data_dir.display().to_string()),
-        ("CDC_RETRY_MAX_BACKOFF", "2s".to_owned()),
-        ("CDC_KAFKA_COMMIT_INTERVAL", "200ms".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    let mut env = db.capture_env(&format!("{database}.*"), data_dir);
+    env.extend(
+        [
+            ("CDC_ES_URL", es.url.clone()),
+            ("CDC_ES_INDEX", index.to_owned()),
+            ("CDC_RETRY_MAX_BACKOFF", "2s".to_owned()),
+            ("CDC_KAFKA_COMMIT_INTERVAL", "200ms".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    env
 }
 
 /// Documents of `index` by (table, op) → list, from the stub.
@@ -464,21 +462,18 @@ async fn mariadb_to_kafka_to_consumer_to_elasticsearch_indexes_every_change_once
         .await;
     broker.create_topic(&pipeline.dlq, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let capture_env: Vec<(String, String)> = [
-        ("CDC_SOURCE", "binlog".to_owned()),
-        ("CDC_SINK", "kafka".to_owned()),
-        ("CDC_MYSQL_URL", db.capture_url()),
-        ("CDC_TABLES", format!("{d}.k")),
-        ("CDC_BINLOG_START", "earliest".to_owned()),
-        ("CDC_KAFKA_BROKERS", broker.bootstrap.clone()),
-        ("CDC_KAFKA_TOPICS", pipeline.topic.clone()),
-        ("CDC_DLQ_TOPIC", pipeline.dlq.clone()),
-        ("CDC_DATA_DIR", dir.path().display().to_string()),
-        ("CDC_LOG_LEVEL", "info,librdkafka=warn".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut capture_env = db.capture_env(&format!("{d}.k"), dir.path());
+    capture_env.extend(
+        [
+            ("CDC_SINK", "kafka".to_owned()),
+            ("CDC_KAFKA_BROKERS", broker.bootstrap.clone()),
+            ("CDC_KAFKA_TOPICS", pipeline.topic.clone()),
+            ("CDC_DLQ_TOPIC", pipeline.dlq.clone()),
+            ("CDC_LOG_LEVEL", "info,librdkafka=warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
     let capture = ConsumerProcess::spawn(&capture_env);
     let consumer = ConsumerProcess::spawn(&pipeline.env());
     let counts = write_changes(db.server().root_opts(), &d, 2_000).await;

@@ -324,13 +324,7 @@ async fn dashboard_follows_kafka_changes_in_the_embedded_store() {
     broker.create_topic(&p.topic, 1).await;
     broker.create_topic(&p.dlq, 1).await;
     let data_dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = p
-        .env()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("CDC_ES_"))
-        .collect();
-    env.push(("CDC_SINK".into(), "sqlite".into()));
-    env.push(("CDC_DATA_DIR".into(), data_dir.path().display().to_string()));
+    let env = p.store_env(data_dir.path());
 
     // A first mix of changes: 6 inserts, 2 updates, 1 delete, 1 DDL.
     let mut first = Vec::new();
@@ -460,16 +454,7 @@ async fn dashboard_shows_a_row_inserted_into_mariadb_within_three_seconds() {
     ))
     .await;
     let data_dir = tempfile::tempdir().unwrap();
-    let env: Vec<(String, String)> = [
-        ("CDC_SOURCE", "binlog".to_owned()),
-        ("CDC_MYSQL_URL", db.capture_url()),
-        ("CDC_TABLES", format!("{d}.*")),
-        ("CDC_BINLOG_START", "earliest".to_owned()),
-        ("CDC_DATA_DIR", data_dir.path().display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = db.capture_env(&format!("{d}.*"), data_dir.path());
     let capture = ConsumerProcess::spawn(&env);
     capture.wait_healthy().await;
     let page = Dashboard::open(&format!("http://{}", capture.http)).await;

@@ -13,19 +13,6 @@ use crate::harness::consumer::ConsumerProcess;
 use crate::harness::eventually;
 use crate::harness::mariadb::MariaDb;
 
-fn env(db: &MariaDb, table: &str, dir: &std::path::Path) -> Vec<(String, String)> {
-    [
-        ("CDC_SOURCE", "binlog".to_owned()),
-        ("CDC_MYSQL_URL", db.capture_url()),
-        ("CDC_TABLES", table.to_owned()),
-        ("CDC_BINLOG_START", "earliest".to_owned()),
-        ("CDC_DATA_DIR", dir.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
 /// Stored events by op, read straight from the store's file.
 fn stored(dir: &std::path::Path) -> HashMap<String, usize> {
     let Ok(conn) = rusqlite::Connection::open_with_flags(
@@ -61,13 +48,7 @@ async fn kafka_consumption_resumes_from_the_stores_position_not_the_groups() {
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = p
-        .env()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("CDC_ES_"))
-        .collect();
-    env.push(("CDC_SINK".into(), "sqlite".into()));
-    env.push(("CDC_DATA_DIR".into(), dir.path().display().to_string()));
+    let mut env = p.store_env(dir.path());
     // The group's offsets are never committed while it runs: only the store
     // knows how far it got.
     env.push(("CDC_KAFKA_COMMIT_INTERVAL".into(), "1h".into()));
@@ -132,7 +113,7 @@ async fn kills_and_restarts_of_capture_into_the_store_lose_and_repeat_nothing() 
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let env = env(&db, &format!("{d}.k"), dir.path());
+    let env = db.capture_env(&format!("{d}.k"), dir.path());
     let mut p = ConsumerProcess::spawn(&env);
     p.wait_healthy().await;
 

@@ -49,6 +49,18 @@ impl Pipeline {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
     }
+
+    /// Environment for a consumer of this pipeline into the embedded store in `data_dir`.
+    pub fn store_env(&self, data_dir: &std::path::Path) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("CDC_ES_"))
+            .collect();
+        env.push(("CDC_SINK".into(), "sqlite".into()));
+        env.push(("CDC_DATA_DIR".into(), data_dir.display().to_string()));
+        env
+    }
 }
 
 /// A running consumer.

@@ -49,6 +49,22 @@ impl MariaDb {
         self.server().capture_url()
     }
 
+    /// Environment of `cdc-monitor run` capturing `tables` (`db.*`) from this
+    /// server's oldest binlog into the embedded store in `data_dir`; tests
+    /// add or override keys for other sinks.
+    pub fn capture_env(&self, tables: &str, data_dir: &Path) -> Vec<(String, String)> {
+        [
+            ("CDC_SOURCE", "binlog".to_owned()),
+            ("CDC_MYSQL_URL", self.capture_url()),
+            ("CDC_TABLES", tables.to_owned()),
+            ("CDC_BINLOG_START", "earliest".to_owned()),
+            ("CDC_DATA_DIR", data_dir.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
     /// Runs `sql` as root; several statements are allowed. Panics on error.
     pub async fn exec(&self, sql: &str) {
         if let Err(e) = self.server().exec(sql).await {
