@@ -7,7 +7,11 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tracing::warn;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tracing::{info, warn};
 
 use crate::event::ChangeEvent;
 
@@ -36,6 +40,40 @@ pub struct Metrics {
     /// Binlog source: now minus the last event's timestamp, 0 when idle and caught up.
     pub binlog_delay_seconds: prometheus::Gauge,
     pub binlog_reconnects: IntCounter,
+    /// 1 while the sink's last write succeeded, 0 while a write is failing.
+    pub sink_up: IntGauge,
+    /// Failed sink writes by sink and kind (retried or not).
+    pub sink_errors: IntCounterVec,
+    /// The failure the sink is in, for `/readyz`; `None` when healthy.
+    sink_failure: Arc<Mutex<Option<SinkFailure>>>,
+    /// Events counted under `_other` because the table limit was reached.
+    pub tables_overflow: IntCounter,
+    tables: Arc<Mutex<TableLabels>>,
+}
+
+/// `CDC_METRICS_MAX_TABLES`'s default.
+pub const DEFAULT_MAX_TABLES: usize = 1000;
+
+/// The label value events beyond the table limit are counted under.
+pub const OTHER: &str = "_other";
+
+/// The database/table pairs given their own labels so far.
+#[derive(Debug)]
+struct TableLabels {
+    /// Tables by database.
+    names: HashMap<String, HashSet<String>>,
+    pairs: usize,
+    max: usize,
+    warned: bool,
+}
+
+/// Why and since when the sink has been failing.
+#[derive(Debug, Clone)]
+struct SinkFailure {
+    since: Instant,
+    sink: &'static str,
+    kind: &'static str,
+    error: String,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -144,6 +182,22 @@ impl Metrics {
             "cdc_binlog_reconnects_total",
             "Binlog source: reconnections to the server",
         ));
+        let sink_up = must(IntGauge::new(
+            "cdc_sink_up",
+            "1 while the sink's last write succeeded, 0 while a write is failing and retried",
+        ));
+        sink_up.set(1);
+        let sink_errors = must(IntCounterVec::new(
+            Opts::new(
+                "cdc_sink_errors_total",
+                "Failed sink writes by sink and kind; retried unless the process stopped",
+            ),
+            &["sink", "kind"],
+        ));
+        let tables_overflow = must(IntCounter::new(
+            "cdc_metrics_tables_overflow_total",
+            "Events counted under table=\"_other\" because CDC_METRICS_MAX_TABLES pairs were already labelled",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -169,6 +223,9 @@ impl Metrics {
         reg(Box::new(binlog_position.clone()));
         reg(Box::new(binlog_delay_seconds.clone()));
         reg(Box::new(binlog_reconnects.clone()));
+        reg(Box::new(sink_up.clone()));
+        reg(Box::new(sink_errors.clone()));
+        reg(Box::new(tables_overflow.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -190,6 +247,16 @@ impl Metrics {
             binlog_position,
             binlog_delay_seconds,
             binlog_reconnects,
+            sink_up,
+            sink_errors,
+            sink_failure: Arc::default(),
+            tables_overflow,
+            tables: Arc::new(Mutex::new(TableLabels {
+                names: HashMap::new(),
+                pairs: 0,
+                max: DEFAULT_MAX_TABLES,
+                warned: false,
+            })),
         }
     }
 
@@ -227,21 +294,119 @@ impl Metrics {
     /// Counts events the sink stored and records their end-to-end latency.
     pub fn stored(&self, events: &[&ChangeEvent], now_ms: i64) {
         for e in events {
+            let (database, table) = self.table_labels(&e.database, &e.table);
             self.events
-                .with_label_values(&[&e.database, &e.table, e.op.as_str()])
+                .with_label_values(&[database, table, e.op.as_str()])
                 .inc();
             let latency = (now_ms - e.commit_time_ms).max(0) as f64 / 1000.0;
             self.end_to_end_latency.observe(latency);
         }
     }
 
-    /// Logs and counts a sink retry.
-    pub fn sink_retry(&self, reason: &'static str, items: usize, attempt: u32, error: &str) {
+    /// The labels for `database`.`table`: itself while fewer than
+    /// `max_tables` pairs were seen, else `_other` (table names come from
+    /// message contents, and every label pair is a series kept forever).
+    fn table_labels<'a>(&self, database: &'a str, table: &'a str) -> (&'a str, &'a str) {
+        let mut seen = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.names.get(database).is_some_and(|t| t.contains(table)) {
+            return (database, table);
+        }
+        if seen.pairs < seen.max {
+            seen.pairs += 1;
+            seen.names
+                .entry(database.to_owned())
+                .or_default()
+                .insert(table.to_owned());
+            return (database, table);
+        }
+        self.tables_overflow.inc();
+        if !seen.warned {
+            seen.warned = true;
+            warn!(
+                max_tables = seen.max,
+                database,
+                table,
+                "too many tables for metric labels; counting the rest under table=\"_other\" (CDC_METRICS_MAX_TABLES)"
+            );
+        }
+        (OTHER, OTHER)
+    }
+
+    /// Sets how many database/table label pairs `cdc_events_total` may have.
+    pub fn set_max_tables(&self, max: usize) {
+        self.tables
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max = max;
+    }
+
+    /// Logs and counts a failed sink write that will be retried; the sink
+    /// is down (`cdc_sink_up` 0, `/readyz` 503) until a write succeeds.
+    pub fn sink_retry(
+        &self,
+        sink: &'static str,
+        reason: &'static str,
+        items: usize,
+        attempt: u32,
+        error: &str,
+    ) {
         self.sink_retries.with_label_values(&[reason]).inc();
+        self.sink_errors.with_label_values(&[sink, reason]).inc();
+        self.sink_up.set(0);
+        let mut failure = self
+            .sink_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let since = failure.as_ref().map_or_else(Instant::now, |f| f.since);
+        *failure = Some(SinkFailure {
+            since,
+            sink,
+            kind: reason,
+            error: error.to_owned(),
+        });
         warn!(
-            reason,
-            items, attempt, error, "bulk request will be retried"
+            sink,
+            reason, items, attempt, error, "sink write failed, retrying; reading is paused"
         );
+    }
+
+    /// Logs and counts a sink error that stops the process.
+    pub fn sink_failed(&self, sink: &'static str, kind: &'static str, error: &str) {
+        self.sink_errors.with_label_values(&[sink, kind]).inc();
+        self.sink_up.set(0);
+        tracing::error!(sink, kind, error, "sink write failed for good");
+    }
+
+    /// Records a successful write: the sink is up again.
+    pub fn sink_ok(&self) {
+        let mut failure = self
+            .sink_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = failure.take() {
+            info!(
+                sink = f.sink,
+                failed_for = ?f.since.elapsed(),
+                "sink writes succeed again"
+            );
+        }
+        self.sink_up.set(1);
+    }
+
+    /// Why the sink is failing, for `/readyz`; `None` when its last write succeeded.
+    pub fn sink_failure(&self) -> Option<String> {
+        let failure = self
+            .sink_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        failure.as_ref().map(|f| {
+            format!(
+                "writes failing for {}s ({}): {}",
+                f.since.elapsed().as_secs(),
+                f.kind,
+                f.error
+            )
+        })
     }
 
     /// Logs and counts a dead-lettered message.
@@ -280,5 +445,34 @@ mod tests {
         assert!(text.contains("cdc_events_total{database=\"d\",op=\"insert\",table=\"t\"} 1"));
         assert!(text.contains("cdc_build_info{version="));
         assert!(text.contains("cdc_consumer_lag_records{partition=\"0\",topic=\"t\"} 3"));
+    }
+
+    #[test]
+    fn tables_beyond_the_limit_count_under_other() {
+        let m = Metrics::new();
+        m.set_max_tables(2);
+        assert_eq!(m.table_labels("d", "a"), ("d", "a"));
+        assert_eq!(m.table_labels("d", "b"), ("d", "b"));
+        assert_eq!(m.table_labels("d", "c"), (OTHER, OTHER));
+        assert_eq!(m.table_labels("e", "a"), (OTHER, OTHER));
+        assert_eq!(m.table_labels("d", "a"), ("d", "a"));
+        assert_eq!(m.tables_overflow.get(), 2);
+    }
+
+    #[test]
+    fn the_sink_is_down_from_a_retry_until_a_write_succeeds() {
+        let m = Metrics::new();
+        assert_eq!(m.sink_up.get(), 1);
+        assert!(m.sink_failure().is_none());
+        m.sink_retry("sqlite", "disk_full", 3, 1, "database or disk is full");
+        assert_eq!(m.sink_up.get(), 0);
+        let why = m.sink_failure().expect("failing");
+        assert!(
+            why.contains("disk_full") && why.contains("disk is full"),
+            "{why}"
+        );
+        m.sink_ok();
+        assert_eq!(m.sink_up.get(), 1);
+        assert!(m.sink_failure().is_none());
     }
 }

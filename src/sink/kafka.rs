@@ -168,7 +168,7 @@ impl Sink for KafkaSink {
                 .with_label_values(&["retry"])
                 .inc();
             self.metrics
-                .sink_retry("kafka_produce", failed.len(), attempt, &error);
+                .sink_retry("kafka", "kafka_produce", failed.len(), attempt, &error);
             pending = failed.into_iter().map(|(i, _)| i).collect();
             debug!(topic = %self.topic, pending = pending.len(), "retrying produce");
             tokio::select! {

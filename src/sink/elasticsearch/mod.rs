@@ -113,8 +113,13 @@ impl Sink for ElasticsearchSink {
                         return Err(e);
                     }
                     attempt += 1;
-                    self.metrics
-                        .sink_retry(reason, pending.len(), attempt, &e.to_string());
+                    self.metrics.sink_retry(
+                        "elasticsearch",
+                        reason,
+                        pending.len(),
+                        attempt,
+                        &e.to_string(),
+                    );
                     self.pause(attempt, abort).await?;
                     continue;
                 }
@@ -152,6 +157,7 @@ impl Sink for ElasticsearchSink {
             if !retry.is_empty() {
                 attempt += 1;
                 self.metrics.sink_retry(
+                    "elasticsearch",
                     retry_reason,
                     retry.len(),
                     attempt,

@@ -443,8 +443,13 @@ impl Sink for SqliteSink {
                         return Err(self.store.sink_error(&e));
                     };
                     attempt += 1;
-                    self.metrics
-                        .sink_retry(reason, events.len(), attempt, &e.to_string());
+                    self.metrics.sink_retry(
+                        "sqlite",
+                        reason,
+                        events.len(),
+                        attempt,
+                        &e.to_string(),
+                    );
                     self.pause(attempt, abort).await?;
                 }
             }
