@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -18,7 +17,7 @@ use crate::http::health::Readiness;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{run_batcher, BatchLimits, Envelope, Writer};
+use crate::pipeline::batch::{self, run_batcher, BatchLimits, EnvelopeTx, Halt, Writer};
 use crate::pipeline::dlq::DeadLetterQueue;
 use crate::sink::elasticsearch::bulk::now_millis;
 use crate::sink::elasticsearch::retry::Backoff;
@@ -61,7 +60,7 @@ impl From<SinkError> for AppError {
 
 /// The configured source.
 pub enum AnySource {
-    Kafka(KafkaSource),
+    Kafka(Box<KafkaSource>),
     Binlog(Box<BinlogSource>),
 }
 
@@ -84,11 +83,7 @@ impl AnySource {
 }
 
 impl Source for AnySource {
-    async fn run(
-        &self,
-        tx: mpsc::Sender<Envelope>,
-        shutdown: CancellationToken,
-    ) -> Result<(), SourceError> {
+    async fn run(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
         match self {
             AnySource::Kafka(s) => s.run(tx, shutdown).await,
             AnySource::Binlog(s) => s.run(tx, shutdown).await,
@@ -190,6 +185,7 @@ impl App {
     /// Creates clients and binds the HTTP port; nothing is read yet.
     pub async fn build(cfg: Config) -> Result<App, AppError> {
         let metrics = Metrics::new();
+        metrics.set_max_tables(cfg.metrics_max_tables);
         let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
         let sink = match cfg.sink_kind {
             SinkKind::Elasticsearch => {
@@ -220,6 +216,7 @@ impl App {
                 kafka::producer(&cfg.kafka)?,
                 cfg.kafka.dlq_topic.clone(),
                 backoff,
+                cfg.data_dir.join("dead-letters.jsonl"),
             )
         } else {
             DeadLetterQueue::file(cfg.data_dir.join("dead-letters.jsonl"))
@@ -244,12 +241,12 @@ impl App {
                     }
                     _ => None,
                 };
-                AnySource::Kafka(KafkaSource::new(
+                AnySource::Kafka(Box::new(KafkaSource::new(
                     &cfg.kafka,
                     tracker.clone(),
                     metrics.clone(),
                     stored,
-                )?)
+                )?))
             }
             SourceKind::Binlog => {
                 let mysql = cfg.mysql.as_ref().ok_or_else(|| {
@@ -351,9 +348,20 @@ impl App {
                     let s = src.clone();
                     async move { s.check().await.map_err(|e| e.to_string()) }
                 })
-                .with(sink.name(), move || {
-                    let s = snk.clone();
-                    async move { s.check().await.map_err(|e| e.to_string()) }
+                .with(sink.name(), {
+                    let metrics = metrics.clone();
+                    move || {
+                        let s = snk.clone();
+                        // The last write's outcome first: a sink that answers
+                        // pings but refuses writes is not ready.
+                        let failing = metrics.sink_failure();
+                        async move {
+                            match failing {
+                                Some(why) => Err(why),
+                                None => s.check().await.map_err(|e| e.to_string()),
+                            }
+                        }
+                    }
                 })
         };
         let http_task = tokio::spawn(http::serve(
@@ -376,13 +384,24 @@ impl App {
             }
         }
 
-        let (tx, rx) = mpsc::channel(cfg.sink.channel_capacity);
+        let (tx, rx) = batch::channel(cfg.sink.channel_capacity, cfg.sink.max_buffered_bytes);
+        let halt = Halt::default();
+        {
+            // A write the sink gave up on stops reading at once.
+            let (halt, stop_reading) = (halt.clone(), stop_reading.clone());
+            tokio::spawn(async move {
+                halt.halted().await;
+                stop_reading.cancel();
+            });
+        }
         let writer = Arc::new(Writer {
             sink: sink.clone(),
             dlq,
             tracker: tracker.clone(),
             metrics: metrics.clone(),
             abort: abort.clone(),
+            halt: halt.clone(),
+            sink_name: sink.name(),
         });
         let limits = BatchLimits {
             max_events: cfg.sink.max_events,
@@ -468,6 +487,9 @@ impl App {
         leave_group(source, LEAVE_GROUP_TIMEOUT).await;
         let left = tracker.lock().map(|t| t.in_flight_events()).unwrap_or(0);
         info!(unacknowledged_events = left, "stopped");
+        if let Some(e) = halt.take() {
+            return Err(AppError::Sink(e));
+        }
         result.map_err(AppError::from)
     }
 }

@@ -59,6 +59,13 @@ pub struct BenchArgs {
     /// Events in the embedded store for its measurement (0 skips it; ~750 MiB of disk per million).
     #[arg(long, default_value_t = 1_000_000)]
     pub store_events: usize,
+    /// Messages of the large-message backlog, the byte budget's measurement
+    /// (0 skips it; kept by a Tansu on disk: about this many MiB).
+    #[arg(long, default_value_t = 20_000)]
+    pub large_messages: usize,
+    /// Bytes of the one wide text column of each large message.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub large_message_bytes: usize,
 }
 
 /// A canal-json INSERT like TiCDC writes for a small table.
@@ -85,10 +92,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     if args.store_events > 0 {
         store(args.store_events, &mut out).await?;
     }
-    if args.backlog == 0 && args.latency_seconds == 0 && args.binlog_rows == 0 {
+    if args.backlog == 0
+        && args.latency_seconds == 0
+        && args.binlog_rows == 0
+        && args.large_messages == 0
+    {
         return Ok(out);
     }
     let sink = BulkStub::start().await?;
+    if args.large_messages > 0 {
+        large_messages(&args, &sink, &mut out).await?;
+    }
     if args.binlog_rows > 0 {
         let (brokers, _broker) = broker(&args)?;
         binlog(&args, &brokers, &sink, &mut out).await?;
@@ -152,10 +166,15 @@ fn cpu(args: &BenchArgs, out: &mut String) -> anyhow::Result<()> {
 
 /// The broker to use: `--brokers`, or a Tansu started for this phase.
 fn broker(args: &BenchArgs) -> anyhow::Result<(String, Option<KillOnDrop>)> {
+    broker_on(args, "memory://tansu/")
+}
+
+/// `broker` with Tansu on `engine`.
+fn broker_on(args: &BenchArgs, engine: &str) -> anyhow::Result<(String, Option<KillOnDrop>)> {
     match &args.brokers {
         Some(b) => Ok((b.clone(), None)),
         None => {
-            let (addr, child) = start_tansu(&args.tansu)?;
+            let (addr, child) = start_tansu(&args.tansu, engine)?;
             Ok((addr, Some(KillOnDrop(child))))
         }
     }
@@ -176,13 +195,13 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn start_tansu(bin: &str) -> anyhow::Result<(String, Child)> {
+fn start_tansu(bin: &str, engine: &str) -> anyhow::Result<(String, Child)> {
     let port = free_port()?;
     let url = format!("tcp://127.0.0.1:{port}");
-    let dir = std::env::temp_dir().join(format!("cdc-bench-tansu-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("cdc-bench-tansu-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let child = Command::new(bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", engine])
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -222,6 +241,8 @@ impl BulkStub {
                 get(|| async { "{}" }).head(|| async { "" }),
             )
             .route("/_bulk", post(bulk_handler))
+            // Bulk bodies of 1 MiB documents exceed axum's 2 MB default.
+            .layer(axum::extract::DefaultBodyLimit::max(256 << 20))
             .with_state(stub.clone());
         let listener = tokio::net::TcpListener::bind(stub.addr).await?;
         let addr = listener.local_addr()?;
@@ -398,6 +419,71 @@ async fn backlog(
         done as f64 / from_first.max(1e-9)
     )?;
     writeln!(out, "peak RSS while catching up {n} events: {rss:.1} MiB")?;
+    Ok(())
+}
+
+/// A backlog of large messages (one wide text column each) through the
+/// consumer into the bulk endpoint: the byte budget keeps the peak RSS
+/// bounded whatever the message size.
+async fn large_messages(args: &BenchArgs, sink: &BulkStub, out: &mut String) -> anyhow::Result<()> {
+    let (n, size) = (args.large_messages, args.large_message_bytes);
+    // On disk: Tansu's memory engine would hold the whole backlog in RAM.
+    let (brokers, _broker) = broker_on(args, "sqlite://tansu.db")?;
+    let topic = format!("bench-large-{}", bulk::now_millis());
+    create_topic(&brokers, &topic, 1).await?;
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .set("message.max.bytes", (size + (64 << 10)).to_string())
+        .set("queue.buffering.max.kbytes", "262144")
+        .create()?;
+    let started = Instant::now();
+    let base = 445_318_436_315_725_826u64;
+    let wide = "x".repeat(size);
+    for i in 0..n as u64 {
+        let ts = base + i;
+        let msg = format!(
+            concat!(
+                r#"{{"id":0,"database":"appdb","table":"docs","pkNames":["id"],"isDdl":false,"type":"INSERT","#,
+                r#""es":{es},"ts":{es},"sql":"","sqlType":{{"id":-5,"body":-1}},"mysqlType":{{"id":"bigint","body":"longtext"}},"#,
+                r#""old":null,"data":[{{"id":"{id}","body":"{wide}"}}],"_tidb":{{"commitTs":{ts}}}}}"#
+            ),
+            id = i,
+            ts = ts,
+            es = ts >> 18,
+            wide = wide
+        );
+        send(&p, &topic, &msg);
+    }
+    p.flush(Duration::from_secs(600))?;
+    writeln!(
+        out,
+        "large messages: produced {n} messages of {} KiB in {:.1} s",
+        size >> 10,
+        started.elapsed().as_secs_f64()
+    )?;
+    let before = sink.docs.load(Ordering::Relaxed);
+    let (child, _) = spawn_consumer(&brokers, &topic, sink, &[])?;
+    let pid = child.0.id();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1800);
+    let mut peak = 0.0f64;
+    loop {
+        let done = sink.docs.load(Ordering::Relaxed) - before;
+        peak = peak.max(peak_rss_mib(pid).unwrap_or(0.0));
+        if done >= n as u64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = sink.docs.load(Ordering::Relaxed) - before;
+    let secs = started.elapsed().as_secs_f64();
+    writeln!(
+        out,
+        "large messages end to end: {done} of {n} in {secs:.1} s = {:.0} messages/s ({:.0} MiB/s); peak RSS {peak:.1} MiB (CDC_PIPELINE_MAX_BYTES 64 MiB)",
+        done as f64 / secs,
+        (done as f64 * size as f64) / secs / (1 << 20) as f64
+    )?;
     Ok(())
 }
 

@@ -63,7 +63,8 @@ keys! {
     kafka_session_timeout => "kafka.session_timeout", "CDC_KAFKA_SESSION_TIMEOUT", ["10s"], "Group session timeout; a crashed member's partitions move after this";
     kafka_commit_interval => "kafka.commit_interval", "CDC_KAFKA_COMMIT_INTERVAL", ["1s"], "How often acknowledged offsets are committed";
     kafka_fetch_wait_max => "kafka.fetch_wait_max", "CDC_KAFKA_FETCH_WAIT_MAX", ["100ms"], "Longest time a fetch waits at the broker for data (latency when traffic is low)";
-    kafka_queue_max_kbytes => "kafka.queue_max_kbytes", "CDC_KAFKA_QUEUE_MAX_KBYTES", ["8192"], "librdkafka prefetch queue cap per partition, in KiB (bounds memory when the sink stalls)";
+    kafka_queue_max_kbytes => "kafka.queue_max_kbytes", "CDC_KAFKA_QUEUE_MAX_KBYTES", [], "librdkafka prefetch queue cap per partition, in KiB (default: a quarter of CDC_PIPELINE_MAX_BYTES)";
+    kafka_message_max_bytes => "kafka.message_max_bytes", "CDC_KAFKA_MESSAGE_MAX_BYTES", ["10MiB"], "Largest message taken from Kafka and produced to it (the dead-letter and canal-json producers' message.max.bytes follow it)";
     kafka_security_protocol => "kafka.security_protocol", "CDC_KAFKA_SECURITY_PROTOCOL", [], "security.protocol: plaintext, ssl, sasl_plaintext, sasl_ssl";
     kafka_sasl_mechanism => "kafka.sasl_mechanism", "CDC_KAFKA_SASL_MECHANISM", [], "sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512";
     kafka_sasl_username => "kafka.sasl_username", "CDC_KAFKA_SASL_USERNAME", [], "sasl.username";
@@ -85,11 +86,17 @@ keys! {
     retry_initial_backoff => "sink.retry_initial_backoff", "CDC_RETRY_INITIAL_BACKOFF", ["100ms"], "First retry delay (doubles each attempt, with jitter)";
     retry_max_backoff => "sink.retry_max_backoff", "CDC_RETRY_MAX_BACKOFF", ["30s"], "Longest retry delay";
     channel_capacity => "pipeline.channel_capacity", "CDC_CHANNEL_CAPACITY", ["4096"], "Messages buffered between the source and the sink";
+    pipeline_max_bytes => "pipeline.max_bytes", "CDC_PIPELINE_MAX_BYTES", ["64MiB"], "Most message bytes read and not yet stored (channel, batches and writes in flight together)";
+    metrics_max_tables => "metrics.max_tables", "CDC_METRICS_MAX_TABLES", ["1000"], "Most database/table label pairs in cdc_events_total; the rest count under table=\"_other\"";
     http_addr => "http.addr", "CDC_HTTP_ADDR", ["0.0.0.0:3000"], "Address of /metrics, /healthz and /readyz";
     log_format => "log.format", "CDC_LOG_FORMAT", ["text"], "Log format: text or json";
     log_level => "log.level", "CDC_LOG_LEVEL", ["info"], "Log filter, e.g. info or cdc_monitor=debug";
     shutdown_timeout => "shutdown.timeout", "CDC_SHUTDOWN_TIMEOUT", ["30s"], "Longest graceful shutdown (flush and commit) on SIGTERM";
 }
+
+/// Room above `message_max_bytes` in a dead letter for its headers (the
+/// reason, the error text, where it came from).
+pub const DLQ_HEADROOM: usize = 64 << 10;
 
 /// A bad configuration: names the key and the value.
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +372,8 @@ pub struct KafkaConfig {
     pub fetch_wait_max: Duration,
     /// Caps librdkafka's prefetch queue so a stalled sink bounds memory.
     pub queue_max_kbytes: usize,
+    /// The largest message consumed or produced; the producers' `message.max.bytes`.
+    pub message_max_bytes: usize,
     pub dlq_topic: String,
     /// librdkafka properties passed through (security, SASL, TLS, tuning).
     pub properties: BTreeMap<String, String>,
@@ -393,6 +402,8 @@ pub struct SinkConfig {
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
     pub channel_capacity: usize,
+    /// Most message bytes between the source and the sink's acknowledgement.
+    pub max_buffered_bytes: usize,
 }
 
 /// Where changes come from.
@@ -521,6 +532,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    /// Most database/table label pairs in `cdc_events_total`.
+    pub metrics_max_tables: usize,
 }
 
 impl Config {
@@ -556,6 +569,13 @@ impl Config {
             }
         }
         let secret = |s: &str| Ok::<_, String>(SecretString::from(s.to_owned()));
+        let pipeline_max_bytes = l.get("pipeline.max_bytes", |s| {
+            let n = parse_bytes(s)?;
+            if !(1 << 20..=u32::MAX as usize).contains(&n) {
+                return Err("must be between 1MiB and 4GiB".into());
+            }
+            Ok(n)
+        })?;
         let kafka = KafkaConfig {
             brokers: l.get("kafka.brokers", text)?,
             topics: l.get("kafka.topics", list)?,
@@ -575,7 +595,20 @@ impl Config {
             })?,
             commit_interval: l.get("kafka.commit_interval", parse_duration)?,
             fetch_wait_max: l.get("kafka.fetch_wait_max", parse_duration)?,
-            queue_max_kbytes: l.get("kafka.queue_max_kbytes", positive)?,
+            queue_max_kbytes: match l.opt("kafka.queue_max_kbytes", positive)? {
+                Some(kb) => kb,
+                // librdkafka's prefetch sits outside the pipeline's budget:
+                // a quarter of it keeps the whole within about 1.25 times.
+                None => (pipeline_max_bytes / 4 / 1024).max(1),
+            },
+            message_max_bytes: l.get("kafka.message_max_bytes", |s| {
+                let n = parse_bytes(s)?;
+                // librdkafka's own bounds of message.max.bytes.
+                if !(1000..=1_000_000_000 - DLQ_HEADROOM).contains(&n) {
+                    return Err("must be between 1000 bytes and about 999MB".into());
+                }
+                Ok(n)
+            })?,
             dlq_topic: l.get("kafka.dlq_topic", text)?,
             properties,
             sasl_password: l.opt("kafka.sasl_password", secret)?,
@@ -730,6 +763,7 @@ impl Config {
             retry_initial_backoff: l.get("sink.retry_initial_backoff", parse_duration)?,
             retry_max_backoff: l.get("sink.retry_max_backoff", parse_duration)?,
             channel_capacity: l.get("pipeline.channel_capacity", positive)?,
+            max_buffered_bytes: pipeline_max_bytes,
         };
         if sink.retry_max_backoff < sink.retry_initial_backoff {
             return Err(invalid(
@@ -762,6 +796,7 @@ impl Config {
                 Ok(s.to_owned())
             })?,
             shutdown_timeout: l.get("shutdown.timeout", parse_duration)?,
+            metrics_max_tables: l.get("metrics.max_tables", positive)?,
         })
     }
 }

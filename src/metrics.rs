@@ -132,9 +132,9 @@ impl Metrics {
         let dead_letters = must(IntCounterVec::new(
             Opts::new(
                 "cdc_dead_letter_messages_total",
-                "Messages written to the dead-letter topic",
+                "Messages dead-lettered, by reason and destination (topic, or the file when the topic refuses them or there is no Kafka)",
             ),
-            &["reason"],
+            &["reason", "destination"],
         ));
         let decode_errors = must(IntCounter::new(
             "cdc_decode_errors_total",
@@ -401,7 +401,8 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner);
         failure.as_ref().map(|f| {
             format!(
-                "writes failing for {}s ({}): {}",
+                "{} writes failing for {}s ({}): {}",
+                f.sink,
                 f.since.elapsed().as_secs(),
                 f.kind,
                 f.error
@@ -413,15 +414,18 @@ impl Metrics {
     pub fn dead_lettered(
         &self,
         reason: &str,
+        destination: &str,
         topic: &str,
         partition: i32,
         offset: i64,
         error: &str,
     ) {
-        self.dead_letters.with_label_values(&[reason]).inc();
+        self.dead_letters
+            .with_label_values(&[reason, destination])
+            .inc();
         warn!(
             reason,
-            topic, partition, offset, error, "message sent to the dead-letter topic"
+            destination, topic, partition, offset, error, "message dead-lettered"
         );
     }
 }

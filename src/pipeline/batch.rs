@@ -5,23 +5,34 @@
 //! stored or the message is dead-lettered. When `concurrency` writes are in
 //! flight the batcher waits for a permit, its input channel fills, and the
 //! source stops reading: a slow sink stalls reading instead of growing memory.
+//!
+//! Stop the line: a batch that is not stored is never stepped over. The sink
+//! retries transient failures itself; meanwhile no other write starts (the
+//! channel fills and reading pauses). A failure the sink gives up on halts
+//! the pipeline: nothing after that batch is written, checkpointed or
+//! committed, and the process stops with the cause.
+//!
+//! Memory is bounded in bytes as well as in messages: a message takes its
+//! share of the byte budget before it enters the channel and gives it back
+//! once its batch is written, so the channel, the batch being filled and the
+//! writes in flight together stay within `CDC_PIPELINE_MAX_BYTES`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::event::{ChangeEvent, Checkpoint};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::{Ack, OffsetTracker};
 use crate::pipeline::dlq::{DeadLetter, DeadLetterQueue};
 use crate::sink::elasticsearch::bulk::now_millis;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// One source message on its way to the sink.
 #[derive(Debug)]
@@ -34,6 +45,96 @@ pub struct Envelope {
     pub undecodable: Option<(&'static str, String)>,
     /// The source's resume point once this message and all before it are stored.
     pub checkpoint: Option<Checkpoint>,
+    /// Its share of the byte budget, held until its batch is written.
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Envelope {
+    /// What the message takes in memory until it is written: its bytes,
+    /// and as much again for its decoded events.
+    fn cost(&self) -> usize {
+        let decoded = if self.events.is_empty() {
+            0
+        } else {
+            self.origin.payload.len()
+        };
+        self.origin.payload.len() + decoded
+    }
+}
+
+/// The source's end of the pipeline: a bounded channel whose messages also
+/// take their size from a byte budget, so a run of 1 MiB messages waits
+/// where small ones would not.
+#[derive(Clone)]
+pub struct EnvelopeTx {
+    tx: mpsc::Sender<Envelope>,
+    budget: Arc<Semaphore>,
+    max: u32,
+}
+
+/// The pipeline is shutting down: the batcher is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+impl EnvelopeTx {
+    /// Waits for room in the byte budget and the channel, then sends.
+    pub async fn send(&self, mut envelope: Envelope) -> Result<(), Closed> {
+        // A message larger than the whole budget goes alone.
+        let cost = envelope.cost().clamp(1, self.max as usize) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Closed)?;
+        envelope.budget = Some(permit);
+        self.tx.send(envelope).await.map_err(|_| Closed)
+    }
+}
+
+/// A pipeline channel of `capacity` messages and `max_bytes` bytes.
+pub fn channel(capacity: usize, max_bytes: usize) -> (EnvelopeTx, mpsc::Receiver<Envelope>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let max = max_bytes.clamp(1, u32::MAX as usize);
+    let tx = EnvelopeTx {
+        tx,
+        budget: Arc::new(Semaphore::new(max)),
+        max: max as u32,
+    };
+    (tx, rx)
+}
+
+/// The first write failure the sink gave up on. Once set, no later batch is
+/// written and the application stops with it.
+#[derive(Clone, Default)]
+pub struct Halt {
+    token: CancellationToken,
+    error: Arc<Mutex<Option<SinkError>>>,
+}
+
+impl Halt {
+    /// Records `error` (the first one wins) and halts.
+    pub fn halt(&self, error: SinkError) {
+        if let Ok(mut e) = self.error.lock() {
+            e.get_or_insert(error);
+        }
+        self.token.cancel();
+    }
+
+    /// True once a write failed for good.
+    pub fn is_halted(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves once a write failed for good.
+    pub async fn halted(&self) {
+        self.token.cancelled().await
+    }
+
+    /// The failure, taken once by whoever stops the application.
+    pub fn take(&self) -> Option<SinkError> {
+        self.error.lock().ok().and_then(|mut e| e.take())
+    }
 }
 
 /// Where a message came from, and its original bytes for the dead-letter topic.
@@ -81,6 +182,10 @@ pub struct Writer<S> {
     pub metrics: Metrics,
     /// Fires at the shutdown deadline: writes still retrying give up, unacknowledged.
     pub abort: CancellationToken,
+    /// Set by a write that failed for good.
+    pub halt: Halt,
+    /// The sink's name in metrics and messages.
+    pub sink_name: &'static str,
 }
 
 /// Reads envelopes until the channel closes, writes batches with at most
@@ -95,7 +200,7 @@ pub async fn run_batcher<S: Sink>(
     let mut tasks = JoinSet::new();
     let mut batch = Batch::default();
     let mut deadline: Option<Instant> = None;
-    loop {
+    'read: loop {
         let flush = tokio::select! {
             msg = rx.recv() => match msg {
                 Some(env) => {
@@ -107,18 +212,28 @@ pub async fn run_batcher<S: Sink>(
             },
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => true,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    error!(error = %e, "batch write task failed");
-                }
+                joined(done);
                 false
             }
+            _ = writer.halt.halted() => break,
         };
         if flush && !batch.messages.is_empty() {
             let full = std::mem::take(&mut batch);
             deadline = None;
+            // While a write is failing and retried, start no other: the
+            // channel fills and the source stops reading.
+            while writer.metrics.sink_up.get() == 0 && !tasks.is_empty() {
+                tokio::select! {
+                    Some(done) = tasks.join_next() => joined(done),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = writer.abort.cancelled() => break 'read,
+                    _ = writer.halt.halted() => break 'read,
+                }
+            }
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
                 _ = writer.abort.cancelled() => break,
+                _ = writer.halt.halted() => break,
             };
             let writer = writer.clone();
             tasks.spawn(async move {
@@ -127,18 +242,27 @@ pub async fn run_batcher<S: Sink>(
             });
         }
     }
-    if !batch.messages.is_empty() && !writer.abort.is_cancelled() {
+    if !batch.messages.is_empty() && !writer.abort.is_cancelled() && !writer.halt.is_halted() {
         let writer = writer.clone();
         tasks.spawn(async move { write_batch(&writer, batch.messages).await });
     }
     while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            error!(error = %e, "batch write task failed");
-        }
+        joined(done);
+    }
+}
+
+fn joined(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        error!(error = %e, "batch write task failed");
     }
 }
 
 async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
+    // Started just before another write failed for good: stepping over
+    // that batch is what halting prevents.
+    if w.halt.is_halted() {
+        return;
+    }
     // Undecodable messages go to the dead-letter queue first: a sink that
     // stores positions with the events then never holds a position past a
     // message that is neither stored nor dead-lettered.
@@ -170,13 +294,18 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
     } else {
         match w.sink.write(&events, &checkpoints, &w.abort).await {
             Ok(r) => r,
+            // Shutting down: not acknowledged, read again after a restart.
+            Err(SinkError::Aborted) => return,
             Err(e) => {
-                // Not acknowledged: these messages are read again after a restart.
-                warn!(events = events.len(), error = %e, "batch not stored");
+                // The sink gave up: stop the line rather than step over this
+                // batch (a later checkpoint would pass it for good).
+                w.metrics.sink_failed(w.sink_name, e.kind(), &e.to_string());
+                w.halt.halt(e);
                 return;
             }
         }
     };
+    w.metrics.sink_ok();
     let mut sink_reason: Vec<Option<String>> = vec![None; messages.len()];
     for r in rejected {
         let slot = &mut sink_reason[owner[r.index]];
@@ -228,15 +357,159 @@ async fn dead_letter<S: Sink>(
         partition: o.partition,
         offset: o.offset,
     };
-    if !w.dlq.send(&letter, &w.abort).await {
+    let Some(destination) = w.dlq.send(&letter, &w.abort).await else {
         return false;
-    }
+    };
     let label = if stage == "decode" {
         "decode"
     } else {
         "rejected_by_sink"
     };
-    w.metrics
-        .dead_lettered(label, &o.topic, o.partition, o.offset, error);
+    w.metrics.dead_lettered(
+        label,
+        destination.as_str(),
+        &o.topic,
+        o.partition,
+        o.offset,
+        error,
+    );
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canal::{decode, Decoded};
+    use crate::event::SourcePosition;
+    use crate::sink::Rejected;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A sink whose `fail_on`-th write (0-based) fails for good.
+    struct FailingSink {
+        writes: AtomicUsize,
+        fail_on: usize,
+    }
+
+    impl Sink for FailingSink {
+        async fn prepare(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+
+        async fn write(
+            &self,
+            _events: &[ChangeEvent],
+            _checkpoints: &[Checkpoint],
+            _abort: &CancellationToken,
+        ) -> Result<Vec<Rejected>, SinkError> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_on {
+                return Err(SinkError::Config("store is not a database".into()));
+            }
+            Ok(Vec::new())
+        }
+
+        async fn check(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn envelope(tracker: &Mutex<OffsetTracker>, topic: &Arc<str>, offset: i64) -> Envelope {
+        let payload = crate::bench::sample_message(offset as u64, 445_318_436_315_725_826);
+        let Ok(Decoded::Events(events)) = decode(payload.as_bytes(), &SourcePosition::None) else {
+            panic!("sample decodes");
+        };
+        let ack = tracker
+            .lock()
+            .unwrap()
+            .read(topic, 0, offset, events.len(), 0);
+        Envelope {
+            events,
+            ack,
+            origin: Origin {
+                topic: topic.clone(),
+                partition: 0,
+                offset,
+                key: None,
+                payload: Bytes::from(payload),
+            },
+            undecodable: None,
+            checkpoint: None,
+            budget: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_sink_gives_up_on_halts_the_line_and_nothing_after_it_is_acknowledged() {
+        let metrics = Metrics::new();
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
+        let topic: Arc<str> = Arc::from("t");
+        tracker.lock().unwrap().assign("t", 0);
+        let sink = Arc::new(FailingSink {
+            writes: AtomicUsize::new(0),
+            fail_on: 1,
+        });
+        let writer = Arc::new(Writer {
+            sink: sink.clone(),
+            dlq: DeadLetterQueue::file(std::env::temp_dir().join("unused-dead-letters.jsonl")),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            abort: CancellationToken::new(),
+            halt: Halt::default(),
+            sink_name: "test",
+        });
+        let (tx, rx) = channel(16, 1 << 20);
+        let limits = BatchLimits {
+            max_events: 1,
+            max_bytes: 1 << 20,
+            linger: Duration::from_millis(1),
+        };
+        let batcher = tokio::spawn(run_batcher(rx, writer.clone(), limits, 1));
+        for offset in 0..5 {
+            // Refused once the line halted and the batcher let go.
+            let _ = tx.send(envelope(&tracker, &topic, offset)).await;
+        }
+        writer.halt.halted().await;
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), batcher)
+            .await
+            .expect("the batcher stops")
+            .unwrap();
+        // The first batch stored, the second refused; none after it tried.
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            tracker.lock().unwrap().all_committable(),
+            vec![(topic.clone(), 0, 1)],
+            "only the stored message may be committed"
+        );
+        assert!(matches!(writer.halt.take(), Some(SinkError::Config(_))));
+        assert_eq!(metrics.sink_up.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn messages_wait_for_the_byte_budget_until_earlier_ones_are_written() {
+        let metrics = Metrics::new();
+        let tracker = Mutex::new(OffsetTracker::new(metrics.in_flight.clone()));
+        tracker.lock().unwrap().assign("t", 0);
+        let topic: Arc<str> = Arc::from("t");
+        let one = envelope(&tracker, &topic, 0).cost();
+        // Room for two messages, whatever the channel's capacity.
+        let (tx, mut rx) = channel(100, 2 * one + one / 2);
+        tx.send(envelope(&tracker, &topic, 0)).await.unwrap();
+        tx.send(envelope(&tracker, &topic, 1)).await.unwrap();
+        let third = envelope(&tracker, &topic, 2);
+        let blocked = tokio::time::timeout(Duration::from_millis(200), tx.send(third)).await;
+        assert!(blocked.is_err(), "a third message fits no budget");
+        // Written (dropped): its share comes back.
+        drop(rx.recv().await.unwrap());
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tx.send(envelope(&tracker, &topic, 2)),
+        )
+        .await
+        .expect("room again")
+        .unwrap();
+        // One larger than the whole budget still goes, alone.
+        let (tx, mut rx) = channel(100, one / 2);
+        tx.send(envelope(&tracker, &topic, 3)).await.unwrap();
+        assert!(rx.recv().await.is_some());
+    }
 }

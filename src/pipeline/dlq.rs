@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -51,11 +52,35 @@ pub enum DeadLetterQueue {
         producer: FutureProducer<LogContext>,
         topic: String,
         backoff: Backoff,
+        /// Where a letter the topic refuses for good goes instead.
+        fallback: DeadLetterFile,
     },
-    File {
-        path: PathBuf,
-        lock: Arc<Mutex<()>>,
-    },
+    File(DeadLetterFile),
+}
+
+/// Where a letter ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Topic,
+    File,
+}
+
+impl Destination {
+    /// The `destination` label of `cdc_dead_letter_messages_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::Topic => "topic",
+            Destination::File => "file",
+        }
+    }
+}
+
+/// The dead-letter file: JSON lines, readable by its owner only (the
+/// payloads are captured rows).
+#[derive(Clone)]
+pub struct DeadLetterFile {
+    path: PathBuf,
+    lock: Arc<Mutex<()>>,
 }
 
 /// One line of the dead-letter file.
@@ -72,78 +97,169 @@ struct FileLetter<'a> {
     payload: std::borrow::Cow<'a, str>,
 }
 
+/// The longest error text carried in a header: the room `DLQ_HEADROOM`
+/// leaves above the largest message.
+const MAX_ERROR_HEADER: usize = 16 << 10;
+
 impl DeadLetterQueue {
-    /// Wraps an idempotent producer.
+    /// Wraps an idempotent producer; letters the topic refuses for good
+    /// (too large, not authorised, no such topic) go to `fallback`.
     pub fn new(
         producer: FutureProducer<LogContext>,
         topic: String,
         backoff: Backoff,
+        fallback: PathBuf,
     ) -> DeadLetterQueue {
         DeadLetterQueue::Kafka {
             producer,
             topic,
             backoff,
+            fallback: DeadLetterFile::new(fallback),
         }
     }
 
     /// Appends letters to `path` (JSON lines), for setups without Kafka.
     pub fn file(path: PathBuf) -> DeadLetterQueue {
-        DeadLetterQueue::File {
-            path,
-            lock: Arc::new(Mutex::new(())),
-        }
+        DeadLetterQueue::File(DeadLetterFile::new(path))
     }
 
-    /// Sends until the broker acknowledges or `abort` fires (`false`).
+    /// Sends until the letter is safely kept, or `abort` fires (`None`).
     ///
     /// A message is only acknowledged upstream once it is safely here, so a
     /// broker outage means waiting, never losing it.
-    pub async fn send(&self, letter: &DeadLetter<'_>, abort: &CancellationToken) -> bool {
+    pub async fn send(
+        &self,
+        letter: &DeadLetter<'_>,
+        abort: &CancellationToken,
+    ) -> Option<Destination> {
         match self {
             DeadLetterQueue::Kafka {
                 producer,
                 topic,
                 backoff,
-            } => send_kafka(producer, topic, backoff, letter, abort).await,
-            DeadLetterQueue::File { path, lock } => {
-                let line = FileLetter {
-                    failed_at: crate::sink::elasticsearch::bulk::now_rfc3339(),
-                    stage: letter.stage,
-                    reason: letter.reason,
-                    error: letter.error,
-                    source: letter.topic,
-                    partition: letter.partition,
-                    offset: letter.offset,
-                    payload: String::from_utf8_lossy(letter.payload),
-                };
-                let mut attempt = 0;
-                loop {
-                    let written = (|| -> std::io::Result<()> {
-                        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(path)?;
-                        let mut buf = serde_json::to_vec(&line)?;
-                        buf.push(b'\n');
-                        f.write_all(&buf)?;
-                        f.sync_data()
-                    })();
-                    match written {
-                        Ok(()) => return true,
-                        Err(e) => {
-                            attempt += 1;
-                            tracing::warn!(path = %path.display(), attempt, error = %e, "dead-letter write failed, retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_secs(attempt.min(30) as u64)) => {}
-                                _ = abort.cancelled() => return false,
-                            }
-                        }
+                fallback,
+            } => match send_kafka(producer, topic, backoff, letter, abort).await {
+                Sent::Stored => Some(Destination::Topic),
+                Sent::Aborted => None,
+                Sent::Refused(why) => {
+                    tracing::warn!(
+                        dlq_topic = %topic,
+                        file = %fallback.path.display(),
+                        error = %why,
+                        "the dead-letter topic refuses this message for good; writing it to the file"
+                    );
+                    let error =
+                        format!("{}; the dead-letter topic refused it: {why}", letter.error);
+                    let letter = DeadLetter {
+                        error: &error,
+                        ..letter.clone()
+                    };
+                    fallback.send(&letter, abort).await
+                }
+            },
+            DeadLetterQueue::File(file) => file.send(letter, abort).await,
+        }
+    }
+}
+
+impl DeadLetterFile {
+    fn new(path: PathBuf) -> DeadLetterFile {
+        DeadLetterFile {
+            path,
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Appends and syncs, retrying until it works or `abort` fires.
+    async fn send(
+        &self,
+        letter: &DeadLetter<'_>,
+        abort: &CancellationToken,
+    ) -> Option<Destination> {
+        let line = FileLetter {
+            failed_at: crate::sink::elasticsearch::bulk::now_rfc3339(),
+            stage: letter.stage,
+            reason: letter.reason,
+            error: letter.error,
+            source: letter.topic,
+            partition: letter.partition,
+            offset: letter.offset,
+            payload: String::from_utf8_lossy(letter.payload),
+        };
+        let mut attempt = 0;
+        loop {
+            match self.append(&line) {
+                Ok(()) => return Some(Destination::File),
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(path = %self.path.display(), attempt, error = %e, "dead-letter write failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(attempt.min(30) as u64)) => {}
+                        _ = abort.cancelled() => return None,
                     }
                 }
             }
         }
     }
+
+    fn append(&self, line: &FileLetter<'_>) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        let mut buf = serde_json::to_vec(line)?;
+        buf.push(b'\n');
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+}
+
+/// How producing a dead letter ended.
+enum Sent {
+    Stored,
+    Aborted,
+    /// The broker or the client refuses this message for good.
+    Refused(KafkaError),
+}
+
+/// Errors no retry fixes: the letter goes to the file instead.
+fn refused_for_good(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | MessageBatchTooLarge
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | UnknownTopicOrPartition
+                | UnknownTopic
+                | InvalidTopic
+                | InvalidRecord
+                | PolicyViolation
+        )
+    )
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 async fn send_kafka(
@@ -152,7 +268,8 @@ async fn send_kafka(
     backoff: &Backoff,
     letter: &DeadLetter<'_>,
     abort: &CancellationToken,
-) -> bool {
+) -> Sent {
+    let error = truncated(letter.error, MAX_ERROR_HEADER);
     {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
@@ -166,7 +283,7 @@ async fn send_kafka(
                 })
                 .insert(Header {
                     key: headers::ERROR,
-                    value: Some(letter.error),
+                    value: Some(error),
                 })
                 .insert(Header {
                     key: headers::STAGE,
@@ -196,16 +313,17 @@ async fn send_kafka(
             }
             let result = tokio::select! {
                 r = producer.send(record, Duration::from_secs(30)) => r,
-                _ = abort.cancelled() => return false,
+                _ = abort.cancelled() => return Sent::Aborted,
             };
             match result {
-                Ok(_) => return true,
+                Ok(_) => return Sent::Stored,
+                Err((e, _)) if refused_for_good(&e) => return Sent::Refused(e),
                 Err((e, _)) => {
                     attempt += 1;
                     tracing::warn!(dlq_topic = %topic, attempt, error = %e, "dead-letter produce failed, retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.delay(attempt)) => {}
-                        _ = abort.cancelled() => return false,
+                        _ = abort.cancelled() => return Sent::Aborted,
                     }
                 }
             }

@@ -56,6 +56,7 @@ impl KafkaSink {
             .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", cfg.message_max_bytes.to_string())
             .create_with_context(LogContext)
             .map_err(|e| SinkError::Config(format!("Kafka producer: {e}")))?;
         Ok(KafkaSink {

@@ -42,6 +42,17 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// A short label for metrics (`cdc_sink_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Http(_) => "connection",
+            SinkError::Status { .. } => "http_status",
+            SinkError::Response(_) => "response",
+            SinkError::Config(_) => "permanent",
+            SinkError::Aborted => "aborted",
+        }
+    }
+
     /// True when trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -25,7 +25,6 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -34,7 +33,7 @@ use crate::config::{KafkaConfig, OffsetReset};
 use crate::event::{Checkpoint, SourcePosition};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{Envelope, Origin};
+use crate::pipeline::batch::{Envelope, EnvelopeTx, Origin};
 use crate::sink::elasticsearch::bulk::now_millis;
 use crate::source::{Source, SourceError};
 
@@ -253,6 +252,11 @@ pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer<LogContext>, SourceE
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
+        // Whatever the consumer took can be dead-lettered, headers and all.
+        .set(
+            "message.max.bytes",
+            (cfg.message_max_bytes + crate::config::DLQ_HEADROOM).to_string(),
+        )
         .create_with_context(LogContext)?)
 }
 
@@ -294,6 +298,14 @@ impl KafkaSource {
             .set(
                 "fetch.wait.max.ms",
                 cfg.fetch_wait_max.as_millis().max(1).to_string(),
+            )
+            // One fetch response fits the prefetch queue; a single larger
+            // message still comes through (Kafka returns at least one).
+            .set(
+                "fetch.max.bytes",
+                (cfg.queue_max_kbytes * 1024)
+                    .clamp(1 << 20, 50 << 20)
+                    .to_string(),
             )
             .set("enable.partition.eof", "false");
         if let Some(id) = &cfg.instance_id {
@@ -364,6 +376,7 @@ impl KafkaSource {
                     origin,
                     undecodable: None,
                     checkpoint,
+                    budget: None,
                 })
             }
             Ok(Decoded::Watermark { time_ms, .. }) => {
@@ -386,6 +399,7 @@ impl KafkaSource {
                     origin,
                     undecodable: Some((e.reason(), e.to_string())),
                     checkpoint,
+                    budget: None,
                 })
             }
         }
@@ -422,11 +436,7 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
-    async fn run(
-        &self,
-        tx: mpsc::Sender<Envelope>,
-        shutdown: CancellationToken,
-    ) -> Result<(), SourceError> {
+    async fn run(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
         let mut topics: Vec<Arc<str>> = Vec::new();
         loop {
             let msg = tokio::select! {

@@ -12,10 +12,9 @@ pub mod kafka;
 
 use std::future::Future;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::batch::Envelope;
+use crate::pipeline::batch::EnvelopeTx;
 
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +41,7 @@ pub trait Source: Send + Sync + 'static {
     /// Reads into `tx` until `shutdown` fires or the channel closes.
     fn run(
         &self,
-        tx: mpsc::Sender<Envelope>,
+        tx: EnvelopeTx,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Result<(), SourceError>> + Send;
 

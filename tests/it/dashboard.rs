@@ -993,6 +993,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         retry_initial_backoff: Duration::from_millis(100),
         retry_max_backoff: Duration::from_secs(1),
         channel_capacity: 16,
+        max_buffered_bytes: 1 << 20,
     };
     let metrics = Metrics::new();
     let sink = Arc::new(ElasticsearchSink::new(&es, &sink_cfg, metrics.clone()).unwrap());

@@ -10,4 +10,5 @@ mod faults;
 mod flow;
 mod quickstart;
 mod restart;
+mod safe_writes;
 mod store;

@@ -14,7 +14,7 @@ use crate::harness::eventually;
 use crate::harness::mariadb::MariaDb;
 
 /// Stored events by op, read straight from the store's file.
-fn stored(dir: &std::path::Path) -> HashMap<String, usize> {
+pub fn stored(dir: &std::path::Path) -> HashMap<String, usize> {
     let Ok(conn) = rusqlite::Connection::open_with_flags(
         dir.join("events.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -99,9 +99,9 @@ impl SqliteSink {
         })?;
         let path = data_dir.join("events.db");
         let writer = schema::open_writer(&path, tuning.busy_timeout)
-            .map_err(|e| SinkError::Config(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| permanent(&path, "opening", &e))?;
         let reader = schema::open_reader(&path, tuning.busy_timeout)
-            .map_err(|e| SinkError::Config(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| permanent(&path, "opening", &e))?;
         Ok(SqliteSink {
             store: Arc::new(Store {
                 path,
@@ -279,9 +279,25 @@ impl Store {
     fn sink_error(&self, e: &rusqlite::Error) -> SinkError {
         match transient(e) {
             Some(_) => SinkError::Response(format!("{}: {e}", self.path.display())),
-            None => SinkError::Config(format!("{}: {e}", self.path.display())),
+            None => permanent(&self.path, "writing", e),
         }
     }
+}
+
+/// A store error retrying cannot fix, with what to do about it.
+fn permanent(path: &Path, doing: &str, e: &rusqlite::Error) -> SinkError {
+    let what_to_do = match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            "the file is not an intact cdc-monitor store: restore it from a backup, or move it \
+             (and its -wal and -shm files) aside to start an empty store; nothing after the \
+             last stored position was acknowledged, so a restart resumes there"
+        }
+        _ => "fix the cause and restart; nothing after the last stored position was acknowledged",
+    };
+    SinkError::Config(format!(
+        "embedded store {} failed while {doing}: {e}; {what_to_do}",
+        path.display()
+    ))
 }
 
 /// The retry reason of an error worth retrying, `None` for the others.
@@ -290,6 +306,10 @@ fn transient(e: &rusqlite::Error) -> Option<&'static str> {
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some("busy"),
         ErrorCode::DiskFull => Some("disk_full"),
         ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => Some("io_error"),
+        // A file system remounted read-only or a permission slip: an
+        // operator fixes it, and the batch is kept until then.
+        ErrorCode::ReadOnly => Some("read_only"),
+        ErrorCode::PermissionDenied => Some("permission"),
         ErrorCode::OutOfMemory => Some("out_of_memory"),
         // SQLITE_PROTOCOL: a WAL lock race that resolves on retry.
         ErrorCode::FileLockingProtocolFailed => Some("busy"),

@@ -26,7 +26,6 @@ use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts};
 use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -34,7 +33,7 @@ use crate::config::{BinlogStart, MysqlConfig};
 use crate::event::{ChangeEvent, Checkpoint, Op, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{Envelope, Origin};
+use crate::pipeline::batch::{Envelope, EnvelopeTx, Origin};
 use crate::source::binlog::events::{
     ddl_target, ddl_verb, first_word, rotate_name, rows_to_events, uuid_text, MappedTable,
 };
@@ -326,7 +325,7 @@ impl BinlogSource {
         &self,
         st: &mut ReadState,
         info: &preflight::ServerInfo,
-        tx: &mpsc::Sender<Envelope>,
+        tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<bool, SourceError> {
         let mut conn = self.connect().await?;
@@ -607,7 +606,7 @@ impl BinlogSource {
         &self,
         st: &mut ReadState,
         log_pos: u64,
-        tx: &mpsc::Sender<Envelope>,
+        tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
         st.in_transaction = false;
@@ -626,7 +625,7 @@ impl BinlogSource {
         &self,
         st: &mut ReadState,
         at: BinlogPosition,
-        tx: &mpsc::Sender<Envelope>,
+        tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
         if let Ok(mut b) = self.boundaries.lock() {
@@ -644,6 +643,7 @@ impl BinlogSource {
                     position: serde_json::to_string(&at)
                         .map_err(|e| SourceError::Other(e.to_string()))?,
                 }),
+                budget: None,
             };
             self.send(envelope, tx, shutdown).await;
         }
@@ -664,7 +664,7 @@ impl BinlogSource {
         &self,
         st: &mut ReadState,
         events: Vec<ChangeEvent>,
-        tx: &mpsc::Sender<Envelope>,
+        tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
         // One envelope per row, as TiCDC sends one message per row: the
@@ -691,6 +691,7 @@ impl BinlogSource {
                 origin: self.origin(seq, Bytes::from(payload)),
                 undecodable: None,
                 checkpoint: None,
+                budget: None,
             };
             self.send(envelope, tx, shutdown).await;
         }
@@ -698,12 +699,7 @@ impl BinlogSource {
     }
 
     /// Waits for room in the channel (backpressure) unless shutting down.
-    async fn send(
-        &self,
-        envelope: Envelope,
-        tx: &mpsc::Sender<Envelope>,
-        shutdown: &CancellationToken,
-    ) {
+    async fn send(&self, envelope: Envelope, tx: &EnvelopeTx, shutdown: &CancellationToken) {
         tokio::select! {
             _ = tx.send(envelope) => {}
             _ = shutdown.cancelled() => {}
@@ -712,11 +708,7 @@ impl BinlogSource {
 }
 
 impl Source for BinlogSource {
-    async fn run(
-        &self,
-        tx: mpsc::Sender<Envelope>,
-        shutdown: CancellationToken,
-    ) -> Result<(), SourceError> {
+    async fn run(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
         // A server that is down or restarting is waited for, with backoff;
         // only what retrying cannot fix stops the source.
         let mut attempt: u32 = 0;

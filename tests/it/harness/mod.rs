@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod mariadb;
 pub mod prometheus;
 pub mod ticdc;
+pub mod tmpfs;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
