@@ -231,8 +231,9 @@ enum Sent {
     Refused(KafkaError),
 }
 
-/// Errors no retry fixes: the letter goes to the file instead.
-fn refused_for_good(e: &KafkaError) -> bool {
+/// Produce errors no retry fixes: the broker or the client refuses the
+/// message itself.
+pub fn refused_for_good(e: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         e.rdkafka_error_code(),

@@ -17,6 +17,7 @@ use tracing::debug;
 use crate::config::{KafkaConfig, SinkConfig};
 use crate::event::{ChangeEvent, Checkpoint, Op};
 use crate::metrics::Metrics;
+use crate::pipeline::dlq::refused_for_good;
 use crate::sink::elasticsearch::bulk::now_millis;
 use crate::sink::elasticsearch::retry::Backoff;
 use crate::sink::{Rejected, Sink, SinkError};
@@ -152,15 +153,28 @@ impl Sink for KafkaSink {
             .collect();
         let keys: Vec<Vec<u8>> = events.iter().map(key).collect();
         let mut pending: Vec<usize> = (0..events.len()).collect();
+        let mut rejected = Vec::new();
         let mut attempt = 0;
         loop {
-            let failed = tokio::select! {
+            let mut failed = tokio::select! {
                 f = self.send_all(events, &payloads, &keys, &pending) => f,
                 _ = abort.cancelled() => return Err(SinkError::Aborted),
             };
+            // A message the topic can never take (too large, not authorised)
+            // is dead-lettered instead of retried for ever.
+            failed.retain(|(i, e)| {
+                if refused_for_good(e) {
+                    rejected.push(Rejected {
+                        index: *i,
+                        reason: format!("the topic refuses this message: {e}"),
+                    });
+                    return false;
+                }
+                true
+            });
             if failed.is_empty() {
                 self.metrics.bulk_requests.with_label_values(&["ok"]).inc();
-                return Ok(Vec::new());
+                return Ok(rejected);
             }
             attempt += 1;
             let error = failed[0].1.to_string();
