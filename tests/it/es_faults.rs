@@ -276,3 +276,40 @@ async fn bulk_bodies_over_the_size_limit_are_split_and_all_stored() {
     assert_eq!(run.dead_lettered().await, 0.0);
     run.expect_all_committed_and_running().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_whose_every_document_is_refused_fails_the_write_instead_of_dead_lettering() {
+    // One message of 20 rows: one batch, so splitting tries each document.
+    let message = insert(0, 20, 0);
+    let faults = Faults {
+        poisoned_ids: ids(&message).into_iter().collect(),
+        ..Faults::default()
+    };
+    let Some(es) = stub_with("refuse every document", faults).await else {
+        return;
+    };
+    let p = produced("refuseall", &es, std::slice::from_ref(&message)).await;
+    let run = Run::spawn(p, &[], 1);
+    let log = &run.consumer.log;
+    let failed = eventually(Duration::from_secs(60), || async {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("Elasticsearch refused every document of the bulk (20 documents")
+    })
+    .await;
+    assert!(failed, "no write error; log:\n{}", run.consumer.log_tail());
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("400 mapper_parsing_exception: poisoned")
+            && text.contains("fix the index mapping or template"),
+        "{}",
+        run.consumer.log_tail()
+    );
+    assert_eq!(run.dead_lettered().await, 0.0);
+    assert_eq!(es.count(&run.p.index).await, 0);
+    let committed = broker().committed(&run.p.group, &run.p.topic, run.p.partitions);
+    assert!(
+        committed.iter().all(|o| *o <= 0),
+        "committed {committed:?} past a batch that was not stored"
+    );
+}
