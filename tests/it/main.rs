@@ -6,6 +6,7 @@ mod binlog;
 mod changefeed;
 mod cli;
 mod dashboard;
+mod es_faults;
 mod faults;
 mod flow;
 mod quickstart;

@@ -5,8 +5,18 @@ use secrecy::ExposeSecret;
 use url::Url;
 
 use crate::config::EsConfig;
-use crate::sink::elasticsearch::response::BulkResponse;
+use crate::sink::elasticsearch::response::{refusal_reason, BulkResponse};
 use crate::sink::SinkError;
+
+/// What Elasticsearch answered to a bulk request.
+#[derive(Debug)]
+pub enum BulkReply {
+    /// Accepted: one outcome per item.
+    Items(BulkResponse),
+    /// Refused as a whole (400 bad request, 413 too large): something in
+    /// the body is at fault, not the cluster, so sending it again is futile.
+    Refused { status: u16, reason: String },
+}
 
 /// An authenticated client for one cluster.
 #[derive(Clone)]
@@ -68,8 +78,8 @@ impl EsClient {
         url
     }
 
-    /// Sends one NDJSON bulk body.
-    pub async fn bulk(&self, body: Vec<u8>) -> Result<BulkResponse, SinkError> {
+    /// Sends one NDJSON bulk body; other failures than a refusal are errors.
+    pub async fn bulk(&self, body: Vec<u8>) -> Result<BulkReply, SinkError> {
         let resp = self
             .http
             .post(self.url("_bulk"))
@@ -77,7 +87,15 @@ impl EsClient {
             .body(body)
             .send()
             .await?;
-        json_reply(resp, "bulk reply").await
+        let status = resp.status().as_u16();
+        if matches!(status, 400 | 413) {
+            let body = resp.bytes().await?;
+            return Ok(BulkReply::Refused {
+                status,
+                reason: refusal_reason(status, &body),
+            });
+        }
+        json_reply(resp, "bulk reply").await.map(BulkReply::Items)
     }
 
     /// Runs a `_search` on `index`; a missing index answers no hits rather than 404.

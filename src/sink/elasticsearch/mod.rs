@@ -2,6 +2,11 @@
 //!
 //! `bulk` encodes documents, `client` speaks HTTP, `response` sorts a bulk
 //! reply into done, retry and rejected items, and `retry` paces attempts.
+//!
+//! A request refused as a whole (400, 413) says only that something in it is
+//! wrong; `send_splitting` halves it until the refused documents stand alone,
+//! so that only those are dead-lettered. When every document is refused on
+//! its own the fault is the mapping, not the data: `write` fails instead.
 
 pub mod bulk;
 pub mod client;
@@ -9,6 +14,8 @@ pub mod response;
 pub mod retry;
 pub mod search;
 
+use std::future::Future;
+use std::ops::Range;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -17,7 +24,7 @@ use tracing::{debug, warn};
 use crate::config::{EsConfig, SinkConfig};
 use crate::event::{ChangeEvent, Checkpoint};
 use crate::metrics::Metrics;
-use crate::sink::elasticsearch::client::EsClient;
+use crate::sink::elasticsearch::client::{BulkReply, EsClient};
 use crate::sink::elasticsearch::response::{classify, ItemOutcome};
 use crate::sink::elasticsearch::retry::Backoff;
 use crate::sink::{Rejected, Sink, SinkError};
@@ -46,6 +53,43 @@ impl ElasticsearchSink {
             _ = tokio::time::sleep(self.backoff.delay(attempt)) => Ok(()),
             _ = abort.cancelled() => Err(SinkError::Aborted),
         }
+    }
+
+    /// Sends `events[i]` for each `i` in `indices` as one bulk request, and counts it.
+    async fn send_bulk(
+        &self,
+        events: &[ChangeEvent],
+        indices: &[usize],
+        ingested_at: &str,
+    ) -> Result<BulkReply, SinkError> {
+        let mut body = Vec::with_capacity(indices.len() * 512);
+        for &i in indices {
+            bulk::encode(&mut body, &self.index, &events[i], ingested_at);
+        }
+        let started = Instant::now();
+        let result = self.client.bulk(body).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let label = match &result {
+            Ok(BulkReply::Items(r)) if r.all_stored() => "ok",
+            Ok(BulkReply::Items(_)) => "partial",
+            Ok(BulkReply::Refused { .. }) => "error",
+            Err(SinkError::Status { status: 429, .. }) => "rejected",
+            Err(SinkError::Status { status, .. }) if *status >= 500 => "server_error",
+            Err(SinkError::Status { .. }) => "error",
+            Err(_) => "connection_error",
+        };
+        self.metrics.bulk_requests.with_label_values(&[label]).inc();
+        self.metrics
+            .bulk_duration
+            .with_label_values(&[label])
+            .observe(elapsed);
+        debug!(
+            items = indices.len(),
+            outcome = label,
+            elapsed,
+            "bulk request done"
+        );
+        result
     }
 }
 
@@ -84,93 +128,320 @@ impl Sink for ElasticsearchSink {
         // items after a partial failure, so only those are sent again.
         let mut pending: Vec<usize> = (0..events.len()).collect();
         let mut rejected = Vec::new();
+        let mut split = false;
         let mut attempt = 0u32;
-        let mut body = Vec::with_capacity(events.len() * 512);
         while !pending.is_empty() {
-            body.clear();
-            for &i in &pending {
-                bulk::encode(&mut body, &self.index, &events[i], &ingested_at);
-            }
-            let started = Instant::now();
-            let result = self.client.bulk(std::mem::take(&mut body)).await;
-            let elapsed = started.elapsed().as_secs_f64();
-            let outcome = match result {
-                Err(e) => {
-                    let (label, reason) = match &e {
-                        SinkError::Status { status: 429, .. } => ("rejected", "too_many_requests"),
-                        SinkError::Status { status, .. } if *status >= 500 => {
-                            ("server_error", "server_error")
-                        }
-                        SinkError::Status { .. } => ("error", "http_status"),
-                        _ => ("connection_error", "connection"),
-                    };
-                    self.metrics.bulk_requests.with_label_values(&[label]).inc();
-                    self.metrics
-                        .bulk_duration
-                        .with_label_values(&[label])
-                        .observe(elapsed);
-                    if !e.is_retryable() {
-                        return Err(e);
-                    }
-                    attempt += 1;
-                    self.metrics.sink_retry(
-                        "elasticsearch",
-                        reason,
-                        pending.len(),
-                        attempt,
-                        &e.to_string(),
-                    );
-                    self.pause(attempt, abort).await?;
-                    continue;
-                }
-                Ok(response) => response,
+            let round = {
+                let pending = &pending;
+                let ingested_at = ingested_at.as_str();
+                send_splitting(pending.len(), |range| {
+                    self.send_bulk(events, &pending[range], ingested_at)
+                })
+                .await
             };
-            let items = classify(&outcome, pending.len()).map_err(SinkError::Response)?;
+            split |= round.split;
             let mut retry = Vec::new();
-            let mut retry_reason = "";
-            for (&i, item) in pending.iter().zip(items) {
-                match item {
+            let mut retry_reason = None;
+            for (&i, outcome) in pending.iter().zip(round.outcomes) {
+                match outcome {
                     ItemOutcome::Stored | ItemOutcome::Duplicate => {}
-                    ItemOutcome::Retry(reason) => {
-                        retry_reason = reason;
+                    ItemOutcome::Retry { label, reason } => {
+                        retry_reason.get_or_insert((label, reason));
                         retry.push(i);
                     }
                     ItemOutcome::Rejected(reason) => rejected.push(Rejected { index: i, reason }),
                 }
             }
-            let label = if retry.is_empty() && rejected.is_empty() {
-                "ok"
-            } else {
-                "partial"
-            };
-            self.metrics.bulk_requests.with_label_values(&[label]).inc();
-            self.metrics
-                .bulk_duration
-                .with_label_values(&[label])
-                .observe(elapsed);
-            debug!(
-                items = pending.len(),
-                retry = retry.len(),
-                elapsed,
-                "bulk request done"
-            );
-            if !retry.is_empty() {
-                attempt += 1;
-                self.metrics.sink_retry(
-                    "elasticsearch",
-                    retry_reason,
-                    retry.len(),
-                    attempt,
-                    "some bulk items failed",
-                );
-                self.pause(attempt, abort).await?;
-            }
             pending = retry;
+            let (label, error) = match (round.failure, retry_reason) {
+                (Some(e), _) if !e.is_retryable() => return Err(e),
+                (Some(e), _) => (failure_label(&e), e.to_string()),
+                (None, Some((label, reason))) => (
+                    label,
+                    format!("{} bulk items failed, e.g. {reason}", pending.len()),
+                ),
+                (None, None) => break,
+            };
+            attempt += 1;
+            self.metrics
+                .sink_retry("elasticsearch", label, pending.len(), attempt, &error);
+            self.pause(attempt, abort).await?;
         }
+        if split && rejected.len() == events.len() {
+            // Dead-lettering the whole stream would hide a broken mapping or
+            // template behind a growing dead-letter topic: stop instead.
+            return Err(everything_refused(&rejected));
+        }
+        self.metrics.sink_ok();
         Ok(rejected)
     }
 
     async fn check(&self) -> Result<(), SinkError> {
-        self.client.ping().await
+        self.client.ping().await?;
+        // Reachable is not ready while writes are being retried (a cluster
+        // block, throttling): say why, so the stall is visible on /readyz.
+        match self.metrics.sink_failure() {
+            Some(why) => Err(SinkError::Response(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The metric label of a whole-request failure.
+fn failure_label(e: &SinkError) -> &'static str {
+    match e {
+        SinkError::Status { status: 429, .. } => "too_many_requests",
+        SinkError::Status { status, .. } if *status >= 500 => "server_error",
+        SinkError::Status { .. } => "http_status",
+        SinkError::Response(_) => "malformed_reply",
+        _ => "connection",
+    }
+}
+
+/// The error for a batch whose every document Elasticsearch refused.
+fn everything_refused(rejected: &[Rejected]) -> SinkError {
+    let reason = rejected.first().map_or("", |r| r.reason.as_str());
+    let fix = if reason.starts_with("413") {
+        "raise http.max_content_length or the proxy's body limit"
+    } else {
+        "fix the index mapping or template"
+    };
+    SinkError::Config(format!(
+        "Elasticsearch refused every document of the bulk ({} documents, e.g. {reason}); {fix}",
+        rejected.len()
+    ))
+}
+
+/// What one round of sending made of each of its items.
+#[derive(Debug)]
+struct Round {
+    outcomes: Vec<ItemOutcome>,
+    /// A request failed as a whole with this error; its items, and those
+    /// not sent yet, are `Retry`.
+    failure: Option<SinkError>,
+    /// Some request was refused as a whole and split.
+    split: bool,
+}
+
+/// Sends items `0..n` through `send` (which sends a range of them as one
+/// bulk request). A request refused as a whole (400, 413) is split in
+/// halves, recursively, until each refused document is alone: that one is
+/// `Rejected` with Elasticsearch's reason, and the rest is stored. The first
+/// failure of another kind ends the round.
+async fn send_splitting<F, Fut>(n: usize, mut send: F) -> Round
+where
+    F: FnMut(Range<usize>) -> Fut,
+    Fut: Future<Output = Result<BulkReply, SinkError>>,
+{
+    let mut outcomes: Vec<Option<ItemOutcome>> = vec![None; n];
+    let mut split = false;
+    let mut failure = None;
+    // Depth first, left half first: requests go out in event order.
+    let mut todo: Vec<Range<usize>> = Vec::new();
+    todo.push(0..n);
+    while let Some(range) = todo.pop() {
+        let failed = match send(range.clone()).await {
+            Ok(BulkReply::Items(r)) => match classify(&r, range.len()) {
+                Ok(items) => {
+                    for (slot, item) in outcomes[range.clone()].iter_mut().zip(items) {
+                        *slot = Some(item);
+                    }
+                    None
+                }
+                Err(e) => Some(SinkError::Response(e)),
+            },
+            Ok(BulkReply::Refused { reason, .. }) if range.len() == 1 => {
+                outcomes[range.start] = Some(ItemOutcome::Rejected(reason));
+                None
+            }
+            Ok(BulkReply::Refused { .. }) => {
+                split = true;
+                let mid = range.start + range.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            for range in todo.drain(..).chain([range]) {
+                for slot in &mut outcomes[range] {
+                    *slot = Some(retry_after(&e));
+                }
+            }
+            failure = Some(e);
+            break;
+        }
+    }
+    Round {
+        // Every range was answered or marked for retry above; a gap would
+        // be a bug here, and retrying is the outcome that loses nothing.
+        outcomes: outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| retry_after(&SinkError::Response("no outcome".into()))))
+            .collect(),
+        failure,
+        split,
+    }
+}
+
+fn retry_after(e: &SinkError) -> ItemOutcome {
+    ItemOutcome::Retry {
+        label: failure_label(e),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::elasticsearch::response::BulkResponse;
+    use std::cell::RefCell;
+
+    /// A fake cluster: refuses (400) any request holding a poisoned item,
+    /// and (413) any request of more than `max_items` items.
+    struct FakeCluster {
+        poisoned: Vec<usize>,
+        max_items: usize,
+        requests: RefCell<Vec<Range<usize>>>,
+    }
+
+    impl FakeCluster {
+        fn new(poisoned: &[usize], max_items: usize) -> FakeCluster {
+            FakeCluster {
+                poisoned: poisoned.to_vec(),
+                max_items,
+                requests: RefCell::new(Vec::new()),
+            }
+        }
+
+        async fn send(&self, range: Range<usize>) -> Result<BulkReply, SinkError> {
+            self.requests.borrow_mut().push(range.clone());
+            if range.len() > self.max_items {
+                return Ok(BulkReply::Refused {
+                    status: 413,
+                    reason: "413 request too large".into(),
+                });
+            }
+            if self.poisoned.iter().any(|p| range.contains(p)) {
+                return Ok(BulkReply::Refused {
+                    status: 400,
+                    reason: "400 mapper_parsing_exception: poisoned".into(),
+                });
+            }
+            Ok(BulkReply::Items(created(range.len())))
+        }
+    }
+
+    fn created(n: usize) -> BulkResponse {
+        let items = vec![r#"{"create":{"status":201}}"#; n].join(",");
+        serde_json::from_str(&format!(r#"{{"errors":false,"items":[{items}]}}"#)).unwrap()
+    }
+
+    fn rejected(round: &Round) -> Vec<usize> {
+        (0..round.outcomes.len())
+            .filter(|&i| matches!(round.outcomes[i], ItemOutcome::Rejected(_)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_refused_bulk_is_split_until_the_poisoned_document_is_alone() {
+        let es = FakeCluster::new(&[37], usize::MAX);
+        let round = send_splitting(100, |r| es.send(r)).await;
+        assert!(round.split && round.failure.is_none());
+        assert_eq!(rejected(&round), [37]);
+        assert_eq!(
+            round.outcomes[37],
+            ItemOutcome::Rejected("400 mapper_parsing_exception: poisoned".into())
+        );
+        assert_eq!(
+            round
+                .outcomes
+                .iter()
+                .filter(|o| **o == ItemOutcome::Stored)
+                .count(),
+            99
+        );
+        // Two requests per halving: about 2 * log2(100), not one per document.
+        let requests = es.requests.borrow().len();
+        assert!(requests <= 2 * 7 + 1, "{requests} requests");
+    }
+
+    #[tokio::test]
+    async fn a_bulk_too_large_is_split_until_the_parts_fit_and_all_is_stored() {
+        let es = FakeCluster::new(&[], 8);
+        let round = send_splitting(100, |r| es.send(r)).await;
+        assert!(round.split && round.failure.is_none());
+        assert!(round.outcomes.iter().all(|o| *o == ItemOutcome::Stored));
+    }
+
+    #[tokio::test]
+    async fn a_single_document_too_large_is_rejected_as_too_large() {
+        let es = FakeCluster::new(&[], 0);
+        let round = send_splitting(1, |r| es.send(r)).await;
+        assert!(!round.split);
+        assert_eq!(
+            round.outcomes,
+            [ItemOutcome::Rejected("413 request too large".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_document_refused_alone_is_found_by_splitting() {
+        let es = FakeCluster::new(&[0, 1, 2, 3, 4], usize::MAX);
+        let round = send_splitting(5, |r| es.send(r)).await;
+        assert!(round.split);
+        assert_eq!(rejected(&round), [0, 1, 2, 3, 4]);
+        let all: Vec<Rejected> = (0..5)
+            .map(|index| Rejected {
+                index,
+                reason: "400 mapper_parsing_exception: poisoned".into(),
+            })
+            .collect();
+        let err = everything_refused(&all);
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(
+            text.contains("refused every document")
+                && text.contains("mapper_parsing_exception")
+                && text.contains("fix the index mapping or template"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_while_splitting_retries_only_what_was_not_stored() {
+        let es = FakeCluster::new(&[9], usize::MAX);
+        let calls = RefCell::new(0);
+        let round = send_splitting(10, |r| {
+            *calls.borrow_mut() += 1;
+            let overloaded = *calls.borrow() == 3;
+            let reply = es.send(r);
+            async move {
+                if overloaded {
+                    return Err(SinkError::Status {
+                        status: 503,
+                        body: "unavailable".into(),
+                    });
+                }
+                reply.await
+            }
+        })
+        .await;
+        // 0..10 refused, 0..5 stored, then 5..10 failed with 503.
+        assert!(matches!(
+            round.failure,
+            Some(SinkError::Status { status: 503, .. })
+        ));
+        assert!(round.outcomes[..5]
+            .iter()
+            .all(|o| *o == ItemOutcome::Stored));
+        assert!(round.outcomes[5..].iter().all(|o| matches!(
+            o,
+            ItemOutcome::Retry {
+                label: "server_error",
+                ..
+            }
+        )));
     }
 }

@@ -3,7 +3,14 @@
 //! Per the Bulk API, `items` has one entry per action, in request order,
 //! each `{"<action>": {"status": N, "error": {...}}}`. 409 on `create` means
 //! the document is already there (a replay): stored. 429 and 5xx are
-//! transient. Any other 4xx is the document's fault and will never succeed.
+//! transient, and so are 404 (the index is missing, e.g. deleted while a
+//! template or alias is being fixed) and 403 `cluster_block_exception` (the
+//! index turned read-only at the disk flood-stage watermark; writes succeed
+//! once space is freed and the block lifted). Any other 4xx is the document's
+//! fault and will never succeed.
+//!
+//! A request refused as a whole (400, 413) has no items: `refusal_reason`
+//! reads the error body instead.
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -15,6 +22,16 @@ pub struct BulkResponse {
     pub errors: bool,
     #[serde(default)]
     pub items: Vec<HashMap<String, BulkItem>>,
+}
+
+impl BulkResponse {
+    /// True when every item is stored (created, or already there).
+    pub fn all_stored(&self) -> bool {
+        self.items
+            .iter()
+            .flat_map(|item| item.values())
+            .all(|item| matches!(item.status, 200..=299 | 409))
+    }
 }
 
 /// One item of a bulk reply.
@@ -30,8 +47,11 @@ pub struct BulkItem {
 pub enum ItemOutcome {
     Stored,
     Duplicate,
-    /// Transient; the label says why (for the retry metric).
-    Retry(&'static str),
+    /// Transient: `label` says why (for the retry metric), `reason` is Elasticsearch's.
+    Retry {
+        label: &'static str,
+        reason: String,
+    },
     /// Permanent, with Elasticsearch's reason.
     Rejected(String),
 }
@@ -52,27 +72,63 @@ pub fn classify(response: &BulkResponse, expected: usize) -> Result<Vec<ItemOutc
         .iter()
         .map(|item| {
             let Some(item) = item.values().next() else {
-                return ItemOutcome::Retry("malformed_item");
+                return ItemOutcome::Retry {
+                    label: "malformed_item",
+                    reason: "bulk reply item has no action".into(),
+                };
+            };
+            let error = item.error.as_ref();
+            let retry = |label| ItemOutcome::Retry {
+                label,
+                reason: reason(item.status, error),
             };
             match item.status {
                 200..=299 => ItemOutcome::Stored,
                 409 => ItemOutcome::Duplicate,
-                429 => ItemOutcome::Retry("too_many_requests"),
-                500..=599 => ItemOutcome::Retry("server_error"),
-                status => ItemOutcome::Rejected(reason(status, item.error.as_ref())),
+                429 => retry("too_many_requests"),
+                500..=599 => retry("server_error"),
+                404 => retry("index_not_found"),
+                403 if error_type(error) == Some("cluster_block_exception") => {
+                    retry("cluster_block")
+                }
+                status => ItemOutcome::Rejected(reason(status, error)),
             }
         })
         .collect())
+}
+
+/// Why Elasticsearch refused a whole bulk request (400 or 413), from its
+/// error body: `{"error": {"type", "reason"}, "status"}`, a bare string, or
+/// nothing (a 413 from the HTTP layer or a proxy has no JSON body).
+pub fn refusal_reason(status: u16, body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    if status == 413 {
+        return match error {
+            Some(e) => format!("413 request too large: {}", reason(413, Some(e))),
+            None => "413 request too large".to_owned(),
+        };
+    }
+    match error {
+        Some(serde_json::Value::String(text)) => format!("{status} {text}"),
+        Some(e) => reason(status, Some(e)),
+        None => {
+            // Not Elasticsearch's JSON (a proxy page?): its start is the best clue.
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            format!("{status} {}", text.trim())
+        }
+    }
+}
+
+fn error_type(error: Option<&serde_json::Value>) -> Option<&str> {
+    error?.get("type")?.as_str()
 }
 
 fn reason(status: u16, error: Option<&serde_json::Value>) -> String {
     let Some(error) = error else {
         return format!("status {status}");
     };
-    let kind = error
-        .get("type")
-        .and_then(|v| v.as_str())
-        .unwrap_or("error");
+    let kind = error_type(Some(error)).unwrap_or("error");
     let text = error.get("reason").and_then(|v| v.as_str()).unwrap_or("");
     let cause = error
         .get("caused_by")
@@ -115,9 +171,19 @@ mod tests {
         );
         let out = classify(&r, 5).unwrap();
         assert_eq!(out[0], ItemOutcome::Stored);
-        assert_eq!(out[1], ItemOutcome::Retry("too_many_requests"));
+        assert!(
+            matches!(&out[1], ItemOutcome::Retry { label: "too_many_requests", reason } if reason.contains("queue full")),
+            "{:?}",
+            out[1]
+        );
         assert_eq!(out[2], ItemOutcome::Duplicate);
-        assert_eq!(out[3], ItemOutcome::Retry("server_error"));
+        assert!(matches!(
+            out[3],
+            ItemOutcome::Retry {
+                label: "server_error",
+                ..
+            }
+        ));
         match &out[4] {
             ItemOutcome::Rejected(r) => {
                 assert!(
@@ -133,5 +199,55 @@ mod tests {
     fn item_count_mismatch_is_an_error() {
         let r = parse(r#"{"errors":false,"items":[{"create":{"status":201}}]}"#);
         assert!(classify(&r, 2).is_err());
+    }
+
+    #[test]
+    fn item_level_cluster_block_is_retried() {
+        let r = parse(
+            r#"{"errors":true,"items":[
+            {"create":{"status":403,"error":{"type":"cluster_block_exception","reason":"index [cdc-events] blocked by: [FORBIDDEN/12/index read-only / allow delete (api)];"}}},
+            {"create":{"status":403,"error":{"type":"security_exception","reason":"action [indices:data/write/bulk[s]] is unauthorized"}}}
+        ]}"#,
+        );
+        let out = classify(&r, 2).unwrap();
+        assert!(
+            matches!(&out[0], ItemOutcome::Retry { label: "cluster_block", reason } if reason.contains("read-only")),
+            "{:?}",
+            out[0]
+        );
+        // Any other 403 on an item stays the document's fault.
+        assert!(matches!(&out[1], ItemOutcome::Rejected(r) if r.contains("security_exception")));
+    }
+
+    #[test]
+    fn item_level_missing_index_is_retried() {
+        let r = parse(
+            r#"{"errors":true,"items":[{"create":{"status":404,"error":{"type":"index_not_found_exception","reason":"no such index [cdc-events]"}}}]}"#,
+        );
+        assert!(matches!(
+            classify(&r, 1).unwrap()[0],
+            ItemOutcome::Retry {
+                label: "index_not_found",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_refused_request_is_explained_by_its_error_body() {
+        let es = br#"{"error":{"root_cause":[],"type":"mapper_parsing_exception","reason":"poisoned"},"status":400}"#;
+        assert_eq!(
+            refusal_reason(400, es),
+            "400 mapper_parsing_exception: poisoned"
+        );
+        assert_eq!(refusal_reason(413, b""), "413 request too large");
+        assert_eq!(
+            refusal_reason(400, br#"{"error":"Unknown key for a VALUE_STRING"}"#),
+            "400 Unknown key for a VALUE_STRING"
+        );
+        assert_eq!(
+            refusal_reason(400, b"<html>Bad Request</html>\n"),
+            "400 <html>Bad Request</html>"
+        );
     }
 }

@@ -7,15 +7,17 @@
 //! exists, 400 document_parsing_exception for a flattened field deeper than
 //! 20 levels, as Elasticsearch does), `/{index}/_count`, `/{index}/_doc/{id}`
 //! and `/{index}/_refresh`, plus fault injection: whole-request 429 or 503
-//! for a while, and per-item 429 for a share of items.
+//! for a while, per-item 429 for a share of items, whole-request 400 for any
+//! request holding a poisoned document, whole-request 413 for large bodies,
+//! and per-item 403 `cluster_block_exception` (a read-only index) for a while.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +33,12 @@ pub struct Faults {
     pub unavailable_until: Option<Instant>,
     /// Fail every n-th item with 429 on its first attempt.
     pub item_429_every: Option<usize>,
+    /// Answer 400 `mapper_parsing_exception` to any bulk request holding one of these ids.
+    pub poisoned_ids: HashSet<String>,
+    /// Answer 413, without a body (as Elasticsearch's HTTP layer does), to bulk bodies larger than this.
+    pub max_body_bytes: Option<usize>,
+    /// Fail every item with 403 `cluster_block_exception` until then.
+    pub blocked_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -46,6 +54,8 @@ struct StubState {
     /// Items ever received per id (duplicates show up here, not in docs).
     attempts: HashMap<String, u32>,
     bulk_requests: u64,
+    /// Bulk requests answered 400 or 413 as a whole.
+    refused_requests: u64,
     item_counter: usize,
 }
 
@@ -109,6 +119,11 @@ impl EsStub {
         self.state.lock().unwrap().bulk_requests
     }
 
+    /// Number of bulk requests refused as a whole (400 or 413).
+    pub fn refused_requests(&self) -> u64 {
+        self.state.lock().unwrap().refused_requests
+    }
+
     /// Installed template names.
     pub fn templates(&self) -> Vec<String> {
         self.state
@@ -147,6 +162,9 @@ async fn serve(
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_doc/{id}", get(get_doc))
+        // Elasticsearch takes up to 100 MB (http.max_content_length); axum's
+        // 2 MB default would answer 413 where Elasticsearch does not.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -271,10 +289,32 @@ async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
         )
             .into_response();
     }
+    if st.faults.max_body_bytes.is_some_and(|max| body.len() > max) {
+        st.refused_requests += 1;
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
         Err(_) => return (StatusCode::BAD_REQUEST, "not utf-8").into_response(),
     };
+    let poisoned = !st.faults.poisoned_ids.is_empty()
+        && text.lines().step_by(2).any(|action| {
+            serde_json::from_str::<Value>(action).is_ok_and(|a| {
+                a.as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(|meta| meta["_id"].as_str())
+                    .is_some_and(|id| st.faults.poisoned_ids.contains(id))
+            })
+        });
+    if poisoned {
+        st.refused_requests += 1;
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"root_cause": [{"type": "mapper_parsing_exception", "reason": "poisoned"}], "type": "mapper_parsing_exception", "reason": "poisoned"}, "status": 400})),
+        )
+            .into_response();
+    }
+    let blocked = st.faults.blocked_until.is_some_and(|t| now < t);
     if !text.ends_with('\n') {
         // Elasticsearch requires the body to end with a newline.
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "illegal_argument_exception", "reason": "The bulk request must be terminated by a newline [\\n]"}, "status": 400}))).into_response();
@@ -324,6 +364,11 @@ async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
                 items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}}}));
                 continue;
             }
+        }
+        if blocked {
+            errors = true;
+            items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 403, "error": {"type": "cluster_block_exception", "reason": format!("index [{index}] blocked by: [FORBIDDEN/12/index read-only / allow delete (api)];")}}}));
+            continue;
         }
         if ["data", "old", "pk"]
             .iter()
@@ -394,6 +439,51 @@ impl EsTarget {
             return None;
         }
         serde_json::from_slice(&resp.bytes().await.ok()?).ok()
+    }
+
+    /// Makes every write to `index` fail, item by item, with 403
+    /// `cluster_block_exception` for `period`, as a read-only index does: a
+    /// fault on the stub; a write block on a real cluster, lifted by a task.
+    pub async fn block_writes(&self, index: &str, period: Duration) {
+        if let Some(stub) = &self.stub {
+            stub.set_faults(Faults {
+                blocked_until: Some(Instant::now() + period),
+                ..Faults::default()
+            });
+            return;
+        }
+        // The block lives on the index, so create it first, with the
+        // consumer's template so that its mapping is the usual one.
+        let template = cdc_monitor::sink::elasticsearch::client::index_template(index);
+        self.put(&format!("_index_template/{index}"), &template)
+            .await;
+        self.put(index, &json!({})).await;
+        let block = |on: bool| json!({"index": {"blocks": {"write": on}}});
+        self.put(&format!("{index}/_settings"), &block(true)).await;
+        let (http, url) = (self.http.clone(), format!("{}/{index}/_settings", self.url));
+        tokio::spawn(async move {
+            tokio::time::sleep(period).await;
+            let r = http
+                .put(url)
+                .header("content-type", "application/json")
+                .body(block(false).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "lifting the write block: {r:?}");
+        });
+    }
+
+    async fn put(&self, path: &str, body: &Value) {
+        let r = self
+            .http
+            .put(format!("{}/{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "PUT {path}: {r:?}");
     }
 
     /// Documents in `index` (0 when it does not exist).
