@@ -278,7 +278,7 @@ async fn bulk_bodies_over_the_size_limit_are_split_and_all_stored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bulk_whose_every_document_is_refused_fails_the_write_instead_of_dead_lettering() {
+async fn a_bulk_whose_every_document_is_refused_stops_the_process_instead_of_dead_lettering() {
     // One message of 20 rows: one batch, so splitting tries each document.
     let message = insert(0, 20, 0);
     let faults = Faults {
@@ -289,23 +289,20 @@ async fn a_bulk_whose_every_document_is_refused_fails_the_write_instead_of_dead_
         return;
     };
     let p = produced("refuseall", &es, std::slice::from_ref(&message)).await;
-    let run = Run::spawn(p, &[], 1);
-    let log = &run.consumer.log;
-    let failed = eventually(Duration::from_secs(60), || async {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .contains("Elasticsearch refused every document of the bulk (20 documents")
-    })
-    .await;
-    assert!(failed, "no write error; log:\n{}", run.consumer.log_tail());
-    let text = std::fs::read_to_string(log).unwrap();
+    let mut run = Run::spawn(p, &[], 1);
+    // Stop the line: the process exits, naming the cause, and commits nothing.
+    let status = run.consumer.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{}", run.consumer.log_tail());
+    let text = std::fs::read_to_string(&run.consumer.log).unwrap();
     assert!(
-        text.contains("400 mapper_parsing_exception: poisoned")
+        text.contains("Elasticsearch refused every document of the bulk (20 documents")
+            && text.contains("400 mapper_parsing_exception: poisoned")
             && text.contains("fix the index mapping or template"),
         "{}",
         run.consumer.log_tail()
     );
-    assert_eq!(run.dead_lettered().await, 0.0);
+    let letters = broker().read_all(&run.p.dlq, 1, Duration::from_secs(3));
+    assert!(letters.is_empty(), "dead-lettered: {letters:?}");
     assert_eq!(es.count(&run.p.index).await, 0);
     let committed = broker().committed(&run.p.group, &run.p.topic, run.p.partitions);
     assert!(
