@@ -7,6 +7,7 @@ mod changefeed;
 mod cli;
 mod dashboard;
 mod faults;
+mod fidelity;
 mod flow;
 mod quickstart;
 mod restart;
