@@ -132,7 +132,8 @@ async fn rows_of_every_common_type_come_out_with_the_right_values() {
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
     let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "types", dir.path()));
-    wait_docs(&es, "types", 5, &p).await; // 2 inserts, 1 update, 1 delete, 1 CREATE TABLE
+    // 2 inserts, 1 update, 1 delete, CREATE DATABASE and CREATE TABLE.
+    wait_docs(&es, "types", 6, &p).await;
     let all = docs(&es, "types");
 
     let one = find(&all, "insert", "1");
@@ -201,12 +202,12 @@ async fn rows_after_a_ddl_carry_the_new_column() {
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
     let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "ddl", dir.path()));
-    wait_docs(&es, "ddl", 2, &p).await;
+    wait_docs(&es, "ddl", 3, &p).await; // CREATE DATABASE, CREATE TABLE, insert 1
     db.exec(&format!(
         "ALTER TABLE {d}.u ADD COLUMN age INT; INSERT INTO {d}.u VALUES (2, 'b', 42);"
     ))
     .await;
-    wait_docs(&es, "ddl", 4, &p).await;
+    wait_docs(&es, "ddl", 5, &p).await; // and ALTER TABLE, insert 2
     let all = docs(&es, "ddl");
     assert_eq!(
         find(&all, "insert", "2")["data"],
