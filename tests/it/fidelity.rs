@@ -56,7 +56,8 @@ enum Kind {
     VarBinary(usize),
     /// A BLOB type holding up to this many bytes.
     Blob(usize),
-    Enum,
+    /// Its members (the first three are ASCII).
+    Enum(&'static [&'static str]),
     Set,
     Json,
     Geometry,
@@ -166,7 +167,17 @@ fn columns() -> Vec<Col> {
     ] {
         add(&b.to_ascii_lowercase(), b, Kind::Blob(max));
     }
-    add("en", "ENUM('a','b','c d','é')", Kind::Enum);
+    add(
+        "en",
+        "ENUM('a','b','c d','é')",
+        Kind::Enum(&["a", "b", "c d", "é"]),
+    );
+    // Member names come in the column's character set in the table map.
+    add(
+        "en_latin1",
+        "ENUM('a','b','c','é','€') CHARACTER SET latin1",
+        Kind::Enum(&["a", "b", "c", "é", "€"]),
+    );
     add("st", "SET('x','y','z','é')", Kind::Set);
     add("js", "JSON", Kind::Json);
     add("geo", "GEOMETRY", Kind::Geometry);
@@ -359,7 +370,7 @@ fn random_literal(rng: &mut StdRng, kind: Kind) -> String {
         Kind::Latin1Bytes => format!("_latin1 X'{}'", hex(&random_bytes(rng, 300))),
         Kind::Binary(n) | Kind::VarBinary(n) => format!("X'{}'", hex(&random_bytes(rng, n))),
         Kind::Blob(max) => format!("X'{}'", hex(&random_bytes(rng, max.min(200)))),
-        Kind::Enum => quoted(["a", "b", "c d"][rng.random_range(0..3)]),
+        Kind::Enum(members) => text_literal(members[rng.random_range(0..members.len())]),
         Kind::Set => {
             let picked: Vec<&str> = ["x", "y", "z"]
                 .into_iter()
@@ -531,7 +542,7 @@ fn edges(kind: Kind) -> Vec<String> {
             let every: Vec<u8> = (0..=255).take(max).collect();
             vec![format!("X'{}'", hex(&every)), "X''".into()]
         }
-        Kind::Enum => vec![q("é"), q("c d"), q("a")],
+        Kind::Enum(members) => members.iter().rev().map(|m| text_literal(m)).collect(),
         Kind::Set => vec![q(""), q("x,y,z,é"), q("é")],
         Kind::Json => vec![
             text_literal("[]"),
