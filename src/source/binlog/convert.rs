@@ -87,7 +87,8 @@ fn unsigned_fix(v: i64, t: ColumnType) -> u64 {
 
 /// A signed MEDIUMINT. mysql_common reads the 3 bytes into an i32 without
 /// extending the sign (`eat_i24_le`), so -1 arrives as 16777215.
-// Upstream: blackbeam/rust_mysql_common, `ParseBuf::eat_i24_le` zero-fills the top byte.
+// Upstream bug (mysql_common 0.37.3, not yet reported in blackbeam/rust_mysql_common):
+// `ParseBuf::eat_i24_le` zero-fills the top byte. Drop this once it sign-extends.
 fn sign_extend_24(v: i64) -> i64 {
     let v = v & 0xff_ffff;
     if v >= 0x80_0000 {
@@ -101,7 +102,8 @@ fn sign_extend_24(v: i64) -> i64 {
 /// part, 1 of hundredths). mysql_common decodes negative values with a
 /// fraction through an unsigned underflow (a panic in debug builds), so
 /// the source hands these columns over raw (see `events::decoding_table_map`).
-// Upstream: blackbeam/rust_mysql_common, `my_time_packed_from_binary` keeps `frac` in a u32.
+// Upstream bug (mysql_common 0.37.3, not yet reported in blackbeam/rust_mysql_common;
+// related: #169): `my_time_packed_from_binary` keeps `frac` in a u32.
 fn time2_hundredths(raw: [u8; 4], digits: usize) -> String {
     let mut int_part = i64::from(u32::from_be_bytes([0, raw[0], raw[1], raw[2]])) - 0x80_0000;
     let mut frac = i64::from(raw[3]);
@@ -213,7 +215,8 @@ pub fn to_json(
                     Some(raw) => time2_hundredths(raw, digits),
                     None => String::from_utf8_lossy(b).into_owned(),
                 },
-                // mysql_common adds 1900 to the stored byte; 0 is the zero year.
+                // mysql_common adds 1900 to the stored byte, also to 0, the zero
+                // year (upstream: not yet reported); 1900 is not a valid YEAR.
                 MYSQL_TYPE_YEAR if b.as_slice() == b"1900" => "0000".to_owned(),
                 MYSQL_TYPE_YEAR | MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DECIMAL => {
                     String::from_utf8_lossy(b).into_owned()

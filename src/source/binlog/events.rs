@@ -47,7 +47,8 @@ pub struct ValueError {
 /// their big-endian i32). mysql_common decodes a negative TIME(1)/TIME(2)
 /// with a fraction through an unsigned underflow: a wrong value in release
 /// builds, a panic in debug ones.
-// Upstream: blackbeam/rust_mysql_common, `binlog::misc::my_time_packed_from_binary`
+// Upstream bug (mysql_common 0.37.3, not yet reported in blackbeam/rust_mysql_common):
+// `binlog::misc::my_time_packed_from_binary`
 // (`frac` is a u32 there, an int in the server's `my_time_packed_from_binary`).
 pub fn decoding_table_map(tme: &TableMapEvent<'_>) -> std::io::Result<TableMapEvent<'static>> {
     let n = tme.columns_count() as usize;
