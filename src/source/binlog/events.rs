@@ -375,6 +375,29 @@ mod tests {
     }
 
     #[test]
+    fn time_with_hundredths_is_relabelled_for_decoding_and_nothing_else_moves() {
+        use ColumnType::*;
+        // id 1, flags 0, `d`.`t`, 3 columns: TIME(1), TIME(3), INT.
+        let mut raw = vec![1, 0, 0, 0, 0, 0, 0, 0, 1, b'd', 0, 1, b't', 0, 3];
+        raw.extend([
+            MYSQL_TYPE_TIME2 as u8,
+            MYSQL_TYPE_TIME2 as u8,
+            MYSQL_TYPE_LONG as u8,
+        ]);
+        raw.extend([2, 1, 3, 0b111]); // metadata (2 bytes), null bitmap
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        let ctx = BinlogCtx::new(raw.len(), &fde, EventType::TABLE_MAP_EVENT as u8);
+        let tme = TableMapEvent::deserialize(ctx, &mut ParseBuf(&raw)).unwrap();
+        let d = decoding_table_map(&tme).unwrap();
+        assert_eq!(d.get_column_type(0).unwrap(), Some(MYSQL_TYPE_TIMESTAMP2));
+        assert_eq!(d.get_column_metadata(0), Some(&[0u8][..]));
+        assert_eq!(d.get_column_type(1).unwrap(), Some(MYSQL_TYPE_TIME2));
+        assert_eq!(d.get_column_metadata(1), Some(&[3u8][..]));
+        assert_eq!(d.get_column_type(2).unwrap(), Some(MYSQL_TYPE_LONG));
+        assert_eq!((d.table_id(), d.table_name()), (1, "t".into()));
+    }
+
+    #[test]
     fn ddl_statements_name_their_table() {
         let t = |s: &str| ddl_target(s, "appdb");
         assert_eq!(
