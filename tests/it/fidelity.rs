@@ -793,6 +793,13 @@ fn check(all: &[Value], w: &Written, cols: &[Col]) -> usize {
     compared
 }
 
+/// A line on the real stderr: the test harness captures `eprintln!` of
+/// passing tests, and the count of values compared should show in every run.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn base_seed() -> u64 {
     std::env::var("CDC_FIDELITY_SEED")
         .ok()
@@ -818,11 +825,11 @@ async fn differential(seed: u64, full_metadata: bool) -> usize {
     wait_docs(&es, "fidelity", written.changes() + 2, &p).await;
     let compared = check(&docs(&es, "fidelity"), &written, &cols);
     assert_eq!(p.metric("cdc_decode_errors_total", &[]).await, 0.0);
-    eprintln!(
+    report(&format!(
         "fidelity seed {seed} (full row metadata: {full_metadata}): {compared} values compared, \
          0 mismatches, {:?}",
         started.elapsed()
-    );
+    ));
     compared
 }
 
@@ -865,7 +872,9 @@ async fn binlog_values_read_the_same_after_a_kafka_round_trip() {
     wait_pipeline(&es, &pipeline, written.changes() + 2, &capture, &consumer).await;
     let compared = check(&docs(&es, &pipeline.index), &written, &cols);
     assert_eq!(consumer.metric("cdc_decode_errors_total", &[]).await, 0.0);
-    eprintln!("fidelity over Kafka, seed {seed}: {compared} values compared, 0 mismatches");
+    report(&format!(
+        "fidelity over Kafka, seed {seed}: {compared} values compared, 0 mismatches"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
