@@ -6,7 +6,7 @@
 //! TIMESTAMP in UTC (the oracle's session runs in +00:00), binary strings
 //! as ISO-8859-1 code points, BIT as its number (`col+0`), FLOAT and DOUBLE
 //! compared as numbers within the digits the server prints (6 and 15
-//! significant digits; the capture writes every digit).
+//! significant digits; the capture writes them in full, see the README).
 //!
 //! `CDC_FIDELITY_SEED` picks the base seed (each test adds its own offset).
 
@@ -859,7 +859,7 @@ async fn binlog_values_read_the_same_after_a_kafka_round_trip() {
     let db = MariaDb::start().await;
     let d = db.create_database("fidkafka").await;
     let cols = columns();
-    let written = write_rows(&db, &d, &cols, seed, 30).await;
+    let written = write_rows(&db, &d, &cols, seed, 40).await;
     let broker = broker();
     let es = EsTarget::stub().await;
     let pipeline = Pipeline::new("fidelity", &broker.bootstrap, &es.url, 1);
@@ -872,6 +872,7 @@ async fn binlog_values_read_the_same_after_a_kafka_round_trip() {
     wait_pipeline(&es, &pipeline, written.changes() + 2, &capture, &consumer).await;
     let compared = check(&docs(&es, &pipeline.index), &written, &cols);
     assert_eq!(consumer.metric("cdc_decode_errors_total", &[]).await, 0.0);
+    assert!(compared >= 5_000, "{compared}");
     report(&format!(
         "fidelity over Kafka, seed {seed}: {compared} values compared, 0 mismatches"
     ));

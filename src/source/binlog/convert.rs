@@ -7,8 +7,9 @@
 //! by the column's character set. Binary strings map each byte to the code
 //! point of the same value (ISO-8859-1), as Canal and TiCDC do, BINARY(n)
 //! padded to n bytes. ENUM and SET columns carry their member names, BIT
-//! columns their unsigned value, FLOAT and DOUBLE every digit of the
-//! binary value (Rust's shortest round-trip form, never an exponent).
+//! columns their unsigned value, FLOAT and DOUBLE in full as TiCDC writes
+//! them (the shortest decimal that reads back as the same value, never an
+//! exponent; the server prints fewer digits).
 
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
