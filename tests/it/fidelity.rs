@@ -61,6 +61,10 @@ enum Kind {
     Set,
     Json,
     Geometry,
+    /// MariaDB's INET4, INET6 and UUID.
+    Inet4,
+    Inet6,
+    Uuid,
 }
 
 impl Kind {
@@ -181,6 +185,9 @@ fn columns() -> Vec<Col> {
     add("st", "SET('x','y','z','é')", Kind::Set);
     add("js", "JSON", Kind::Json);
     add("geo", "GEOMETRY", Kind::Geometry);
+    add("ip4", "INET4", Kind::Inet4);
+    add("ip6", "INET6", Kind::Inet6);
+    add("uu", "UUID", Kind::Uuid);
     add(
         "lat_bytes",
         "VARCHAR(300) CHARACTER SET latin1",
@@ -383,6 +390,24 @@ fn random_literal(rng: &mut StdRng, kind: Kind) -> String {
             rng.random_range(-1000..1000),
             rng.random_range(0..1000)
         )),
+        Kind::Inet4 => quoted(&std::net::Ipv4Addr::from(rng.random::<[u8; 4]>()).to_string()),
+        Kind::Inet6 => {
+            // Runs of zero groups, where the text form compresses.
+            let mut groups: [u16; 8] = rng.random();
+            for g in groups.iter_mut() {
+                if rng.random_bool(0.4) {
+                    *g = 0;
+                }
+            }
+            quoted(&std::net::Ipv6Addr::from(groups).to_string())
+        }
+        Kind::Uuid => {
+            // The server takes RFC 4122 UUIDs: version 1 to 5, variant 10xx.
+            let mut b: [u8; 16] = rng.random();
+            b[6] = (b[6] & 0x0f) | (rng.random_range(1..=5u8) << 4);
+            b[8] = (b[8] & 0x3f) | 0x80;
+            quoted(&cdc_monitor::source::binlog::events::uuid_text(&b))
+        }
         Kind::Geometry => format!(
             "ST_GeomFromText('POINT({} {})')",
             rng.random_range(-180.0..180.0f64),
@@ -551,6 +576,23 @@ fn edges(kind: Kind) -> Vec<String> {
             text_literal("\"é🚀\""),
         ],
         Kind::Geometry => vec!["ST_GeomFromText('LINESTRING(0 0,1 1,2 5)')".into()],
+        Kind::Inet4 => vec![q("0.0.0.0"), q("255.255.255.255"), q("10.0.0.0")],
+        Kind::Inet6 => vec![
+            q("::"),
+            q("::1"),
+            q("::ffff:1.2.3.4"),
+            q("::102:304"),
+            q("2001:db8::1"),
+            q("1:0:0:1:0:0:0:1"),
+            q("1:0:1:0:1:0:1:0"),
+            q("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+        ],
+        Kind::Uuid => vec![
+            q("00000000-0000-0000-0000-000000000000"),
+            q("123e4567-e89b-12d3-a456-426655440000"),
+            q("ffffffff-ffff-4fff-bfff-ffffffffffff"),
+            q("12345678-1234-4234-9234-123400000000"),
+        ],
     }
 }
 

@@ -135,7 +135,74 @@ fn time2_raw(b: &[u8]) -> Option<[u8; 4]> {
     Some((v as u32).to_be_bytes())
 }
 
+/// An INET6 as MariaDB prints it: the first longest run of zero groups
+/// becomes `::` even when it is a single group (RFC 5952 and Rust's
+/// `Ipv6Addr` keep a lone `0`), and IPv4-compatible and IPv4-mapped
+/// addresses end in dotted quads.
+fn inet6_text(b: [u8; 16]) -> String {
+    let w: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    // (position, length) of the first longest run of zero groups.
+    let (mut gap, mut run) = ((0, 0), (0, 0));
+    for (i, &x) in w.iter().enumerate() {
+        if x == 0 {
+            if run.1 == 0 {
+                run.0 = i;
+            }
+            run.1 += 1;
+            if run.1 > gap.1 {
+                gap = run;
+            }
+        } else {
+            run.1 = 0;
+        }
+    }
+    let v4 = format!("{}.{}.{}.{}", b[12], b[13], b[14], b[15]);
+    match gap {
+        (0, 6) => return format!("::{v4}"),
+        (0, 5) if w[5] == 0xffff => return format!("::ffff:{v4}"),
+        _ => {}
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    while i < 8 {
+        if gap.1 > 0 && i == gap.0 {
+            out.push_str(if i == 0 { "::" } else { ":" });
+            i += gap.1;
+            continue;
+        }
+        out.push_str(&format!("{:x}", w[i]));
+        if i < 7 {
+            out.push(':');
+        }
+        i += 1;
+    }
+    out
+}
+
+/// MariaDB's INET4, INET6 and UUID as the server prints them (the binlog
+/// drops their trailing zero bytes like a BINARY's).
+fn fixed_binary_text(b: &[u8], col: &ColumnInfo) -> Option<String> {
+    let mut bytes = b.to_vec();
+    bytes.resize(col.pad_to.max(b.len()), 0);
+    match (col.mysql_type.as_str(), bytes.as_slice()) {
+        ("inet4", &[a, b, c, d]) => Some(std::net::Ipv4Addr::new(a, b, c, d).to_string()),
+        ("inet6", b) => Some(inet6_text(<[u8; 16]>::try_from(b).ok()?)),
+        ("uuid", b) => Some(crate::source::binlog::events::uuid_text(
+            &<[u8; 16]>::try_from(b).ok()?,
+        )),
+        _ => None,
+    }
+}
+
 fn string_value(b: &[u8], col: &ColumnInfo) -> Result<String, CharsetError> {
+    if crate::source::binlog::schema::is_fixed_binary_type(&col.mysql_type) {
+        if let Some(text) = fixed_binary_text(b, col) {
+            return Ok(text);
+        }
+    }
     match &col.charset {
         Some(Charset::Binary) if b.len() < col.pad_to => {
             let mut padded = b.to_vec();
@@ -425,6 +492,25 @@ mod tests {
             &c,
         );
         assert_eq!(e.unwrap_err(), CharsetError::Unsupported("armscii8".into()));
+    }
+
+    #[test]
+    fn inet6_compresses_zero_groups_as_mariadb_does() {
+        let ip = |s: &str| inet6_text(s.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(ip("1:0:1:0:1:0:1:0"), "1::1:0:1:0:1:0");
+        assert_eq!(
+            ip("56ac:e6cc:fad:1de4:b23:444e:c33c:0"),
+            "56ac:e6cc:fad:1de4:b23:444e:c33c::"
+        );
+        assert_eq!(
+            ip("0:a173:7e87:1e11:0:3419:4430:0"),
+            "::a173:7e87:1e11:0:3419:4430:0"
+        );
+        assert_eq!(ip("::"), "::");
+        assert_eq!(ip("::1"), "::1");
+        assert_eq!(ip("::ffff:1.2.3.4"), "::ffff:1.2.3.4");
+        assert_eq!(ip("::102:304"), "::1.2.3.4");
+        assert_eq!(ip("2001:db8::1"), "2001:db8::1");
     }
 
     #[test]

@@ -563,6 +563,18 @@ impl BinlogSource {
             SourceError::Other(format!("reading information_schema.COLLATIONS: {e}"))
         })?;
         let schema = match TableSchema::from_table_map(tme, collations, mariadb) {
+            // MariaDB's INET4, INET6 and UUID look like BINARY(4)/BINARY(16)
+            // in the table map; only information_schema names them.
+            Some(mut s) if mariadb && s.columns.iter().any(|c| matches!(c.pad_to, 4 | 16)) => {
+                let named = cache.load(conn, &s.database, &s.table).await.map_err(|e| {
+                    SourceError::Other(format!(
+                        "reading the columns of {}.{} from information_schema: {e}",
+                        s.database, s.table
+                    ))
+                })?;
+                s.name_binary_types(&named);
+                Arc::new(s)
+            }
             Some(s) => Arc::new(s),
             None => {
                 let database = tme.database_name();

@@ -103,6 +103,18 @@ fn type_name(t: ColumnType, binary: bool, meta: &[u8]) -> &'static str {
 }
 
 impl TableSchema {
+    /// Takes MariaDB's INET4, INET6 and UUID type names from `named` (the
+    /// table as information_schema describes it) for BINARY columns of the
+    /// same name.
+    pub fn name_binary_types(&mut self, named: &TableSchema) {
+        for c in self.columns.iter_mut().filter(|c| c.pad_to > 0) {
+            if let Some(n) = named.columns.iter().find(|n| n.name == c.name) {
+                if is_fixed_binary_type(&n.mysql_type) {
+                    c.mysql_type.clone_from(&n.mysql_type);
+                }
+            }
+        }
+    }
     /// From the table map's optional metadata; `None` when it has no column
     /// names. `collations` resolves the collation ids it carries; `mariadb`:
     /// the server is MariaDB, whose charset list also has an entry for each
@@ -323,6 +335,11 @@ pub fn parse_members(column_type: &str) -> Vec<String> {
 /// COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, CHARACTER_OCTET_LENGTH.
 type InformationSchemaColumn = (String, String, String, Option<String>, Option<u64>);
 
+/// MariaDB's fixed-size binary types with a text form of their own.
+pub fn is_fixed_binary_type(data_type: &str) -> bool {
+    matches!(data_type, "inet4" | "inet6" | "uuid")
+}
+
 /// One `information_schema.COLUMNS` row as a column.
 fn column_from_information_schema(
     name: String,
@@ -357,6 +374,8 @@ fn column_from_information_schema(
     };
     let pad_to = match (data_type.as_str(), octets) {
         ("binary", Some(n)) => usize::try_from(n).unwrap_or(0),
+        ("inet4", _) => 4,
+        ("inet6" | "uuid", _) => 16,
         _ => 0,
     };
     let members = if matches!(data_type.as_str(), "enum" | "set") {
