@@ -37,7 +37,7 @@ pub fn capture_env(
 }
 
 /// Documents of `index` by (table, op) → list, from the stub.
-fn docs(es: &EsTarget, index: &str) -> Vec<Value> {
+pub fn docs(es: &EsTarget, index: &str) -> Vec<Value> {
     es.stub
         .as_ref()
         .expect("binlog tests read documents from the stub")
@@ -46,7 +46,7 @@ fn docs(es: &EsTarget, index: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_docs(es: &EsTarget, index: &str, n: u64, p: &ConsumerProcess) {
+pub async fn wait_docs(es: &EsTarget, index: &str, n: u64, p: &ConsumerProcess) {
     let ok = eventually(Duration::from_secs(60), || async {
         es.count(index).await >= n
     })
@@ -56,6 +56,50 @@ async fn wait_docs(es: &EsTarget, index: &str, n: u64, p: &ConsumerProcess) {
         "only {} of {n} documents; log:\n{}",
         es.count(index).await,
         p.log_tail()
+    );
+}
+
+/// Environment of a capture process publishing `tables` as canal-json to
+/// `pipeline`'s topic (`CDC_SINK=kafka`).
+pub fn kafka_capture_env(
+    db: &MariaDb,
+    tables: &str,
+    data_dir: &std::path::Path,
+    pipeline: &Pipeline,
+) -> Vec<(String, String)> {
+    let mut env = db.capture_env(tables, data_dir);
+    env.extend(
+        [
+            ("CDC_SINK", "kafka"),
+            ("CDC_KAFKA_BROKERS", pipeline.brokers.as_str()),
+            ("CDC_KAFKA_TOPICS", pipeline.topic.as_str()),
+            ("CDC_DLQ_TOPIC", pipeline.dlq.as_str()),
+            ("CDC_LOG_LEVEL", "info,librdkafka=warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    env
+}
+
+/// Waits until `pipeline`'s index holds `n` documents, with both logs on failure.
+pub async fn wait_pipeline(
+    es: &EsTarget,
+    pipeline: &Pipeline,
+    n: u64,
+    capture: &ConsumerProcess,
+    consumer: &ConsumerProcess,
+) {
+    let ok = eventually(Duration::from_secs(90), || async {
+        es.count(&pipeline.index).await >= n
+    })
+    .await;
+    assert!(
+        ok,
+        "{} of {n}; capture:\n{}\nconsumer:\n{}",
+        es.count(&pipeline.index).await,
+        capture.log_tail(),
+        consumer.log_tail()
     );
 }
 
@@ -88,7 +132,8 @@ async fn rows_of_every_common_type_come_out_with_the_right_values() {
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
     let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "types", dir.path()));
-    wait_docs(&es, "types", 5, &p).await; // 2 inserts, 1 update, 1 delete, 1 CREATE TABLE
+    // 2 inserts, 1 update, 1 delete, CREATE DATABASE and CREATE TABLE.
+    wait_docs(&es, "types", 6, &p).await;
     let all = docs(&es, "types");
 
     let one = find(&all, "insert", "1");
@@ -157,12 +202,12 @@ async fn rows_after_a_ddl_carry_the_new_column() {
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
     let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "ddl", dir.path()));
-    wait_docs(&es, "ddl", 2, &p).await;
+    wait_docs(&es, "ddl", 3, &p).await; // CREATE DATABASE, CREATE TABLE, insert 1
     db.exec(&format!(
         "ALTER TABLE {d}.u ADD COLUMN age INT; INSERT INTO {d}.u VALUES (2, 'b', 42);"
     ))
     .await;
-    wait_docs(&es, "ddl", 4, &p).await;
+    wait_docs(&es, "ddl", 5, &p).await; // and ALTER TABLE, insert 2
     let all = docs(&es, "ddl");
     assert_eq!(
         find(&all, "insert", "2")["data"],
@@ -462,34 +507,16 @@ async fn mariadb_to_kafka_to_consumer_to_elasticsearch_indexes_every_change_once
         .await;
     broker.create_topic(&pipeline.dlq, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut capture_env = db.capture_env(&format!("{d}.k"), dir.path());
-    capture_env.extend(
-        [
-            ("CDC_SINK", "kafka".to_owned()),
-            ("CDC_KAFKA_BROKERS", broker.bootstrap.clone()),
-            ("CDC_KAFKA_TOPICS", pipeline.topic.clone()),
-            ("CDC_DLQ_TOPIC", pipeline.dlq.clone()),
-            ("CDC_LOG_LEVEL", "info,librdkafka=warn".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v)),
-    );
-    let capture = ConsumerProcess::spawn(&capture_env);
+    let capture = ConsumerProcess::spawn(&kafka_capture_env(
+        &db,
+        &format!("{d}.k"),
+        dir.path(),
+        &pipeline,
+    ));
     let consumer = ConsumerProcess::spawn(&pipeline.env());
     let counts = write_changes(db.server().root_opts(), &d, 2_000).await;
     let total: usize = counts.values().sum();
-    let ok = eventually(Duration::from_secs(90), || async {
-        es.count(&pipeline.index).await >= total as u64 + 2
-    })
-    .await;
-    assert!(
-        ok,
-        "{} of {}; capture:\n{}\nconsumer:\n{}",
-        es.count(&pipeline.index).await,
-        total + 2,
-        capture.log_tail(),
-        consumer.log_tail()
-    );
+    wait_pipeline(&es, &pipeline, total as u64 + 2, &capture, &consumer).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = docs(&es, &pipeline.index);
     assert_eq!(all.len(), total + 2); // plus CREATE DATABASE and CREATE TABLE

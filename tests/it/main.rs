@@ -8,6 +8,7 @@ mod cli;
 mod dashboard;
 mod es_faults;
 mod faults;
+mod fidelity;
 mod flow;
 mod quickstart;
 mod restart;

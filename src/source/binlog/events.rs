@@ -7,17 +7,104 @@ use std::sync::Arc;
 use mysql_async::binlog::events::{RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::consts::ColumnType;
+use mysql_common::binlog::consts::{BinlogVersion, EventType};
+use mysql_common::binlog::events::FormatDescriptionEvent;
+use mysql_common::binlog::BinlogCtx;
+use mysql_common::io::ParseBuf;
+use mysql_common::proto::{MyDeserialize, MySerialize};
+use serde_json::value::RawValue;
 
 use crate::event::{ChangeEvent, Op, Row, SourcePosition};
+use crate::source::binlog::charset::CharsetError;
 use crate::source::binlog::convert;
 use crate::source::binlog::position::BinlogPosition;
 use crate::source::binlog::schema::{self, TableSchema};
 
-/// A captured table: its schema and, per column, the binlog type and fractional digits.
+/// A captured table: its schema, per column the binlog type and fractional
+/// digits, and the table map its rows are decoded with.
 pub struct MappedTable {
     pub schema: Arc<TableSchema>,
     pub types: Vec<(ColumnType, usize)>,
     pub mysql_types: Row,
+    /// The server's table map with TIME(1)/TIME(2) columns relabelled (see
+    /// [`decoding_table_map`]).
+    pub decoding: TableMapEvent<'static>,
+}
+
+/// A value that could not be written as text, with the column it is in.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("column {database}.{table}.{column}: {error}")]
+pub struct ValueError {
+    pub database: String,
+    pub table: String,
+    pub column: String,
+    pub error: CharsetError,
+}
+
+/// The table map that rows are decoded with: the server's, except that a
+/// TIME(1) or TIME(2) column is described as a TIMESTAMP(0), which has the
+/// same 4 bytes, so that its raw bytes reach `convert` (as the decimal of
+/// their big-endian i32). mysql_common decodes a negative TIME(1)/TIME(2)
+/// with a fraction through an unsigned underflow: a wrong value in release
+/// builds, a panic in debug ones.
+// Upstream bug (mysql_common 0.37.3, not yet reported in blackbeam/rust_mysql_common):
+// `binlog::misc::my_time_packed_from_binary`
+// (`frac` is a u32 there, an int in the server's `my_time_packed_from_binary`).
+pub fn decoding_table_map(tme: &TableMapEvent<'_>) -> std::io::Result<TableMapEvent<'static>> {
+    let n = tme.columns_count() as usize;
+    let mut meta_offset = 0;
+    let mut patches = Vec::new();
+    for i in 0..n {
+        let meta = tme.get_column_metadata(i).unwrap_or(&[]);
+        match tme.get_raw_column_type(i) {
+            Ok(Some(ColumnType::MYSQL_TYPE_TIME2)) if matches!(meta.first(), Some(1 | 2)) => {
+                patches.push((i, meta_offset));
+            }
+            // Its metadata length differs from what it consumes: leave the map alone.
+            Ok(Some(ColumnType::MYSQL_TYPE_TYPED_ARRAY)) => return Ok(tme.clone().into_owned()),
+            _ => {}
+        }
+        meta_offset += meta.len();
+    }
+    if patches.is_empty() {
+        return Ok(tme.clone().into_owned());
+    }
+    let mut buf = Vec::new();
+    tme.serialize(&mut buf);
+    // table id (6), flags (2), then database and table names, each a
+    // length byte, the name and a NUL.
+    let mut at = 8;
+    for _ in 0..2 {
+        at += 1 + usize::from(*buf.get(at).unwrap_or(&0)) + 1;
+    }
+    at += lenenc_len(buf.get(at..).unwrap_or_default());
+    let types_at = at;
+    let meta_at = types_at + n + lenenc_len(buf.get(types_at + n..).unwrap_or_default());
+    for (i, offset) in patches {
+        if let (Some(t), Some(m)) = (buf.get(types_at + i), buf.get(meta_at + offset)) {
+            debug_assert_eq!(*t, ColumnType::MYSQL_TYPE_TIME2 as u8);
+            debug_assert!(matches!(m, 1 | 2));
+        }
+        if meta_at + offset >= buf.len() {
+            return Err(std::io::Error::other("table map shorter than its metadata"));
+        }
+        buf[types_at + i] = ColumnType::MYSQL_TYPE_TIMESTAMP2 as u8;
+        buf[meta_at + offset] = 0;
+    }
+    let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+    let ctx = BinlogCtx::new(buf.len(), &fde, EventType::TABLE_MAP_EVENT as u8);
+    let patched = TableMapEvent::deserialize(ctx, &mut ParseBuf(&buf))?;
+    Ok(patched.into_owned())
+}
+
+/// The length of the length-encoded integer at the start of `b`.
+fn lenenc_len(b: &[u8]) -> usize {
+    match b.first() {
+        Some(0xfc) => 3,
+        Some(0xfd) => 4,
+        Some(0xfe) => 9,
+        _ => 1,
+    }
 }
 
 /// A MySQL server UUID in its usual text form.
@@ -148,15 +235,15 @@ pub fn ddl_target(sql: &str, default_db: &str) -> Option<(String, String)> {
     }
 }
 
-/// One rows event's rows as change events.
+/// One rows event's rows as change events, each with the first value that
+/// could not be written (that value is null in the event).
 pub fn rows_to_events(
     rows: &RowsEventData<'_>,
-    tme: &TableMapEvent<'_>,
     mapped: &MappedTable,
     file: &str,
     log_pos: u64,
     timestamp: i64,
-) -> std::io::Result<Vec<ChangeEvent>> {
+) -> std::io::Result<Vec<(ChangeEvent, Option<ValueError>)>> {
     let op = match rows {
         RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => Op::Insert,
         RowsEventData::UpdateRowsEventV1(_)
@@ -174,10 +261,11 @@ pub fn rows_to_events(
         .unwrap_or_default();
     let file: Arc<str> = Arc::from(file);
     let mut out = Vec::new();
-    for (index, row) in rows.rows(tme).enumerate() {
+    for (index, row) in rows.rows(&mapped.decoding).enumerate() {
         let (before, after) = row?;
-        let before = before.map(|r| to_row(&r, &before_cols, mapped));
-        let after = after.map(|r| to_row(&r, &after_cols, mapped));
+        let mut error = None;
+        let before = before.map(|r| to_row(&r, &before_cols, mapped, &mut error));
+        let after = after.map(|r| to_row(&r, &after_cols, mapped, &mut error));
         let (data, old) = match op {
             Op::Insert => (after.unwrap_or_default(), None),
             Op::Delete => (before.unwrap_or_default(), None),
@@ -192,7 +280,7 @@ pub fn rows_to_events(
                 data.get(name).map(|v| (Box::from(name), v.to_owned()))
             })
             .collect());
-        out.push(ChangeEvent {
+        let event = ChangeEvent {
             database: mapped.schema.database.clone(),
             table: mapped.schema.table.clone(),
             op,
@@ -208,13 +296,20 @@ pub fn rows_to_events(
                 file: file.clone(),
                 pos: log_pos,
             },
-        });
+        };
+        out.push((event, error));
     }
     Ok(out)
 }
 
-/// The columns of `r` present in the image (`cols`), as canal-json values.
-pub fn to_row(r: &BinlogRow, cols: &[usize], mapped: &MappedTable) -> Row {
+/// The columns of `r` present in the image (`cols`), as canal-json values;
+/// a value that cannot be written is null, and `error` keeps the first.
+pub fn to_row(
+    r: &BinlogRow,
+    cols: &[usize],
+    mapped: &MappedTable,
+    error: &mut Option<ValueError>,
+) -> Row {
     let mut out = Vec::with_capacity(cols.len());
     for (k, &i) in cols.iter().enumerate() {
         let (t, digits) = mapped
@@ -234,16 +329,23 @@ pub fn to_row(r: &BinlogRow, cols: &[usize], mapped: &MappedTable) -> Row {
                     name: name.clone(),
                     mysql_type: String::new(),
                     unsigned: false,
-                    binary: false,
+                    charset: None,
+                    pad_to: 0,
                     members: Vec::new(),
                 };
                 &fallback
             }
         };
-        out.push((
-            Box::from(name),
-            convert::to_json(r.as_ref(k), t, digits, col),
-        ));
+        let value = convert::to_json(r.as_ref(k), t, digits, col).unwrap_or_else(|e| {
+            error.get_or_insert_with(|| ValueError {
+                database: mapped.schema.database.clone(),
+                table: mapped.schema.table.clone(),
+                column: name.clone(),
+                error: e,
+            });
+            RawValue::from_string("null".to_owned()).expect("null is JSON")
+        });
+        out.push((Box::from(name), value));
     }
     Row(out)
 }
@@ -270,6 +372,29 @@ mod tests {
             rotate_name(b"binlog.000002", false, "binlog.000001"),
             "binlog.000002"
         );
+    }
+
+    #[test]
+    fn time_with_hundredths_is_relabelled_for_decoding_and_nothing_else_moves() {
+        use ColumnType::*;
+        // id 1, flags 0, `d`.`t`, 3 columns: TIME(1), TIME(3), INT.
+        let mut raw = vec![1, 0, 0, 0, 0, 0, 0, 0, 1, b'd', 0, 1, b't', 0, 3];
+        raw.extend([
+            MYSQL_TYPE_TIME2 as u8,
+            MYSQL_TYPE_TIME2 as u8,
+            MYSQL_TYPE_LONG as u8,
+        ]);
+        raw.extend([2, 1, 3, 0b111]); // metadata (2 bytes), null bitmap
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        let ctx = BinlogCtx::new(raw.len(), &fde, EventType::TABLE_MAP_EVENT as u8);
+        let tme = TableMapEvent::deserialize(ctx, &mut ParseBuf(&raw)).unwrap();
+        let d = decoding_table_map(&tme).unwrap();
+        assert_eq!(d.get_column_type(0).unwrap(), Some(MYSQL_TYPE_TIMESTAMP2));
+        assert_eq!(d.get_column_metadata(0), Some(&[0u8][..]));
+        assert_eq!(d.get_column_type(1).unwrap(), Some(MYSQL_TYPE_TIME2));
+        assert_eq!(d.get_column_metadata(1), Some(&[3u8][..]));
+        assert_eq!(d.get_column_type(2).unwrap(), Some(MYSQL_TYPE_LONG));
+        assert_eq!((d.table_id(), d.table_name()), (1, "t".into()));
     }
 
     #[test]

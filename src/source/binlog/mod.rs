@@ -9,6 +9,7 @@
 //! change still in flight. A lost connection reconnects from the last resume
 //! point read, with backoff.
 
+pub mod charset;
 pub mod convert;
 pub mod events;
 pub mod position;
@@ -35,7 +36,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::ack::OffsetTracker;
 use crate::pipeline::batch::{Envelope, EnvelopeTx, Origin};
 use crate::source::binlog::events::{
-    ddl_target, ddl_verb, first_word, rotate_name, rows_to_events, uuid_text, MappedTable,
+    ddl_target, ddl_verb, decoding_table_map, first_word, rotate_name, rows_to_events, uuid_text,
+    MappedTable, ValueError,
 };
 use crate::source::binlog::position::{BinlogPosition, Boundaries, GtidState, PositionFile};
 use crate::source::binlog::schema::{SchemaCache, TableSchema};
@@ -384,7 +386,7 @@ impl BinlogSource {
                 }
             };
         debug!(position = %start, by_gtid, "binlog stream open");
-        let mut schemas = SchemaCache::default();
+        let mut schemas = SchemaCache::new(info.mariadb);
         loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => n,
@@ -498,7 +500,8 @@ impl BinlogSource {
                                             pos: log_pos,
                                         },
                                     };
-                                    self.send_events(st, vec![event], tx, shutdown).await?;
+                                    self.send_events(st, vec![(event, None)], tx, shutdown)
+                                        .await?;
                                 }
                             } else {
                                 schemas.invalidate(None);
@@ -531,12 +534,8 @@ impl BinlogSource {
                     let Some(Some(mapped)) = st.tables.get(&rows.table_id()).cloned() else {
                         continue;
                     };
-                    let Some(tme) = stream.get_tme(rows.table_id()) else {
-                        continue;
-                    };
-                    let events = match rows_to_events(
-                        &rows, tme, &mapped, &st.file, log_pos, timestamp,
-                    ) {
+                    let events = match rows_to_events(&rows, &mapped, &st.file, log_pos, timestamp)
+                    {
                         Ok(e) => e,
                         Err(e) => {
                             warn!(error = %e, file = %st.file, pos = log_pos, table = %mapped.schema.table, "undecodable rows event, reconnecting");
@@ -558,7 +557,23 @@ impl BinlogSource {
         conn: &mut Conn,
     ) -> Result<MappedTable, SourceError> {
         let n = tme.columns_count() as usize;
-        let schema = match TableSchema::from_table_map(tme) {
+        let mariadb = cache.mariadb;
+        let collations = cache.collations(conn).await.map_err(|e| {
+            SourceError::Other(format!("reading information_schema.COLLATIONS: {e}"))
+        })?;
+        let schema = match TableSchema::from_table_map(tme, collations, mariadb) {
+            // MariaDB's INET4, INET6 and UUID look like BINARY(4)/BINARY(16)
+            // in the table map; only information_schema names them.
+            Some(mut s) if mariadb && s.columns.iter().any(|c| matches!(c.pad_to, 4 | 16)) => {
+                let named = cache.load(conn, &s.database, &s.table).await.map_err(|e| {
+                    SourceError::Other(format!(
+                        "reading the columns of {}.{} from information_schema: {e}",
+                        s.database, s.table
+                    ))
+                })?;
+                s.name_binary_types(&named);
+                Arc::new(s)
+            }
             Some(s) => Arc::new(s),
             None => {
                 let database = tme.database_name();
@@ -594,10 +609,17 @@ impl BinlogSource {
                 serde_json::Value::from(c.mysql_type.clone()),
             )
         }));
+        let decoding = decoding_table_map(tme).map_err(|e| {
+            SourceError::Other(format!(
+                "re-reading the table map of {}.{}: {e}",
+                schema.database, schema.table
+            ))
+        })?;
         Ok(MappedTable {
             schema,
             types,
             mysql_types,
+            decoding,
         })
     }
 
@@ -663,7 +685,7 @@ impl BinlogSource {
     async fn send_events(
         &self,
         st: &mut ReadState,
-        events: Vec<ChangeEvent>,
+        events: Vec<(ChangeEvent, Option<ValueError>)>,
         tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<(), SourceError> {
@@ -671,7 +693,7 @@ impl BinlogSource {
         // channel's capacity then bounds rows in memory, whatever the size
         // of the server's rows events.
         let now = crate::sink::elasticsearch::bulk::now_millis();
-        for e in events {
+        for (e, error) in events {
             self.metrics
                 .binlog_events
                 .with_label_values(&[&e.database, &e.table, e.op.as_str()])
@@ -685,11 +707,26 @@ impl BinlogSource {
                 .lock()
                 .ok()
                 .and_then(|mut t| t.read(&self.topic, 0, seq, 1, e.commit_time_ms));
+            // A value that is not text of its column's character set is
+            // never written as mojibake: the row goes to the dead-letter
+            // queue (its payload has that value null), counted, and the
+            // stream goes on past it like past any dead-lettered message.
+            let (events, undecodable) = match error {
+                None => (vec![e], None),
+                Some(err) => {
+                    // Counted as the Kafka source counts undecodable messages;
+                    // the dead-letter queue logs it with the error text.
+                    self.metrics.decode_errors.inc();
+                    debug!(database = %err.database, table = %err.table, column = %err.column,
+                        file = %st.file, error = %err.error, "binlog value not decodable");
+                    (Vec::new(), Some(("charset", err.to_string())))
+                }
+            };
             let envelope = Envelope {
-                events: vec![e],
+                events,
                 ack,
                 origin: self.origin(seq, Bytes::from(payload)),
-                undecodable: None,
+                undecodable,
                 checkpoint: None,
                 budget: None,
             };
