@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Bytes of the one wide text column of each large message.
     #[arg(long, default_value_t = 1 << 20)]
     pub large_message_bytes: usize,
+    /// Tansu storage engine for the large-message backlog: on disk by
+    /// default; `memory://tansu/` is faster but keeps the whole backlog in RAM.
+    #[arg(long, default_value = "sqlite://tansu.db")]
+    pub large_engine: String,
 }
 
 /// A canal-json INSERT like TiCDC writes for a small table.
@@ -427,8 +431,7 @@ async fn backlog(
 /// bounded whatever the message size.
 async fn large_messages(args: &BenchArgs, sink: &BulkStub, out: &mut String) -> anyhow::Result<()> {
     let (n, size) = (args.large_messages, args.large_message_bytes);
-    // On disk: Tansu's memory engine would hold the whole backlog in RAM.
-    let (brokers, _broker) = broker_on(args, "sqlite://tansu.db")?;
+    let (brokers, _broker) = broker_on(args, &args.large_engine)?;
     let topic = format!("bench-large-{}", bulk::now_millis());
     create_topic(&brokers, &topic, 1).await?;
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
