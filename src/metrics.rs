@@ -64,7 +64,6 @@ struct TableLabels {
     names: HashMap<String, HashSet<String>>,
     pairs: usize,
     max: usize,
-    warned: bool,
 }
 
 /// Why and since when the sink has been failing.
@@ -255,7 +254,6 @@ impl Metrics {
                 names: HashMap::new(),
                 pairs: 0,
                 max: DEFAULT_MAX_TABLES,
-                warned: false,
             })),
         }
     }
@@ -293,8 +291,10 @@ impl Metrics {
 
     /// Counts events the sink stored and records their end-to-end latency.
     pub fn stored(&self, events: &[&ChangeEvent], now_ms: i64) {
+        // One lock per batch, not per event: this runs for every event stored.
+        let mut seen = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         for e in events {
-            let (database, table) = self.table_labels(&e.database, &e.table);
+            let (database, table) = self.table_labels(&mut seen, &e.database, &e.table);
             self.events
                 .with_label_values(&[database, table, e.op.as_str()])
                 .inc();
@@ -306,8 +306,12 @@ impl Metrics {
     /// The labels for `database`.`table`: itself while fewer than
     /// `max_tables` pairs were seen, else `_other` (table names come from
     /// message contents, and every label pair is a series kept forever).
-    fn table_labels<'a>(&self, database: &'a str, table: &'a str) -> (&'a str, &'a str) {
-        let mut seen = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+    fn table_labels<'a>(
+        &self,
+        seen: &mut TableLabels,
+        database: &'a str,
+        table: &'a str,
+    ) -> (&'a str, &'a str) {
         if seen.names.get(database).is_some_and(|t| t.contains(table)) {
             return (database, table);
         }
@@ -319,9 +323,8 @@ impl Metrics {
                 .insert(table.to_owned());
             return (database, table);
         }
-        self.tables_overflow.inc();
-        if !seen.warned {
-            seen.warned = true;
+        // The first overflow warns; the counter says how many followed.
+        if self.tables_overflow.get() == 0 {
             warn!(
                 max_tables = seen.max,
                 database,
@@ -329,6 +332,7 @@ impl Metrics {
                 "too many tables for metric labels; counting the rest under table=\"_other\" (CDC_METRICS_MAX_TABLES)"
             );
         }
+        self.tables_overflow.inc();
         (OTHER, OTHER)
     }
 
@@ -455,11 +459,13 @@ mod tests {
     fn tables_beyond_the_limit_count_under_other() {
         let m = Metrics::new();
         m.set_max_tables(2);
-        assert_eq!(m.table_labels("d", "a"), ("d", "a"));
-        assert_eq!(m.table_labels("d", "b"), ("d", "b"));
-        assert_eq!(m.table_labels("d", "c"), (OTHER, OTHER));
-        assert_eq!(m.table_labels("e", "a"), (OTHER, OTHER));
-        assert_eq!(m.table_labels("d", "a"), ("d", "a"));
+        let tables = m.tables.clone();
+        let mut seen = tables.lock().unwrap();
+        assert_eq!(m.table_labels(&mut seen, "d", "a"), ("d", "a"));
+        assert_eq!(m.table_labels(&mut seen, "d", "b"), ("d", "b"));
+        assert_eq!(m.table_labels(&mut seen, "d", "c"), (OTHER, OTHER));
+        assert_eq!(m.table_labels(&mut seen, "e", "a"), (OTHER, OTHER));
+        assert_eq!(m.table_labels(&mut seen, "d", "a"), ("d", "a"));
         assert_eq!(m.tables_overflow.get(), 2);
     }
 
