@@ -1,5 +1,9 @@
 //! Wiring: `App::build(cfg)` creates every part; `run_until(shutdown)` runs
 //! the pipeline and shuts it down gracefully.
+//!
+//! The app knows the parts by their traits only: `source::build` and
+//! `sink::build` pick the configured kinds, and checkpoints pass between
+//! them typed, through `Sink::stored_checkpoints`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,28 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, SinkKind, SourceKind};
-use crate::event::{ChangeEvent, Checkpoint};
-use crate::http::api::EventQuery;
+use crate::clock::now_millis;
+use crate::config::Config;
 use crate::http::health::Readiness;
 use crate::http::{self, HttpState};
+use crate::kafka_client::ClientError;
 use crate::metrics::Metrics;
-use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{self, run_batcher, BatchLimits, EnvelopeTx, Halt, Writer};
+use crate::pipeline::batch::{run_batcher, BatchLimits, Halt, Writer};
 use crate::pipeline::dlq::DeadLetterQueue;
-use crate::sink::elasticsearch::bulk::now_millis;
-use crate::sink::elasticsearch::retry::Backoff;
-use crate::sink::elasticsearch::ElasticsearchSink;
-use crate::sink::kafka::KafkaSink;
-use crate::sink::sqlite::SqliteSink;
-use crate::sink::{Rejected, Sink, SinkError};
-use crate::source::binlog::position::{BinlogPosition, PositionFile};
-use crate::source::binlog::{self, BinlogSource, PositionStore};
-use crate::source::kafka::{self, KafkaSource};
-use crate::source::{Source, SourceError};
+use crate::sink::{self, Sink, SinkError};
+use crate::source::ack::OffsetTracker;
+use crate::source::envelope;
+use crate::source::{self, Source, SourceError};
 
 /// Why the application could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +42,8 @@ pub enum AppError {
     Source(SourceError),
     #[error("sink: {0}")]
     Sink(SinkError),
+    #[error("dead-letter queue: {0}")]
+    DeadLetters(ClientError),
 }
 
 impl From<SourceError> for AppError {
@@ -58,126 +58,16 @@ impl From<SinkError> for AppError {
     }
 }
 
-/// The configured source.
-pub enum AnySource {
-    Kafka(Box<KafkaSource>),
-    Binlog(Box<BinlogSource>),
-}
-
-impl AnySource {
-    fn name(&self) -> &'static str {
-        match self {
-            AnySource::Kafka(_) => "kafka",
-            AnySource::Binlog(_) => "mysql",
-        }
-    }
-
-    /// Updates the lag-in-records gauges; may block on the broker.
-    fn refresh_lag_records(&self) {
-        match self {
-            AnySource::Kafka(k) => k.refresh_lag_records(),
-            // The binlog's backlog is in bytes and seconds: its own gauges.
-            AnySource::Binlog(_) => {}
-        }
-    }
-}
-
-impl Source for AnySource {
-    async fn run(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
-        match self {
-            AnySource::Kafka(s) => s.run(tx, shutdown).await,
-            AnySource::Binlog(s) => s.run(tx, shutdown).await,
-        }
-    }
-
-    fn commit(&self, sync: bool) {
-        match self {
-            AnySource::Kafka(s) => s.commit(sync),
-            AnySource::Binlog(s) => s.commit(sync),
-        }
-    }
-
-    async fn check(&self) -> Result<(), SourceError> {
-        match self {
-            AnySource::Kafka(s) => s.check().await,
-            AnySource::Binlog(s) => s.check().await,
-        }
-    }
-
-    fn close(&self) {
-        match self {
-            AnySource::Kafka(s) => s.close(),
-            AnySource::Binlog(s) => s.close(),
-        }
-    }
-}
-
-/// The configured sink.
-pub enum AnySink {
-    Elasticsearch(Arc<ElasticsearchSink>),
-    Sqlite(Arc<SqliteSink>),
-    Kafka(Box<KafkaSink>),
-}
-
-impl AnySink {
-    fn name(&self) -> &'static str {
-        match self {
-            AnySink::Elasticsearch(_) => "elasticsearch",
-            AnySink::Sqlite(_) => "sqlite",
-            AnySink::Kafka(_) => "kafka",
-        }
-    }
-
-    /// What `/api/*` searches.
-    fn query(&self) -> Option<EventQuery> {
-        match self {
-            AnySink::Elasticsearch(s) => Some(EventQuery::Elasticsearch(s.clone())),
-            AnySink::Sqlite(s) => Some(EventQuery::Sqlite(s.clone())),
-            AnySink::Kafka(_) => None,
-        }
-    }
-}
-
-impl Sink for AnySink {
-    async fn prepare(&self) -> Result<(), SinkError> {
-        match self {
-            AnySink::Elasticsearch(s) => s.prepare().await,
-            AnySink::Sqlite(s) => s.prepare().await,
-            AnySink::Kafka(s) => s.prepare().await,
-        }
-    }
-
-    async fn write(
-        &self,
-        events: &[ChangeEvent],
-        checkpoints: &[Checkpoint],
-        abort: &CancellationToken,
-    ) -> Result<Vec<Rejected>, SinkError> {
-        match self {
-            AnySink::Elasticsearch(s) => s.write(events, checkpoints, abort).await,
-            AnySink::Sqlite(s) => s.write(events, checkpoints, abort).await,
-            AnySink::Kafka(s) => s.write(events, checkpoints, abort).await,
-        }
-    }
-
-    async fn check(&self) -> Result<(), SinkError> {
-        match self {
-            AnySink::Elasticsearch(s) => s.check().await,
-            AnySink::Sqlite(s) => s.check().await,
-            AnySink::Kafka(s) => s.check().await,
-        }
-    }
-}
-
 /// A built, not yet running, pipeline.
 pub struct App {
     cfg: Config,
     metrics: Metrics,
-    source: Arc<AnySource>,
-    sink: Arc<AnySink>,
+    source: Arc<dyn Source>,
+    sink: Arc<dyn Sink>,
     dlq: DeadLetterQueue,
     tracker: Arc<Mutex<OffsetTracker>>,
-    listener: TcpListener,
+    /// Taken by the HTTP server when the app runs.
+    listener: Option<TcpListener>,
     http_addr: SocketAddr,
 }
 
@@ -187,104 +77,11 @@ impl App {
         let metrics = Metrics::new();
         metrics.set_max_tables(cfg.metrics_max_tables);
         let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
-        let sink = match cfg.sink_kind {
-            SinkKind::Elasticsearch => {
-                let es = cfg.es.as_ref().ok_or_else(|| {
-                    SinkError::Config("CDC_SINK=elasticsearch needs CDC_ES_URL".into())
-                })?;
-                AnySink::Elasticsearch(Arc::new(ElasticsearchSink::new(
-                    es,
-                    &cfg.sink,
-                    metrics.clone(),
-                )?))
-            }
-            SinkKind::Sqlite => AnySink::Sqlite(Arc::new(SqliteSink::open(
-                &cfg.data_dir,
-                &cfg.store,
-                metrics.clone(),
-            )?)),
-            SinkKind::Kafka => AnySink::Kafka(Box::new(KafkaSink::new(
-                &cfg.kafka,
-                &cfg.sink,
-                metrics.clone(),
-            )?)),
-        };
-        let backoff = Backoff::new(cfg.sink.retry_initial_backoff, cfg.sink.retry_max_backoff);
-        // Without Kafka anywhere in the pipeline, dead letters go to a file.
-        let dlq = if cfg.source == SourceKind::Kafka || cfg.sink_kind == SinkKind::Kafka {
-            DeadLetterQueue::new(
-                kafka::producer(&cfg.kafka)?,
-                cfg.kafka.dlq_topic.clone(),
-                backoff,
-                cfg.data_dir.join("dead-letters.jsonl"),
-            )
-        } else {
-            DeadLetterQueue::file(cfg.data_dir.join("dead-letters.jsonl"))
-        };
-        let source = match cfg.source {
-            SourceKind::Kafka => {
-                // The embedded store keeps each partition's next offset with
-                // the events: an assigned partition starts there.
-                let stored: Option<kafka::StoredOffsets> = match &sink {
-                    AnySink::Sqlite(s) => {
-                        let s = s.clone();
-                        Some(Arc::new(move |topic: &str, partition: i32| {
-                            let stream = kafka::checkpoint_stream(topic, partition);
-                            match s.checkpoint(&stream) {
-                                Ok(p) => p.and_then(|p| p.parse().ok()),
-                                Err(e) => {
-                                    warn!(stream, error = %e, "reading the stored position failed; using the group's");
-                                    None
-                                }
-                            }
-                        }))
-                    }
-                    _ => None,
-                };
-                AnySource::Kafka(Box::new(KafkaSource::new(
-                    &cfg.kafka,
-                    tracker.clone(),
-                    metrics.clone(),
-                    stored,
-                )?))
-            }
-            SourceKind::Binlog => {
-                let mysql = cfg.mysql.as_ref().ok_or_else(|| {
-                    SourceError::Other("CDC_SOURCE=binlog needs CDC_MYSQL_URL".into())
-                })?;
-                let store = match &sink {
-                    AnySink::Sqlite(s) => {
-                        let stored = s
-                            .checkpoint(binlog::STREAM)?
-                            .map(|p| serde_json::from_str::<BinlogPosition>(&p))
-                            .transpose()
-                            .map_err(|e| {
-                                SourceError::Other(format!(
-                                    "the binlog checkpoint in the embedded store is unreadable: {e}"
-                                ))
-                            })?;
-                        PositionStore::Sink(stored)
-                    }
-                    _ => {
-                        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-                            SourceError::Other(format!(
-                                "cannot create the data directory {}: {e}",
-                                cfg.data_dir.display()
-                            ))
-                        })?;
-                        PositionStore::File(PositionFile::new(&cfg.data_dir))
-                    }
-                };
-                AnySource::Binlog(Box::new(BinlogSource::new(
-                    mysql,
-                    store,
-                    tracker.clone(),
-                    metrics.clone(),
-                )?))
-            }
-        };
-        let source = Arc::new(source);
-        let sink = Arc::new(sink);
+        let sink = sink::build(&cfg, &metrics)?;
+        let dlq = DeadLetterQueue::build(&cfg).map_err(AppError::DeadLetters)?;
+        // A sink that keeps positions with its events is where the source resumes.
+        let stored = sink.clone().stored_checkpoints();
+        let source = source::build(&cfg, tracker.clone(), &metrics, stored)?;
         let (listener, http_addr) =
             http::bind(cfg.http_addr)
                 .await
@@ -299,7 +96,7 @@ impl App {
             sink,
             dlq,
             tracker,
-            listener,
+            listener: Some(listener),
             http_addr,
         })
     }
@@ -316,22 +113,10 @@ impl App {
 
     /// Runs until `shutdown` resolves, then stops reading, flushes, commits and returns.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let App {
-            cfg,
-            metrics,
-            source,
-            sink,
-            dlq,
-            tracker,
-            listener,
-            http_addr,
-        } = self;
         let stop_reading = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let http_stop = CancellationToken::new();
         {
             let stop_reading = stop_reading.clone();
             tokio::spawn(async move {
@@ -340,157 +125,216 @@ impl App {
                 stop_reading.cancel();
             });
         }
-
-        let readiness = {
-            let (src, snk) = (source.clone(), sink.clone());
-            Readiness::default()
-                .with(source.name(), move || {
-                    let s = src.clone();
-                    async move { s.check().await.map_err(|e| e.to_string()) }
-                })
-                .with(sink.name(), {
-                    let metrics = metrics.clone();
-                    move || {
-                        let s = snk.clone();
-                        // The last write's outcome first: a sink that answers
-                        // pings but refuses writes is not ready.
-                        let failing = metrics.sink_failure();
-                        async move {
-                            match failing {
-                                Some(why) => Err(why),
-                                None => s.check().await.map_err(|e| e.to_string()),
-                            }
-                        }
-                    }
-                })
+        let http = match self.listener.take() {
+            Some(listener) => self.serve_http(listener),
+            // `build` sets it and only this consuming method takes it.
+            None => unreachable!("the listener is taken once"),
         };
-        let http_task = tokio::spawn(http::serve(
-            listener,
-            HttpState {
-                metrics: metrics.clone(),
-                readiness,
-                query: sink.query(),
-            },
-            http_stop.clone(),
-        ));
-        info!(%http_addr, "serving /metrics, /healthz and /readyz");
-
         tokio::select! {
-            r = sink.prepare() => r?,
+            r = self.sink.prepare() => if let Err(e) = r {
+                http.stop().await;
+                return Err(e.into());
+            },
             _ = stop_reading.cancelled() => {
-                http_stop.cancel();
-                let _ = http_task.await;
+                http.stop().await;
                 return Ok(());
             }
         }
+        let running = self.start_pipeline(stop_reading.clone());
+        info!(
+            source = self.source.name(),
+            sink = self.sink.name(),
+            "pipeline started"
+        );
+        let result = self
+            .source
+            .run(running.tx.clone(), stop_reading.clone())
+            .await;
+        stop_reading.cancel();
+        let halt = running.drain(&self.cfg, &self.source).await;
+        http.stop().await;
+        // The HTTP handlers held the other references: this is the last one.
+        leave_group(self.source, LEAVE_GROUP_TIMEOUT).await;
+        let left = self
+            .tracker
+            .lock()
+            .map(|t| t.in_flight_events())
+            .unwrap_or(0);
+        info!(unacknowledged_events = left, "stopped");
+        if let Some(e) = halt {
+            return Err(AppError::Sink(e));
+        }
+        result.map_err(AppError::from)
+    }
 
-        let (tx, rx) = batch::channel(cfg.sink.channel_capacity, cfg.sink.max_buffered_bytes);
+    /// Phase 1: `/metrics`, `/healthz`, `/readyz` and `/api/*` answer from now on.
+    fn serve_http(&self, listener: TcpListener) -> Background {
+        let stop = CancellationToken::new();
+        let (source, sink, metrics) =
+            (self.source.clone(), self.sink.clone(), self.metrics.clone());
+        let readiness = Readiness::default()
+            .with(self.source.name(), move || {
+                let s = source.clone();
+                async move { s.check().await.map_err(|e| e.to_string()) }
+            })
+            .with(self.sink.name(), move || {
+                let s = sink.clone();
+                // The last write's outcome first: a sink that answers pings
+                // but refuses writes is not ready.
+                let failing = metrics.sink_failure();
+                async move {
+                    match failing {
+                        Some(why) => Err(why),
+                        None => s.check().await.map_err(|e| e.to_string()),
+                    }
+                }
+            });
+        let state = HttpState {
+            metrics: self.metrics.clone(),
+            readiness,
+            query: self.sink.searchable().then(|| self.sink.clone()),
+        };
+        let serve = http::serve(listener, state, stop.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                warn!(error = %e, "the HTTP server stopped");
+            }
+        });
+        info!(http_addr = %self.http_addr, "serving /metrics, /healthz and /readyz");
+        Background { stop, task }
+    }
+
+    /// Phase 2: the batcher, the sink's upkeep and the periodic committer.
+    fn start_pipeline(&self, stop_reading: CancellationToken) -> Running {
+        let p = &self.cfg.pipeline;
+        let (tx, rx) = envelope::channel(p.channel_capacity, p.max_buffered_bytes);
         let halt = Halt::default();
         {
             // A write the sink gave up on stops reading at once.
-            let (halt, stop_reading) = (halt.clone(), stop_reading.clone());
+            let halt = halt.clone();
             tokio::spawn(async move {
                 halt.halted().await;
                 stop_reading.cancel();
             });
         }
+        let abort = CancellationToken::new();
         let writer = Arc::new(Writer {
-            sink: sink.clone(),
-            dlq,
-            tracker: tracker.clone(),
-            metrics: metrics.clone(),
+            sink: self.sink.clone(),
+            dlq: self.dlq.clone(),
+            tracker: self.tracker.clone(),
+            metrics: self.metrics.clone(),
             abort: abort.clone(),
             halt: halt.clone(),
-            sink_name: sink.name(),
         });
         let limits = BatchLimits {
-            max_events: cfg.sink.max_events,
-            max_bytes: cfg.sink.max_bytes,
-            linger: cfg.sink.linger,
+            max_events: p.max_events,
+            max_bytes: p.max_bytes,
+            linger: p.linger,
         };
-        // The embedded store keeps the source position with each batch and
-        // the Kafka sink keeps per-row order: both take batches one at a time.
-        let concurrency = match sink.as_ref() {
-            AnySink::Elasticsearch(_) => cfg.sink.concurrency,
-            AnySink::Sqlite(_) | AnySink::Kafka(_) => 1,
+        let batcher = tokio::spawn(run_batcher(rx, writer, limits, self.sink.concurrency()));
+        let upkeep_stop = CancellationToken::new();
+        let upkeep = Background {
+            task: tokio::spawn(self.sink.clone().maintain(upkeep_stop.clone())),
+            stop: upkeep_stop,
         };
-        let mut batcher = tokio::spawn(run_batcher(rx, writer, limits, concurrency));
-        let retention_stop = CancellationToken::new();
-        let retention: Option<tokio::task::JoinHandle<()>> = match sink.as_ref() {
-            AnySink::Sqlite(s) => Some(tokio::spawn(
-                s.clone().run_retention(retention_stop.clone()),
-            )),
-            _ => None,
-        };
-
-        let committer_stop = CancellationToken::new();
-        let committer = {
-            let (source, stop, every, tracker, metrics) = (
-                source.clone(),
-                committer_stop.clone(),
-                cfg.kafka.commit_interval,
-                tracker.clone(),
-                metrics.clone(),
-            );
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            // Both may block: a position file is synced, watermarks
-                            // are asked of the broker.
-                            let s = source.clone();
-                            let _ = tokio::task::spawn_blocking(move || {
-                                s.commit(false);
-                                s.refresh_lag_records();
-                            })
-                            .await;
-                            if let Ok(t) = tracker.lock() {
-                                metrics.set_lag_seconds(t.lag_seconds(now_millis()));
-                            }
-                        }
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            })
-        };
-
-        match cfg.source {
-            SourceKind::Kafka => {
-                info!(topics = ?cfg.kafka.topics, group = %cfg.kafka.group_id, sink = sink.name(), "consuming")
-            }
-            SourceKind::Binlog => info!(sink = sink.name(), "capturing"),
+        Running {
+            tx,
+            batcher,
+            abort,
+            halt,
+            upkeep,
+            committer: self.start_committer(),
         }
-        let result = source.run(tx, stop_reading.clone()).await;
-        stop_reading.cancel();
+    }
 
-        // The channel is closed now: the batcher flushes what it holds and
-        // waits for the writes in flight, within the shutdown bound.
+    /// Commits acknowledged positions and refreshes the lag gauges every
+    /// `kafka.commit_interval`.
+    fn start_committer(&self) -> Background {
+        let stop = CancellationToken::new();
+        let (source, every, tracker, metrics, stopped) = (
+            self.source.clone(),
+            self.cfg.kafka.commit_interval,
+            self.tracker.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        // Both may block: a position file is synced, watermarks
+                        // are asked of the broker.
+                        let s = source.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            s.commit(false);
+                            s.refresh_lag();
+                        })
+                        .await;
+                        if let Ok(t) = tracker.lock() {
+                            metrics.set_lag_seconds(t.lag_seconds(now_millis()));
+                        }
+                    }
+                    _ = stopped.cancelled() => return,
+                }
+            }
+        });
+        Background { stop, task }
+    }
+}
+
+/// A task that runs until its token fires.
+struct Background {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Background {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The pipeline's tasks while the source reads.
+struct Running {
+    tx: envelope::EnvelopeTx,
+    batcher: JoinHandle<()>,
+    /// Fires at the shutdown deadline: writes still retrying give up.
+    abort: CancellationToken,
+    halt: Halt,
+    upkeep: Background,
+    committer: Background,
+}
+
+impl Running {
+    /// Phase 3, once the source stopped: flush what is buffered within the
+    /// shutdown bound, stop the helpers, commit synchronously. Returns the
+    /// write failure that halted the line, if one did.
+    async fn drain(self, cfg: &Config, source: &Arc<dyn Source>) -> Option<SinkError> {
+        let Running {
+            tx,
+            mut batcher,
+            abort,
+            halt,
+            upkeep,
+            committer,
+        } = self;
+        // The channel closes with the last sender: the batcher flushes what
+        // it holds and waits for the writes in flight.
+        drop(tx);
         let drained = tokio::time::timeout(cfg.shutdown_timeout, &mut batcher).await;
         if drained.is_err() {
             warn!(timeout = ?cfg.shutdown_timeout, "shutdown timeout: abandoning unacknowledged writes, they will be read again");
             abort.cancel();
             let _ = batcher.await;
         }
-        committer_stop.cancel();
-        let _ = committer.await;
-        retention_stop.cancel();
-        if let Some(r) = retention {
-            let _ = r.await;
-        }
+        committer.stop().await;
+        upkeep.stop().await;
         let s = source.clone();
         let _ = tokio::task::spawn_blocking(move || s.commit(true)).await;
-        http_stop.cancel();
-        let _ = http_task.await;
-        // The HTTP handlers held the other references: this is the last one.
-        leave_group(source, LEAVE_GROUP_TIMEOUT).await;
-        let left = tracker.lock().map(|t| t.in_flight_events()).unwrap_or(0);
-        info!(unacknowledged_events = left, "stopped");
-        if let Some(e) = halt.take() {
-            return Err(AppError::Sink(e));
-        }
-        result.map_err(AppError::from)
+        halt.take()
     }
 }
 
@@ -504,7 +348,7 @@ const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// rebalance timeout. Offsets are already committed by then, so exiting
 /// without the LeaveGroup only means the broker expires the member after the
 /// session timeout.
-async fn leave_group(source: Arc<AnySource>, timeout: Duration) {
+async fn leave_group(source: Arc<dyn Source>, timeout: Duration) {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         source.close();

@@ -261,7 +261,7 @@ async fn bulk_handler(
     State(s): State<BulkStub>,
     body: Bytes,
 ) -> ([(&'static str, &'static str); 1], String) {
-    let now = bulk::now_millis();
+    let now = crate::clock::now_millis();
     let mut items = 0u64;
     let mut lat = Vec::new();
     for (i, line) in body.split(|b| *b == b'\n').enumerate() {
@@ -347,7 +347,11 @@ fn spawn_consumer(
     env: &[(&str, &str)],
 ) -> anyhow::Result<(KillOnDrop, String)> {
     let port = free_port()?;
-    let group = format!("bench-{}-{}", std::process::id(), bulk::now_millis());
+    let group = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        crate::clock::now_millis()
+    );
     let child = Command::new(std::env::current_exe()?)
         .arg("run")
         .env("CDC_KAFKA_BROKERS", brokers)
@@ -381,7 +385,7 @@ async fn backlog(
     sink: &BulkStub,
     out: &mut String,
 ) -> anyhow::Result<()> {
-    let topic = format!("bench-backlog-{}", bulk::now_millis());
+    let topic = format!("bench-backlog-{}", crate::clock::now_millis());
     let n = args.backlog;
     create_topic(brokers, &topic, 1).await?;
     let p = producer(brokers)?;
@@ -432,7 +436,7 @@ async fn backlog(
 async fn large_messages(args: &BenchArgs, sink: &BulkStub, out: &mut String) -> anyhow::Result<()> {
     let (n, size) = (args.large_messages, args.large_message_bytes);
     let (brokers, _broker) = broker_on(args, &args.large_engine)?;
-    let topic = format!("bench-large-{}", bulk::now_millis());
+    let topic = format!("bench-large-{}", crate::clock::now_millis());
     create_topic(&brokers, &topic, 1).await?;
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -497,14 +501,14 @@ async fn latency(
     env: &[(&str, &str)],
     out: &mut String,
 ) -> anyhow::Result<()> {
-    let topic = format!("bench-latency-{}", bulk::now_millis());
+    let topic = format!("bench-latency-{}", crate::clock::now_millis());
     create_topic(brokers, &topic, 1).await?;
     let p = producer(brokers)?;
     // Create the topic before the consumer subscribes.
     send(
         &p,
         &topic,
-        &sample_message(0, (bulk::now_millis() as u64) << 18),
+        &sample_message(0, (crate::clock::now_millis() as u64) << 18),
     );
     p.flush(Duration::from_secs(30))?;
     let before = sink.docs.load(Ordering::Relaxed);
@@ -531,7 +535,7 @@ async fn latency(
         if due > now {
             tokio::time::sleep(due - now).await;
         }
-        let ts = (bulk::now_millis() as u64) << 18;
+        let ts = (crate::clock::now_millis() as u64) << 18;
         send(&p.0, &topic, &sample_message(i + 1, ts));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -562,14 +566,13 @@ async fn latency(
 
 /// Fills the embedded store and measures it directly and through HTTP.
 async fn store(events: usize, out: &mut String) -> anyhow::Result<()> {
-    use crate::http::api::EventQuery;
     use crate::http::health::Readiness;
     use crate::http::{self, HttpState};
     let (bench, http) = crate::sink::sqlite::bench_then(events, |sink| async move {
         let state = HttpState {
             metrics: crate::metrics::Metrics::new(),
             readiness: Readiness::default(),
-            query: Some(EventQuery::Sqlite(sink)),
+            query: Some(sink),
         };
         let (listener, addr) = http::bind("127.0.0.1:0".parse().expect("valid address")).await?;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -695,7 +698,7 @@ async fn binlog(
     for mode in ["elasticsearch", "sqlite", "kafka"] {
         let port = free_port()?;
         let http = format!("127.0.0.1:{port}");
-        let topic = format!("bench-binlog-{}", bulk::now_millis());
+        let topic = format!("bench-binlog-{}", crate::clock::now_millis());
         if mode == "kafka" {
             create_topic(brokers, &topic, 3).await?;
         }

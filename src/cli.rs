@@ -4,13 +4,12 @@
 //! both are layered over the TOML file in `config::Layers`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use url::Url;
 
 use crate::config::{Config, ConfigArgs, ConfigError, Layers, Origin, KEYS};
+pub use crate::ticdc::ChangefeedArgs;
 
 /// Watches every database change: TiCDC canal-json from Kafka into
 /// Elasticsearch and Prometheus.
@@ -57,39 +56,6 @@ pub struct RunArgs {
 pub enum ChangefeedCommand {
     /// Wait for TiCDC, then create the changefeed unless it exists and is healthy.
     Ensure(ChangefeedArgs),
-}
-
-/// `changefeed ensure` options.
-#[derive(Debug, Clone, Args)]
-pub struct ChangefeedArgs {
-    /// TiCDC server (open API v2).
-    #[arg(long, env = "CDC_TICDC_URL", default_value = "http://ticdc:8300")]
-    pub ticdc_url: Url,
-    /// Changefeed id.
-    #[arg(long, env = "CDC_CHANGEFEED_ID", default_value = "cf-kafka")]
-    pub changefeed_id: String,
-    /// Sink URI of the changefeed.
-    #[arg(
-        long,
-        env = "CDC_CHANGEFEED_SINK_URI",
-        default_value = "kafka://kafka:9092/tidb-cdc?protocol=canal-json&enable-tidb-extension=true&kafka-version=3.7.0&partition-num=3&max-message-bytes=1048576&replication-factor=1"
-    )]
-    pub sink_uri: String,
-    /// Table filter rules, comma-separated.
-    #[arg(
-        long,
-        env = "CDC_CHANGEFEED_RULES",
-        default_value = "appdb.*",
-        value_delimiter = ','
-    )]
-    pub rules: Vec<String>,
-    /// Seconds to wait for TiCDC to become healthy.
-    #[arg(long, env = "CDC_CHANGEFEED_TIMEOUT", default_value = "120", value_parser = parse_secs)]
-    pub timeout: Duration,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
 }
 
 /// Parses the process arguments, keeping the raw matches for value sources.

@@ -392,9 +392,9 @@ pub struct EsConfig {
     pub timeout: Duration,
 }
 
-/// Batching, concurrency and retry settings of the sink.
+/// Batching, concurrency, retry and memory settings between source and sink.
 #[derive(Debug, Clone)]
-pub struct SinkConfig {
+pub struct PipelineConfig {
     pub max_events: usize,
     pub max_bytes: usize,
     pub linger: Duration,
@@ -406,19 +406,36 @@ pub struct SinkConfig {
     pub max_buffered_bytes: usize,
 }
 
-/// Where changes come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
+/// Where changes come from, with the settings only that source uses.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// canal-json from a consumer group (`Config::kafka`).
     Kafka,
-    Binlog,
+    /// MySQL/MariaDB replication.
+    Binlog(MysqlConfig),
 }
 
-/// Where changes go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkKind {
-    Elasticsearch,
-    Sqlite,
-    Kafka,
+/// Where changes go, with the settings only that sink uses.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Elasticsearch(EsConfig),
+    /// The embedded store under `Config::data_dir`.
+    Sqlite(StoreConfig),
+    /// canal-json to one topic, through `Config::kafka`'s brokers.
+    Kafka {
+        topic: String,
+    },
+}
+
+impl SinkConfig {
+    /// The sink's name, as `CDC_SINK` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Elasticsearch(_) => "elasticsearch",
+            SinkConfig::Sqlite(_) => "sqlite",
+            SinkConfig::Kafka { .. } => "kafka",
+        }
+    }
 }
 
 /// Where a binlog source without a stored position starts.
@@ -518,16 +535,12 @@ pub struct StoreConfig {
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub source: SourceKind,
-    pub sink_kind: SinkKind,
-    pub data_dir: PathBuf,
-    /// Set when `source` is `Binlog`.
-    pub mysql: Option<MysqlConfig>,
-    pub store: StoreConfig,
-    pub kafka: KafkaConfig,
-    /// Set when `sink_kind` is `Elasticsearch`.
-    pub es: Option<EsConfig>,
+    pub source: SourceConfig,
     pub sink: SinkConfig,
+    pub data_dir: PathBuf,
+    /// Kafka client settings: the consumer, the dead-letter producer, the Kafka sink.
+    pub kafka: KafkaConfig,
+    pub pipeline: PipelineConfig,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -537,250 +550,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses and checks every value.
+    /// Parses and checks every value: each section by its own loader.
     pub fn from_layers(l: &Layers) -> Result<Config, ConfigError> {
-        let mut properties = BTreeMap::new();
-        for (path, (value, _)) in l.values.range("kafka.properties.".to_owned()..) {
-            let Some(k) = path.strip_prefix("kafka.properties.") else {
-                break;
-            };
-            properties.insert(k.to_owned(), value.clone());
-        }
-        if let Some((raw, name)) = l.raw("kafka.properties") {
-            for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
-                let Some((k, v)) = pair.split_once('=') else {
-                    return Err(ConfigError::Invalid {
-                        key: name,
-                        value: raw.to_owned(),
-                        reason: format!("{pair:?} is not key=value"),
-                    });
-                };
-                properties.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
-        }
-        for (key, path) in [
-            ("security.protocol", "kafka.security_protocol"),
-            ("sasl.mechanism", "kafka.sasl_mechanism"),
-            ("sasl.username", "kafka.sasl_username"),
-            ("ssl.ca.location", "kafka.ssl_ca_location"),
-        ] {
-            if let Some(v) = l.opt(path, text)? {
-                properties.insert(key.to_owned(), v);
-            }
-        }
-        let secret = |s: &str| Ok::<_, String>(SecretString::from(s.to_owned()));
-        let pipeline_max_bytes = l.get("pipeline.max_bytes", |s| {
-            let n = parse_bytes(s)?;
-            if !(1 << 20..=u32::MAX as usize).contains(&n) {
-                return Err("must be between 1MiB and 4GiB".into());
-            }
-            Ok(n)
-        })?;
-        let kafka = KafkaConfig {
-            brokers: l.get("kafka.brokers", text)?,
-            topics: l.get("kafka.topics", list)?,
-            group_id: l.get("kafka.group_id", text)?,
-            instance_id: l.opt("kafka.instance_id", text)?,
-            auto_offset_reset: l.get("kafka.auto_offset_reset", |s| match s {
-                "earliest" => Ok(OffsetReset::Earliest),
-                "latest" => Ok(OffsetReset::Latest),
-                _ => Err("must be earliest or latest".into()),
-            })?,
-            session_timeout: l.get("kafka.session_timeout", |s| {
-                let d = parse_duration(s)?;
-                if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
-                    return Err("must be between 1s and 300s".into());
-                }
-                Ok(d)
-            })?,
-            commit_interval: l.get("kafka.commit_interval", parse_duration)?,
-            fetch_wait_max: l.get("kafka.fetch_wait_max", parse_duration)?,
-            queue_max_kbytes: match l.opt("kafka.queue_max_kbytes", positive)? {
-                Some(kb) => kb,
-                // librdkafka's prefetch sits outside the pipeline's budget:
-                // a quarter of it keeps the whole within about 1.25 times.
-                None => (pipeline_max_bytes / 4 / 1024).max(1),
-            },
-            message_max_bytes: l.get("kafka.message_max_bytes", |s| {
-                let n = parse_bytes(s)?;
-                // librdkafka's own bounds of message.max.bytes.
-                if !(1000..=1_000_000_000 - DLQ_HEADROOM).contains(&n) {
-                    return Err("must be between 1000 bytes and about 999MB".into());
-                }
-                Ok(n)
-            })?,
-            dlq_topic: l.get("kafka.dlq_topic", text)?,
-            properties,
-            sasl_password: l.opt("kafka.sasl_password", secret)?,
-        };
-        let es_url = l.opt("es.url", http_url)?;
-        let source = l.get("source", |s| match s.trim() {
-            "kafka" => Ok(SourceKind::Kafka),
-            "binlog" => Ok(SourceKind::Binlog),
-            _ => Err("must be kafka or binlog".into()),
-        })?;
-        let sink_kind = match l.opt("sink", |s| match s.trim() {
-            "elasticsearch" => Ok(SinkKind::Elasticsearch),
-            "sqlite" => Ok(SinkKind::Sqlite),
-            "kafka" => Ok(SinkKind::Kafka),
-            _ => Err("must be elasticsearch, sqlite or kafka".into()),
-        })? {
-            Some(k) => k,
-            None if es_url.is_some() => SinkKind::Elasticsearch,
-            None => SinkKind::Sqlite,
-        };
-        if sink_kind == SinkKind::Elasticsearch && es_url.is_none() {
-            return Err(invalid(
-                "CDC_ES_URL",
-                "",
-                "CDC_SINK=elasticsearch needs an Elasticsearch URL",
-            ));
-        }
-        if sink_kind == SinkKind::Kafka && source == SourceKind::Kafka {
-            return Err(invalid(
-                "CDC_SINK",
-                "kafka",
-                "the Kafka sink publishes captured changes: it needs CDC_SOURCE=binlog",
-            ));
-        }
-        if sink_kind == SinkKind::Kafka && kafka.topics.len() != 1 {
-            return Err(invalid(
-                "CDC_KAFKA_TOPICS",
-                &kafka.topics.join(","),
-                "the Kafka sink publishes to exactly one topic",
-            ));
-        }
-        let mysql = if source == SourceKind::Binlog {
-            let patterns = |s: &str| {
-                list(s)?
-                    .iter()
-                    .map(|p| TablePattern::parse(p))
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            Some(MysqlConfig {
-                url: l
-                    .opt("mysql.url", |s| {
-                        let url = Url::parse(s.trim()).map_err(|e| e.to_string())?;
-                        if url.scheme() != "mysql" {
-                            return Err(format!(
-                                "scheme must be mysql, not {}; expected mysql://USER:PASSWORD@HOST:PORT",
-                                url.scheme()
-                            ));
-                        }
-                        Ok(SecretString::from(s.trim().to_owned()))
-                    })?
-                    .ok_or_else(|| {
-                        invalid(
-                            "CDC_MYSQL_URL",
-                            "",
-                            "CDC_SOURCE=binlog needs mysql://USER:PASSWORD@HOST:PORT",
-                        )
-                    })?,
-                server_id: l.get("mysql.server_id", positive)?,
-                tables: TableFilter {
-                    include: l.get("binlog.tables", patterns)?,
-                    exclude: l.opt("binlog.tables_exclude", patterns)?.unwrap_or_default(),
-                },
-                start: l.get("binlog.start", |s| match s.trim() {
-                    "current" => Ok(BinlogStart::Current),
-                    "earliest" => Ok(BinlogStart::Earliest),
-                    _ => Err("must be current or earliest".into()),
-                })?,
-            })
-        } else {
-            None
-        };
-        let store = StoreConfig {
-            retention: l.get("store.retention", parse_duration)?,
-            max_bytes: l.get("store.max_bytes", |s| {
-                let n = parse_bytes(s)?;
-                if n < (1 << 20) {
-                    return Err("must be at least 1MiB".into());
-                }
-                Ok(n as u64)
-            })?,
-        };
-        let data_dir = l.get("data_dir", |s| Ok(PathBuf::from(text(s)?)))?;
-        let es = es_url
-            .map(|url| -> Result<EsConfig, ConfigError> {
-                Ok(EsConfig {
-                    url,
-                    index: l.get("es.index", |s| {
-                        let s = text(s)?;
-                        if s.starts_with(['_', '-', '+'])
-                            || s.chars()
-                                .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
-                        {
-                            return Err("not a valid Elasticsearch index name".into());
-                        }
-                        Ok(s)
-                    })?,
-                    username: l.opt("es.username", text)?,
-                    password: l.opt("es.password", secret)?,
-                    api_key: l.opt("es.api_key", secret)?,
-                    ca_file: l.opt("es.ca_file", |s| {
-                        let p = PathBuf::from(s);
-                        if !p.is_file() {
-                            return Err("file not found".into());
-                        }
-                        Ok(p)
-                    })?,
-                    timeout: l.get("es.timeout", parse_duration)?,
-                })
-            })
-            .transpose()?;
-        let es = if sink_kind == SinkKind::Elasticsearch {
-            es
-        } else {
-            None
-        };
-        if let Some(es) = es
-            .as_ref()
-            .filter(|es| es.username.is_some() != es.password.is_some())
-        {
-            let key = if es.username.is_some() {
-                "CDC_ES_PASSWORD"
-            } else {
-                "CDC_ES_USERNAME"
-            };
-            return Err(invalid(
-                key,
-                "",
-                "basic authentication needs both CDC_ES_USERNAME and CDC_ES_PASSWORD",
-            ));
-        }
-        let sink = SinkConfig {
-            max_events: l.get("batch.max_events", positive)?,
-            max_bytes: l.get("batch.max_bytes", |s| {
-                let n = parse_bytes(s)?;
-                if n == 0 {
-                    return Err("must be greater than 0".into());
-                }
-                Ok(n)
-            })?,
-            linger: l.get("batch.linger", parse_duration)?,
-            concurrency: l.get("sink.concurrency", positive)?,
-            retry_initial_backoff: l.get("sink.retry_initial_backoff", parse_duration)?,
-            retry_max_backoff: l.get("sink.retry_max_backoff", parse_duration)?,
-            channel_capacity: l.get("pipeline.channel_capacity", positive)?,
-            max_buffered_bytes: pipeline_max_bytes,
-        };
-        if sink.retry_max_backoff < sink.retry_initial_backoff {
-            return Err(invalid(
-                "CDC_RETRY_MAX_BACKOFF",
-                &format!("{:?}", sink.retry_max_backoff),
-                "must not be below CDC_RETRY_INITIAL_BACKOFF",
-            ));
-        }
+        let pipeline = pipeline_section(l)?;
+        let kafka = kafka_section(l, pipeline.max_buffered_bytes)?;
+        let source = source_section(l)?;
+        let sink = sink_section(l, &source, &kafka)?;
         Ok(Config {
             source,
-            sink_kind,
-            data_dir,
-            mysql,
-            store,
-            kafka,
-            es,
             sink,
+            data_dir: l.get("data_dir", |s| Ok(PathBuf::from(text(s)?)))?,
+            kafka,
+            pipeline,
             http_addr: l.get("http.addr", |s| {
                 s.trim()
                     .parse::<SocketAddr>()
@@ -799,6 +580,279 @@ impl Config {
             metrics_max_tables: l.get("metrics.max_tables", positive)?,
         })
     }
+
+    /// True when Kafka is part of the pipeline (then dead letters go to a topic).
+    pub fn uses_kafka(&self) -> bool {
+        matches!(self.source, SourceConfig::Kafka) || matches!(self.sink, SinkConfig::Kafka { .. })
+    }
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// `[kafka]`: client, consumer and dead-letter settings.
+fn kafka_section(l: &Layers, pipeline_max_bytes: usize) -> Result<KafkaConfig, ConfigError> {
+    Ok(KafkaConfig {
+        brokers: l.get("kafka.brokers", text)?,
+        topics: l.get("kafka.topics", list)?,
+        group_id: l.get("kafka.group_id", text)?,
+        instance_id: l.opt("kafka.instance_id", text)?,
+        auto_offset_reset: l.get("kafka.auto_offset_reset", |s| match s {
+            "earliest" => Ok(OffsetReset::Earliest),
+            "latest" => Ok(OffsetReset::Latest),
+            _ => Err("must be earliest or latest".into()),
+        })?,
+        session_timeout: l.get("kafka.session_timeout", |s| {
+            let d = parse_duration(s)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
+                return Err("must be between 1s and 300s".into());
+            }
+            Ok(d)
+        })?,
+        commit_interval: l.get("kafka.commit_interval", parse_duration)?,
+        fetch_wait_max: l.get("kafka.fetch_wait_max", parse_duration)?,
+        queue_max_kbytes: match l.opt("kafka.queue_max_kbytes", positive)? {
+            Some(kb) => kb,
+            // librdkafka's prefetch sits outside the pipeline's budget:
+            // a quarter of it keeps the whole within about 1.25 times.
+            None => (pipeline_max_bytes / 4 / 1024).max(1),
+        },
+        message_max_bytes: l.get("kafka.message_max_bytes", |s| {
+            let n = parse_bytes(s)?;
+            // librdkafka's own bounds of message.max.bytes.
+            if !(1000..=1_000_000_000 - DLQ_HEADROOM).contains(&n) {
+                return Err("must be between 1000 bytes and about 999MB".into());
+            }
+            Ok(n)
+        })?,
+        dlq_topic: l.get("kafka.dlq_topic", text)?,
+        properties: kafka_properties(l)?,
+        sasl_password: l.opt("kafka.sasl_password", secret)?,
+    })
+}
+
+/// librdkafka properties: `[kafka.properties]`, `CDC_KAFKA_PROPERTIES` and
+/// the named security keys, in that order of precedence (last wins).
+fn kafka_properties(l: &Layers) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut properties = BTreeMap::new();
+    for (path, (value, _)) in l.values.range("kafka.properties.".to_owned()..) {
+        let Some(k) = path.strip_prefix("kafka.properties.") else {
+            break;
+        };
+        properties.insert(k.to_owned(), value.clone());
+    }
+    if let Some((raw, name)) = l.raw("kafka.properties") {
+        for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(ConfigError::Invalid {
+                    key: name,
+                    value: raw.to_owned(),
+                    reason: format!("{pair:?} is not key=value"),
+                });
+            };
+            properties.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+    }
+    for (key, path) in [
+        ("security.protocol", "kafka.security_protocol"),
+        ("sasl.mechanism", "kafka.sasl_mechanism"),
+        ("sasl.username", "kafka.sasl_username"),
+        ("ssl.ca.location", "kafka.ssl_ca_location"),
+    ] {
+        if let Some(v) = l.opt(path, text)? {
+            properties.insert(key.to_owned(), v);
+        }
+    }
+    Ok(properties)
+}
+
+/// `source` and, for the binlog source, `[mysql]` and `[binlog]`.
+fn source_section(l: &Layers) -> Result<SourceConfig, ConfigError> {
+    match l
+        .get("source", |s| match s.trim() {
+            "kafka" | "binlog" => Ok(s.trim().to_owned()),
+            _ => Err("must be kafka or binlog".into()),
+        })?
+        .as_str()
+    {
+        "binlog" => Ok(SourceConfig::Binlog(mysql_section(l)?)),
+        _ => Ok(SourceConfig::Kafka),
+    }
+}
+
+fn mysql_section(l: &Layers) -> Result<MysqlConfig, ConfigError> {
+    let patterns = |s: &str| {
+        list(s)?
+            .iter()
+            .map(|p| TablePattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(MysqlConfig {
+        url: l
+            .opt("mysql.url", |s| {
+                let url = Url::parse(s.trim()).map_err(|e| e.to_string())?;
+                if url.scheme() != "mysql" {
+                    return Err(format!(
+                        "scheme must be mysql, not {}; expected mysql://USER:PASSWORD@HOST:PORT",
+                        url.scheme()
+                    ));
+                }
+                Ok(SecretString::from(s.trim().to_owned()))
+            })?
+            .ok_or_else(|| {
+                invalid(
+                    "CDC_MYSQL_URL",
+                    "",
+                    "CDC_SOURCE=binlog needs mysql://USER:PASSWORD@HOST:PORT",
+                )
+            })?,
+        server_id: l.get("mysql.server_id", positive)?,
+        tables: TableFilter {
+            include: l.get("binlog.tables", patterns)?,
+            exclude: l
+                .opt("binlog.tables_exclude", patterns)?
+                .unwrap_or_default(),
+        },
+        start: l.get("binlog.start", |s| match s.trim() {
+            "current" => Ok(BinlogStart::Current),
+            "earliest" => Ok(BinlogStart::Earliest),
+            _ => Err("must be current or earliest".into()),
+        })?,
+    })
+}
+
+/// `sink` and the section of the sink it names. Without `sink`, a set
+/// `CDC_ES_URL` means Elasticsearch, else the embedded store.
+fn sink_section(
+    l: &Layers,
+    source: &SourceConfig,
+    kafka: &KafkaConfig,
+) -> Result<SinkConfig, ConfigError> {
+    let es_url = l.opt("es.url", http_url)?;
+    let name = l.opt("sink", |s| match s.trim() {
+        "elasticsearch" | "sqlite" | "kafka" => Ok(s.trim().to_owned()),
+        _ => Err("must be elasticsearch, sqlite or kafka".into()),
+    })?;
+    match (name.as_deref(), es_url) {
+        (Some("elasticsearch") | None, Some(url)) => {
+            Ok(SinkConfig::Elasticsearch(es_section(l, url)?))
+        }
+        (Some("elasticsearch"), None) => Err(invalid(
+            "CDC_ES_URL",
+            "",
+            "CDC_SINK=elasticsearch needs an Elasticsearch URL",
+        )),
+        (Some("kafka"), _) => {
+            if matches!(source, SourceConfig::Kafka) {
+                return Err(invalid(
+                    "CDC_SINK",
+                    "kafka",
+                    "the Kafka sink publishes captured changes: it needs CDC_SOURCE=binlog",
+                ));
+            }
+            match kafka.topics.as_slice() {
+                [topic] => Ok(SinkConfig::Kafka {
+                    topic: topic.clone(),
+                }),
+                _ => Err(invalid(
+                    "CDC_KAFKA_TOPICS",
+                    &kafka.topics.join(","),
+                    "the Kafka sink publishes to exactly one topic",
+                )),
+            }
+        }
+        _ => Ok(SinkConfig::Sqlite(store_section(l)?)),
+    }
+}
+
+/// `[es]`.
+fn es_section(l: &Layers, url: Url) -> Result<EsConfig, ConfigError> {
+    let es = EsConfig {
+        url,
+        index: l.get("es.index", |s| {
+            let s = text(s)?;
+            if s.starts_with(['_', '-', '+'])
+                || s.chars()
+                    .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
+            {
+                return Err("not a valid Elasticsearch index name".into());
+            }
+            Ok(s)
+        })?,
+        username: l.opt("es.username", text)?,
+        password: l.opt("es.password", secret)?,
+        api_key: l.opt("es.api_key", secret)?,
+        ca_file: l.opt("es.ca_file", |s| {
+            let p = PathBuf::from(s);
+            if !p.is_file() {
+                return Err("file not found".into());
+            }
+            Ok(p)
+        })?,
+        timeout: l.get("es.timeout", parse_duration)?,
+    };
+    if es.username.is_some() != es.password.is_some() {
+        let key = if es.username.is_some() {
+            "CDC_ES_PASSWORD"
+        } else {
+            "CDC_ES_USERNAME"
+        };
+        return Err(invalid(
+            key,
+            "",
+            "basic authentication needs both CDC_ES_USERNAME and CDC_ES_PASSWORD",
+        ));
+    }
+    Ok(es)
+}
+
+/// `[store]`: the embedded store.
+fn store_section(l: &Layers) -> Result<StoreConfig, ConfigError> {
+    Ok(StoreConfig {
+        retention: l.get("store.retention", parse_duration)?,
+        max_bytes: l.get("store.max_bytes", |s| {
+            let n = parse_bytes(s)?;
+            if n < (1 << 20) {
+                return Err("must be at least 1MiB".into());
+            }
+            Ok(n as u64)
+        })?,
+    })
+}
+
+/// `[batch]`, `[sink]` and `[pipeline]`: batching, retries and memory.
+fn pipeline_section(l: &Layers) -> Result<PipelineConfig, ConfigError> {
+    let p = PipelineConfig {
+        max_events: l.get("batch.max_events", positive)?,
+        max_bytes: l.get("batch.max_bytes", |s| {
+            let n = parse_bytes(s)?;
+            if n == 0 {
+                return Err("must be greater than 0".into());
+            }
+            Ok(n)
+        })?,
+        linger: l.get("batch.linger", parse_duration)?,
+        concurrency: l.get("sink.concurrency", positive)?,
+        retry_initial_backoff: l.get("sink.retry_initial_backoff", parse_duration)?,
+        retry_max_backoff: l.get("sink.retry_max_backoff", parse_duration)?,
+        channel_capacity: l.get("pipeline.channel_capacity", positive)?,
+        max_buffered_bytes: l.get("pipeline.max_bytes", |s| {
+            let n = parse_bytes(s)?;
+            if !(1 << 20..=u32::MAX as usize).contains(&n) {
+                return Err("must be between 1MiB and 4GiB".into());
+            }
+            Ok(n)
+        })?,
+    };
+    if p.retry_max_backoff < p.retry_initial_backoff {
+        return Err(invalid(
+            "CDC_RETRY_MAX_BACKOFF",
+            &format!("{:?}", p.retry_max_backoff),
+            "must not be below CDC_RETRY_INITIAL_BACKOFF",
+        ));
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -820,13 +874,13 @@ mod tests {
         assert_eq!(c.kafka.topics, ["tidb-cdc"]);
         assert_eq!(c.kafka.group_id, "cdc-consumer-group");
         assert_eq!(c.kafka.dlq_topic, "tidb-cdc-dlq");
-        assert!(c.es.is_none());
-        assert_eq!(c.sink_kind, SinkKind::Sqlite);
-        assert_eq!(c.source, SourceKind::Kafka);
+        assert!(matches!(c.sink, SinkConfig::Sqlite(_)));
+        assert!(matches!(c.source, SourceConfig::Kafka));
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:3000");
         let c = load("[es]\nurl = \"http://elasticsearch:9200\"\n", &[]).unwrap();
-        assert_eq!(c.sink_kind, SinkKind::Elasticsearch);
-        let es = c.es.unwrap();
+        let SinkConfig::Elasticsearch(es) = c.sink else {
+            panic!("{:?}", c.sink)
+        };
         assert_eq!(es.url.as_str(), "http://elasticsearch:9200/");
         assert_eq!(es.index, "cdc-events");
         assert!(c.kafka.session_timeout <= Duration::from_secs(30));
@@ -863,7 +917,9 @@ mod tests {
             &[],
         )
         .unwrap();
-        let m = c.mysql.unwrap();
+        let SourceConfig::Binlog(m) = c.source else {
+            panic!("{:?}", c.source)
+        };
         assert_eq!(m.server_id, 5799);
         assert_eq!(m.start, BinlogStart::Current);
         assert!(m.tables.accepts("appdb", "users") && !m.tables.accepts("other", "t"));
@@ -884,7 +940,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.kafka.brokers, "env:1");
         assert_eq!(c.kafka.topics, ["a", "b"]);
-        assert_eq!(c.sink.max_events, 10);
+        assert_eq!(c.pipeline.max_events, 10);
         let c = load(
             toml,
             &[

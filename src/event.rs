@@ -56,6 +56,14 @@ impl PartialEq for Row {
 }
 
 impl Row {
+    /// Its bytes as JSON, give or take the punctuation.
+    pub fn json_len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(name, value)| name.len() + value.get().len() + 4)
+            .sum()
+    }
+
     /// The raw JSON text of a column, if present.
     pub fn get(&self, column: &str) -> Option<&RawValue> {
         self.0
@@ -141,17 +149,6 @@ pub enum SourcePosition {
     None,
 }
 
-/// A source's resume point for one of its streams, in the source's own text
-/// form (a binlog position as JSON, say). Sinks that can keep it with the
-/// events, in the same transaction, are handed it with each batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// Which stream: `binlog`, or `kafka/TOPIC/PARTITION`.
-    pub stream: Arc<str>,
-    /// Where to resume after everything up to here is stored.
-    pub position: String,
-}
-
 /// Why a message carries less than the full row (TiCDC large-message handling).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LargeMessage {
@@ -197,6 +194,19 @@ impl fmt::Display for DocumentId {
 }
 
 impl ChangeEvent {
+    /// About the bytes the event takes as a message (its rows, names and
+    /// statement), counted without encoding it.
+    pub fn estimated_bytes(&self) -> usize {
+        let rows = self.pk.json_len()
+            + self.data.json_len()
+            + self.old.as_ref().map_or(0, Row::json_len)
+            + self.mysql_types.as_ref().map_or(0, Row::json_len);
+        rows + self.database.len()
+            + self.table.len()
+            + self.sql.as_ref().map_or(0, String::len)
+            + 128
+    }
+
     /// The id derived from (database, table, primary key, commit_ts, op).
     ///
     /// Without a commit_ts (plain canal-json) the commit time in milliseconds

@@ -3,12 +3,16 @@
 #![deny(clippy::print_stdout)]
 
 pub mod app;
+pub mod backoff;
 pub mod bench;
 pub mod canal;
+pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod kafka_client;
 pub mod metrics;
 pub mod pipeline;
 pub mod quickstart;

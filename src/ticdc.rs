@@ -23,7 +23,38 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::cli::ChangefeedArgs;
+/// `changefeed ensure` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChangefeedArgs {
+    /// TiCDC server (open API v2).
+    #[arg(long, env = "CDC_TICDC_URL", default_value = "http://ticdc:8300")]
+    pub ticdc_url: Url,
+    /// Changefeed id.
+    #[arg(long, env = "CDC_CHANGEFEED_ID", default_value = "cf-kafka")]
+    pub changefeed_id: String,
+    /// Sink URI of the changefeed.
+    #[arg(
+        long,
+        env = "CDC_CHANGEFEED_SINK_URI",
+        default_value = "kafka://kafka:9092/tidb-cdc?protocol=canal-json&enable-tidb-extension=true&kafka-version=3.7.0&partition-num=3&max-message-bytes=1048576&replication-factor=1"
+    )]
+    pub sink_uri: String,
+    /// Table filter rules, comma-separated.
+    #[arg(
+        long,
+        env = "CDC_CHANGEFEED_RULES",
+        default_value = "appdb.*",
+        value_delimiter = ','
+    )]
+    pub rules: Vec<String>,
+    /// Seconds to wait for TiCDC to become healthy.
+    #[arg(long, env = "CDC_CHANGEFEED_TIMEOUT", default_value = "120", value_parser = parse_secs)]
+    pub timeout: Duration,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
 
 /// Upper bound for one HTTP exchange with TiCDC.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,9 +19,8 @@ use tracing::warn;
 
 use crate::event::Op;
 use crate::http::HttpState;
-use crate::sink::elasticsearch::ElasticsearchSink;
-use crate::sink::query::{EventFilter, EventPage, QueryError, Stats, MAX_LIMIT};
-use crate::sink::sqlite::SqliteSink;
+use crate::sink::query::{EventFilter, QueryError, Stats, MAX_LIMIT};
+use crate::sink::Sink;
 
 /// Events per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -32,31 +31,6 @@ pub const DEFAULT_BUCKET: Duration = Duration::from_secs(10);
 pub const MAX_BUCKETS: u64 = 360;
 /// A query slower than this answers 503 rather than hold the dashboard's poll.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The sink the API searches.
-#[derive(Clone)]
-pub enum EventQuery {
-    Sqlite(Arc<SqliteSink>),
-    Elasticsearch(Arc<ElasticsearchSink>),
-}
-
-impl EventQuery {
-    /// One page of events matching `filter`, newest first.
-    pub async fn events(&self, filter: &EventFilter) -> Result<EventPage, QueryError> {
-        match self {
-            EventQuery::Sqlite(s) => s.events(filter).await,
-            EventQuery::Elasticsearch(s) => s.events(filter).await,
-        }
-    }
-
-    /// Counts over every event, and per-table rates over the last `window` in `bucket`s.
-    pub async fn stats(&self, window: Duration, bucket: Duration) -> Result<Stats, QueryError> {
-        match self {
-            EventQuery::Sqlite(s) => s.stats(window, bucket).await,
-            EventQuery::Elasticsearch(s) => s.stats(window, bucket).await,
-        }
-    }
-}
 
 /// `/api/stats`: the sink's `Stats` and the current worst lag.
 #[derive(Debug, Serialize)]
@@ -89,7 +63,7 @@ impl From<QueryError> for ApiError {
     }
 }
 
-fn backend(s: &HttpState) -> Result<&EventQuery, ApiError> {
+fn backend(s: &HttpState) -> Result<&Arc<dyn Sink>, ApiError> {
     s.query.as_ref().ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,

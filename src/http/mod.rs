@@ -6,15 +6,16 @@ pub mod dashboard;
 pub mod health;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::api::EventQuery;
 use crate::http::health::Readiness;
 use crate::metrics::Metrics;
+use crate::sink::Sink;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -22,7 +23,7 @@ pub struct HttpState {
     pub metrics: Metrics,
     pub readiness: Readiness,
     /// The searchable sink behind `/api/*`; `None` answers 404 there.
-    pub query: Option<EventQuery>,
+    pub query: Option<Arc<dyn Sink>>,
 }
 
 /// The router, for embedding and tests.

@@ -20,89 +20,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::event::{ChangeEvent, Checkpoint};
+use crate::checkpoint::Checkpoint;
+use crate::clock::now_millis;
+use crate::event::ChangeEvent;
 use crate::metrics::Metrics;
-use crate::pipeline::ack::{Ack, OffsetTracker};
 use crate::pipeline::dlq::{DeadLetter, DeadLetterQueue};
-use crate::sink::elasticsearch::bulk::now_millis;
 use crate::sink::{Sink, SinkError};
-
-/// One source message on its way to the sink.
-#[derive(Debug)]
-pub struct Envelope {
-    pub events: Vec<ChangeEvent>,
-    /// `None` when nothing needs to be committed for it.
-    pub ack: Option<Ack>,
-    pub origin: Origin,
-    /// Set when the message could not be decoded: (reason, error).
-    pub undecodable: Option<(&'static str, String)>,
-    /// The source's resume point once this message and all before it are stored.
-    pub checkpoint: Option<Checkpoint>,
-    /// Its share of the byte budget, held until its batch is written.
-    pub budget: Option<OwnedSemaphorePermit>,
-}
-
-impl Envelope {
-    /// What the message takes in memory until it is written: its bytes,
-    /// and as much again for its decoded events.
-    fn cost(&self) -> usize {
-        let decoded = if self.events.is_empty() {
-            0
-        } else {
-            self.origin.payload.len()
-        };
-        self.origin.payload.len() + decoded
-    }
-}
-
-/// The source's end of the pipeline: a bounded channel whose messages also
-/// take their size from a byte budget, so a run of 1 MiB messages waits
-/// where small ones would not.
-#[derive(Clone)]
-pub struct EnvelopeTx {
-    tx: mpsc::Sender<Envelope>,
-    budget: Arc<Semaphore>,
-    max: u32,
-}
-
-/// The pipeline is shutting down: the batcher is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closed;
-
-impl EnvelopeTx {
-    /// Waits for room in the byte budget and the channel, then sends.
-    pub async fn send(&self, mut envelope: Envelope) -> Result<(), Closed> {
-        // A message larger than the whole budget goes alone.
-        let cost = envelope.cost().clamp(1, self.max as usize) as u32;
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(cost)
-            .await
-            .map_err(|_| Closed)?;
-        envelope.budget = Some(permit);
-        self.tx.send(envelope).await.map_err(|_| Closed)
-    }
-}
-
-/// A pipeline channel of `capacity` messages and `max_bytes` bytes.
-pub fn channel(capacity: usize, max_bytes: usize) -> (EnvelopeTx, mpsc::Receiver<Envelope>) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let max = max_bytes.clamp(1, u32::MAX as usize);
-    let tx = EnvelopeTx {
-        tx,
-        budget: Arc::new(Semaphore::new(max)),
-        max: max as u32,
-    };
-    (tx, rx)
-}
+use crate::source::ack::OffsetTracker;
+use crate::source::envelope::Envelope;
 
 /// The first write failure the sink gave up on. Once set, no later batch is
 /// written and the application stops with it.
@@ -137,16 +68,6 @@ impl Halt {
     }
 }
 
-/// Where a message came from, and its original bytes for the dead-letter topic.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Bytes>,
-    pub payload: Bytes,
-}
-
 /// Limits of one batch.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -165,7 +86,7 @@ struct Batch {
 impl Batch {
     fn push(&mut self, e: Envelope) {
         self.events += e.events.len();
-        self.bytes += e.origin.payload.len();
+        self.bytes += e.size;
         self.messages.push(e);
     }
 
@@ -175,8 +96,8 @@ impl Batch {
 }
 
 /// Everything a batch write needs, shared by all write tasks.
-pub struct Writer<S> {
-    pub sink: Arc<S>,
+pub struct Writer {
+    pub sink: Arc<dyn Sink>,
     pub dlq: DeadLetterQueue,
     pub tracker: Arc<Mutex<OffsetTracker>>,
     pub metrics: Metrics,
@@ -184,15 +105,13 @@ pub struct Writer<S> {
     pub abort: CancellationToken,
     /// Set by a write that failed for good.
     pub halt: Halt,
-    /// The sink's name in metrics and messages.
-    pub sink_name: &'static str,
 }
 
 /// Reads envelopes until the channel closes, writes batches with at most
 /// `concurrency` in flight, and returns when every write has finished.
-pub async fn run_batcher<S: Sink>(
+pub async fn run_batcher(
     mut rx: mpsc::Receiver<Envelope>,
-    writer: Arc<Writer<S>>,
+    writer: Arc<Writer>,
     limits: BatchLimits,
     concurrency: usize,
 ) {
@@ -257,7 +176,7 @@ fn joined(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
+async fn write_batch(w: &Writer, messages: Vec<Envelope>) {
     // Started just before another write failed for good: stepping over
     // that batch is what halting prevents.
     if w.halt.is_halted() {
@@ -266,9 +185,14 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
     // Undecodable messages go to the dead-letter queue first: a sink that
     // stores positions with the events then never holds a position past a
     // message that is neither stored nor dead-lettered.
-    for m in messages.iter().filter(|m| m.undecodable.is_some()) {
-        if let Some((reason, error)) = &m.undecodable {
-            if !dead_letter(w, m, "decode", reason, error).await {
+    for m in &messages {
+        if let Some(u) = &m.undecodable {
+            let row = u
+                .row
+                .as_deref()
+                .map(std::slice::from_ref)
+                .unwrap_or_default();
+            if !dead_letter(w, m, row, "decode", u.reason, &u.error).await {
                 return;
             }
         }
@@ -284,7 +208,7 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
     // The last resume point of each stream in this batch.
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     for c in messages.iter_mut().filter_map(|m| m.checkpoint.take()) {
-        match checkpoints.iter_mut().find(|k| k.stream == c.stream) {
+        match checkpoints.iter_mut().find(|k| k.same_stream(&c)) {
             Some(k) => *k = c,
             None => checkpoints.push(c),
         }
@@ -299,7 +223,8 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
             Err(e) => {
                 // The sink gave up: stop the line rather than step over this
                 // batch (a later checkpoint would pass it for good).
-                w.metrics.sink_failed(w.sink_name, e.kind(), &e.to_string());
+                w.metrics
+                    .sink_failed(w.sink.name(), e.kind(), &e.to_string());
                 w.halt.halt(e);
                 return;
             }
@@ -321,9 +246,11 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
         .map(|(e, _)| e)
         .collect();
     w.metrics.stored(&stored, now);
-    for (m, reason) in messages.iter().zip(sink_reason) {
+    for (i, (m, reason)) in messages.iter().zip(sink_reason).enumerate() {
         if let Some(error) = &reason {
-            if !dead_letter(w, m, "sink", "rejected_by_sink", error).await {
+            let first = owner.partition_point(|&o| o < i);
+            let own = &events[first..first + owner[first..].partition_point(|&o| o == i)];
+            if !dead_letter(w, m, own, "sink", "rejected_by_sink", error).await {
                 return;
             }
         }
@@ -337,18 +264,36 @@ async fn write_batch<S: Sink>(w: &Writer<S>, messages: Vec<Envelope>) {
     }
 }
 
-/// Sends `m`'s original bytes to the dead-letter queue and counts it;
-/// `false` when shutting down first.
-async fn dead_letter<S: Sink>(
-    w: &Writer<S>,
+/// Sends `m` to the dead-letter queue and counts it; `false` when shutting
+/// down first. The payload is the message's original bytes; a source
+/// without bytes of its own (binlog) has its `events` encoded as canal-json,
+/// here, on this rare path only.
+async fn dead_letter(
+    w: &Writer,
     m: &Envelope,
+    events: &[ChangeEvent],
     stage: &'static str,
     reason: &str,
     error: &str,
 ) -> bool {
     let o = &m.origin;
+    let mut encoded = Vec::new();
+    if o.payload.is_empty() {
+        let now = now_millis();
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                encoded.push(b'\n');
+            }
+            crate::canal::encode::encode(&mut encoded, e, now);
+        }
+    }
+    let payload: &[u8] = if o.payload.is_empty() {
+        &encoded
+    } else {
+        &o.payload
+    };
     let letter = DeadLetter {
-        payload: &o.payload,
+        payload,
         key: o.key.as_deref(),
         stage,
         reason,
@@ -379,9 +324,9 @@ async fn dead_letter<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::canal::{decode, Decoded};
-    use crate::event::SourcePosition;
     use crate::sink::Rejected;
+    use crate::source::envelope::{channel, testing::envelope};
+    use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A sink whose `fail_on`-th write (0-based) fails for good.
@@ -391,49 +336,35 @@ mod tests {
     }
 
     impl Sink for FailingSink {
-        async fn prepare(&self) -> Result<(), SinkError> {
-            Ok(())
+        fn name(&self) -> &'static str {
+            "test"
         }
 
-        async fn write(
-            &self,
-            _events: &[ChangeEvent],
-            _checkpoints: &[Checkpoint],
-            _abort: &CancellationToken,
-        ) -> Result<Vec<Rejected>, SinkError> {
-            if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_on {
-                return Err(SinkError::Config("store is not a database".into()));
-            }
-            Ok(Vec::new())
+        fn concurrency(&self) -> usize {
+            1
         }
 
-        async fn check(&self) -> Result<(), SinkError> {
-            Ok(())
+        fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
         }
-    }
 
-    fn envelope(tracker: &Mutex<OffsetTracker>, topic: &Arc<str>, offset: i64) -> Envelope {
-        let payload = crate::bench::sample_message(offset as u64, 445_318_436_315_725_826);
-        let Ok(Decoded::Events(events)) = decode(payload.as_bytes(), &SourcePosition::None) else {
-            panic!("sample decodes");
-        };
-        let ack = tracker
-            .lock()
-            .unwrap()
-            .read(topic, 0, offset, events.len(), 0);
-        Envelope {
-            events,
-            ack,
-            origin: Origin {
-                topic: topic.clone(),
-                partition: 0,
-                offset,
-                key: None,
-                payload: Bytes::from(payload),
-            },
-            undecodable: None,
-            checkpoint: None,
-            budget: None,
+        fn write<'a>(
+            &'a self,
+            _events: &'a [ChangeEvent],
+            _checkpoints: &'a [Checkpoint],
+            _abort: &'a CancellationToken,
+        ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+            let failed = self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_on;
+            Box::pin(async move {
+                if failed {
+                    return Err(SinkError::Config("store is not a database".into()));
+                }
+                Ok(Vec::new())
+            })
+        }
+
+        fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
         }
     }
 
@@ -454,7 +385,6 @@ mod tests {
             metrics: metrics.clone(),
             abort: CancellationToken::new(),
             halt: Halt::default(),
-            sink_name: "test",
         });
         let (tx, rx) = channel(16, 1 << 20);
         let limits = BatchLimits {
@@ -482,34 +412,5 @@ mod tests {
         );
         assert!(matches!(writer.halt.take(), Some(SinkError::Config(_))));
         assert_eq!(metrics.sink_up.get(), 0);
-    }
-
-    #[tokio::test]
-    async fn messages_wait_for_the_byte_budget_until_earlier_ones_are_written() {
-        let metrics = Metrics::new();
-        let tracker = Mutex::new(OffsetTracker::new(metrics.in_flight.clone()));
-        tracker.lock().unwrap().assign("t", 0);
-        let topic: Arc<str> = Arc::from("t");
-        let one = envelope(&tracker, &topic, 0).cost();
-        // Room for two messages, whatever the channel's capacity.
-        let (tx, mut rx) = channel(100, 2 * one + one / 2);
-        tx.send(envelope(&tracker, &topic, 0)).await.unwrap();
-        tx.send(envelope(&tracker, &topic, 1)).await.unwrap();
-        let third = envelope(&tracker, &topic, 2);
-        let blocked = tokio::time::timeout(Duration::from_millis(200), tx.send(third)).await;
-        assert!(blocked.is_err(), "a third message fits no budget");
-        // Written (dropped): its share comes back.
-        drop(rx.recv().await.unwrap());
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            tx.send(envelope(&tracker, &topic, 2)),
-        )
-        .await
-        .expect("room again")
-        .unwrap();
-        // One larger than the whole budget still goes, alone.
-        let (tx, mut rx) = channel(100, one / 2);
-        tx.send(envelope(&tracker, &topic, 3)).await.unwrap();
-        assert!(rx.recv().await.is_some());
     }
 }

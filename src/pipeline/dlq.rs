@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::elasticsearch::retry::Backoff;
-use crate::source::kafka::LogContext;
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::kafka_client::{producer, refused_for_good, ClientError, LogContext};
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -101,7 +102,27 @@ struct FileLetter<'a> {
 /// leaves above the largest message.
 const MAX_ERROR_HEADER: usize = 16 << 10;
 
+/// Between attempts to append to the dead-letter file (a full disk, say).
+const FILE_RETRY: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+
 impl DeadLetterQueue {
+    /// The configured queue: the dead-letter topic when Kafka is part of
+    /// the pipeline, else a file; `DATA_DIR/dead-letters.jsonl` either way
+    /// for what the topic refuses.
+    pub fn build(cfg: &Config) -> Result<DeadLetterQueue, ClientError> {
+        let file = cfg.data_dir.join("dead-letters.jsonl");
+        if !cfg.uses_kafka() {
+            return Ok(DeadLetterQueue::file(file));
+        }
+        let p = &cfg.pipeline;
+        Ok(DeadLetterQueue::new(
+            producer(&cfg.kafka)?,
+            cfg.kafka.dlq_topic.clone(),
+            Backoff::new(p.retry_initial_backoff, p.retry_max_backoff),
+            file,
+        ))
+    }
+
     /// Wraps an idempotent producer; letters the topic refuses for good
     /// (too large, not authorised, no such topic) go to `fallback`.
     pub fn new(
@@ -177,7 +198,7 @@ impl DeadLetterFile {
         abort: &CancellationToken,
     ) -> Option<Destination> {
         let line = FileLetter {
-            failed_at: crate::sink::elasticsearch::bulk::now_rfc3339(),
+            failed_at: crate::clock::now_rfc3339(),
             stage: letter.stage,
             reason: letter.reason,
             error: letter.error,
@@ -194,7 +215,7 @@ impl DeadLetterFile {
                     attempt += 1;
                     tracing::warn!(path = %self.path.display(), attempt, error = %e, "dead-letter write failed, retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(attempt.min(30) as u64)) => {}
+                        _ = tokio::time::sleep(FILE_RETRY.delay(attempt)) => {}
                         _ = abort.cancelled() => return None,
                     }
                 }
@@ -231,26 +252,6 @@ enum Sent {
     Refused(KafkaError),
 }
 
-/// Produce errors no retry fixes: the broker or the client refuses the
-/// message itself.
-pub fn refused_for_good(e: &KafkaError) -> bool {
-    use RDKafkaErrorCode::*;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            MessageSizeTooLarge
-                | MessageBatchTooLarge
-                | TopicAuthorizationFailed
-                | ClusterAuthorizationFailed
-                | UnknownTopicOrPartition
-                | UnknownTopic
-                | InvalidTopic
-                | InvalidRecord
-                | PolicyViolation
-        )
-    )
-}
-
 /// At most `max` bytes of `s`, cut at a character boundary.
 fn truncated(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -274,7 +275,7 @@ async fn send_kafka(
     {
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
-        let failed_at = crate::sink::elasticsearch::bulk::now_rfc3339();
+        let failed_at = crate::clock::now_rfc3339();
         let mut attempt = 0;
         loop {
             let headers = OwnedHeaders::new()

@@ -1,6 +1,5 @@
-//! Between source and sink: offset tracking (`ack`), batching and sink
-//! writes (`batch`), and the dead-letter producer (`dlq`).
+//! Between source and sink: batching and sink writes (`batch`), and the
+//! dead-letter queue (`dlq`).
 
-pub mod ack;
 pub mod batch;
 pub mod dlq;

@@ -266,7 +266,7 @@ fn dashboard_url(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BinlogStart, SinkKind, SourceKind};
+    use crate::config::{BinlogStart, SinkConfig, SourceConfig};
     use secrecy::ExposeSecret;
 
     #[test]
@@ -326,11 +326,12 @@ mod tests {
             "mysql://cdc:pw@127.0.0.1:3307",
         )
         .unwrap();
-        assert_eq!(c.source, SourceKind::Binlog);
-        assert_eq!(c.sink_kind, SinkKind::Sqlite);
+        assert!(matches!(c.sink, SinkConfig::Sqlite(_)));
         assert_eq!(c.data_dir, Path::new("/d"));
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:3999");
-        let m = c.mysql.unwrap();
+        let SourceConfig::Binlog(m) = c.source else {
+            panic!("{:?}", c.source)
+        };
         assert_eq!(m.url.expose_secret(), "mysql://cdc:pw@127.0.0.1:3307");
         assert_eq!(m.start, BinlogStart::Earliest);
         assert!(m.tables.accepts("appdb", "users") && !m.tables.accepts("other", "t"));

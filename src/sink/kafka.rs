@@ -9,19 +9,21 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::{KafkaConfig, SinkConfig};
-use crate::event::{ChangeEvent, Checkpoint, Op};
+use crate::backoff::Backoff;
+use crate::checkpoint::Checkpoint;
+use crate::clock::now_millis;
+use crate::config::{KafkaConfig, PipelineConfig};
+use crate::event::{ChangeEvent, Op};
+use crate::kafka_client::refused_for_good;
+use crate::kafka_client::{client_config, LogContext};
 use crate::metrics::Metrics;
-use crate::pipeline::dlq::refused_for_good;
-use crate::sink::elasticsearch::bulk::now_millis;
-use crate::sink::elasticsearch::retry::Backoff;
 use crate::sink::{Rejected, Sink, SinkError};
-use crate::source::kafka::{client_config, LogContext};
 
 /// The canal-json producer.
 pub struct KafkaSink {
@@ -43,10 +45,11 @@ pub fn key(e: &ChangeEvent) -> Vec<u8> {
 }
 
 impl KafkaSink {
-    /// An idempotent producer for `cfg.topics[0]`.
+    /// An idempotent producer for `topic`.
     pub fn new(
         cfg: &KafkaConfig,
-        sink: &SinkConfig,
+        topic: &str,
+        pipeline: &PipelineConfig,
         metrics: Metrics,
     ) -> Result<KafkaSink, SinkError> {
         let producer = client_config(cfg)
@@ -62,8 +65,8 @@ impl KafkaSink {
             .map_err(|e| SinkError::Config(format!("Kafka producer: {e}")))?;
         Ok(KafkaSink {
             producer,
-            topic: cfg.topics[0].clone(),
-            backoff: Backoff::new(sink.retry_initial_backoff, sink.retry_max_backoff),
+            topic: topic.to_owned(),
+            backoff: Backoff::new(pipeline.retry_initial_backoff, pipeline.retry_max_backoff),
             metrics,
         })
     }
@@ -131,12 +134,10 @@ fn delivery_error(
     }
 }
 
-impl Sink for KafkaSink {
-    async fn prepare(&self) -> Result<(), SinkError> {
-        Ok(())
-    }
-
-    async fn write(
+impl KafkaSink {
+    /// Produces every event, retrying until the broker acknowledged all of
+    /// them or `abort`; returns the ones the topic refuses for good.
+    pub async fn write(
         &self,
         events: &[ChangeEvent],
         _checkpoints: &[Checkpoint],
@@ -193,7 +194,8 @@ impl Sink for KafkaSink {
         }
     }
 
-    async fn check(&self) -> Result<(), SinkError> {
+    /// Succeeds when the broker answers for the topic.
+    pub async fn check(&self) -> Result<(), SinkError> {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
@@ -205,6 +207,34 @@ impl Sink for KafkaSink {
         })
         .await
         .map_err(|e| SinkError::Response(e.to_string()))?
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn concurrency(&self) -> usize {
+        // One row's changes keep their order across batches.
+        1
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn write<'a>(
+        &'a self,
+        events: &'a [ChangeEvent],
+        checkpoints: &'a [Checkpoint],
+        abort: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+        Box::pin(KafkaSink::write(self, events, checkpoints, abort))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(KafkaSink::check(self))
     }
 }
 

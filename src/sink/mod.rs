@@ -8,16 +8,23 @@
 //! pipeline can dead-letter them. Only what `write` returned `Ok` for is
 //! acknowledged upstream.
 
+pub mod document;
 pub mod elasticsearch;
 pub mod kafka;
 pub mod query;
 pub mod sqlite;
 
-use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{ChangeEvent, Checkpoint};
+use crate::checkpoint::{Checkpoint, StoredCheckpoints};
+use crate::config::{Config, SinkConfig};
+use crate::event::ChangeEvent;
+use crate::metrics::Metrics;
+use query::{EventFilter, EventPage, QueryError, Stats};
 
 /// An event the sink refused for good (mapping or parsing error), by its index in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,19 +76,92 @@ impl SinkError {
 
 /// A destination for change events.
 pub trait Sink: Send + Sync + 'static {
+    /// The sink's name in metrics, logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
+    /// Most writes in flight at once. A sink that keeps checkpoints or
+    /// per-row order answers 1: batches then reach it one at a time, in order.
+    fn concurrency(&self) -> usize;
+
     /// Prepares the destination; called once before any write.
-    fn prepare(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 
     /// Stores `events`; returns the ones refused for good. A sink that keeps
-    /// source positions stores `checkpoints` in the same transaction; batches
-    /// reach such a sink one at a time, in order.
-    fn write(
-        &self,
-        events: &[ChangeEvent],
-        checkpoints: &[Checkpoint],
-        abort: &CancellationToken,
-    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+    /// source positions stores `checkpoints` in the same transaction.
+    fn write<'a>(
+        &'a self,
+        events: &'a [ChangeEvent],
+        checkpoints: &'a [Checkpoint],
+        abort: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>>;
 
     /// Succeeds when the destination is reachable.
-    fn check(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn check(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// Reads back the checkpoints `write` stored; `None` when the sink keeps
+    /// none (the source keeps its own position then).
+    fn stored_checkpoints(self: Arc<Self>) -> Option<StoredCheckpoints> {
+        None
+    }
+
+    /// Background upkeep (retention) until `stop` fires.
+    fn maintain(self: Arc<Self>, stop: CancellationToken) -> BoxFuture<'static, ()> {
+        drop(stop);
+        Box::pin(async {})
+    }
+
+    /// True when `events` and `stats` answer (`/api/*`).
+    fn searchable(&self) -> bool {
+        false
+    }
+
+    /// One page of stored events matching `filter`, newest first.
+    fn events<'a>(
+        &'a self,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<EventPage, QueryError>> {
+        let _ = filter;
+        Box::pin(async {
+            Err(QueryError::Unavailable(
+                "this sink cannot be searched".into(),
+            ))
+        })
+    }
+
+    /// Counts over the stored events and their rate over `window`.
+    fn stats(
+        &self,
+        window: Duration,
+        bucket: Duration,
+    ) -> BoxFuture<'_, Result<Stats, QueryError>> {
+        let _ = (window, bucket);
+        Box::pin(async {
+            Err(QueryError::Unavailable(
+                "this sink cannot be searched".into(),
+            ))
+        })
+    }
+}
+
+/// The configured sink. Adding a sink: its module, its `SinkConfig`
+/// variant, and one arm here.
+pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, SinkError> {
+    Ok(match &cfg.sink {
+        SinkConfig::Elasticsearch(es) => Arc::new(elasticsearch::ElasticsearchSink::new(
+            es,
+            &cfg.pipeline,
+            metrics.clone(),
+        )?),
+        SinkConfig::Sqlite(store) => Arc::new(sqlite::SqliteSink::open(
+            &cfg.data_dir,
+            store,
+            metrics.clone(),
+        )?),
+        SinkConfig::Kafka { topic } => Arc::new(kafka::KafkaSink::new(
+            &cfg.kafka,
+            topic,
+            &cfg.pipeline,
+            metrics.clone(),
+        )?),
+    })
 }

@@ -14,42 +14,49 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use futures::future::BoxFuture;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
     StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::canal::{decode, Decoded};
+use crate::checkpoint::{kafka_stream, Checkpoint, StoredCheckpoints};
+use crate::clock::now_millis;
 use crate::config::{KafkaConfig, OffsetReset};
-use crate::event::{Checkpoint, SourcePosition};
+use crate::event::SourcePosition;
+use crate::kafka_client::{self, client_config, LogContext};
 use crate::metrics::Metrics;
-use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{Envelope, EnvelopeTx, Origin};
-use crate::sink::elasticsearch::bulk::now_millis;
+use crate::source::ack::OffsetTracker;
+use crate::source::envelope::{Envelope, EnvelopeTx, Origin, Undecodable};
 use crate::source::{Source, SourceError};
 
-/// The next offset the sink holds for a partition, when it keeps positions.
-pub type StoredOffsets = Arc<dyn Fn(&str, i32) -> Option<i64> + Send + Sync>;
-
-/// The checkpoint stream name of a partition.
-pub fn checkpoint_stream(topic: &str, partition: i32) -> String {
-    format!("kafka/{topic}/{partition}")
+/// The next offset the sink stored for a partition; `None` (the group's
+/// committed offset then applies) when it stored none or cannot be read.
+fn stored_offset(stored: &StoredCheckpoints, topic: &str, partition: i32) -> Option<i64> {
+    let stream = kafka_stream(topic, partition);
+    match stored(&stream) {
+        Ok(Some(Checkpoint::Kafka { next_offset, .. })) => Some(next_offset),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(stream, error = %e, "reading the stored position failed; using the group's");
+            None
+        }
+    }
 }
 
 /// librdkafka callbacks: rebalances, commits, statistics (lag).
 pub struct SourceContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Metrics,
-    stored: Option<StoredOffsets>,
+    stored: Option<StoredCheckpoints>,
 }
 
 impl ClientContext for SourceContext {
@@ -58,36 +65,7 @@ impl ClientContext for SourceContext {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log_librdkafka(level, fac, message);
-    }
-}
-
-/// Routes librdkafka's own log lines into `tracing` (target `librdkafka`).
-fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg
-        | RDKafkaLogLevel::Alert
-        | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => {
-            error!(target: "librdkafka", facility = fac, "{message}")
-        }
-        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility = fac, "{message}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-            info!(target: "librdkafka", facility = fac, "{message}")
-        }
-        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility = fac, "{message}"),
-    }
-}
-
-/// Context of the clients other than the consumer (dead-letter producer,
-/// probe): their logs go through `tracing` too.
-pub struct LogContext;
-
-impl ConsumerContext for LogContext {}
-
-impl ClientContext for LogContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log_librdkafka(level, fac, message);
+        kafka_client::log(level, fac, message);
     }
 }
 
@@ -112,7 +90,7 @@ impl ConsumerContext for SourceContext {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
                 for (topic, partition) in parts {
-                    if let Some(offset) = stored(&topic, partition) {
+                    if let Some(offset) = stored_offset(stored, &topic, partition) {
                         info!(
                             topic,
                             partition, offset, "starting from the position the store holds"
@@ -228,36 +206,10 @@ pub struct KafkaSource {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Metrics,
     brokers: String,
+    topics: Vec<String>,
+    group_id: String,
     /// Attach a checkpoint to every message (the sink keeps positions).
     emit_checkpoints: bool,
-}
-
-/// Common librdkafka settings for consumer, producer and admin clients.
-pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.properties {
-        c.set(k, v);
-    }
-    if let Some(p) = &cfg.sasl_password {
-        c.set("sasl.password", p.expose_secret());
-    }
-    c
-}
-
-/// The idempotent producer used for the dead-letter topic.
-pub fn producer(cfg: &KafkaConfig) -> Result<FutureProducer<LogContext>, SourceError> {
-    Ok(client_config(cfg)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        // Whatever the consumer took can be dead-lettered, headers and all.
-        .set(
-            "message.max.bytes",
-            (cfg.message_max_bytes + crate::config::DLQ_HEADROOM).to_string(),
-        )
-        .create_with_context(LogContext)?)
 }
 
 impl KafkaSource {
@@ -267,7 +219,7 @@ impl KafkaSource {
         cfg: &KafkaConfig,
         tracker: Arc<Mutex<OffsetTracker>>,
         metrics: Metrics,
-        stored: Option<StoredOffsets>,
+        stored: Option<StoredCheckpoints>,
     ) -> Result<KafkaSource, SourceError> {
         let emit_checkpoints = stored.is_some();
         let mut c = client_config(cfg);
@@ -335,6 +287,8 @@ impl KafkaSource {
             tracker,
             metrics,
             brokers: cfg.brokers.clone(),
+            topics: cfg.topics.clone(),
+            group_id: cfg.group_id.clone(),
             emit_checkpoints,
         })
     }
@@ -361,10 +315,12 @@ impl KafkaSource {
         };
         // Decode before taking the lock: the sink's acknowledgements need it too.
         let decoded = decode(&origin.payload, &position);
-        let checkpoint = self.emit_checkpoints.then(|| Checkpoint {
-            stream: Arc::from(checkpoint_stream(topic, partition)),
-            position: (offset + 1).to_string(),
+        let checkpoint = self.emit_checkpoints.then(|| Checkpoint::Kafka {
+            topic: topic.clone(),
+            partition,
+            next_offset: offset + 1,
         });
+        let size = origin.payload.len();
         let mut tracker = self.tracker.lock().ok()?;
         match decoded {
             Ok(Decoded::Events(events)) => {
@@ -376,6 +332,7 @@ impl KafkaSource {
                     origin,
                     undecodable: None,
                     checkpoint,
+                    size,
                     budget: None,
                 })
             }
@@ -397,8 +354,13 @@ impl KafkaSource {
                     events: Vec::new(),
                     ack,
                     origin,
-                    undecodable: Some((e.reason(), e.to_string())),
+                    undecodable: Some(Undecodable {
+                        reason: e.reason(),
+                        error: e.to_string(),
+                        row: None,
+                    }),
                     checkpoint,
+                    size,
                     budget: None,
                 })
             }
@@ -412,7 +374,7 @@ impl KafkaSource {
     /// Asked of the broker rather than read from librdkafka's statistics:
     /// those only see new high watermarks in fetch replies, and a stalled
     /// sink stops fetching, which is exactly when lag matters.
-    pub fn refresh_lag_records(&self) {
+    fn refresh_lag_records(&self) {
         let positions = match self.tracker.lock() {
             Ok(t) => t.positions(),
             Err(_) => return,
@@ -435,8 +397,10 @@ impl KafkaSource {
     }
 }
 
-impl Source for KafkaSource {
-    async fn run(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
+impl KafkaSource {
+    /// Reads, decodes and hands on messages until `shutdown` or the channel closes.
+    async fn read(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
+        info!(topics = ?self.topics, group = %self.group_id, "consuming");
         let mut topics: Vec<Arc<str>> = Vec::new();
         loop {
             let msg = tokio::select! {
@@ -473,6 +437,40 @@ impl Source for KafkaSource {
         }
     }
 
+    async fn ping(&self) -> Result<(), SourceError> {
+        let probe = self.probe.clone();
+        tokio::task::spawn_blocking(move || {
+            probe
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| SourceError::Other(e.to_string()))?
+        .map_err(SourceError::from)
+    }
+}
+
+impl Source for KafkaSource {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn run(
+        &self,
+        tx: EnvelopeTx,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(self.read(tx, shutdown))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(self.ping())
+    }
+
+    fn refresh_lag(&self) {
+        self.refresh_lag_records();
+    }
+
     fn commit(&self, sync: bool) {
         let offsets = match self.tracker.lock() {
             Ok(t) if sync => t.all_committable(),
@@ -507,18 +505,6 @@ impl Source for KafkaSource {
                 warn!(error = %e, sync, "offset commit failed");
             }
         }
-    }
-
-    async fn check(&self) -> Result<(), SourceError> {
-        let probe = self.probe.clone();
-        tokio::task::spawn_blocking(move || {
-            probe
-                .fetch_metadata(None, Duration::from_secs(3))
-                .map(|_| ())
-        })
-        .await
-        .map_err(|e| SourceError::Other(e.to_string()))?
-        .map_err(SourceError::from)
     }
 
     fn close(&self) {

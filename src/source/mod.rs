@@ -7,14 +7,21 @@
 //! acknowledged position and is called periodically and once more, after the
 //! pipeline has drained, before `close`.
 
+pub mod ack;
 pub mod binlog;
+pub mod envelope;
 pub mod kafka;
 
-use std::future::Future;
+use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::batch::EnvelopeTx;
+use crate::checkpoint::StoredCheckpoints;
+use crate::config::{Config, SourceConfig};
+use crate::metrics::Metrics;
+use ack::OffsetTracker;
+use envelope::EnvelopeTx;
 
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,19 +45,51 @@ impl SourceError {
 
 /// A stream of change messages with a resumable position.
 pub trait Source: Send + Sync + 'static {
+    /// The source's name in logs and `/readyz`.
+    fn name(&self) -> &'static str;
+
     /// Reads into `tx` until `shutdown` fires or the channel closes.
     fn run(
         &self,
         tx: EnvelopeTx,
         shutdown: CancellationToken,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    ) -> BoxFuture<'_, Result<(), SourceError>>;
 
     /// Persists every acknowledged position; `sync` waits for the broker.
     fn commit(&self, sync: bool);
 
     /// Succeeds when the upstream is reachable.
-    fn check(&self) -> impl Future<Output = Result<(), SourceError>> + Send;
+    fn check(&self) -> BoxFuture<'_, Result<(), SourceError>>;
 
     /// Leaves cleanly (consumer group leave).
     fn close(&self);
+
+    /// Updates the lag gauges that need a round trip; may block.
+    fn refresh_lag(&self) {}
+}
+
+/// The configured source. `stored` is set when the sink keeps positions:
+/// the source then resumes from there and sends checkpoints with its
+/// messages. Adding a source: its module, its `SourceConfig` variant, and
+/// one arm here.
+pub fn build(
+    cfg: &Config,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: &Metrics,
+    stored: Option<StoredCheckpoints>,
+) -> Result<Arc<dyn Source>, SourceError> {
+    Ok(match &cfg.source {
+        SourceConfig::Kafka => Arc::new(kafka::KafkaSource::new(
+            &cfg.kafka,
+            tracker,
+            metrics.clone(),
+            stored,
+        )?),
+        SourceConfig::Binlog(mysql) => Arc::new(binlog::BinlogSource::new(
+            mysql,
+            binlog::PositionStore::open(&cfg.data_dir, stored)?,
+            tracker,
+            metrics.clone(),
+        )?),
+    })
 }

@@ -13,15 +13,13 @@ use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use cdc_monitor::canal::{decode, Decoded};
-use cdc_monitor::config::{EsConfig, SinkConfig, StoreConfig};
+use cdc_monitor::config::{EsConfig, PipelineConfig, StoreConfig};
 use cdc_monitor::event::SourcePosition;
-use cdc_monitor::http::api::EventQuery;
 use cdc_monitor::http::health::Readiness;
 use cdc_monitor::http::{self, HttpState};
 use cdc_monitor::metrics::Metrics;
 use cdc_monitor::sink::elasticsearch::ElasticsearchSink;
 use cdc_monitor::sink::sqlite::SqliteSink;
-use cdc_monitor::sink::Sink;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -839,7 +837,7 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
     let (base, stop) = serve_router(HttpState {
         metrics,
         readiness: Readiness::default(),
-        query: Some(EventQuery::Sqlite(sink)),
+        query: Some(sink),
     })
     .await;
 
@@ -985,7 +983,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         ca_file: None,
         timeout: Duration::from_secs(5),
     };
-    let sink_cfg = SinkConfig {
+    let sink_cfg = PipelineConfig {
         max_events: 100,
         max_bytes: 1 << 20,
         linger: Duration::from_millis(5),
@@ -1000,7 +998,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
     let (base, stop) = serve_router(HttpState {
         metrics,
         readiness: Readiness::default(),
-        query: Some(EventQuery::Elasticsearch(sink)),
+        query: Some(sink),
     })
     .await;
 

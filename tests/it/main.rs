@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod architecture;
 mod binlog;
 mod changefeed;
 mod cli;

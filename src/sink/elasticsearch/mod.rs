@@ -1,7 +1,7 @@
 //! Elasticsearch sink on the Bulk API.
 //!
 //! `bulk` encodes documents, `client` speaks HTTP, `response` sorts a bulk
-//! reply into done, retry and rejected items, and `retry` paces attempts.
+//! reply into done, retry and rejected items; `search` answers `/api/*`.
 //!
 //! A request refused as a whole (400, 413) says only that something in it is
 //! wrong; `send_splitting` halves it until the refused documents stand alone,
@@ -11,22 +11,25 @@
 pub mod bulk;
 pub mod client;
 pub mod response;
-pub mod retry;
 pub mod search;
 
 use std::future::Future;
 use std::ops::Range;
+use std::time::Duration;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::{EsConfig, SinkConfig};
-use crate::event::{ChangeEvent, Checkpoint};
+use crate::backoff::Backoff;
+use crate::checkpoint::Checkpoint;
+use crate::config::{EsConfig, PipelineConfig};
+use crate::event::ChangeEvent;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::{BulkReply, EsClient};
 use crate::sink::elasticsearch::response::{classify, ItemOutcome};
-use crate::sink::elasticsearch::retry::Backoff;
+use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
 use crate::sink::{Rejected, Sink, SinkError};
 
 /// Writes change events to one index.
@@ -34,16 +37,23 @@ pub struct ElasticsearchSink {
     client: EsClient,
     index: String,
     backoff: Backoff,
+    /// Bulk requests in flight at once.
+    concurrency: usize,
     metrics: Metrics,
 }
 
 impl ElasticsearchSink {
     /// Builds the HTTP client; no request is made yet.
-    pub fn new(es: &EsConfig, sink: &SinkConfig, metrics: Metrics) -> Result<Self, SinkError> {
+    pub fn new(
+        es: &EsConfig,
+        pipeline: &PipelineConfig,
+        metrics: Metrics,
+    ) -> Result<Self, SinkError> {
         Ok(ElasticsearchSink {
             client: EsClient::new(es)?,
             index: es.index.clone(),
-            backoff: Backoff::new(sink.retry_initial_backoff, sink.retry_max_backoff),
+            backoff: Backoff::new(pipeline.retry_initial_backoff, pipeline.retry_max_backoff),
+            concurrency: pipeline.concurrency,
             metrics,
         })
     }
@@ -93,8 +103,9 @@ impl ElasticsearchSink {
     }
 }
 
-impl Sink for ElasticsearchSink {
-    async fn prepare(&self) -> Result<(), SinkError> {
+impl ElasticsearchSink {
+    /// Installs the index template, waiting for Elasticsearch to answer.
+    pub async fn prepare(&self) -> Result<(), SinkError> {
         // Elasticsearch may still be starting: wait for it like for any
         // outage; the caller races this with shutdown.
         let abort = CancellationToken::new();
@@ -117,13 +128,15 @@ impl Sink for ElasticsearchSink {
         }
     }
 
-    async fn write(
+    /// Bulk-writes `events`, retrying failed items until `abort`; returns
+    /// the ones Elasticsearch refuses for good.
+    pub async fn write(
         &self,
         events: &[ChangeEvent],
         _checkpoints: &[Checkpoint],
         abort: &CancellationToken,
     ) -> Result<Vec<Rejected>, SinkError> {
-        let ingested_at = bulk::now_rfc3339();
+        let ingested_at = crate::clock::now_rfc3339();
         // Indexes into `events` still to be written; shrinks to the failed
         // items after a partial failure, so only those are sent again.
         let mut pending: Vec<usize> = (0..events.len()).collect();
@@ -175,9 +188,56 @@ impl Sink for ElasticsearchSink {
         Ok(rejected)
     }
 
-    async fn check(&self) -> Result<(), SinkError> {
+    /// Succeeds when the cluster answers.
+    pub async fn check(&self) -> Result<(), SinkError> {
         // The last write's outcome is added by the pipeline's readiness.
         self.client.ping().await
+    }
+}
+
+impl Sink for ElasticsearchSink {
+    fn name(&self) -> &'static str {
+        "elasticsearch"
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(ElasticsearchSink::prepare(self))
+    }
+
+    fn write<'a>(
+        &'a self,
+        events: &'a [ChangeEvent],
+        checkpoints: &'a [Checkpoint],
+        abort: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+        Box::pin(ElasticsearchSink::write(self, events, checkpoints, abort))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(ElasticsearchSink::check(self))
+    }
+
+    fn searchable(&self) -> bool {
+        true
+    }
+
+    fn events<'a>(
+        &'a self,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<EventPage, QueryError>> {
+        Box::pin(ElasticsearchSink::events(self, filter))
+    }
+
+    fn stats(
+        &self,
+        window: Duration,
+        bucket: Duration,
+    ) -> BoxFuture<'_, Result<Stats, QueryError>> {
+        Box::pin(ElasticsearchSink::stats(self, window, bucket))
     }
 }
 

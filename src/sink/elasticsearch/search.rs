@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::sink::elasticsearch::bulk::now_millis;
+use crate::clock::now_millis;
 use crate::sink::elasticsearch::ElasticsearchSink;
 use crate::sink::query::{EventFilter, EventPage, QueryError, RateSeries, Stats};
 

@@ -13,9 +13,8 @@ use super::SqliteSink;
 use crate::config::StoreConfig;
 use crate::event::{ChangeEvent, Op, Row, SourcePosition};
 use crate::metrics::Metrics;
-use crate::sink::elasticsearch::bulk;
 use crate::sink::query::EventFilter;
-use crate::sink::{Sink, SinkError};
+use crate::sink::SinkError;
 
 /// Events per `Sink::write`.
 const BATCH: usize = 2000;
@@ -276,7 +275,7 @@ impl Generator {
         let day = 86_400_000;
         Generator {
             state: 0x9e37_79b9_7f4a_7c15,
-            start_ms: bulk::now_millis() - day,
+            start_ms: crate::clock::now_millis() - day,
             step_ms: day as f64 / events.max(1) as f64,
         }
     }

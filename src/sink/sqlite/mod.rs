@@ -19,17 +19,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use bench::{bench, bench_then, Latency, StoreBench};
 
+use crate::backoff::Backoff;
+use crate::checkpoint::{Checkpoint, StoredCheckpoints};
 use crate::config::StoreConfig;
-use crate::event::{ChangeEvent, Checkpoint, Row};
+use crate::event::{ChangeEvent, Row};
 use crate::metrics::Metrics;
-use crate::sink::elasticsearch::bulk;
-use crate::sink::elasticsearch::retry::Backoff;
+use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
 use crate::sink::{Rejected, Sink, SinkError};
 
@@ -114,16 +116,25 @@ impl SqliteSink {
         })
     }
 
-    /// The stored position of a source stream (the `Checkpoint::position` last written for `stream`).
-    pub fn checkpoint(&self, stream: &str) -> Result<Option<String>, SinkError> {
-        self.store
+    /// The checkpoint last written for `stream`.
+    pub fn checkpoint(&self, stream: &str) -> Result<Option<Checkpoint>, SinkError> {
+        let text: Option<String> = self
+            .store
             .read(|conn| {
                 let mut stmt =
                     conn.prepare_cached("SELECT position FROM checkpoints WHERE stream = ?1")?;
                 let mut rows = stmt.query([stream])?;
                 rows.next()?.map(|r| r.get(0)).transpose()
             })
-            .map_err(|e| self.store.sink_error(&e))
+            .map_err(|e| self.store.sink_error(&e))?;
+        text.map(|t| Checkpoint::decode(stream, &t))
+            .transpose()
+            .map_err(|e| {
+                SinkError::Config(format!(
+                    "{e} in {}; delete that row of the checkpoints table to start over",
+                    self.store.path.display()
+                ))
+            })
     }
 
     /// Newest first, paginated, see src/sink/query.rs.
@@ -138,7 +149,7 @@ impl SqliteSink {
 
     /// Counts by op and by table, and events/s by table over the last `window` in buckets of `bucket`.
     pub async fn stats(&self, window: Duration, bucket: Duration) -> Result<Stats, QueryError> {
-        let request = query::StatsRequest::new(window, bucket, bulk::now_millis())?;
+        let request = query::StatsRequest::new(window, bucket, crate::clock::now_millis())?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.read(|conn| request.run(conn)))
             .await
@@ -340,7 +351,7 @@ struct Batch {
 
 impl Batch {
     fn new(events: &[ChangeEvent], checkpoints: &[Checkpoint], ingested_ms: i64) -> Batch {
-        let ingested_at = bulk::rfc3339_millis(ingested_ms);
+        let ingested_at = crate::clock::rfc3339_millis(ingested_ms);
         let events = events
             .iter()
             .map(|e| StoredEvent {
@@ -351,7 +362,7 @@ impl Batch {
                 commit_time_ms: e.commit_time_ms,
                 // Serialising the borrowed document into a String cannot
                 // fail: every key is a string and every value valid JSON.
-                doc: serde_json::to_string(&bulk::document(e, &ingested_at))
+                doc: serde_json::to_string(&document::document(e, &ingested_at))
                     .expect("document serialises"),
                 text: search_text(e),
             })
@@ -361,7 +372,7 @@ impl Batch {
             events,
             checkpoints: checkpoints
                 .iter()
-                .map(|c| (c.stream.to_string(), c.position.clone()))
+                .map(|c| (c.stream(), c.encode()))
                 .collect(),
         }
     }
@@ -420,20 +431,23 @@ fn text_of(pk: &Row, data: &Row, old: Option<&Row>, sql: Option<&str>) -> String
     text
 }
 
-impl Sink for SqliteSink {
-    async fn prepare(&self) -> Result<(), SinkError> {
+impl SqliteSink {
+    /// Checks the store: `open` created the schema already.
+    pub async fn prepare(&self) -> Result<(), SinkError> {
         // `open` created the schema already: the source reads its
         // checkpoint before the first write.
         self.check().await
     }
 
-    async fn write(
+    /// Stores the events and checkpoints in one transaction, retrying
+    /// transient failures (a locked database, a full disk) until `abort`.
+    pub async fn write(
         &self,
         events: &[ChangeEvent],
         checkpoints: &[Checkpoint],
         abort: &CancellationToken,
     ) -> Result<Vec<Rejected>, SinkError> {
-        let batch = Arc::new(Batch::new(events, checkpoints, bulk::now_millis()));
+        let batch = Arc::new(Batch::new(events, checkpoints, crate::clock::now_millis()));
         let mut attempt = 0u32;
         loop {
             let (store, b) = (self.store.clone(), batch.clone());
@@ -476,7 +490,8 @@ impl Sink for SqliteSink {
         }
     }
 
-    async fn check(&self) -> Result<(), SinkError> {
+    /// Succeeds when the store answers a read.
+    pub async fn check(&self) -> Result<(), SinkError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             store.read(|conn| conn.query_row("SELECT count(*) FROM checkpoints", [], |_| Ok(())))
@@ -484,6 +499,63 @@ impl Sink for SqliteSink {
         .await
         .map_err(|e| SinkError::Response(format!("check task failed: {e}")))?
         .map_err(|e| SinkError::Response(format!("{}: {e}", self.store.path.display())))
+    }
+}
+
+impl Sink for SqliteSink {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn concurrency(&self) -> usize {
+        // Checkpoints are stored with the events: batches in order.
+        1
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(SqliteSink::prepare(self))
+    }
+
+    fn write<'a>(
+        &'a self,
+        events: &'a [ChangeEvent],
+        checkpoints: &'a [Checkpoint],
+        abort: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+        Box::pin(SqliteSink::write(self, events, checkpoints, abort))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(SqliteSink::check(self))
+    }
+
+    fn stored_checkpoints(self: Arc<Self>) -> Option<StoredCheckpoints> {
+        Some(Arc::new(move |stream: &str| {
+            self.checkpoint(stream).map_err(|e| e.to_string())
+        }))
+    }
+
+    fn maintain(self: Arc<Self>, stop: CancellationToken) -> BoxFuture<'static, ()> {
+        Box::pin(self.run_retention(stop))
+    }
+
+    fn searchable(&self) -> bool {
+        true
+    }
+
+    fn events<'a>(
+        &'a self,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, Result<EventPage, QueryError>> {
+        Box::pin(SqliteSink::events(self, filter))
+    }
+
+    fn stats(
+        &self,
+        window: Duration,
+        bucket: Duration,
+    ) -> BoxFuture<'_, Result<Stats, QueryError>> {
+        Box::pin(SqliteSink::stats(self, window, bucket))
     }
 }
 
@@ -567,11 +639,12 @@ pub(super) mod tests {
             .unwrap()
     }
 
-    fn checkpoint(stream: &str, position: &str) -> Checkpoint {
-        Checkpoint {
-            stream: Arc::from(stream),
-            position: position.to_owned(),
-        }
+    fn binlog_at(pos: u64) -> Checkpoint {
+        Checkpoint::Binlog(crate::checkpoint::BinlogPosition {
+            file: "binlog.000001".into(),
+            pos,
+            gtid: None,
+        })
     }
 
     #[tokio::test]
@@ -625,7 +698,7 @@ pub(super) mod tests {
         let got: serde_json::Value = serde_json::from_str(page.events[0].get()).unwrap();
         let ingested_at = got["ingested_at"].as_str().unwrap().to_owned();
         let mut want: serde_json::Value =
-            serde_json::to_value(bulk::document(&e, &ingested_at)).unwrap();
+            serde_json::to_value(document::document(&e, &ingested_at)).unwrap();
         want["id"] = json!(e.document_id().to_string());
         assert_eq!(got, want);
         // Exact integer, not a float.
@@ -644,34 +717,31 @@ pub(super) mod tests {
             .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
             .collect();
         let abort = CancellationToken::new();
-        sink.write(&batch, &[checkpoint("binlog", "{\"pos\":1}")], &abort)
-            .await
-            .unwrap();
-        assert_eq!(
-            sink.checkpoint("binlog").unwrap().as_deref(),
-            Some("{\"pos\":1}")
-        );
+        sink.write(&batch, &[binlog_at(1)], &abort).await.unwrap();
+        assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(1)));
         // A later batch moves it; a checkpoint-only batch too.
         sink.write(
             &batch[..1],
             &[
-                checkpoint("binlog", "{\"pos\":2}"),
-                checkpoint("kafka/t/0", "8"),
+                binlog_at(2),
+                Checkpoint::Kafka {
+                    topic: Arc::from("t"),
+                    partition: 0,
+                    next_offset: 8,
+                },
             ],
             &abort,
         )
         .await
         .unwrap();
-        sink.write(&[], &[checkpoint("binlog", "{\"pos\":3}")], &abort)
-            .await
-            .unwrap();
+        sink.write(&[], &[binlog_at(3)], &abort).await.unwrap();
         drop(sink);
         let sink = open_with(dir.path(), &cfg());
+        assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(3)));
         assert_eq!(
-            sink.checkpoint("binlog").unwrap().as_deref(),
-            Some("{\"pos\":3}")
+            sink.checkpoint("kafka/t/0").unwrap().map(|c| c.encode()),
+            Some("8".to_owned())
         );
-        assert_eq!(sink.checkpoint("kafka/t/0").unwrap().as_deref(), Some("8"));
         assert_eq!(count(&sink, "SELECT count(*) FROM events"), 5);
         let page = sink
             .events(&EventFilter {
@@ -703,11 +773,7 @@ pub(super) mod tests {
             .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
             .collect();
         let err = sink
-            .write(
-                &batch,
-                &[checkpoint("binlog", "1")],
-                &CancellationToken::new(),
-            )
+            .write(&batch, &[binlog_at(1)], &CancellationToken::new())
             .await
             .unwrap_err();
         assert!(!err.is_retryable(), "{err}");
@@ -736,7 +802,7 @@ pub(super) mod tests {
             stopper.cancel();
         });
         let err = sink
-            .write(&batch, &[checkpoint("binlog", "1")], &abort)
+            .write(&batch, &[binlog_at(1)], &abort)
             .await
             .unwrap_err();
         assert!(matches!(err, SinkError::Aborted), "{err}");
@@ -746,15 +812,11 @@ pub(super) mod tests {
         assert_eq!(sink.checkpoint("binlog").unwrap(), None);
         // Once the lock is gone the same batch goes through.
         other.execute_batch("ROLLBACK").unwrap();
-        sink.write(
-            &batch,
-            &[checkpoint("binlog", "1")],
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        sink.write(&batch, &[binlog_at(1)], &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(count(&sink, "SELECT count(*) FROM events"), 5);
-        assert_eq!(sink.checkpoint("binlog").unwrap().as_deref(), Some("1"));
+        assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(1)));
     }
 
     #[test]

@@ -17,7 +17,6 @@ use tracing::{debug, info, warn};
 
 use super::schema::ZONE_BITS;
 use super::Store;
-use crate::sink::elasticsearch::bulk;
 
 /// Why a chunk was deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub async fn run(store: Arc<Store>, stop: CancellationToken) {
         let mut deleted = (0usize, 0usize);
         loop {
             let s = store.clone();
-            let now_ms = bulk::now_millis();
+            let now_ms = crate::clock::now_millis();
             match tokio::task::spawn_blocking(move || s.retention_chunk(now_ms)).await {
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some((n, Reason::Age)))) => deleted.0 += n,
@@ -227,7 +226,7 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let sink = open_with(dir.path(), &cfg);
-        let now = bulk::now_millis();
+        let now = crate::clock::now_millis();
         let old: Vec<_> = (0..30)
             .map(|i| event("app", "users", Op::Insert, i, now - 7_200_000, "ancient"))
             .collect();
@@ -290,7 +289,7 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let sink = open_with(dir.path(), &cfg);
-        let now = bulk::now_millis();
+        let now = crate::clock::now_millis();
         // Notes of different lengths, so the cut depends on each size.
         let events: Vec<_> = (0..1200)
             .map(|i| {
@@ -356,7 +355,7 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let sink = Arc::new(open_with(dir.path(), &cfg));
-        let now = bulk::now_millis();
+        let now = crate::clock::now_millis();
         let old: Vec<_> = (0..1100)
             .map(|i| event("app", "users", Op::Insert, i, now - 120_000, "old"))
             .collect();
@@ -407,7 +406,7 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let sink = open_with(dir.path(), &cfg);
-        let now = bulk::now_millis();
+        let now = crate::clock::now_millis();
         let old: Vec<_> = (0..1100)
             .map(|i| event("app", "users", Op::Insert, i, now - 120_000, "old"))
             .collect();
@@ -445,7 +444,7 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let sink = open_with(dir.path(), &cfg);
-        let now = bulk::now_millis();
+        let now = crate::clock::now_millis();
         let old: Vec<_> = (0..2000)
             .map(|i| {
                 event(

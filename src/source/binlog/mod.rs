@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use mysql_async::binlog::events::{EventData, TableMapEvent};
 use mysql_async::consts::ColumnType;
@@ -30,21 +31,23 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
+use crate::checkpoint::{Checkpoint, StoredCheckpoints, BINLOG_STREAM};
 use crate::config::{BinlogStart, MysqlConfig};
-use crate::event::{ChangeEvent, Checkpoint, Op, Row, SourcePosition};
+use crate::event::{ChangeEvent, Op, Row, SourcePosition};
 use crate::metrics::Metrics;
-use crate::pipeline::ack::OffsetTracker;
-use crate::pipeline::batch::{Envelope, EnvelopeTx, Origin};
+use crate::source::ack::OffsetTracker;
 use crate::source::binlog::events::{
     ddl_target, ddl_verb, decoding_table_map, first_word, rotate_name, rows_to_events, uuid_text,
     MappedTable, ValueError,
 };
 use crate::source::binlog::position::{BinlogPosition, Boundaries, GtidState, PositionFile};
 use crate::source::binlog::schema::{SchemaCache, TableSchema};
+use crate::source::envelope::{Envelope, EnvelopeTx, Origin, Undecodable};
 use crate::source::{Source, SourceError};
 
 /// The stream name of binlog positions, in the tracker and in checkpoints.
-pub const STREAM: &str = "binlog";
+pub const STREAM: &str = BINLOG_STREAM;
 
 /// MariaDB's GTID event, which mysql_async does not parse.
 const MARIADB_GTID_EVENT: u8 = 162;
@@ -67,6 +70,31 @@ pub enum PositionStore {
 }
 
 impl PositionStore {
+    /// The sink's stored position when it keeps positions, else the
+    /// position file in `data_dir`.
+    pub fn open(
+        data_dir: &std::path::Path,
+        stored: Option<StoredCheckpoints>,
+    ) -> Result<PositionStore, SourceError> {
+        if let Some(stored) = stored {
+            return match stored(STREAM).map_err(SourceError::Other)? {
+                None => Ok(PositionStore::Sink(None)),
+                Some(Checkpoint::Binlog(p)) => Ok(PositionStore::Sink(Some(p))),
+                Some(other) => Err(SourceError::Other(format!(
+                    "the stored binlog checkpoint is a {} position",
+                    other.stream()
+                ))),
+            };
+        }
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            SourceError::Other(format!(
+                "cannot create the data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        Ok(PositionStore::File(PositionFile::new(data_dir)))
+    }
+
     fn load(&self) -> Result<Option<BinlogPosition>, SourceError> {
         match self {
             PositionStore::File(f) => f
@@ -85,6 +113,30 @@ impl PositionStore {
             }
         }
     }
+}
+
+/// What the binlog stream yields next.
+enum Next {
+    Event(mysql_async::binlog::events::Event),
+    Shutdown,
+    Reconnect,
+}
+
+/// Where an event sits: its end position and the server's timestamp (s).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    log_pos: u64,
+    timestamp: i64,
+}
+
+/// MariaDB's GTID event opens a transaction (mysql_async does not parse it).
+fn on_mariadb_gtid(st: &mut ReadState, d: &[u8], server_id: u32) {
+    if d.len() >= 12 {
+        let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+        let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+        st.pending_gtid = Some(format!("{domain}-{server_id}-{seq}"));
+    }
+    st.in_transaction = true;
 }
 
 /// The reading state that survives reconnects.
@@ -323,6 +375,8 @@ impl BinlogSource {
     }
 
     /// Reads until shutdown or a connection error (`Ok(false)` means: reconnect).
+    /// Reads one connection's worth of the binlog. `Ok(true)`: shutdown;
+    /// `Ok(false)`: the connection is lost, reconnect from `st.resume`.
     async fn stream(
         &self,
         st: &mut ReadState,
@@ -330,6 +384,74 @@ impl BinlogSource {
         tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<bool, SourceError> {
+        let start = st.resume.clone();
+        let (mut stream, mut schema_conn) = self.open_stream(st, info).await?;
+        let mut schemas = SchemaCache::new(info.mariadb);
+        loop {
+            let event = match self.next_event(&mut stream, &start, shutdown).await? {
+                Next::Event(e) => e,
+                Next::Shutdown => return Ok(true),
+                Next::Reconnect => return Ok(false),
+            };
+            let header = event.header();
+            let log_pos = u64::from(header.log_pos());
+            let timestamp = i64::from(header.timestamp());
+            if header.event_type_raw() == MARIADB_GTID_EVENT {
+                on_mariadb_gtid(st, event.data(), header.server_id());
+                continue;
+            }
+            let data = match event.read_data() {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, file = %st.file, pos = log_pos, "unreadable binlog event, reconnecting");
+                    return Ok(false);
+                }
+            };
+            if timestamp > 0 {
+                let delay = (crate::clock::now_millis() / 1000 - timestamp).max(0);
+                self.metrics.binlog_delay_seconds.set(delay as f64);
+            }
+            let at = At { log_pos, timestamp };
+            match data {
+                EventData::RotateEvent(r) => {
+                    let next = rotate_name(r.name_raw(), log_pos == 0, &st.file);
+                    self.on_rotate(st, next, r.position(), tx, shutdown).await?
+                }
+                EventData::HeartbeatEvent => self.metrics.binlog_delay_seconds.set(0.0),
+                EventData::GtidEvent(g) => {
+                    st.pending_gtid = Some(format!("{}:{}", uuid_text(&g.sid()), g.gno()));
+                    st.in_transaction = true;
+                }
+                EventData::QueryEvent(q) => {
+                    let (sql, schema) = (q.query(), q.schema());
+                    self.on_query(st, &sql, &schema, at, &mut schemas, tx, shutdown)
+                        .await?
+                }
+                EventData::XidEvent(_) => self.commit_point(st, log_pos, tx, shutdown).await?,
+                EventData::TableMapEvent(tme) => {
+                    self.on_table_map(st, &tme, &mut schemas, &mut schema_conn)
+                        .await?
+                }
+                EventData::RowsEvent(rows) => {
+                    let decoded = self.on_rows(st, &rows, at, tx, shutdown).await?;
+                    if !decoded {
+                        return Ok(false);
+                    }
+                }
+                _ => {}
+            }
+            self.metrics.binlog_position.set(log_pos as i64);
+        }
+    }
+
+    /// Connects as a replica from `st.resume` (by GTID on MariaDB when it
+    /// has one), plus a second connection for `information_schema`.
+    async fn open_stream(
+        &self,
+        st: &mut ReadState,
+        info: &preflight::ServerInfo,
+    ) -> Result<(mysql_async::BinlogStream, Conn), SourceError> {
         let mut conn = self.connect().await?;
         let mut schema_conn = self.connect().await?;
         // Heartbeats every second while the server has nothing to send.
@@ -374,7 +496,7 @@ impl BinlogSource {
                 .with_filename(start.file.as_bytes())
                 .with_pos(start.pos)
         };
-        let mut stream =
+        let stream =
             match tokio::time::timeout(CONNECT_TIMEOUT, conn.get_binlog_stream(request)).await {
                 Ok(r) => r.map_err(|e| {
                     SourceError::Other(format!("requesting the binlog at {start}: {e}"))
@@ -386,168 +508,172 @@ impl BinlogSource {
                 }
             };
         debug!(position = %start, by_gtid, "binlog stream open");
-        let mut schemas = SchemaCache::new(info.mariadb);
-        loop {
-            let next = tokio::select! {
-                n = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => n,
-                _ = shutdown.cancelled() => return Ok(true),
-            };
-            let event = match next {
-                Err(_) => {
-                    warn!(silence = ?SILENCE_LIMIT, "binlog stream silent, reconnecting");
-                    return Ok(false);
-                }
-                Ok(None) => {
-                    warn!("binlog stream closed by the server, reconnecting");
-                    return Ok(false);
-                }
-                Ok(Some(Err(e))) => {
-                    let text = e.to_string();
-                    // 1236: the requested binlog is gone (purged while we were away).
-                    if text.contains("1236") {
-                        return Err(SourceError::Fatal(format!(
-                            "the server cannot send the binlog from {start}: {text} The changes since were purged and cannot be captured: to start again from CDC_BINLOG_START, {} and restart; keep binlogs longer (binlog_expire_logs_seconds / expire_logs_days) to avoid this",
-                            self.store.describe()
-                        )));
-                    }
-                    warn!(error = %text, "binlog stream error, reconnecting");
-                    return Ok(false);
-                }
-                Ok(Some(Ok(e))) => e,
-            };
-            let header = event.header();
-            let log_pos = u64::from(header.log_pos());
-            let timestamp = i64::from(header.timestamp());
-            if header.event_type_raw() == MARIADB_GTID_EVENT {
-                let d = event.data();
-                if d.len() >= 12 {
-                    let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
-                    let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-                    st.pending_gtid = Some(format!("{domain}-{}-{seq}", header.server_id()));
-                }
-                st.in_transaction = true;
-                continue;
+        Ok((stream, schema_conn))
+    }
+
+    /// The next event, or why there is none: shutdown, or a lost connection
+    /// (silence, close, error). A purged binlog is fatal.
+    async fn next_event(
+        &self,
+        stream: &mut mysql_async::BinlogStream,
+        start: &BinlogPosition,
+        shutdown: &CancellationToken,
+    ) -> Result<Next, SourceError> {
+        let next = tokio::select! {
+            n = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => n,
+            _ = shutdown.cancelled() => return Ok(Next::Shutdown),
+        };
+        match next {
+            Err(_) => {
+                warn!(silence = ?SILENCE_LIMIT, "binlog stream silent, reconnecting");
+                Ok(Next::Reconnect)
             }
-            let data = match event.read_data() {
-                Ok(Some(d)) => d,
-                Ok(None) => continue,
-                Err(e) => {
-                    warn!(error = %e, file = %st.file, pos = log_pos, "unreadable binlog event, reconnecting");
-                    return Ok(false);
-                }
-            };
-            if timestamp > 0 {
-                let delay =
-                    (crate::sink::elasticsearch::bulk::now_millis() / 1000 - timestamp).max(0);
-                self.metrics.binlog_delay_seconds.set(delay as f64);
+            Ok(None) => {
+                warn!("binlog stream closed by the server, reconnecting");
+                Ok(Next::Reconnect)
             }
-            match data {
-                EventData::RotateEvent(r) => {
-                    st.file = rotate_name(r.name_raw(), log_pos == 0, &st.file);
-                    self.metrics
-                        .binlog_file
-                        .set(BinlogPosition::file_sequence(&st.file) as i64);
-                    if !st.in_transaction {
-                        let at = BinlogPosition {
-                            file: st.file.clone(),
-                            pos: r.position(),
-                            gtid: st.gtid.text(),
-                        };
-                        self.boundary(st, at, tx, shutdown).await?;
-                    }
+            Ok(Some(Err(e))) => {
+                let text = e.to_string();
+                // 1236: the requested binlog is gone (purged while we were away).
+                if text.contains("1236") {
+                    return Err(SourceError::Fatal(format!(
+                        "the server cannot send the binlog from {start}: {text} The changes since were purged and cannot be captured: to start again from CDC_BINLOG_START, {} and restart; keep binlogs longer (binlog_expire_logs_seconds / expire_logs_days) to avoid this",
+                        self.store.describe()
+                    )));
                 }
-                EventData::HeartbeatEvent => {
-                    self.metrics.binlog_delay_seconds.set(0.0);
-                }
-                EventData::GtidEvent(g) => {
-                    st.pending_gtid = Some(format!("{}:{}", uuid_text(&g.sid()), g.gno()));
-                    st.in_transaction = true;
-                }
-                EventData::QueryEvent(q) => {
-                    let sql = q.query();
-                    let verb = first_word(&sql);
-                    match verb.as_str() {
-                        "BEGIN" | "XA" | "SAVEPOINT" => st.in_transaction = true,
-                        "COMMIT" | "ROLLBACK" => {
-                            self.commit_point(st, log_pos, tx, shutdown).await?;
-                        }
-                        _ => {
-                            let schema = q.schema().into_owned();
-                            if let Some((database, table)) = ddl_target(&sql, &schema) {
-                                schemas.invalidate(Some(&database));
-                                let accepted = if table.is_empty() {
-                                    self.cfg.tables.accepts_database(&database)
-                                } else {
-                                    self.cfg.tables.accepts(&database, &table)
-                                };
-                                if accepted {
-                                    let event = ChangeEvent {
-                                        database,
-                                        table,
-                                        op: Op::Ddl,
-                                        pk: Row::default(),
-                                        data: Row::default(),
-                                        old: None,
-                                        commit_time_ms: timestamp * 1000,
-                                        commit_ts: Some(BinlogPosition::change_number(
-                                            &st.file, log_pos, 0,
-                                        )),
-                                        sql: Some(sql.into_owned()),
-                                        mysql_types: None,
-                                        large_message: None,
-                                        position: SourcePosition::Binlog {
-                                            file: Arc::from(st.file.as_str()),
-                                            pos: log_pos,
-                                        },
-                                    };
-                                    self.send_events(st, vec![(event, None)], tx, shutdown)
-                                        .await?;
-                                }
-                            } else {
-                                schemas.invalidate(None);
-                            }
-                            // A DDL commits implicitly; other statements outside a
-                            // transaction are their own transaction too.
-                            if !st.in_transaction || ddl_verb(&verb) {
-                                self.commit_point(st, log_pos, tx, shutdown).await?;
-                            }
-                        }
-                    }
-                }
-                EventData::XidEvent(_) => {
-                    self.commit_point(st, log_pos, tx, shutdown).await?;
-                }
-                EventData::TableMapEvent(tme) => {
-                    let id = tme.table_id();
-                    let database = tme.database_name().into_owned();
-                    let table = tme.table_name().into_owned();
-                    let mapped = if self.cfg.tables.accepts(&database, &table) {
-                        Some(Arc::new(
-                            self.map_table(&tme, &mut schemas, &mut schema_conn).await?,
-                        ))
-                    } else {
-                        None
-                    };
-                    st.tables.insert(id, mapped);
-                }
-                EventData::RowsEvent(rows) => {
-                    let Some(Some(mapped)) = st.tables.get(&rows.table_id()).cloned() else {
-                        continue;
-                    };
-                    let events = match rows_to_events(&rows, &mapped, &st.file, log_pos, timestamp)
-                    {
-                        Ok(e) => e,
-                        Err(e) => {
-                            warn!(error = %e, file = %st.file, pos = log_pos, table = %mapped.schema.table, "undecodable rows event, reconnecting");
-                            return Ok(false);
-                        }
-                    };
-                    self.send_events(st, events, tx, shutdown).await?;
-                }
-                _ => {}
+                warn!(error = %text, "binlog stream error, reconnecting");
+                Ok(Next::Reconnect)
             }
-            self.metrics.binlog_position.set(log_pos as i64);
+            Ok(Some(Ok(e))) => Ok(Next::Event(e)),
         }
+    }
+
+    /// A new binlog file; outside a transaction its start is a resume point.
+    async fn on_rotate(
+        &self,
+        st: &mut ReadState,
+        file: String,
+        pos: u64,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        st.file = file;
+        self.metrics
+            .binlog_file
+            .set(BinlogPosition::file_sequence(&st.file) as i64);
+        if st.in_transaction {
+            return Ok(());
+        }
+        let at = BinlogPosition {
+            file: st.file.clone(),
+            pos,
+            gtid: st.gtid.text(),
+        };
+        self.boundary(st, at, tx, shutdown).await
+    }
+
+    /// A statement: transaction control, or DDL (an event of its own when
+    /// its table is captured, and always a commit point).
+    #[allow(clippy::too_many_arguments)] // One handler per event kind; the state it needs is spelled out.
+    async fn on_query(
+        &self,
+        st: &mut ReadState,
+        sql: &str,
+        schema: &str,
+        at: At,
+        schemas: &mut SchemaCache,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let verb = first_word(sql);
+        match verb.as_str() {
+            "BEGIN" | "XA" | "SAVEPOINT" => {
+                st.in_transaction = true;
+                return Ok(());
+            }
+            "COMMIT" | "ROLLBACK" => return self.commit_point(st, at.log_pos, tx, shutdown).await,
+            _ => {}
+        }
+        if let Some((database, table)) = ddl_target(sql, schema) {
+            schemas.invalidate(Some(&database));
+            let accepted = if table.is_empty() {
+                self.cfg.tables.accepts_database(&database)
+            } else {
+                self.cfg.tables.accepts(&database, &table)
+            };
+            if accepted {
+                let event = ChangeEvent {
+                    database,
+                    table,
+                    op: Op::Ddl,
+                    pk: Row::default(),
+                    data: Row::default(),
+                    old: None,
+                    commit_time_ms: at.timestamp * 1000,
+                    commit_ts: Some(BinlogPosition::change_number(&st.file, at.log_pos, 0)),
+                    sql: Some(sql.to_owned()),
+                    mysql_types: None,
+                    large_message: None,
+                    position: SourcePosition::Binlog {
+                        file: Arc::from(st.file.as_str()),
+                        pos: at.log_pos,
+                    },
+                };
+                self.send_events(st, vec![(event, None)], tx, shutdown)
+                    .await?;
+            }
+        } else {
+            schemas.invalidate(None);
+        }
+        // A DDL commits implicitly; other statements outside a transaction
+        // are their own transaction too.
+        if !st.in_transaction || ddl_verb(&verb) {
+            self.commit_point(st, at.log_pos, tx, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Describes a table for the rows events that follow (captured tables only).
+    async fn on_table_map(
+        &self,
+        st: &mut ReadState,
+        tme: &TableMapEvent<'_>,
+        schemas: &mut SchemaCache,
+        schema_conn: &mut Conn,
+    ) -> Result<(), SourceError> {
+        let database = tme.database_name();
+        let table = tme.table_name();
+        let mapped = if self.cfg.tables.accepts(&database, &table) {
+            Some(Arc::new(self.map_table(tme, schemas, schema_conn).await?))
+        } else {
+            None
+        };
+        st.tables.insert(tme.table_id(), mapped);
+        Ok(())
+    }
+
+    /// The rows of a captured table, one event each; `Ok(false)` when the
+    /// event cannot be decoded and the connection is to be re-established.
+    async fn on_rows(
+        &self,
+        st: &mut ReadState,
+        rows: &mysql_async::binlog::events::RowsEventData<'_>,
+        at: At,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SourceError> {
+        let Some(Some(mapped)) = st.tables.get(&rows.table_id()).cloned() else {
+            return Ok(true);
+        };
+        let events = match rows_to_events(rows, &mapped, &st.file, at.log_pos, at.timestamp) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, file = %st.file, pos = at.log_pos, table = %mapped.schema.table, "undecodable rows event, reconnecting");
+                return Ok(false);
+            }
+        };
+        self.send_events(st, events, tx, shutdown).await?;
+        Ok(true)
     }
 
     async fn map_table(
@@ -658,13 +784,10 @@ impl BinlogSource {
             let envelope = Envelope {
                 events: Vec::new(),
                 ack: None,
-                origin: self.origin(st.seq, Bytes::new()),
+                origin: self.origin(st.seq),
                 undecodable: None,
-                checkpoint: Some(Checkpoint {
-                    stream: self.topic.clone(),
-                    position: serde_json::to_string(&at)
-                        .map_err(|e| SourceError::Other(e.to_string()))?,
-                }),
+                checkpoint: Some(Checkpoint::Binlog(at)),
+                size: 0,
                 budget: None,
             };
             self.send(envelope, tx, shutdown).await;
@@ -672,13 +795,13 @@ impl BinlogSource {
         Ok(())
     }
 
-    fn origin(&self, seq: i64, payload: Bytes) -> Origin {
+    fn origin(&self, seq: i64) -> Origin {
         Origin {
             topic: self.topic.clone(),
             partition: 0,
             offset: seq,
             key: None,
-            payload,
+            payload: Bytes::new(),
         }
     }
 
@@ -692,14 +815,14 @@ impl BinlogSource {
         // One envelope per row, as TiCDC sends one message per row: the
         // channel's capacity then bounds rows in memory, whatever the size
         // of the server's rows events.
-        let now = crate::sink::elasticsearch::bulk::now_millis();
         for (e, error) in events {
             self.metrics
                 .binlog_events
                 .with_label_values(&[&e.database, &e.table, e.op.as_str()])
                 .inc();
-            let mut payload = Vec::with_capacity(256);
-            crate::canal::encode::encode(&mut payload, &e, now);
+            // No bytes of its own: the decoded row is what is kept, sized,
+            // and dead-lettered (as canal-json) if it must be.
+            let size = e.estimated_bytes();
             let seq = st.seq;
             st.seq += 1;
             let ack = self
@@ -719,15 +842,21 @@ impl BinlogSource {
                     self.metrics.decode_errors.inc();
                     debug!(database = %err.database, table = %err.table, column = %err.column,
                         file = %st.file, error = %err.error, "binlog value not decodable");
-                    (Vec::new(), Some(("charset", err.to_string())))
+                    let undecodable = Undecodable {
+                        reason: "charset",
+                        error: err.to_string(),
+                        row: Some(Box::new(e)),
+                    };
+                    (Vec::new(), Some(undecodable))
                 }
             };
             let envelope = Envelope {
                 events,
                 ack,
-                origin: self.origin(seq, Bytes::from(payload)),
+                origin: self.origin(seq),
                 undecodable,
                 checkpoint: None,
+                size,
                 budget: None,
             };
             self.send(envelope, tx, shutdown).await;
@@ -744,8 +873,14 @@ impl BinlogSource {
     }
 }
 
-impl Source for BinlogSource {
-    async fn run(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
+impl BinlogSource {
+    /// Connects (waiting for the server), then streams until `shutdown`,
+    /// reconnecting from the last resume point.
+    async fn capture(
+        &self,
+        tx: EnvelopeTx,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
         // A server that is down or restarting is waited for, with backoff;
         // only what retrying cannot fix stops the source.
         let mut attempt: u32 = 0;
@@ -765,7 +900,7 @@ impl Source for BinlogSource {
                     self.metrics.binlog_reconnects.inc();
                     warn!(error = %e, attempt, "MySQL not reachable yet, retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff(attempt)) => {}
+                        _ = tokio::time::sleep(RECONNECT.delay(attempt)) => {}
                         _ = shutdown.cancelled() => return Ok(()),
                     }
                 }
@@ -805,11 +940,38 @@ impl Source for BinlogSource {
             attempt += 1;
             self.metrics.binlog_reconnects.inc();
             tokio::select! {
-                _ = tokio::time::sleep(backoff(attempt)) => {}
+                _ = tokio::time::sleep(RECONNECT.delay(attempt)) => {}
                 _ = shutdown.cancelled() => return Ok(()),
             }
             info!(position = %st.resume, attempt, "reconnecting to the binlog");
         }
+    }
+
+    async fn ping(&self) -> Result<(), SourceError> {
+        let mut conn = self.connect().await?;
+        conn.ping()
+            .await
+            .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+}
+
+impl Source for BinlogSource {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn run(
+        &self,
+        tx: EnvelopeTx,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(self.capture(tx, shutdown))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), SourceError>> {
+        Box::pin(self.ping())
     }
 
     fn commit(&self, _sync: bool) {
@@ -852,19 +1014,8 @@ impl Source for BinlogSource {
         }
     }
 
-    async fn check(&self) -> Result<(), SourceError> {
-        let mut conn = self.connect().await?;
-        conn.ping()
-            .await
-            .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;
-        let _ = conn.disconnect().await;
-        Ok(())
-    }
-
     fn close(&self) {}
 }
 
-/// 0.4 s, doubling up to 30 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(30))
-}
+/// Between reconnects: 0.4 s, doubling up to 30 s.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(30));

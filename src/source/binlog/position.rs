@@ -10,49 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// A point in the server's binlog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BinlogPosition {
-    pub file: String,
-    pub pos: u64,
-    /// The GTID of the last transaction before this point, when the server uses GTIDs
-    /// (`domain-server-sequence` on MariaDB, `uuid:n` on MySQL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gtid: Option<String>,
-}
-
-impl std::fmt::Display for BinlogPosition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)?;
-        if let Some(g) = &self.gtid {
-            write!(f, " (gtid {g})")?;
-        }
-        Ok(())
-    }
-}
-
-impl BinlogPosition {
-    /// The number of the file, `binlog.000042` is 42.
-    pub fn file_sequence(file: &str) -> u64 {
-        file.rsplit('.')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// A number that orders changes and names one row change: the file
-    /// number in the high 20 bits, the rows event's end offset in the next
-    /// 32, the row's index in the event in the low 12. Part of the document
-    /// id, so two identical rows of one statement on a table without a
-    /// primary key stay two changes.
-    pub fn change_number(file: &str, pos: u64, row: usize) -> u64 {
-        ((Self::file_sequence(file) & 0xf_ffff) << 44)
-            | ((pos & 0xffff_ffff) << 12)
-            | (row as u64 & 0xfff)
-    }
-}
+pub use crate::checkpoint::BinlogPosition;
 
 /// The GTID position. MariaDB keeps one GTID per replication domain
 /// (`domain-server-sequence`), and a replica resumes from that list; a

@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter.
+//! Exponential backoff with jitter: the one delay rule of every retry loop
+//! (sink writes, dead letters, binlog reconnects).
 
 use std::time::Duration;
 
@@ -13,11 +14,13 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff between `initial` and `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-        }
+    pub const fn new(initial: Duration, max: Duration) -> Backoff {
+        let max = if max.as_nanos() < initial.as_nanos() {
+            initial
+        } else {
+            max
+        };
+        Backoff { initial, max }
     }
 
     /// The delay before retry number `attempt` (1 for the first retry).
