@@ -194,6 +194,31 @@ impl fmt::Display for DocumentId {
 }
 
 impl ChangeEvent {
+    /// A DDL statement on `database.table` (`table` empty for a database-wide one).
+    pub fn ddl(
+        database: String,
+        table: String,
+        sql: String,
+        commit_time_ms: i64,
+        commit_ts: Option<u64>,
+        position: SourcePosition,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            database,
+            table,
+            op: Op::Ddl,
+            pk: Row::default(),
+            data: Row::default(),
+            old: None,
+            commit_time_ms,
+            commit_ts,
+            sql: Some(sql),
+            mysql_types: None,
+            large_message: None,
+            position,
+        }
+    }
+
     /// About the bytes the event takes as a message (its rows, names and
     /// statement), counted without encoding it.
     pub fn estimated_bytes(&self) -> usize {

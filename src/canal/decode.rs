@@ -87,20 +87,16 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
     let table = msg.table.unwrap_or_default();
 
     if msg.is_ddl {
-        return Ok(Decoded::Events(vec![ChangeEvent {
+        let mut ddl = ChangeEvent::ddl(
             database,
             table,
-            op: Op::Ddl,
-            pk: Row::default(),
-            data: Row::default(),
-            old: None,
+            msg.sql.unwrap_or_default(),
             commit_time_ms,
             commit_ts,
-            sql: Some(msg.sql.unwrap_or_default()),
-            mysql_types: None,
-            large_message,
-            position: position.clone(),
-        }]));
+            position.clone(),
+        );
+        ddl.large_message = large_message;
+        return Ok(Decoded::Events(vec![ddl]));
     }
 
     let op = match msg.kind.as_str() {

@@ -31,7 +31,7 @@ use crate::clock::now_millis;
 use crate::event::ChangeEvent;
 use crate::metrics::Metrics;
 use crate::pipeline::dlq::{DeadLetter, DeadLetterQueue};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Sink, SinkError, WriteBatch};
 use crate::source::ack::OffsetTracker;
 use crate::source::envelope::Envelope;
 
@@ -216,7 +216,11 @@ async fn write_batch(w: &Writer, messages: Vec<Envelope>) {
     let rejected = if events.is_empty() && checkpoints.is_empty() {
         Vec::new()
     } else {
-        match w.sink.write(&events, &checkpoints, &w.abort).await {
+        let batch = WriteBatch {
+            events: &events,
+            checkpoints: &checkpoints,
+        };
+        match w.sink.write(batch, &w.abort).await {
             Ok(r) => r,
             // Shutting down: not acknowledged, read again after a restart.
             Err(SinkError::Aborted) => return,
@@ -324,7 +328,7 @@ async fn dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::Rejected;
+    use crate::sink::Written;
     use crate::source::envelope::{channel, testing::envelope};
     use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -348,12 +352,7 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
 
-        fn write<'a>(
-            &'a self,
-            _events: &'a [ChangeEvent],
-            _checkpoints: &'a [Checkpoint],
-            _abort: &'a CancellationToken,
-        ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+        fn write<'a>(&'a self, _: WriteBatch<'a>, _: &'a CancellationToken) -> Written<'a> {
             let failed = self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_on;
             Box::pin(async move {
                 if failed {

@@ -16,14 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::backoff::Backoff;
-use crate::checkpoint::Checkpoint;
 use crate::clock::now_millis;
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::event::{ChangeEvent, Op};
 use crate::kafka_client::refused_for_good;
 use crate::kafka_client::{client_config, LogContext};
 use crate::metrics::Metrics;
-use crate::sink::{Rejected, Sink, SinkError};
+use crate::sink::{Rejected, Sink, SinkError, WriteBatch, Written};
 
 /// The canal-json producer.
 pub struct KafkaSink {
@@ -134,82 +133,6 @@ fn delivery_error(
     }
 }
 
-impl KafkaSink {
-    /// Produces every event, retrying until the broker acknowledged all of
-    /// them or `abort`; returns the ones the topic refuses for good.
-    pub async fn write(
-        &self,
-        events: &[ChangeEvent],
-        _checkpoints: &[Checkpoint],
-        abort: &CancellationToken,
-    ) -> Result<Vec<Rejected>, SinkError> {
-        let now = now_millis();
-        let payloads: Vec<Vec<u8>> = events
-            .iter()
-            .map(|e| {
-                let mut buf = Vec::with_capacity(512);
-                crate::canal::encode::encode(&mut buf, e, now);
-                buf
-            })
-            .collect();
-        let keys: Vec<Vec<u8>> = events.iter().map(key).collect();
-        let mut pending: Vec<usize> = (0..events.len()).collect();
-        let mut rejected = Vec::new();
-        let mut attempt = 0;
-        loop {
-            let mut failed = tokio::select! {
-                f = self.send_all(events, &payloads, &keys, &pending) => f,
-                _ = abort.cancelled() => return Err(SinkError::Aborted),
-            };
-            // A message the topic can never take (too large, not authorised)
-            // is dead-lettered instead of retried for ever.
-            failed.retain(|(i, e)| {
-                if refused_for_good(e) {
-                    rejected.push(Rejected {
-                        index: *i,
-                        reason: format!("the topic refuses this message: {e}"),
-                    });
-                    return false;
-                }
-                true
-            });
-            if failed.is_empty() {
-                self.metrics.bulk_requests.with_label_values(&["ok"]).inc();
-                return Ok(rejected);
-            }
-            attempt += 1;
-            let error = failed[0].1.to_string();
-            self.metrics
-                .bulk_requests
-                .with_label_values(&["retry"])
-                .inc();
-            self.metrics
-                .sink_retry("kafka", "kafka_produce", failed.len(), attempt, &error);
-            pending = failed.into_iter().map(|(i, _)| i).collect();
-            debug!(topic = %self.topic, pending = pending.len(), "retrying produce");
-            tokio::select! {
-                _ = tokio::time::sleep(self.backoff.delay(attempt)) => {}
-                _ = abort.cancelled() => return Err(SinkError::Aborted),
-            }
-        }
-    }
-
-    /// Succeeds when the broker answers for the topic.
-    pub async fn check(&self) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(3))
-                .map(|_| ())
-                .map_err(|e| SinkError::Response(format!("kafka: {e}")))
-        })
-        .await
-        .map_err(|e| SinkError::Response(e.to_string()))?
-    }
-}
-
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
@@ -224,17 +147,78 @@ impl Sink for KafkaSink {
         Box::pin(async { Ok(()) })
     }
 
-    fn write<'a>(
-        &'a self,
-        events: &'a [ChangeEvent],
-        checkpoints: &'a [Checkpoint],
-        abort: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
-        Box::pin(KafkaSink::write(self, events, checkpoints, abort))
+    fn write<'a>(&'a self, batch: WriteBatch<'a>, abort: &'a CancellationToken) -> Written<'a> {
+        let events = batch.events;
+        // Every event produced and acknowledged (acks=all), retried until
+        // `abort`; what the topic refuses for good is returned.
+        Box::pin(async move {
+            let now = now_millis();
+            let payloads: Vec<Vec<u8>> = events
+                .iter()
+                .map(|e| {
+                    let mut buf = Vec::with_capacity(512);
+                    crate::canal::encode::encode(&mut buf, e, now);
+                    buf
+                })
+                .collect();
+            let keys: Vec<Vec<u8>> = events.iter().map(key).collect();
+            let mut pending: Vec<usize> = (0..events.len()).collect();
+            let mut rejected = Vec::new();
+            let mut attempt = 0;
+            loop {
+                let mut failed = tokio::select! {
+                    f = self.send_all(events, &payloads, &keys, &pending) => f,
+                    _ = abort.cancelled() => return Err(SinkError::Aborted),
+                };
+                // A message the topic can never take (too large, not authorised)
+                // is dead-lettered instead of retried for ever.
+                failed.retain(|(i, e)| {
+                    if refused_for_good(e) {
+                        rejected.push(Rejected {
+                            index: *i,
+                            reason: format!("the topic refuses this message: {e}"),
+                        });
+                        return false;
+                    }
+                    true
+                });
+                if failed.is_empty() {
+                    self.metrics.bulk_requests.with_label_values(&["ok"]).inc();
+                    return Ok(rejected);
+                }
+                attempt += 1;
+                let error = failed[0].1.to_string();
+                self.metrics
+                    .bulk_requests
+                    .with_label_values(&["retry"])
+                    .inc();
+                self.metrics
+                    .sink_retry("kafka", "kafka_produce", failed.len(), attempt, &error);
+                pending = failed.into_iter().map(|(i, _)| i).collect();
+                debug!(topic = %self.topic, pending = pending.len(), "retrying produce");
+                tokio::select! {
+                    _ = tokio::time::sleep(self.backoff.delay(attempt)) => {}
+                    _ = abort.cancelled() => return Err(SinkError::Aborted),
+                }
+            }
+        })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(KafkaSink::check(self))
+        // The broker answers for the topic.
+        Box::pin(async move {
+            let producer = self.producer.clone();
+            let topic = self.topic.clone();
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                    .map(|_| ())
+                    .map_err(|e| SinkError::Response(format!("kafka: {e}")))
+            })
+            .await
+            .map_err(|e| SinkError::Response(e.to_string()))?
+        })
     }
 }
 

@@ -74,6 +74,30 @@ impl SinkError {
     }
 }
 
+/// What one `Sink::write` stores.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteBatch<'a> {
+    pub events: &'a [ChangeEvent],
+    /// The last resume point of each stream in the batch (for sinks that keep them).
+    pub checkpoints: &'a [Checkpoint],
+}
+
+impl<'a> WriteBatch<'a> {
+    /// Events without checkpoints.
+    pub fn events(events: &'a [ChangeEvent]) -> WriteBatch<'a> {
+        WriteBatch {
+            events,
+            checkpoints: &[],
+        }
+    }
+}
+
+/// `Sink::write`'s answer: the events refused for good, or why nothing was stored.
+pub type Written<'a> = BoxFuture<'a, Result<Vec<Rejected>, SinkError>>;
+
+/// A search's answer (`Sink::events`, `Sink::stats`).
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, QueryError>>;
+
 /// A destination for change events.
 pub trait Sink: Send + Sync + 'static {
     /// The sink's name in metrics, logs and `/readyz`.
@@ -86,14 +110,9 @@ pub trait Sink: Send + Sync + 'static {
     /// Prepares the destination; called once before any write.
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 
-    /// Stores `events`; returns the ones refused for good. A sink that keeps
-    /// source positions stores `checkpoints` in the same transaction.
-    fn write<'a>(
-        &'a self,
-        events: &'a [ChangeEvent],
-        checkpoints: &'a [Checkpoint],
-        abort: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>>;
+    /// Stores the batch's events; returns the ones refused for good. A sink
+    /// that keeps source positions stores its checkpoints in the same transaction.
+    fn write<'a>(&'a self, batch: WriteBatch<'a>, abort: &'a CancellationToken) -> Written<'a>;
 
     /// Succeeds when the destination is reachable.
     fn check(&self) -> BoxFuture<'_, Result<(), SinkError>>;
@@ -116,10 +135,7 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     /// One page of stored events matching `filter`, newest first.
-    fn events<'a>(
-        &'a self,
-        filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<EventPage, QueryError>> {
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> Answer<'a, EventPage> {
         let _ = filter;
         Box::pin(async {
             Err(QueryError::Unavailable(
@@ -129,11 +145,7 @@ pub trait Sink: Send + Sync + 'static {
     }
 
     /// Counts over the stored events and their rate over `window`.
-    fn stats(
-        &self,
-        window: Duration,
-        bucket: Duration,
-    ) -> BoxFuture<'_, Result<Stats, QueryError>> {
+    fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {
         let _ = (window, bucket);
         Box::pin(async {
             Err(QueryError::Unavailable(

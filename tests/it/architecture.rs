@@ -184,11 +184,7 @@ fn a_backward_import_is_caught() {
         1
     );
     assert_eq!(
-        seeded(
-            "src/source/kafka.rs",
-            "use crate::{event::Op, sink::Sink};"
-        )
-        .len(),
+        seeded("src/source/kafka.rs", "use crate::{event::Op, sink::Sink};").len(),
         1
     );
     // What the flow allows passes, comments are not code.

@@ -20,6 +20,7 @@ use cdc_monitor::http::{self, HttpState};
 use cdc_monitor::metrics::Metrics;
 use cdc_monitor::sink::elasticsearch::ElasticsearchSink;
 use cdc_monitor::sink::sqlite::SqliteSink;
+use cdc_monitor::sink::{Sink, WriteBatch};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -830,7 +831,7 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
         )
         .collect();
     let rejected = sink
-        .write(&events, &[], &CancellationToken::new())
+        .write(WriteBatch::events(&events), &CancellationToken::new())
         .await
         .unwrap();
     assert!(rejected.is_empty(), "{rejected:?}");

@@ -29,8 +29,8 @@ use crate::event::ChangeEvent;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::{BulkReply, EsClient};
 use crate::sink::elasticsearch::response::{classify, ItemOutcome};
-use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
-use crate::sink::{Rejected, Sink, SinkError};
+use crate::sink::query::{EventFilter, EventPage, Stats};
+use crate::sink::{Answer, Rejected, Sink, SinkError, WriteBatch, Written};
 
 /// Writes change events to one index.
 pub struct ElasticsearchSink {
@@ -208,12 +208,11 @@ impl Sink for ElasticsearchSink {
         Box::pin(ElasticsearchSink::prepare(self))
     }
 
-    fn write<'a>(
-        &'a self,
-        events: &'a [ChangeEvent],
-        checkpoints: &'a [Checkpoint],
-        abort: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
+    fn write<'a>(&'a self, batch: WriteBatch<'a>, abort: &'a CancellationToken) -> Written<'a> {
+        let WriteBatch {
+            events,
+            checkpoints,
+        } = batch;
         Box::pin(ElasticsearchSink::write(self, events, checkpoints, abort))
     }
 
@@ -225,18 +224,11 @@ impl Sink for ElasticsearchSink {
         true
     }
 
-    fn events<'a>(
-        &'a self,
-        filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<EventPage, QueryError>> {
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> Answer<'a, EventPage> {
         Box::pin(ElasticsearchSink::events(self, filter))
     }
 
-    fn stats(
-        &self,
-        window: Duration,
-        bucket: Duration,
-    ) -> BoxFuture<'_, Result<Stats, QueryError>> {
+    fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {
         Box::pin(ElasticsearchSink::stats(self, window, bucket))
     }
 }

@@ -14,7 +14,7 @@ use crate::config::StoreConfig;
 use crate::event::{ChangeEvent, Op, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::sink::query::EventFilter;
-use crate::sink::SinkError;
+use crate::sink::{Sink, SinkError, WriteBatch};
 
 /// Events per `Sink::write`.
 const BATCH: usize = 2000;
@@ -144,7 +144,7 @@ async fn run(
             .map(|i| generator.event(i))
             .collect();
         let started = Instant::now();
-        sink.write(&batch, &[], &abort).await?;
+        sink.write(WriteBatch::events(&batch), &abort).await?;
         writing += started.elapsed();
         written += batch.len();
     }

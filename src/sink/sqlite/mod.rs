@@ -33,7 +33,7 @@ use crate::event::{ChangeEvent, Row};
 use crate::metrics::Metrics;
 use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
-use crate::sink::{Rejected, Sink, SinkError};
+use crate::sink::{Answer, Sink, SinkError, WriteBatch, Written};
 
 /// Reader connections kept open; more are opened under load and closed after.
 const IDLE_READERS: usize = 4;
@@ -135,26 +135,6 @@ impl SqliteSink {
                     self.store.path.display()
                 ))
             })
-    }
-
-    /// Newest first, paginated, see src/sink/query.rs.
-    pub async fn events(&self, filter: &EventFilter) -> Result<EventPage, QueryError> {
-        let plan = query::Plan::new(filter)?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.read(|conn| plan.run(conn)))
-            .await
-            .map_err(|e| QueryError::Unavailable(format!("query task failed: {e}")))?
-            .map_err(|e| QueryError::Unavailable(e.to_string()))
-    }
-
-    /// Counts by op and by table, and events/s by table over the last `window` in buckets of `bucket`.
-    pub async fn stats(&self, window: Duration, bucket: Duration) -> Result<Stats, QueryError> {
-        let request = query::StatsRequest::new(window, bucket, crate::clock::now_millis())?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.read(|conn| request.run(conn)))
-            .await
-            .map_err(|e| QueryError::Unavailable(format!("stats task failed: {e}")))?
-            .map_err(|e| QueryError::Unavailable(e.to_string()))
     }
 
     /// Enforces retention until `stop` fires: deletes events older than cfg.retention (by commit time) and the oldest events while the stored documents exceed cfg.max_bytes; checks every few seconds, deleting in small chunks so writers are never blocked long.
@@ -431,77 +411,6 @@ fn text_of(pk: &Row, data: &Row, old: Option<&Row>, sql: Option<&str>) -> String
     text
 }
 
-impl SqliteSink {
-    /// Checks the store: `open` created the schema already.
-    pub async fn prepare(&self) -> Result<(), SinkError> {
-        // `open` created the schema already: the source reads its
-        // checkpoint before the first write.
-        self.check().await
-    }
-
-    /// Stores the events and checkpoints in one transaction, retrying
-    /// transient failures (a locked database, a full disk) until `abort`.
-    pub async fn write(
-        &self,
-        events: &[ChangeEvent],
-        checkpoints: &[Checkpoint],
-        abort: &CancellationToken,
-    ) -> Result<Vec<Rejected>, SinkError> {
-        let batch = Arc::new(Batch::new(events, checkpoints, crate::clock::now_millis()));
-        let mut attempt = 0u32;
-        loop {
-            let (store, b) = (self.store.clone(), batch.clone());
-            let started = Instant::now();
-            // The attempt runs to its end even when `abort` fires meanwhile:
-            // it is short, and its outcome (committed or rolled back) is then known.
-            let result = tokio::task::spawn_blocking(move || store.store_batch(&b))
-                .await
-                .map_err(|e| SinkError::Response(format!("write task failed: {e}")))?;
-            let elapsed = started.elapsed().as_secs_f64();
-            match result {
-                Ok(stored) => {
-                    self.observe("ok", elapsed);
-                    debug!(
-                        events = events.len(),
-                        stored,
-                        checkpoints = checkpoints.len(),
-                        elapsed,
-                        "batch stored"
-                    );
-                    // Nothing is refused for good: every event has a document.
-                    return Ok(Vec::new());
-                }
-                Err(e) => {
-                    self.observe("error", elapsed);
-                    let Some(reason) = transient(&e) else {
-                        return Err(self.store.sink_error(&e));
-                    };
-                    attempt += 1;
-                    self.metrics.sink_retry(
-                        "sqlite",
-                        reason,
-                        events.len(),
-                        attempt,
-                        &e.to_string(),
-                    );
-                    self.pause(attempt, abort).await?;
-                }
-            }
-        }
-    }
-
-    /// Succeeds when the store answers a read.
-    pub async fn check(&self) -> Result<(), SinkError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.read(|conn| conn.query_row("SELECT count(*) FROM checkpoints", [], |_| Ok(())))
-        })
-        .await
-        .map_err(|e| SinkError::Response(format!("check task failed: {e}")))?
-        .map_err(|e| SinkError::Response(format!("{}: {e}", self.store.path.display())))
-    }
-}
-
 impl Sink for SqliteSink {
     fn name(&self) -> &'static str {
         "sqlite"
@@ -513,20 +422,74 @@ impl Sink for SqliteSink {
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(SqliteSink::prepare(self))
+        // `open` created the schema already: the source reads its
+        // checkpoint before the first write.
+        self.check()
     }
 
-    fn write<'a>(
-        &'a self,
-        events: &'a [ChangeEvent],
-        checkpoints: &'a [Checkpoint],
-        abort: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<Rejected>, SinkError>> {
-        Box::pin(SqliteSink::write(self, events, checkpoints, abort))
+    fn write<'a>(&'a self, batch: WriteBatch<'a>, abort: &'a CancellationToken) -> Written<'a> {
+        let WriteBatch {
+            events,
+            checkpoints,
+        } = batch;
+        // Events and checkpoints in one transaction; transient failures (a
+        // locked database, a full disk) are retried until `abort`.
+        Box::pin(async move {
+            let batch = Arc::new(Batch::new(events, checkpoints, crate::clock::now_millis()));
+            let mut attempt = 0u32;
+            loop {
+                let (store, b) = (self.store.clone(), batch.clone());
+                let started = Instant::now();
+                // The attempt runs to its end even when `abort` fires meanwhile:
+                // it is short, and its outcome (committed or rolled back) is then known.
+                let result = tokio::task::spawn_blocking(move || store.store_batch(&b))
+                    .await
+                    .map_err(|e| SinkError::Response(format!("write task failed: {e}")))?;
+                let elapsed = started.elapsed().as_secs_f64();
+                match result {
+                    Ok(stored) => {
+                        self.observe("ok", elapsed);
+                        debug!(
+                            events = events.len(),
+                            stored,
+                            checkpoints = checkpoints.len(),
+                            elapsed,
+                            "batch stored"
+                        );
+                        // Nothing is refused for good: every event has a document.
+                        return Ok(Vec::new());
+                    }
+                    Err(e) => {
+                        self.observe("error", elapsed);
+                        let Some(reason) = transient(&e) else {
+                            return Err(self.store.sink_error(&e));
+                        };
+                        attempt += 1;
+                        self.metrics.sink_retry(
+                            "sqlite",
+                            reason,
+                            events.len(),
+                            attempt,
+                            &e.to_string(),
+                        );
+                        self.pause(attempt, abort).await?;
+                    }
+                }
+            }
+        })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(SqliteSink::check(self))
+        Box::pin(async move {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                store
+                    .read(|conn| conn.query_row("SELECT count(*) FROM checkpoints", [], |_| Ok(())))
+            })
+            .await
+            .map_err(|e| SinkError::Response(format!("check task failed: {e}")))?
+            .map_err(|e| SinkError::Response(format!("{}: {e}", self.store.path.display())))
+        })
     }
 
     fn stored_checkpoints(self: Arc<Self>) -> Option<StoredCheckpoints> {
@@ -543,19 +506,29 @@ impl Sink for SqliteSink {
         true
     }
 
-    fn events<'a>(
-        &'a self,
-        filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<EventPage, QueryError>> {
-        Box::pin(SqliteSink::events(self, filter))
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> Answer<'a, EventPage> {
+        // Newest first, paginated, see src/sink/query.rs.
+        Box::pin(async move {
+            let plan = query::Plan::new(filter)?;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.read(|conn| plan.run(conn)))
+                .await
+                .map_err(|e| QueryError::Unavailable(format!("query task failed: {e}")))?
+                .map_err(|e| QueryError::Unavailable(e.to_string()))
+        })
     }
 
-    fn stats(
-        &self,
-        window: Duration,
-        bucket: Duration,
-    ) -> BoxFuture<'_, Result<Stats, QueryError>> {
-        Box::pin(SqliteSink::stats(self, window, bucket))
+    fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {
+        // Counts by op and by table, and events/s by table over the last
+        // `window` in buckets of `bucket`.
+        Box::pin(async move {
+            let request = query::StatsRequest::new(window, bucket, crate::clock::now_millis())?;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.read(|conn| request.run(conn)))
+                .await
+                .map_err(|e| QueryError::Unavailable(format!("stats task failed: {e}")))?
+                .map_err(|e| QueryError::Unavailable(e.to_string()))
+        })
     }
 }
 
@@ -627,7 +600,7 @@ pub(super) mod tests {
     /// Writes one batch without checkpoints; it must succeed.
     pub async fn write(sink: &SqliteSink, events: &[ChangeEvent]) {
         let rejected = sink
-            .write(events, &[], &CancellationToken::new())
+            .write(WriteBatch::events(events), &CancellationToken::new())
             .await
             .unwrap();
         assert!(rejected.is_empty());
@@ -717,24 +690,40 @@ pub(super) mod tests {
             .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
             .collect();
         let abort = CancellationToken::new();
-        sink.write(&batch, &[binlog_at(1)], &abort).await.unwrap();
-        assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(1)));
-        // A later batch moves it; a checkpoint-only batch too.
         sink.write(
-            &batch[..1],
-            &[
-                binlog_at(2),
-                Checkpoint::Kafka {
-                    topic: Arc::from("t"),
-                    partition: 0,
-                    next_offset: 8,
-                },
-            ],
+            WriteBatch {
+                events: &batch,
+                checkpoints: &[binlog_at(1)],
+            },
             &abort,
         )
         .await
         .unwrap();
-        sink.write(&[], &[binlog_at(3)], &abort).await.unwrap();
+        assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(1)));
+        // A later batch moves it; a checkpoint-only batch too.
+        let kafka = Checkpoint::Kafka {
+            topic: Arc::from("t"),
+            partition: 0,
+            next_offset: 8,
+        };
+        sink.write(
+            WriteBatch {
+                events: &batch[..1],
+                checkpoints: &[binlog_at(2), kafka],
+            },
+            &abort,
+        )
+        .await
+        .unwrap();
+        sink.write(
+            WriteBatch {
+                events: &[],
+                checkpoints: &[binlog_at(3)],
+            },
+            &abort,
+        )
+        .await
+        .unwrap();
         drop(sink);
         let sink = open_with(dir.path(), &cfg());
         assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(3)));
@@ -773,7 +762,13 @@ pub(super) mod tests {
             .map(|i| event("app", "users", Op::Insert, i, 1_700_000_000_000, "a"))
             .collect();
         let err = sink
-            .write(&batch, &[binlog_at(1)], &CancellationToken::new())
+            .write(
+                WriteBatch {
+                    events: &batch,
+                    checkpoints: &[binlog_at(1)],
+                },
+                &CancellationToken::new(),
+            )
             .await
             .unwrap_err();
         assert!(!err.is_retryable(), "{err}");
@@ -802,7 +797,13 @@ pub(super) mod tests {
             stopper.cancel();
         });
         let err = sink
-            .write(&batch, &[binlog_at(1)], &abort)
+            .write(
+                WriteBatch {
+                    events: &batch,
+                    checkpoints: &[binlog_at(1)],
+                },
+                &abort,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, SinkError::Aborted), "{err}");
@@ -812,9 +813,15 @@ pub(super) mod tests {
         assert_eq!(sink.checkpoint("binlog").unwrap(), None);
         // Once the lock is gone the same batch goes through.
         other.execute_batch("ROLLBACK").unwrap();
-        sink.write(&batch, &[binlog_at(1)], &CancellationToken::new())
-            .await
-            .unwrap();
+        sink.write(
+            WriteBatch {
+                events: &batch,
+                checkpoints: &[binlog_at(1)],
+            },
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(count(&sink, "SELECT count(*) FROM events"), 5);
         assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(1)));
     }

@@ -452,6 +452,7 @@ mod tests {
     use crate::event::{ChangeEvent, Op};
     use crate::sink::sqlite::tests::{cfg, event, open_with, write};
     use crate::sink::sqlite::{Batch, SqliteSink};
+    use crate::sink::Sink;
 
     const BASE_MS: i64 = 1_700_000_000_000;
     const DBS: [&str; 2] = ["app", "crm"];

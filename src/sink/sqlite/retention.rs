@@ -183,10 +183,28 @@ mod tests {
 
     use super::*;
     use crate::config::StoreConfig;
-    use crate::event::Op;
+    use crate::event::{ChangeEvent, Op};
     use crate::sink::query::EventFilter;
     use crate::sink::sqlite::tests::{event, open_with, write};
     use crate::sink::sqlite::SqliteSink;
+    use crate::sink::Sink;
+
+    /// A store that keeps events for `retention`, with no size bound.
+    fn store_keeping(retention: Duration) -> (tempfile::TempDir, SqliteSink) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            retention,
+            max_bytes: u64::MAX,
+        };
+        let sink = open_with(dir.path(), &cfg);
+        (dir, sink)
+    }
+
+    /// Inserts into `app.users`, committed at `commit_ms`, with `note`.
+    fn users(ids: std::ops::Range<u64>, commit_ms: i64, note: &str) -> Vec<ChangeEvent> {
+        ids.map(|i| event("app", "users", Op::Insert, i, commit_ms, note))
+            .collect()
+    }
 
     fn all(limit: usize) -> EventFilter {
         EventFilter {
@@ -220,12 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_older_than_retention_are_deleted_with_their_text_and_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig {
-            retention: Duration::from_secs(3600),
-            max_bytes: u64::MAX,
-        };
-        let sink = open_with(dir.path(), &cfg);
+        let (_dir, sink) = store_keeping(Duration::from_secs(3600));
         let now = crate::clock::now_millis();
         let old: Vec<_> = (0..30)
             .map(|i| event("app", "users", Op::Insert, i, now - 7_200_000, "ancient"))
@@ -349,16 +362,10 @@ mod tests {
 
     #[tokio::test]
     async fn retention_runs_in_the_background_until_stopped() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig {
-            retention: Duration::from_secs(60),
-            max_bytes: u64::MAX,
-        };
-        let sink = Arc::new(open_with(dir.path(), &cfg));
+        let (_dir, sink) = store_keeping(Duration::from_secs(60));
+        let sink = Arc::new(sink);
         let now = crate::clock::now_millis();
-        let old: Vec<_> = (0..1100)
-            .map(|i| event("app", "users", Op::Insert, i, now - 120_000, "old"))
-            .collect();
+        let old = users(0..1100, now - 120_000, "old");
         write(&sink, &old).await;
         write(
             &sink,
@@ -400,16 +407,9 @@ mod tests {
 
     #[tokio::test]
     async fn retention_goes_on_when_the_text_index_refuses_a_deletion() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig {
-            retention: Duration::from_secs(60),
-            max_bytes: u64::MAX,
-        };
-        let sink = open_with(dir.path(), &cfg);
+        let (_dir, sink) = store_keeping(Duration::from_secs(60));
         let now = crate::clock::now_millis();
-        let old: Vec<_> = (0..1100)
-            .map(|i| event("app", "users", Op::Insert, i, now - 120_000, "old"))
-            .collect();
+        let old = users(0..1100, now - 120_000, "old");
         write(&sink, &old).await;
         // Index a different text than the documents give (as a change to
         // the derivation would), so the `delete` markers do not match.
@@ -438,12 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retention_chunk_is_short() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StoreConfig {
-            retention: Duration::from_secs(60),
-            max_bytes: u64::MAX,
-        };
-        let sink = open_with(dir.path(), &cfg);
+        let (_dir, sink) = store_keeping(Duration::from_secs(60));
         let now = crate::clock::now_millis();
         let old: Vec<_> = (0..2000)
             .map(|i| {

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::checkpoint::{Checkpoint, StoredCheckpoints, BINLOG_STREAM};
 use crate::config::{BinlogStart, MysqlConfig};
-use crate::event::{ChangeEvent, Op, Row, SourcePosition};
+use crate::event::{ChangeEvent, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::source::ack::OffsetTracker;
 use crate::source::binlog::events::{
@@ -602,23 +602,17 @@ impl BinlogSource {
                 self.cfg.tables.accepts(&database, &table)
             };
             if accepted {
-                let event = ChangeEvent {
+                let event = ChangeEvent::ddl(
                     database,
                     table,
-                    op: Op::Ddl,
-                    pk: Row::default(),
-                    data: Row::default(),
-                    old: None,
-                    commit_time_ms: at.timestamp * 1000,
-                    commit_ts: Some(BinlogPosition::change_number(&st.file, at.log_pos, 0)),
-                    sql: Some(sql.to_owned()),
-                    mysql_types: None,
-                    large_message: None,
-                    position: SourcePosition::Binlog {
+                    sql.to_owned(),
+                    at.timestamp * 1000,
+                    Some(BinlogPosition::change_number(&st.file, at.log_pos, 0)),
+                    SourcePosition::Binlog {
                         file: Arc::from(st.file.as_str()),
                         pos: at.log_pos,
                     },
-                };
+                );
                 self.send_events(st, vec![(event, None)], tx, shutdown)
                     .await?;
             }
