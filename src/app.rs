@@ -60,14 +60,18 @@ impl From<SinkError> for AppError {
 
 /// A built, not yet running, pipeline.
 pub struct App {
+    parts: Parts,
+    listener: TcpListener,
+}
+
+/// Everything but the listener, which the HTTP server takes when the app runs.
+struct Parts {
     cfg: Config,
     metrics: Metrics,
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
     dlq: DeadLetterQueue,
     tracker: Arc<Mutex<OffsetTracker>>,
-    /// Taken by the HTTP server when the app runs.
-    listener: Option<TcpListener>,
     http_addr: SocketAddr,
 }
 
@@ -90,30 +94,43 @@ impl App {
                     error,
                 })?;
         Ok(App {
-            cfg,
-            metrics,
-            source,
-            sink,
-            dlq,
-            tracker,
-            listener: Some(listener),
-            http_addr,
+            parts: Parts {
+                cfg,
+                metrics,
+                source,
+                sink,
+                dlq,
+                tracker,
+                http_addr,
+            },
+            listener,
         })
     }
 
     /// The bound HTTP address (useful with port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.parts.http_addr
     }
 
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.parts.metrics
     }
 
     /// Runs until `shutdown` resolves, then stops reading, flushes, commits and returns.
     pub async fn run_until(
-        mut self,
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let App { parts, listener } = self;
+        parts.run_until(listener, shutdown).await
+    }
+}
+
+impl Parts {
+    async fn run_until(
+        self,
+        listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let stop_reading = CancellationToken::new();
@@ -125,11 +142,7 @@ impl App {
                 stop_reading.cancel();
             });
         }
-        let http = match self.listener.take() {
-            Some(listener) => self.serve_http(listener),
-            // `build` sets it and only this consuming method takes it.
-            None => unreachable!("the listener is taken once"),
-        };
+        let http = self.serve_http(listener);
         tokio::select! {
             r = self.sink.prepare() => if let Err(e) = r {
                 http.stop().await;
