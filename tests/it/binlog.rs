@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -274,7 +274,7 @@ async fn capture_waits_for_a_server_that_is_down_and_rides_out_a_restart() {
         "must wait, not exit:\n{}",
         p.log_tail()
     );
-    let ready = reqwest::get(format!("http://{}/readyz", p.http))
+    let ready = reqwest::get(format!("http://{}/readyz", p.http()))
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::browser::Browser;
 use crate::harness::canal::{expected_id, message, op_counts};
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::kafka::broker;
 use crate::harness::{eventually, unique};
 
@@ -362,7 +362,7 @@ async fn dashboard_follows_kafka_changes_in_the_embedded_store() {
 
     let consumer = ConsumerProcess::spawn(&env);
     consumer.wait_healthy().await;
-    let base = format!("http://{}", consumer.http);
+    let base = format!("http://{}", consumer.http());
     let page = Dashboard::open(&base).await;
     assert!(
         page.wait_for_total(initial, Duration::from_secs(60)).await,
@@ -457,7 +457,7 @@ async fn dashboard_shows_a_row_inserted_into_mariadb_within_three_seconds() {
     let env = db.capture_env(&format!("{d}.*"), data_dir.path());
     let capture = ConsumerProcess::spawn(&env);
     capture.wait_healthy().await;
-    let page = Dashboard::open(&format!("http://{}", capture.http)).await;
+    let page = Dashboard::open(&format!("http://{}", capture.http())).await;
     // CREATE DATABASE, CREATE TABLE, 2 inserts, 1 update, 1 delete.
     assert!(
         page.wait_for_total(6, Duration::from_secs(30)).await,

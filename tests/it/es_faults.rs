@@ -11,7 +11,7 @@ use cdc_monitor::event::SourcePosition;
 use serde_json::{json, Value};
 
 use crate::harness::canal::BASE_TS;
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -202,7 +202,7 @@ async fn a_read_only_index_for_ten_seconds_is_waited_out_and_nothing_is_dead_let
     let mut run = Run::spawn(p, &[], messages.len());
 
     // /readyz says why while the block lasts.
-    let readyz = format!("http://{}/readyz", run.consumer.http);
+    let readyz = format!("http://{}/readyz", run.consumer.http());
     let mut seen = None;
     while seen.is_none() && blocked_at.elapsed() < BLOCKED {
         if let Ok(r) = reqwest::get(&readyz).await {

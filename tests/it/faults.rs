@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::harness::canal::{expected_id, message};
-use crate::harness::consumer::{sum_metric, ConsumerProcess, Pipeline};
+use crate::harness::consumer::{sum_metric, Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::binlog::{capture_env, docs, kafka_capture_env, wait_docs, wait_pipeline};
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;

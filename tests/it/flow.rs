@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::canal::{expected_id, message, op_counts, watermark, BASE_TS};
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -25,7 +25,7 @@ async fn ten_thousand_events_make_exactly_ten_thousand_documents() {
 
     let consumer = ConsumerProcess::spawn(&p.env());
     consumer.wait_healthy().await;
-    let prometheus = Prometheus::start(&consumer.http.to_string());
+    let prometheus = Prometheus::start(&consumer.http().to_string());
 
     let done = eventually(Duration::from_secs(120), || async {
         es.count(&p.index).await >= N as u64

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::binlog::write_changes;
 use crate::harness::canal;
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
 use crate::harness::mariadb::MariaDb;
@@ -63,7 +63,7 @@ async fn assert_committed(p: &Pipeline, total: i64) {
 
 /// `/readyz` status code (0 when unreachable).
 async fn readyz(p: &ConsumerProcess) -> (u16, String) {
-    match reqwest::get(format!("http://{}/readyz", p.http)).await {
+    match reqwest::get(format!("http://{}/readyz", p.http())).await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),
     }
