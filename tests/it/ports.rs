@@ -2,24 +2,43 @@
 //! closed port stays closed, a child's HTTP address is read from its log.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::harness::consumer::http_addr_in;
+use crate::harness::kafka::PrivateBroker;
 use crate::harness::ports::{spawn_listening, ClosedPort};
 
-#[test]
-fn a_server_whose_port_is_taken_is_started_again_on_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("prometheus.log");
-    std::fs::write(dir.path().join("p.yml"), "global:\n  scrape_interval: 1s\n").unwrap();
+/// Starts `what` with `spawn` through `spawn_listening`, with its first
+/// port taken by a listener of this test; checks it moved to a second one.
+fn moves_on_when_its_port_is_taken(
+    what: &str,
+    log: &Path,
+    mut spawn: impl FnMut(u16) -> std::process::Child,
+) {
     let mut held = None;
     let mut tried = Vec::new();
-    let (mut child, port) = spawn_listening("prometheus", std::slice::from_ref(&log), |port| {
+    let (mut child, port) = spawn_listening(what, &[log.to_owned()], |port| {
         tried.push(port);
         if held.is_none() {
             // Another process got there first.
             held = Some(TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap());
         }
+        spawn(port)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(tried.len(), 2, "{tried:?}");
+    assert_eq!(port, tried[1]);
+    assert_ne!(tried[0], tried[1]);
+}
+
+#[test]
+fn prometheus_whose_port_is_taken_is_started_again_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("prometheus.log");
+    std::fs::write(dir.path().join("p.yml"), "global:\n  scrape_interval: 1s\n").unwrap();
+    moves_on_when_its_port_is_taken("prometheus", &log, |port| {
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
@@ -35,11 +54,14 @@ fn a_server_whose_port_is_taken_is_started_again_on_another() {
             .spawn()
             .expect("prometheus (Debian's package) installed")
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(tried.len(), 2, "{tried:?}");
-    assert_eq!(port, tried[1]);
-    assert_ne!(tried[0], tried[1]);
+}
+
+#[test]
+fn tansu_whose_port_is_taken_is_started_again_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    moves_on_when_its_port_is_taken("tansu", &dir.path().join("tansu.log"), |port| {
+        PrivateBroker::spawn(dir.path(), port)
+    });
 }
 
 #[test]

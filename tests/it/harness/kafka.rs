@@ -3,7 +3,7 @@
 //! the cluster in `CDC_TEST_KAFKA_BROKERS`. Plus topic, produce and read helpers.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,7 @@ pub fn broker() -> &'static Broker {
         let log = dir.path().join("tansu.log");
         let (child, port) = super::ports::spawn_listening("tansu", std::slice::from_ref(&log), |port| {
             let url = format!("tcp://127.0.0.1:{port}");
+            let file = std::fs::File::create(&log).unwrap();
             // Statics are never dropped, so the broker cannot be killed on Drop
             // at exit: a shell watchdog kills it once this test process is gone.
             let script = format!(
@@ -77,8 +78,9 @@ pub fn broker() -> &'static Broker {
                 .arg(tansu_bin())
                 .current_dir(dir.path())
                 .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
+                // Tansu says "Address already in use" on stdout.
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run scripts/test.sh or install it", tansu_bin().display()))
         });
@@ -265,7 +267,8 @@ impl PrivateBroker {
         self.child = Some(child);
     }
 
-    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+    /// Starts Tansu on `port` with its data and log (`tansu.log`) in `dir`; does not wait.
+    pub fn spawn(dir: &std::path::Path, port: u16) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -282,7 +285,8 @@ impl PrivateBroker {
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(dir)
-            .stdout(Stdio::null())
+            // Tansu says "Address already in use" on stdout.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", tansu_bin().display()))
