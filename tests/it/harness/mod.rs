@@ -1,9 +1,11 @@
 //! Test harness: real servers (Tansu, Prometheus, MariaDB) and protocol
 //! stubs (Elasticsearch, TiCDC) on ports of their own (`ports`), each test
-//! with its own names, everything killed on drop. Quiet unless `TEST_LOG`
-//! is set.
+//! with its own names, everything killed on drop. The pipeline runs in
+//! process (`app`) unless a test signals it or checks how the binary exits
+//! (`consumer`). Quiet unless `TEST_LOG` is set.
 #![allow(dead_code)] // each scenario uses a different part of the harness
 
+pub mod app;
 pub mod browser;
 pub mod canal;
 pub mod consumer;
