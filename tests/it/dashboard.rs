@@ -25,9 +25,10 @@ use cdc_monitor::sink::Sink;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::app::InProcessApp;
 use crate::harness::browser::Browser;
 use crate::harness::canal::{expected_id, message, op_counts};
-use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, Pipeline};
 use crate::harness::kafka::broker;
 use crate::harness::{eventually, unique};
 
@@ -360,7 +361,7 @@ async fn dashboard_follows_kafka_changes_in_the_embedded_store() {
     let initial = first.len() as u64;
     broker.produce(&p.topic, 1, first).await;
 
-    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = InProcessApp::spawn(&env).await;
     consumer.wait_healthy().await;
     let base = format!("http://{}", consumer.http());
     let page = Dashboard::open(&base).await;
@@ -455,7 +456,7 @@ async fn dashboard_shows_a_row_inserted_into_mariadb_within_three_seconds() {
     .await;
     let data_dir = tempfile::tempdir().unwrap();
     let env = db.capture_env(&format!("{d}.*"), data_dir.path());
-    let capture = ConsumerProcess::spawn(&env);
+    let capture = InProcessApp::spawn(&env).await;
     capture.wait_healthy().await;
     let page = Dashboard::open(&format!("http://{}", capture.http())).await;
     // CREATE DATABASE, CREATE TABLE, 2 inserts, 1 update, 1 delete.
