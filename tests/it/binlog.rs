@@ -1,6 +1,7 @@
 //! Binlog capture against a real MariaDB: values of every common type,
 //! DDL mid-stream, SIGKILL and restart without loss or duplicates, the
 //! privilege check, and MariaDB → capture → Kafka → consumer → Elasticsearch.
+//! Captures run in process unless a test signals them or checks how they exit.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::app::InProcessApp;
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -46,7 +48,7 @@ pub fn docs(es: &EsTarget, index: &str) -> Vec<Value> {
         .collect()
 }
 
-pub async fn wait_docs(es: &EsTarget, index: &str, n: u64, p: &ConsumerProcess) {
+pub async fn wait_docs(es: &EsTarget, index: &str, n: u64, p: &impl Consumer) {
     let ok = eventually(Duration::from_secs(60), || async {
         es.count(index).await >= n
     })
@@ -87,8 +89,8 @@ pub async fn wait_pipeline(
     es: &EsTarget,
     pipeline: &Pipeline,
     n: u64,
-    capture: &ConsumerProcess,
-    consumer: &ConsumerProcess,
+    capture: &impl Consumer,
+    consumer: &impl Consumer,
 ) {
     let ok = eventually(Duration::from_secs(90), || async {
         es.count(&pipeline.index).await >= n
@@ -131,7 +133,7 @@ async fn rows_of_every_common_type_come_out_with_the_right_values() {
     .await;
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "types", dir.path()));
+    let p = InProcessApp::spawn(&capture_env(&db, &d, &es, "types", dir.path())).await;
     // 2 inserts, 1 update, 1 delete, CREATE DATABASE and CREATE TABLE.
     wait_docs(&es, "types", 6, &p).await;
     let all = docs(&es, "types");
@@ -201,7 +203,7 @@ async fn rows_after_a_ddl_carry_the_new_column() {
     db.exec(&format!("CREATE TABLE {d}.u (id INT PRIMARY KEY, name VARCHAR(20)); INSERT INTO {d}.u VALUES (1, 'a');")).await;
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "ddl", dir.path()));
+    let p = InProcessApp::spawn(&capture_env(&db, &d, &es, "ddl", dir.path())).await;
     wait_docs(&es, "ddl", 3, &p).await; // CREATE DATABASE, CREATE TABLE, insert 1
     db.exec(&format!(
         "ALTER TABLE {d}.u ADD COLUMN age INT; INSERT INTO {d}.u VALUES (2, 'b', 42);"
@@ -266,15 +268,11 @@ async fn capture_waits_for_a_server_that_is_down_and_rides_out_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let env = capture_env(&db, &d, &es, "down", dir.path());
     db.kill();
-    let mut p = ConsumerProcess::spawn(&env);
+    let p = InProcessApp::spawn(&env).await;
     p.wait_healthy().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        p.try_exit().is_none(),
-        "must wait, not exit:\n{}",
-        p.log_tail()
-    );
-    let ready = reqwest::get(format!("http://{}/readyz", p.http))
+    assert!(p.is_running(), "must wait, not exit:\n{}", p.log_tail());
+    let ready = reqwest::get(format!("http://{}/readyz", p.http()))
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
@@ -300,7 +298,7 @@ async fn identical_rows_of_a_table_without_primary_key_stay_two_changes() {
     .await;
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "nopk", dir.path()));
+    let p = InProcessApp::spawn(&capture_env(&db, &d, &es, "nopk", dir.path())).await;
     wait_docs(&es, "nopk", 4, &p).await; // CREATE DATABASE, CREATE TABLE, 2 inserts
     tokio::time::sleep(Duration::from_secs(1)).await;
     let all = docs(&es, "nopk");
@@ -507,13 +505,14 @@ async fn mariadb_to_kafka_to_consumer_to_elasticsearch_indexes_every_change_once
         .await;
     broker.create_topic(&pipeline.dlq, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let capture = ConsumerProcess::spawn(&kafka_capture_env(
+    let capture = InProcessApp::spawn(&kafka_capture_env(
         &db,
         &format!("{d}.k"),
         dir.path(),
         &pipeline,
-    ));
-    let consumer = ConsumerProcess::spawn(&pipeline.env());
+    ))
+    .await;
+    let consumer = InProcessApp::spawn(&pipeline.env()).await;
     let counts = write_changes(db.server().root_opts(), &d, 2_000).await;
     let total: usize = counts.values().sum();
     wait_pipeline(&es, &pipeline, total as u64 + 2, &capture, &consumer).await;

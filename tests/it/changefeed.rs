@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use tokio::process::Command;
 use url::Url;
 
+use crate::harness::ports::ClosedPort;
 use crate::harness::ticdc::{Changefeed, Refusal, TicdcOptions, TicdcStub};
 
 const SINK_URI: &str = "kafka://127.0.0.1:9092/tidb-cdc?protocol=canal-json&enable-tidb-extension=true&partition-num=3";
@@ -39,14 +40,6 @@ async fn ensure(ticdc_url: &Url, args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: started.elapsed(),
     }
-}
-
-/// A loopback port nothing listens on.
-fn closed_port_url() -> Url {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    Url::parse(&format!("http://127.0.0.1:{port}")).unwrap()
 }
 
 #[tokio::test]
@@ -147,7 +140,9 @@ async fn failed_changefeed_exits_non_zero_with_ticdcs_error() {
 
 #[tokio::test]
 async fn unreachable_ticdc_fails_once_the_timeout_passes() {
-    let url = closed_port_url();
+    // Nothing listens there for as long as `closed` lives.
+    let closed = ClosedPort::new();
+    let url = Url::parse(&closed.url()).unwrap();
 
     let run = ensure(&url, &["--timeout", "2"]).await;
 

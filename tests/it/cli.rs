@@ -3,10 +3,11 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
+use crate::harness::ports::ClosedPort;
 
 fn run_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
@@ -85,15 +86,17 @@ fn help_documents_every_option_with_its_variable() {
 async fn readyz_reports_elasticsearch_down_as_503_and_json_logs_on_request() {
     let b = broker();
     let es = EsTarget::stub().await;
-    // A closed port stands in for Elasticsearch being down.
-    let dead_es = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    // A closed port stands in for Elasticsearch being down; nothing can
+    // listen there for as long as `closed` lives.
+    let closed = ClosedPort::new();
+    let dead_es = closed.url();
     let p = Pipeline::new("ready", &b.bootstrap, &dead_es, 1);
     b.create_topic(&p.topic, 1).await;
     let mut env = p.env();
     env.push(("CDC_LOG_FORMAT".into(), "json".into()));
     let consumer = ConsumerProcess::spawn(&env);
     consumer.wait_healthy().await;
-    let resp = reqwest::get(format!("http://{}/readyz", consumer.http))
+    let resp = reqwest::get(format!("http://{}/readyz", consumer.http()))
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
@@ -114,7 +117,7 @@ async fn readyz_reports_elasticsearch_down_as_503_and_json_logs_on_request() {
     let consumer = ConsumerProcess::spawn(&env);
     consumer.wait_healthy().await;
     let ready = eventually(Duration::from_secs(20), || async {
-        reqwest::get(format!("http://{}/readyz", consumer.http))
+        reqwest::get(format!("http://{}/readyz", consumer.http()))
             .await
             .map(|r| r.status().is_success())
             .unwrap_or(false)

@@ -24,9 +24,10 @@ use cdc_monitor::sink::{Sink, WriteBatch};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::harness::app::InProcessApp;
 use crate::harness::browser::Browser;
 use crate::harness::canal::{expected_id, message, op_counts};
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, Pipeline};
 use crate::harness::kafka::broker;
 use crate::harness::{eventually, unique};
 
@@ -359,9 +360,9 @@ async fn dashboard_follows_kafka_changes_in_the_embedded_store() {
     let initial = first.len() as u64;
     broker.produce(&p.topic, 1, first).await;
 
-    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = InProcessApp::spawn(&env).await;
     consumer.wait_healthy().await;
-    let base = format!("http://{}", consumer.http);
+    let base = format!("http://{}", consumer.http());
     let page = Dashboard::open(&base).await;
     assert!(
         page.wait_for_total(initial, Duration::from_secs(60)).await,
@@ -454,9 +455,9 @@ async fn dashboard_shows_a_row_inserted_into_mariadb_within_three_seconds() {
     .await;
     let data_dir = tempfile::tempdir().unwrap();
     let env = db.capture_env(&format!("{d}.*"), data_dir.path());
-    let capture = ConsumerProcess::spawn(&env);
+    let capture = InProcessApp::spawn(&env).await;
     capture.wait_healthy().await;
-    let page = Dashboard::open(&format!("http://{}", capture.http)).await;
+    let page = Dashboard::open(&format!("http://{}", capture.http())).await;
     // CREATE DATABASE, CREATE TABLE, 2 inserts, 1 update, 1 delete.
     assert!(
         page.wait_for_total(6, Duration::from_secs(30)).await,

@@ -1,7 +1,8 @@
 //! The Elasticsearch sink under faults that once skipped writes: a bulk
 //! refused for one poisoned document, a read-only index, bodies over the
-//! size limit. Each runs the real binary on Tansu and checks the documents,
-//! the dead-letter topic and the committed offsets.
+//! size limit. Each runs the pipeline on Tansu and checks the documents,
+//! the dead-letter topic and the committed offsets: in process, except the
+//! one that checks how the binary stops.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -10,8 +11,9 @@ use cdc_monitor::canal::{decode, Decoded};
 use cdc_monitor::event::SourcePosition;
 use serde_json::{json, Value};
 
+use crate::harness::app::InProcessApp;
 use crate::harness::canal::BASE_TS;
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -63,22 +65,22 @@ async fn produced(prefix: &str, es: &EsTarget, messages: &[Vec<u8>]) -> Pipeline
     p
 }
 
-/// One scenario's consumer, and what it should get through.
+/// One scenario's consumer (in process), and what it should get through.
 struct Run {
     p: Pipeline,
-    consumer: ConsumerProcess,
+    consumer: InProcessApp,
     messages: usize,
 }
 
 impl Run {
-    fn spawn(p: Pipeline, extra_env: &[(&str, &str)], messages: usize) -> Run {
+    async fn spawn(p: Pipeline, extra_env: &[(&str, &str)], messages: usize) -> Run {
         let mut env = p.env();
         env.extend(
             extra_env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        let consumer = ConsumerProcess::spawn(&env);
+        let consumer = InProcessApp::spawn(&env).await;
         Run {
             p,
             consumer,
@@ -121,8 +123,8 @@ impl Run {
             self.messages
         );
         assert!(
-            self.consumer.try_exit().is_none(),
-            "the consumer exited; log:\n{}",
+            self.consumer.is_running(),
+            "the consumer stopped; log:\n{}",
             self.consumer.log_tail()
         );
     }
@@ -159,7 +161,7 @@ async fn a_bulk_refused_for_one_poisoned_document_dead_letters_that_document_onl
     };
     let stub = es.stub.clone().unwrap();
     let p = produced("poisoned", &es, &messages).await;
-    let mut run = Run::spawn(p, &[], messages.len());
+    let mut run = Run::spawn(p, &[], messages.len()).await;
     run.expect_documents(&es, N - 1).await;
     let expected: HashSet<String> = messages.iter().flat_map(|m| ids(m)).collect();
     let stored: HashSet<String> = stub.docs(&run.p.index).into_keys().collect();
@@ -199,10 +201,10 @@ async fn a_read_only_index_for_ten_seconds_is_waited_out_and_nothing_is_dead_let
     let p = produced("readonly", &es, &messages).await;
     es.block_writes(&p.index, BLOCKED).await;
     let blocked_at = Instant::now();
-    let mut run = Run::spawn(p, &[], messages.len());
+    let mut run = Run::spawn(p, &[], messages.len()).await;
 
     // /readyz says why while the block lasts.
-    let readyz = format!("http://{}/readyz", run.consumer.http);
+    let readyz = format!("http://{}/readyz", run.consumer.http());
     let mut seen = None;
     while seen.is_none() && blocked_at.elapsed() < BLOCKED {
         if let Ok(r) = reqwest::get(&readyz).await {
@@ -267,7 +269,7 @@ async fn bulk_bodies_over_the_size_limit_are_split_and_all_stored() {
         ("CDC_BATCH_LINGER", "500ms"),
     ];
     let p = produced("toolarge", &es, &messages).await;
-    let mut run = Run::spawn(p, &env, messages.len());
+    let mut run = Run::spawn(p, &env, messages.len()).await;
     run.expect_documents(&es, N).await;
     let expected: HashSet<String> = messages.iter().flat_map(|m| ids(m)).collect();
     let stored: HashSet<String> = stub.docs(&run.p.index).into_keys().collect();
@@ -289,22 +291,23 @@ async fn a_bulk_whose_every_document_is_refused_stops_the_process_instead_of_dea
         return;
     };
     let p = produced("refuseall", &es, std::slice::from_ref(&message)).await;
-    let mut run = Run::spawn(p, &[], 1);
+    // The binary: how it exits is the point.
+    let mut consumer = ConsumerProcess::spawn(&p.env());
     // Stop the line: the process exits, naming the cause, and commits nothing.
-    let status = run.consumer.wait_exit(Duration::from_secs(60)).await;
-    assert_eq!(status.code(), Some(1), "{}", run.consumer.log_tail());
-    let text = std::fs::read_to_string(&run.consumer.log).unwrap();
+    let status = consumer.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{}", consumer.log_tail());
+    let text = std::fs::read_to_string(&consumer.log).unwrap();
     assert!(
         text.contains("Elasticsearch refused every document of the bulk (20 documents")
             && text.contains("400 mapper_parsing_exception: poisoned")
             && text.contains("fix the index mapping or template"),
         "{}",
-        run.consumer.log_tail()
+        consumer.log_tail()
     );
-    let letters = broker().read_all(&run.p.dlq, 1, Duration::from_secs(3));
+    let letters = broker().read_all(&p.dlq, 1, Duration::from_secs(3));
     assert!(letters.is_empty(), "dead-lettered: {letters:?}");
-    assert_eq!(es.count(&run.p.index).await, 0);
-    let committed = broker().committed(&run.p.group, &run.p.topic, run.p.partitions);
+    assert_eq!(es.count(&p.index).await, 0);
+    let committed = broker().committed(&p.group, &p.topic, p.partitions);
     assert!(
         committed.iter().all(|o| *o <= 0),
         "committed {committed:?} past a batch that was not stored"

@@ -1,14 +1,16 @@
 //! Scenarios (b)–(f): crashes, a throttling sink, poison messages, graceful
 //! shutdown and scale-out. Each asserts what users see: every change stored
-//! exactly once, the dead-letter topic, metrics, exit codes.
+//! exactly once, the dead-letter topic, metrics, exit codes. The scenarios
+//! that send no signal run the pipeline in process.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::harness::app::InProcessApp;
 use crate::harness::canal::{expected_id, message};
-use crate::harness::consumer::{sum_metric, ConsumerProcess, Pipeline};
+use crate::harness::consumer::{sum_metric, Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -22,7 +24,7 @@ async fn setup(prefix: &str, partitions: i32, es: &EsTarget) -> Pipeline {
 }
 
 /// Waits for exactly `n` documents and checks every expected id is there.
-async fn assert_all_stored_once(es: &EsTarget, p: &Pipeline, n: usize, consumer: &ConsumerProcess) {
+async fn assert_all_stored_once(es: &EsTarget, p: &Pipeline, n: usize, consumer: &impl Consumer) {
     let done = eventually(Duration::from_secs(180), || async {
         es.count(&p.index).await >= n as u64
     })
@@ -144,7 +146,7 @@ async fn sink_answering_429_for_30s_loses_nothing_and_lag_rises_then_returns_to_
     broker()
         .produce(&p.topic, p.partitions, (0..N).map(message))
         .await;
-    let consumer = ConsumerProcess::spawn(&p.env());
+    let consumer = InProcessApp::spawn(&p.env()).await;
     consumer.wait_healthy().await;
 
     let lag_seen = eventually(Duration::from_secs(20), || async {
@@ -207,7 +209,7 @@ async fn partial_item_failures_are_retried_until_every_event_is_stored() {
     broker()
         .produce(&p.topic, p.partitions, (0..N).map(message))
         .await;
-    let consumer = ConsumerProcess::spawn(&p.env());
+    let consumer = InProcessApp::spawn(&p.env()).await;
     assert_all_stored_once(&es, &p, N, &consumer).await;
     assert!(
         consumer
@@ -264,7 +266,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_good_ones_are_indexe
         .chain((0..REJECTED).map(too_deep))
         .collect();
     broker().produce(&p.topic, p.partitions, payloads).await;
-    let consumer = ConsumerProcess::spawn(&p.env());
+    let consumer = InProcessApp::spawn(&p.env()).await;
     assert_all_stored_once(&es, &p, GOOD, &consumer).await;
 
     let dead = broker().read_all(&p.dlq, BAD + REJECTED, Duration::from_secs(60));
@@ -434,7 +436,7 @@ async fn elasticsearch_down_stalls_reading_with_bounded_memory_then_resumes_with
     env.push(("CDC_CHANNEL_CAPACITY".into(), "64".into()));
     env.push(("CDC_BATCH_MAX_EVENTS".into(), "100".into()));
     env.push(("CDC_KAFKA_QUEUE_MAX_KBYTES".into(), "64".into()));
-    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = InProcessApp::spawn(&env).await;
     consumer.wait_healthy().await;
     b.produce(&p.topic, p.partitions, (0..1_000).map(message))
         .await;

@@ -20,7 +20,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::binlog::{capture_env, docs, kafka_capture_env, wait_docs, wait_pipeline};
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::app::InProcessApp;
+use crate::harness::consumer::{Consumer, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -862,7 +863,7 @@ async fn differential(seed: u64, full_metadata: bool) -> usize {
     let written = write_rows(&db, &d, &cols, seed, 40).await;
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "fidelity", dir.path()));
+    let p = InProcessApp::spawn(&capture_env(&db, &d, &es, "fidelity", dir.path())).await;
     // Plus CREATE DATABASE and CREATE TABLE.
     wait_docs(&es, "fidelity", written.changes() + 2, &p).await;
     let compared = check(&docs(&es, "fidelity"), &written, &cols);
@@ -909,8 +910,8 @@ async fn binlog_values_read_the_same_after_a_kafka_round_trip() {
     broker.create_topic(&pipeline.dlq, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let env = kafka_capture_env(&db, &format!("{d}.*"), dir.path(), &pipeline);
-    let capture = ConsumerProcess::spawn(&env);
-    let consumer = ConsumerProcess::spawn(&pipeline.env());
+    let capture = InProcessApp::spawn(&env).await;
+    let consumer = InProcessApp::spawn(&pipeline.env()).await;
     wait_pipeline(&es, &pipeline, written.changes() + 2, &capture, &consumer).await;
     let compared = check(&docs(&es, &pipeline.index), &written, &cols);
     assert_eq!(consumer.metric("cdc_decode_errors_total", &[]).await, 0.0);
@@ -937,7 +938,7 @@ async fn the_six_reported_value_classes_come_out_as_the_server_shows_them() {
     .await;
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "six", dir.path()));
+    let p = InProcessApp::spawn(&capture_env(&db, &d, &es, "six", dir.path())).await;
     wait_docs(&es, "six", 4, &p).await;
     let all = docs(&es, "six");
     let row = |id: &str| {
@@ -972,7 +973,7 @@ async fn a_column_in_an_unsupported_charset_is_a_counted_error_naming_it() {
     .await;
     let es = EsTarget::stub().await;
     let dir = tempfile::tempdir().unwrap();
-    let p = ConsumerProcess::spawn(&capture_env(&db, &d, &es, "armscii", dir.path()));
+    let p = InProcessApp::spawn(&capture_env(&db, &d, &es, "armscii", dir.path())).await;
     // CREATE DATABASE, CREATE TABLE and row 2 (its armscii8 value is NULL).
     wait_docs(&es, "armscii", 3, &p).await;
     let letters = dir.path().join("dead-letters.jsonl");

@@ -1,10 +1,12 @@
 //! Scenario (a): events in, exactly as many documents out, with the right
 //! fields, matching metrics and committed offsets; Prometheus reads them back.
+//! The pipeline runs in process.
 
 use std::time::Duration;
 
+use crate::harness::app::InProcessApp;
 use crate::harness::canal::{expected_id, message, op_counts, watermark, BASE_TS};
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -23,9 +25,9 @@ async fn ten_thousand_events_make_exactly_ten_thousand_documents() {
     payloads.extend((0..3).map(|i| watermark(BASE_TS + 1_000_000 + i)));
     broker.produce(&p.topic, p.partitions, payloads).await;
 
-    let consumer = ConsumerProcess::spawn(&p.env());
+    let consumer = InProcessApp::spawn(&p.env()).await;
     consumer.wait_healthy().await;
-    let prometheus = Prometheus::start(&consumer.http.to_string());
+    let prometheus = Prometheus::start(&consumer.http().to_string());
 
     let done = eventually(Duration::from_secs(120), || async {
         es.count(&p.index).await >= N as u64

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::eventually;
 use crate::harness::mariadb::MariaDb;
-use crate::harness::{eventually, free_port};
+use crate::harness::ports;
 
 /// `quickstart` as a child process with its stdout read line by line.
 struct Quickstart {
@@ -26,7 +27,32 @@ struct ReadyLines {
 }
 
 impl Quickstart {
-    fn spawn(data_dir: &Path, http_port: u16, mysql_port: u16, log: &Path) -> Quickstart {
+    /// Starts quickstart with a fresh MariaDB port of its own (another when
+    /// the port turns out to be taken) and waits until it is ready.
+    fn start_ready(
+        data_dir: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> (Quickstart, ReadyLines, u16) {
+        let mut taken = Vec::new();
+        while taken.len() < 5 {
+            let mysql_port = ports::candidate();
+            let mut qs = Quickstart::spawn(data_dir, mysql_port, log);
+            match qs.wait_ready_or_exit(timeout) {
+                Ok(ready) => return (qs, ready, mysql_port),
+                Err(_) if says_port_taken(&qs.log_tail(), mysql_port) => taken.push(mysql_port),
+                Err(status) => panic!(
+                    "quickstart exited before it was ready ({status}); log:\n{}",
+                    qs.log_tail()
+                ),
+            }
+        }
+        panic!("quickstart: MariaDB ports {taken:?} were each taken by another process")
+    }
+
+    /// Starts quickstart, its dashboard on a port the kernel picks (the
+    /// `Dashboard:` line says which).
+    fn spawn(data_dir: &Path, mysql_port: u16, log: &Path) -> Quickstart {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
         for (k, _) in std::env::vars() {
             if k.starts_with("CDC_") {
@@ -35,7 +61,7 @@ impl Quickstart {
         }
         cmd.args(["quickstart", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--http-addr", "127.0.0.1:0"])
             .args(["--mysql-port", &mysql_port.to_string()])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -65,6 +91,17 @@ impl Quickstart {
 
     /// Waits for the `Dashboard:` and `Insert a row:` lines.
     fn wait_ready(&mut self, timeout: Duration) -> ReadyLines {
+        match self.wait_ready_or_exit(timeout) {
+            Ok(ready) => ready,
+            Err(status) => panic!(
+                "quickstart not ready within {timeout:?} (exit: {status}); log:\n{}",
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// The ready lines, or how quickstart exited (or that it still runs).
+    fn wait_ready_or_exit(&mut self, timeout: Duration) -> Result<ReadyLines, String> {
         let deadline = Instant::now() + timeout;
         let (mut dashboard, mut insert_command) = (None, None);
         while dashboard.is_none() || insert_command.is_none() {
@@ -78,21 +115,30 @@ impl Quickstart {
                     }
                 }
                 Err(_) => {
-                    let status = self
-                        .child
-                        .as_mut()
-                        .and_then(|c| c.try_wait().ok().flatten());
-                    panic!(
-                        "quickstart not ready within {timeout:?} (exit: {status:?}); log:\n{}",
-                        self.log_tail()
-                    );
+                    // Stdout closes at exit: wait for the status to show.
+                    let status = self.child.as_mut().and_then(|c| {
+                        let until = Instant::now() + Duration::from_secs(5);
+                        loop {
+                            match c.try_wait() {
+                                Ok(Some(s)) => return Some(s),
+                                Ok(None) if Instant::now() < until => {
+                                    std::thread::sleep(Duration::from_millis(50))
+                                }
+                                _ => return None,
+                            }
+                        }
+                    });
+                    return Err(match status {
+                        Some(s) => s.to_string(),
+                        None => "still running".into(),
+                    });
                 }
             }
         }
-        ReadyLines {
+        Ok(ReadyLines {
             dashboard: dashboard.unwrap(),
             insert_command: insert_command.unwrap(),
-        }
+        })
     }
 
     /// The pid of the mariadbd quickstart started.
@@ -139,6 +185,11 @@ impl Drop for Quickstart {
             }
         }
     }
+}
+
+/// What quickstart logs when its MariaDB port is taken.
+fn says_port_taken(log: &str, port: u16) -> bool {
+    log.contains(&format!("port {port}")) && log.contains("in use")
 }
 
 /// True when `pid` is a live mariadbd on `data_dir`.
@@ -193,11 +244,20 @@ async fn quickstart_captures_the_printed_insert_and_keeps_events_across_restarts
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("cdc-data");
     let log = tmp.path().join("quickstart.log");
-    let (http_port, mysql_port) = (free_port(), free_port());
 
-    let mut qs = Quickstart::spawn(&data_dir, http_port, mysql_port, &log);
-    let ready = qs.wait_ready(Duration::from_secs(120));
-    assert_eq!(ready.dashboard, format!("http://127.0.0.1:{http_port}/"));
+    let (mut qs, ready, mysql_port) =
+        Quickstart::start_ready(&data_dir, &log, Duration::from_secs(120));
+    // The address it bound, not the `:0` it was given.
+    let dashboard = ready
+        .dashboard
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .and_then(|port| port.parse::<u16>().ok());
+    assert!(
+        dashboard.is_some_and(|port| port != 0),
+        "{}",
+        ready.dashboard
+    );
     let out = sh(&ready.insert_command);
     assert!(
         out.status.success(),
@@ -231,7 +291,9 @@ async fn quickstart_captures_the_printed_insert_and_keeps_events_across_restarts
     );
     drop(qs);
 
-    let mut qs = Quickstart::spawn(&data_dir, http_port, mysql_port, &log);
+    // The same MariaDB port, as a user runs it again; nothing of this run
+    // takes it meanwhile (see `ports::candidate`).
+    let mut qs = Quickstart::spawn(&data_dir, mysql_port, &log);
     let again = qs.wait_ready(Duration::from_secs(60));
     assert_eq!(again.insert_command, ready.insert_command);
     // A second insert proves capture resumed; then the counts must hold.
@@ -269,7 +331,7 @@ fn quickstart_fails_clearly_when_the_mysql_port_is_taken() {
     let out = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"))
         .args(["quickstart", "--data-dir"])
         .arg(&data_dir)
-        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", "127.0.0.1:0"])
         .args(["--mysql-port", &port.to_string()])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -277,10 +339,7 @@ fn quickstart_fails_clearly_when_the_mysql_port_is_taken() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("port {port}")) && stderr.contains("in use"),
-        "{stderr}"
-    );
+    assert!(says_port_taken(&stderr, port), "{stderr}");
     assert!(
         out.stdout.is_empty(),
         "printed ready lines: {}",
@@ -405,8 +464,7 @@ async fn several_servers_start_in_parallel_within_seconds() {
 async fn a_server_left_running_by_a_killed_run_is_stopped_and_replaced() {
     use cdc_monitor::quickstart::mariadb::MariaDb as Launcher;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let first = Launcher::start(dir.path(), port).await.unwrap();
+    let (first, port) = crate::harness::mariadb::start_on_own_port(dir.path()).await;
     let old_pid = first.pid().unwrap().to_string();
     // As when quickstart is SIGKILLed: nothing stops the server.
     std::mem::forget(first);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::harness::canal::message;
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
 use crate::harness::kafka::PrivateBroker;

@@ -12,8 +12,9 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::binlog::write_changes;
+use crate::harness::app::InProcessApp;
 use crate::harness::canal;
-use crate::harness::consumer::{ConsumerProcess, Pipeline};
+use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
 use crate::harness::mariadb::MariaDb;
@@ -63,7 +64,7 @@ async fn assert_committed(p: &Pipeline, total: i64) {
 
 /// `/readyz` status code (0 when unreachable).
 async fn readyz(p: &ConsumerProcess) -> (u16, String) {
-    match reqwest::get(format!("http://{}/readyz", p.http)).await {
+    match reqwest::get(format!("http://{}/readyz", p.http())).await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),
     }
@@ -294,7 +295,7 @@ async fn a_dead_letter_the_topic_refuses_goes_to_the_file_and_the_stream_goes_on
         .chain((100..200).map(canal::message))
         .collect();
     broker.produce(&p.topic, p.partitions, payloads).await;
-    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = InProcessApp::spawn(&env).await;
     let all = eventually(Duration::from_secs(60), || async {
         stored_total(dir.path()) >= 200
     })
@@ -357,7 +358,7 @@ async fn forged_table_names_cannot_grow_the_metrics_without_bound() {
         .unwrap()
     });
     broker.produce(&p.topic, p.partitions, payloads).await;
-    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = InProcessApp::spawn(&env).await;
     let all = eventually(Duration::from_secs(60), || async {
         consumer.metric("cdc_events_total", &[]).await >= TABLES as f64
     })

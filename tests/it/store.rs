@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::binlog::write_changes;
-use crate::harness::consumer::ConsumerProcess;
+use crate::harness::consumer::{Consumer, ConsumerProcess};
 use crate::harness::eventually;
 use crate::harness::mariadb::MariaDb;
 
@@ -173,7 +173,7 @@ async fn kills_and_restarts_of_capture_into_the_store_lose_and_repeat_nothing() 
     );
 
     // The API answers from the same store.
-    let body = reqwest::get(format!("http://{}/api/events?limit=5&op=insert", p.http))
+    let body = reqwest::get(format!("http://{}/api/events?limit=5&op=insert", p.http()))
         .await
         .unwrap()
         .bytes()

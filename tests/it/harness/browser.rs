@@ -1,4 +1,4 @@
-//! Headless Chromium over WebDriver: Debian's `chromedriver` on a free port,
+//! Headless Chromium over WebDriver: Debian's `chromedriver` on a port of its own,
 //! one browser per test with its own profile, both killed on drop.
 //! `CHROMEDRIVER` and `CHROMIUM` override the binaries' paths.
 
@@ -34,21 +34,37 @@ pub fn artifacts_dir() -> PathBuf {
 impl Browser {
     /// Starts chromedriver and a browser with a `width`×`height` window.
     pub async fn start(width: u32, height: u32) -> Browser {
-        let port = super::free_port();
         let profile = tempfile::tempdir().unwrap();
         let log = profile.path().join("chromedriver.log");
+        let out = profile.path().join("chromedriver.out");
         let driver_bin = binary("CHROMEDRIVER", "/usr/bin/chromedriver");
-        let mut cmd = Command::new(&driver_bin);
-        cmd.arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: the browsers it starts are killed with it.
-            .process_group(0);
-        let driver = cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {driver_bin} ({e}); install chromium and chromium-driver")
-        });
+        let spawn = {
+            let (log, out, driver_bin) = (log.clone(), out.clone(), driver_bin.clone());
+            move |port: u16| {
+                Command::new(&driver_bin)
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--log-path={}", log.display()))
+                    .stdin(Stdio::null())
+                    // "IPv4 port not available" goes to stdout.
+                    .stdout(std::fs::File::create(&out).unwrap())
+                    .stderr(Stdio::null())
+                    // Its own process group: the browsers it starts are killed with it.
+                    .process_group(0)
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot start {driver_bin} ({e}); install chromium and chromium-driver"
+                        )
+                    })
+            }
+        };
+        let logs = [log.clone(), out];
+        // Waiting for the port blocks: off the async threads.
+        let (driver, port) = tokio::task::spawn_blocking(move || {
+            super::ports::spawn_listening("chromedriver", &logs, spawn)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let client = match Self::connect(port, &profile, width, height).await {
             Ok(c) => c,
             Err(e) => {

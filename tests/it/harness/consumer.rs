@@ -1,8 +1,12 @@
-//! The real `cdc-monitor run` binary as a child process.
+//! `cdc-monitor run` as a child process, what every consumer shows the
+//! tests (`Consumer`), and the names of one test's pipeline.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Names one test's pipeline: its own topic, group, DLQ topic and index.
@@ -63,48 +67,18 @@ impl Pipeline {
     }
 }
 
-/// A running consumer.
-pub struct ConsumerProcess {
-    child: Option<Child>,
-    pub http: SocketAddr,
-    pub log: PathBuf,
-    _dir: tempfile::TempDir,
-}
+/// What the tests read from a running consumer, whether it runs as a child
+/// process ([`ConsumerProcess`]) or in this one (`super::app::InProcessApp`).
+pub trait Consumer {
+    /// The address of its `/metrics`, `/healthz`, `/readyz` and `/api`.
+    fn http(&self) -> SocketAddr;
 
-impl ConsumerProcess {
-    /// Starts `cdc-monitor run` with `env` (and no other CDC_* variable).
-    pub fn spawn(env: &[(String, String)]) -> ConsumerProcess {
-        let port = super::free_port();
-        let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("consumer.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
-        cmd.arg("run");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CDC_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        cmd.env("CDC_HTTP_ADDR", http.to_string());
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        if std::env::var_os("TEST_LOG").is_some() {
-            cmd.stderr(Stdio::inherit());
-        } else {
-            cmd.stderr(std::fs::File::create(&log).unwrap());
-        }
-        let child = cmd.spawn().expect("spawn cdc-monitor");
-        ConsumerProcess {
-            child: Some(child),
-            http,
-            log,
-            _dir: dir,
-        }
-    }
+    /// The end of its log, for failure messages.
+    fn log_tail(&self) -> String;
 
     /// Waits until `/healthz` answers.
-    pub async fn wait_healthy(&self) {
-        let url = format!("http://{}/healthz", self.http);
+    async fn wait_healthy(&self) {
+        let url = format!("http://{}/healthz", self.http());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = reqwest::get(&url).await {
@@ -119,6 +93,75 @@ impl ConsumerProcess {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `/metrics` text ("" when unreachable).
+    async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://{}/metrics", self.http())).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Sum of every sample of `name` whose labels contain each of `labels` (`k="v"`).
+    async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        sum_metric(&self.metrics().await, name, labels)
+    }
+}
+
+/// `cdc-monitor run` as a child process, for the tests that signal it or
+/// check how the binary exits.
+pub struct ConsumerProcess {
+    child: Option<Child>,
+    /// Where the child said it serves HTTP, once read from its log.
+    http: OnceLock<SocketAddr>,
+    pub log: PathBuf,
+    echo: Option<LogEcho>,
+    _dir: tempfile::TempDir,
+}
+
+impl ConsumerProcess {
+    /// Starts `cdc-monitor run` with `env` (and no other CDC_* variable),
+    /// serving HTTP on a port the kernel picks (`CDC_HTTP_ADDR=127.0.0.1:0`).
+    pub fn spawn(env: &[(String, String)]) -> ConsumerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("consumer.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
+        cmd.arg("run");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CDC_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Bound by the child itself and read back from its log: a port
+        // picked here and released before the child binds it could be
+        // taken by anything in between.
+        cmd.env("CDC_HTTP_ADDR", "127.0.0.1:0");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        // The log always goes to the file: the harness reads the address there.
+        cmd.stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("spawn cdc-monitor");
+        let echo = std::env::var_os("TEST_LOG")
+            .is_some()
+            .then(|| LogEcho::start(log.clone()));
+        ConsumerProcess {
+            child: Some(child),
+            http: OnceLock::new(),
+            log,
+            echo,
+            _dir: dir,
+        }
+    }
+
+    /// The HTTP address from the log, once the child has written it.
+    fn reported_http(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.http.get() {
+            return Some(*addr);
+        }
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let addr = text.lines().find_map(http_addr_in)?;
+        Some(*self.http.get_or_init(|| addr))
     }
 
     /// Waits for the process to exit by itself, at most `timeout`.
@@ -162,30 +205,163 @@ impl ConsumerProcess {
         }
     }
 
-    /// `/metrics` text ("" when unreachable).
-    pub async fn metrics(&self) -> String {
-        match reqwest::get(format!("http://{}/metrics", self.http)).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
+    fn exited(&self) -> bool {
+        // `try_wait` needs `&mut`; /proc tells without reaping.
+        match &self.child {
+            None => true,
+            Some(c) => std::fs::read_to_string(format!("/proc/{}/stat", c.id()))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true),
+        }
+    }
+}
+
+impl Consumer for ConsumerProcess {
+    /// Waits (blocking, at most 30 s) for the child to log its address.
+    fn http(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = self.reported_http() {
+                return addr;
+            }
+            // One more look: the line may have been written just before the exit.
+            let gone = self.exited();
+            if let Some(addr) = self.reported_http() {
+                return addr;
+            }
+            assert!(
+                !gone && Instant::now() < deadline,
+                "the consumer {} without logging where it serves HTTP (`http_addr`); log:\n{}",
+                if gone { "exited" } else { "ran for 30 s" },
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Sum of every sample of `name` whose labels contain each of `labels` (`k="v"`).
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        sum_metric(&self.metrics().await, name, labels)
+    fn log_tail(&self) -> String {
+        super::ports::tail(&self.log, 40)
     }
 
-    /// The end of the log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+    async fn wait_healthy(&self) {
+        // The address without blocking the runtime, then `/healthz`.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.reported_http().is_none() {
+            assert!(
+                !self.exited() || self.reported_http().is_some(),
+                "the consumer exited before serving HTTP; log:\n{}",
+                self.log_tail()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the consumer did not log where it serves HTTP within 30 s; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let url = format!("http://{}/healthz", self.http());
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "consumer not healthy; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
 impl Drop for ConsumerProcess {
     fn drop(&mut self) {
         self.kill();
+        drop(self.echo.take());
+    }
+}
+
+/// The address in `cdc-monitor`'s "serving /metrics, /healthz and /readyz"
+/// line: its `http_addr` field, in the text or the JSON format, colours or
+/// not. A port of 0 is the configured address, not the bound one.
+pub fn http_addr_in(line: &str) -> Option<SocketAddr> {
+    let line = strip_ansi(line);
+    let rest = &line[line.find("http_addr")? + "http_addr".len()..];
+    let value = rest.trim_start_matches(['=', '"', ':', ' ']);
+    let end = value
+        .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+        .unwrap_or(value.len());
+    let addr: SocketAddr = value[..end].parse().ok()?;
+    (addr.port() != 0).then_some(addr)
+}
+
+/// `s` without ANSI escape sequences (tracing colours field names on a terminal).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// With `TEST_LOG` set, copies a child's log file to stderr as it grows.
+struct LogEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogEcho {
+    fn start(path: PathBuf) -> LogEcho {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut offset = 0;
+                loop {
+                    // Read once more after the stop: the child's last lines.
+                    let last = stop.load(Ordering::Relaxed);
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        if bytes.len() > offset {
+                            // Straight to the process's stderr, as the child's
+                            // own stderr was before: not the test's captured output.
+                            let _ = std::io::stderr().write_all(&bytes[offset..]);
+                            offset = bytes.len();
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        LogEcho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LogEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -68,16 +68,34 @@ pub struct EsStub {
 }
 
 impl EsStub {
-    /// Starts on a free loopback port.
+    /// Starts on a loopback port of its own: outside the ephemeral range and
+    /// handed out once per run (`ports::candidate`), so that after `stop`
+    /// no outgoing connection or other test takes it before `restart`.
     pub async fn start() -> EsStub {
-        EsStub::start_on(0).await
+        let mut taken = Vec::new();
+        while taken.len() < 5 {
+            let port = super::ports::candidate();
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => return EsStub::serve_on(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => taken.push(port),
+                Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+            }
+        }
+        panic!("ES stub: ports {taken:?} were each taken by another process")
     }
 
-    /// Starts on `port` (0 for a free one).
+    /// Starts on `port` (0 for one the kernel picks).
     pub async fn start_on(port: u16) -> EsStub {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+        EsStub::serve_on(listener)
+    }
+
+    fn serve_on(listener: tokio::net::TcpListener) -> EsStub {
         let state = Arc::new(Mutex::new(StubState::default()));
         let stop = Arc::new(tokio::sync::Notify::new());
-        let addr = serve(port, state.clone(), stop.clone()).await;
+        let addr = serve(listener, state.clone(), stop.clone());
         EsStub { addr, state, stop }
     }
 
@@ -90,7 +108,10 @@ impl EsStub {
 
     /// Listens again on the same port, with the same documents.
     pub async fn restart(&self) {
-        serve(self.addr.port(), self.state.clone(), self.stop.clone()).await;
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("ES stub: listen again on {}: {e}", self.addr));
+        serve(listener, self.state.clone(), self.stop.clone());
     }
 
     /// Base URL.
@@ -147,8 +168,8 @@ impl EsStub {
     }
 }
 
-async fn serve(
-    port: u16,
+fn serve(
+    listener: tokio::net::TcpListener,
     state: Arc<Mutex<StubState>>,
     stop: Arc<tokio::sync::Notify>,
 ) -> SocketAddr {
@@ -166,9 +187,6 @@ async fn serve(
         // 2 MB default would answer 413 where Elasticsearch does not.
         .layer(DefaultBodyLimit::disable())
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -414,12 +432,15 @@ impl EsTarget {
 
     /// Always the stub (fault-injection tests).
     pub async fn stub() -> EsTarget {
-        EsTarget::stub_on(0).await
+        EsTarget::with_stub(EsStub::start().await)
     }
 
     /// The stub on `port` (e.g. one a consumer already points at).
     pub async fn stub_on(port: u16) -> EsTarget {
-        let stub = EsStub::start_on(port).await;
+        EsTarget::with_stub(EsStub::start_on(port).await)
+    }
+
+    fn with_stub(stub: EsStub) -> EsTarget {
         EsTarget {
             url: stub.url(),
             stub: Some(stub),

@@ -1,9 +1,9 @@
 //! A Kafka-protocol broker for the tests: Tansu started once per test run on
-//! a free port with the sqlite engine (real offsets and high watermarks), or
+//! a port of its own with the sqlite engine (real offsets and high watermarks), or
 //! the cluster in `CDC_TEST_KAFKA_BROKERS`. Plus topic, produce and read helpers.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -61,35 +61,30 @@ pub fn broker() -> &'static Broker {
                 };
             }
         }
-        let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        // Statics are never dropped, so the broker cannot be killed on Drop
-        // at exit: a shell watchdog kills it once this test process is gone.
-        let script = format!(
-            "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db & t=$!; \
-             while kill -0 {pid} 2>/dev/null && kill -0 $t 2>/dev/null; do sleep 1; done; kill $t 2>/dev/null; wait $t",
-            pid = std::process::id()
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .arg(tansu_bin())
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run scripts/test.sh or install it", tansu_bin().display()));
-        let bootstrap = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {bootstrap}"
+        let log = dir.path().join("tansu.log");
+        let (child, port) = super::ports::spawn_listening("tansu", std::slice::from_ref(&log), |port| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            let file = std::fs::File::create(&log).unwrap();
+            // Statics are never dropped, so the broker cannot be killed on Drop
+            // at exit: a shell watchdog kills it once this test process is gone.
+            let script = format!(
+                "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db & t=$!; \
+                 while kill -0 {pid} 2>/dev/null && kill -0 $t 2>/dev/null; do sleep 1; done; kill $t 2>/dev/null; wait $t",
+                pid = std::process::id()
             );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            Command::new("sh")
+                .args(["-c", &script])
+                .arg(tansu_bin())
+                .current_dir(dir.path())
+                .env("RUST_LOG", "warn")
+                // Tansu says "Address already in use" on stdout.
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run scripts/test.sh or install it", tansu_bin().display()))
+        });
+        let bootstrap = format!("127.0.0.1:{port}");
         // The OnceLock lives until the process exits; the broker with it.
         Broker {
             bootstrap,
@@ -245,28 +240,42 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    /// Starts a fresh broker on a free port.
+    /// Starts a fresh broker on a port of its own.
     pub fn start() -> PrivateBroker {
-        let mut b = PrivateBroker {
-            bootstrap: String::new(),
-            port: super::free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        b.bootstrap = format!("127.0.0.1:{}", b.port);
-        b.resume();
-        b
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tansu.log");
+        let (child, port) =
+            super::ports::spawn_listening("tansu", std::slice::from_ref(&log), |port| {
+                Self::spawn(dir.path(), port)
+            });
+        PrivateBroker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            child: Some(child),
+        }
     }
 
     /// Starts the broker again with the same port and data.
     pub fn resume(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        assert!(self.child.is_none(), "already running");
+        let mut child = Self::spawn(self.dir.path(), self.port);
+        let log = self.dir.path().join("tansu.log");
+        // The clients know this port: there is no other to try. Nothing of
+        // this run takes it meanwhile (see `ports::candidate`).
+        super::ports::wait_listening("tansu", &mut child, self.port, &[log]);
+        self.child = Some(child);
+    }
+
+    /// Starts Tansu on `port` with its data and log (`tansu.log`) in `dir`; does not wait.
+    pub fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
+            .open(dir.join("tansu.log"))
             .unwrap();
-        let child = Command::new(tansu_bin())
+        Command::new(tansu_bin())
             .args([
                 "broker",
                 "--listener-url",
@@ -275,17 +284,12 @@ impl PrivateBroker {
                 &url,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
+            .current_dir(dir)
+            // Tansu says "Address already in use" on stdout.
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&self.bootstrap).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}", tansu_bin().display()))
     }
 
     /// Kills the broker (its data stays).

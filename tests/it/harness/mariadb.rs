@@ -1,5 +1,5 @@
 //! A MariaDB server of one test's own: the product's launcher
-//! (`cdc_monitor::quickstart::mariadb`) on a free port in a fresh temporary
+//! (`cdc_monitor::quickstart::mariadb`) on a port of its own in a fresh temporary
 //! directory, with the binlog on (ROW, full images and metadata), killed on
 //! drop. Each test starts its own, so tests run in parallel; a start takes
 //! well under two seconds, a restart on the same directory well under one.
@@ -18,10 +18,10 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
-    /// Starts a fresh server on a free port.
+    /// Starts a fresh server on a port of its own.
     pub async fn start() -> MariaDb {
         let dir = tempfile::tempdir().unwrap();
-        let (server, port) = start_on_free_port(dir.path()).await;
+        let (server, port) = start_on_own_port(dir.path()).await;
         MariaDb {
             server: Some(server),
             port,
@@ -124,7 +124,8 @@ impl MariaDb {
         self.server().user_url(&user, &password)
     }
 
-    /// Stops the server gracefully and starts it again on the same directory and port.
+    /// Stops the server gracefully and starts it again on the same directory
+    /// and port (nothing of this run takes the port meanwhile; see `ports::candidate`).
     pub async fn restart(&mut self) {
         if let Some(s) = self.server.take() {
             s.stop().await;
@@ -169,12 +170,14 @@ impl Drop for MariaDb {
     }
 }
 
-/// Starts on a free port, trying another when a parallel test took it first.
-async fn start_on_free_port(dir: &Path) -> (launcher::MariaDb, u16) {
+/// Starts on a port of its own, trying another when the port is taken
+/// (another test run on this machine; see `ports::candidate`).
+pub async fn start_on_own_port(dir: &Path) -> (launcher::MariaDb, u16) {
+    const ATTEMPTS: usize = 5;
     let started = Instant::now();
-    let mut attempts = 0;
-    loop {
-        let port = super::free_port();
+    let mut taken = Vec::new();
+    while taken.len() < ATTEMPTS {
+        let port = super::ports::candidate();
         match launcher::MariaDb::start(dir, port).await {
             Ok(server) => {
                 if std::env::var_os("TEST_LOG").is_some() {
@@ -186,8 +189,10 @@ async fn start_on_free_port(dir: &Path) -> (launcher::MariaDb, u16) {
                 }
                 return (server, port);
             }
-            Err(MariaDbError::PortInUse { .. }) if attempts < 3 => attempts += 1,
+            // The launcher reads this from mariadbd's own log: its bind failed.
+            Err(MariaDbError::PortInUse { .. }) => taken.push(port),
             Err(e) => panic!("start MariaDB: {e}"),
         }
     }
+    panic!("start MariaDB: ports {taken:?} were each taken by another process")
 }

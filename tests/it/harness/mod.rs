@@ -1,14 +1,18 @@
 //! Test harness: real servers (Tansu, Prometheus, MariaDB) and protocol
-//! stubs (Elasticsearch, TiCDC) on free ports, each test with its own names,
-//! everything killed on drop. Quiet unless `TEST_LOG` is set.
+//! stubs (Elasticsearch, TiCDC) on ports of their own (`ports`), each test
+//! with its own names, everything killed on drop. The pipeline runs in
+//! process (`app`) unless a test signals it or checks how the binary exits
+//! (`consumer`). Quiet unless `TEST_LOG` is set.
 #![allow(dead_code)] // each scenario uses a different part of the harness
 
+pub mod app;
 pub mod browser;
 pub mod canal;
 pub mod consumer;
 pub mod es;
 pub mod kafka;
 pub mod mariadb;
+pub mod ports;
 pub mod prometheus;
 pub mod ticdc;
 pub mod tmpfs;
@@ -37,15 +41,6 @@ pub fn terminate_child(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A free loopback port (bound and released; good enough on a test machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A name no other test in this run (or earlier run) uses.

@@ -1,7 +1,6 @@
 //! A real Prometheus (Debian's package) scraping one target every second.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A running Prometheus.
 pub struct Prometheus {
@@ -30,24 +29,22 @@ impl Prometheus {
             format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cdc-monitor\n    static_configs:\n      - targets: ['{target}']\n"),
         )
         .unwrap();
-        let port = super::free_port();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .ok()?;
+        let log = dir.path().join("prometheus.log");
+        let (child, port) =
+            super::ports::spawn_listening("prometheus", std::slice::from_ref(&log), |port| {
+                Command::new(bin)
+                    .arg(format!("--config.file={}", config.display()))
+                    .arg(format!(
+                        "--storage.tsdb.path={}",
+                        dir.path().join("data").display()
+                    ))
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+            });
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "prometheus did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         Some(Prometheus {
             child,
             url,
