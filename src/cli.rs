@@ -52,7 +52,7 @@ pub struct RunArgs {
     pub settings: ConfigArgs,
 }
 
-/// `bench` options.
+/// `bench` options; the `cdc-bench` program that measures takes the same.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Events for the decode + encode measurement.

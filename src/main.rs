@@ -1,4 +1,7 @@
 //! The `cdc-monitor` binary: CLI → telemetry → config → app.
+//!
+//! Also what the library leaves to a program: handing `bench` to the
+//! `cdc-bench` program.
 
 use std::process::ExitCode;
 
@@ -67,20 +70,34 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(args) => {
-            telemetry::init(LogFormat::Text, "warn");
-            match runtime.block_on(cdc_monitor::bench::run(args)) {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        // Parsed here for `--help` and early usage errors; measured by the
+        // sibling program, which keeps the bench out of this one.
+        Command::Bench(_) => {
+            let error = exec_bench();
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Replaces this process with `cdc-bench` next to it, given the arguments
+/// after `bench`; returns only on failure.
+fn exec_bench() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let bench = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("cdc-bench"),
+        Err(e) => return anyhow::Error::new(e).context("locating this executable"),
+    };
+    if !bench.is_file() {
+        return anyhow::anyhow!(
+            "{} not found: `bench` runs it, and it is built beside cdc-monitor (cargo build --release --bins)",
+            bench.display()
+        );
+    }
+    // No global options: `bench` is the first argument, its options follow.
+    let args = std::env::args_os().skip(2);
+    let error = std::process::Command::new(&bench).args(args).exec();
+    anyhow::Error::new(error).context(format!("running {}", bench.display()))
 }
 
 async fn run(cfg: cdc_monitor::config::Config) -> anyhow::Result<()> {
