@@ -1,12 +1,14 @@
 //! The `cdc-monitor` binary: CLI → telemetry → config → app.
 //!
-//! Also what the library leaves to a program: handing `bench` to the
-//! `cdc-bench` program.
+//! Also what the library leaves to a program: installing MariaDB for
+//! `quickstart`, and handing `bench` to the `cdc-bench` program.
 
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
 
 use anyhow::Context;
 use cdc_monitor::cli::{self, ChangefeedCommand, Command};
+use cdc_monitor::quickstart::mariadb::{self, MariaDbError, PACKAGES};
 use cdc_monitor::{app::App, config::LogFormat, telemetry};
 
 /// Exit status for bad configuration or input, as with clap's usage errors.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             let ready = |r: &cdc_monitor::quickstart::Ready| println!("{r}");
             match runtime.block_on(cdc_monitor::quickstart::run(
                 &args,
+                install_mariadb,
                 shutdown_signal(),
                 ready,
             )) {
@@ -98,6 +101,55 @@ fn exec_bench() -> anyhow::Error {
     let args = std::env::args_os().skip(2);
     let error = std::process::Command::new(&bench).args(args).exec();
     anyhow::Error::new(error).context(format!("running {}", bench.display()))
+}
+
+/// Installs MariaDB for quickstart: apt-get as root on Debian; elsewhere
+/// the error says what to install. apt-get's output goes to stderr.
+fn install_mariadb(missing: &'static str) -> Result<(), MariaDbError> {
+    let debian = Path::new("/etc/debian_version").exists();
+    let apt = mariadb::find_program(&["apt-get"]);
+    let (true, Some(apt), true) = (debian, apt, mariadb::is_root()) else {
+        return Err(MariaDbError::NotInstalled {
+            missing,
+            hint: format!(
+                "install the {} package (on Debian or Ubuntu: sudo apt-get install {}), then run this again",
+                PACKAGES[0],
+                PACKAGES.join(" ")
+            ),
+        });
+    };
+    tracing::info!(
+        packages = PACKAGES.join(" "),
+        "MariaDB not found: installing it with apt-get (the package may also start the system service on port 3306, which is not used here)"
+    );
+    run_apt(&apt, &["update"])?;
+    let mut install = vec!["install", "-y"];
+    install.extend(PACKAGES);
+    run_apt(&apt, &install)
+}
+
+fn run_apt(apt: &Path, args: &[&str]) -> Result<(), MariaDbError> {
+    let command = format!("apt-get {}", args.join(" "));
+    tracing::info!(command, "running");
+    let status = std::process::Command::new(apt)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        // stdout is the user's: quickstart prints its ready lines there.
+        .stdout(std::io::stderr())
+        .stderr(std::io::stderr())
+        .status()
+        .map_err(|e| MariaDbError::Install {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
+    if !status.success() {
+        return Err(MariaDbError::Install {
+            command,
+            detail: status.to_string(),
+        });
+    }
+    Ok(())
 }
 
 async fn run(cfg: cdc_monitor::config::Config) -> anyhow::Result<()> {
