@@ -3,7 +3,6 @@
 #![deny(clippy::print_stdout)]
 
 pub mod app;
-pub mod bench;
 pub mod canal;
 pub mod cli;
 pub mod config;
