@@ -38,7 +38,7 @@ pub enum Command {
         command: ChangefeedCommand,
     },
     /// Measure throughput and latency; prints numbers.
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
 }
 
 /// `run` options.
@@ -49,6 +49,46 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub settings: ConfigArgs,
+}
+
+/// `bench` options; the `cdc-bench` program that measures takes the same.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Events for the decode + encode measurement.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: usize,
+    /// Backlog size for the end-to-end and peak-RSS measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: usize,
+    /// Steady rate for the latency measurement, events/s.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Duration of the latency measurement in seconds (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    pub latency_seconds: u64,
+    /// Use this broker instead of starting Tansu.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Tansu binary to start (memory engine).
+    #[arg(long, default_value = "tansu")]
+    pub tansu: String,
+    /// Row changes for the binlog capture measurement (0 skips it; needs MariaDB).
+    #[arg(long, default_value_t = 300_000)]
+    pub binlog_rows: usize,
+    /// Events in the embedded store for its measurement (0 skips it; ~750 MiB of disk per million).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub store_events: usize,
+    /// Messages of the large-message backlog, the byte budget's measurement
+    /// (0 skips it; kept by a Tansu on disk: about this many MiB).
+    #[arg(long, default_value_t = 20_000)]
+    pub large_messages: usize,
+    /// Bytes of the one wide text column of each large message.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub large_message_bytes: usize,
+    /// Tansu storage engine for the large-message backlog: on disk by
+    /// default; `memory://tansu/` is faster but keeps the whole backlog in RAM.
+    #[arg(long, default_value = "sqlite://tansu.db")]
+    pub large_engine: String,
 }
 
 /// `changefeed` subcommands.

@@ -4,7 +4,6 @@
 
 pub mod app;
 pub mod backoff;
-pub mod bench;
 pub mod canal;
 pub mod checkpoint;
 pub mod cli;

@@ -1,9 +1,14 @@
 //! The `cdc-monitor` binary: CLI → telemetry → config → app.
+//!
+//! Also what the library leaves to a program: installing MariaDB for
+//! `quickstart`, and handing `bench` to the `cdc-bench` program.
 
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
 
 use anyhow::Context;
 use cdc_monitor::cli::{self, ChangefeedCommand, Command};
+use cdc_monitor::quickstart::mariadb::{self, MariaDbError, PACKAGES};
 use cdc_monitor::{app::App, config::LogFormat, telemetry};
 
 /// Exit status for bad configuration or input, as with clap's usage errors.
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
             let ready = |r: &cdc_monitor::quickstart::Ready| println!("{r}");
             match runtime.block_on(cdc_monitor::quickstart::run(
                 &args,
+                install_mariadb,
                 shutdown_signal(),
                 ready,
             )) {
@@ -67,20 +73,83 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(args) => {
-            telemetry::init(LogFormat::Text, "warn");
-            match runtime.block_on(cdc_monitor::bench::run(args)) {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        // Parsed here for `--help` and early usage errors; measured by the
+        // sibling program, which keeps the bench out of this one.
+        Command::Bench(_) => {
+            let error = exec_bench();
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Replaces this process with `cdc-bench` next to it, given the arguments
+/// after `bench`; returns only on failure.
+fn exec_bench() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let bench = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("cdc-bench"),
+        Err(e) => return anyhow::Error::new(e).context("locating this executable"),
+    };
+    if !bench.is_file() {
+        return anyhow::anyhow!(
+            "{} not found: `bench` runs it, and it is built beside cdc-monitor (cargo build --release --bins)",
+            bench.display()
+        );
+    }
+    // No global options: `bench` is the first argument, its options follow.
+    let args = std::env::args_os().skip(2);
+    let error = std::process::Command::new(&bench).args(args).exec();
+    anyhow::Error::new(error).context(format!("running {}", bench.display()))
+}
+
+/// Installs MariaDB for quickstart: apt-get as root on Debian; elsewhere
+/// the error says what to install. apt-get's output goes to stderr.
+fn install_mariadb(missing: &'static str) -> Result<(), MariaDbError> {
+    let debian = Path::new("/etc/debian_version").exists();
+    let apt = mariadb::find_program(&["apt-get"]);
+    let (true, Some(apt), true) = (debian, apt, mariadb::is_root()) else {
+        return Err(MariaDbError::NotInstalled {
+            missing,
+            hint: format!(
+                "install the {} package (on Debian or Ubuntu: sudo apt-get install {}), then run this again",
+                PACKAGES[0],
+                PACKAGES.join(" ")
+            ),
+        });
+    };
+    tracing::info!(
+        packages = PACKAGES.join(" "),
+        "MariaDB not found: installing it with apt-get (the package may also start the system service on port 3306, which is not used here)"
+    );
+    run_apt(&apt, &["update"])?;
+    let mut install = vec!["install", "-y"];
+    install.extend(PACKAGES);
+    run_apt(&apt, &install)
+}
+
+fn run_apt(apt: &Path, args: &[&str]) -> Result<(), MariaDbError> {
+    let command = format!("apt-get {}", args.join(" "));
+    tracing::info!(command, "running");
+    let status = std::process::Command::new(apt)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        // stdout is the user's: quickstart prints its ready lines there.
+        .stdout(std::io::stderr())
+        .stderr(std::io::stderr())
+        .status()
+        .map_err(|e| MariaDbError::Install {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
+    if !status.success() {
+        return Err(MariaDbError::Install {
+            command,
+            detail: status.to_string(),
+        });
+    }
+    Ok(())
 }
 
 async fn run(cfg: cdc_monitor::config::Config) -> anyhow::Result<()> {

@@ -43,8 +43,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `sun_path` holds 108 bytes on Linux, the terminating NUL included.
 const MAX_SOCKET_PATH: usize = 107;
-/// Debian's package names, for the install and the error message.
-const PACKAGES: [&str; 2] = ["mariadb-server", "mariadb-client"];
+/// Debian's package names, for an installer and the error message.
+pub const PACKAGES: [&str; 2] = ["mariadb-server", "mariadb-client"];
 /// The capture user `start` creates.
 pub const CAPTURE_USER: &str = "cdc";
 /// What the capture user may do: read the binlog and the schema, nothing else.
@@ -57,6 +57,7 @@ pub enum MariaDbError {
         "MariaDB is not installed ({missing} not found in PATH, /usr/sbin or /usr/bin); {hint}"
     )]
     NotInstalled { missing: &'static str, hint: String },
+    /// A command of the installer quickstart was given failed.
     #[error("`{command}` failed: {detail}")]
     Install { command: String, detail: String },
     #[error("{path}: {error}")]
@@ -115,68 +116,10 @@ impl Binaries {
             )?,
         })
     }
-
-    /// Like `find`, but installs Debian's packages with apt-get first when
-    /// they are absent and this process runs as root on Debian. Blocks for
-    /// as long as apt-get takes; apt-get's output goes to stderr.
-    pub fn find_or_install() -> Result<Binaries, MariaDbError> {
-        let err = match Binaries::find() {
-            Ok(b) => return Ok(b),
-            Err(e) => e,
-        };
-        let MariaDbError::NotInstalled { missing, .. } = err else {
-            return Err(err);
-        };
-        let debian = Path::new("/etc/debian_version").exists();
-        let apt = find_program(&["apt-get"]);
-        let (true, Some(apt), true) = (debian, apt, is_root()) else {
-            return Err(MariaDbError::NotInstalled {
-                missing,
-                hint: format!(
-                    "install the {} package (on Debian or Ubuntu: sudo apt-get install {}), then run this again",
-                    PACKAGES[0],
-                    PACKAGES.join(" ")
-                ),
-            });
-        };
-        info!(
-            packages = PACKAGES.join(" "),
-            "MariaDB not found: installing it with apt-get (the package may also start the system service on port 3306, which is not used here)"
-        );
-        run_apt(&apt, &["update"])?;
-        let mut install = vec!["install", "-y"];
-        install.extend(PACKAGES);
-        run_apt(&apt, &install)?;
-        Binaries::find()
-    }
-}
-
-fn run_apt(apt: &Path, args: &[&str]) -> Result<(), MariaDbError> {
-    let command = format!("apt-get {}", args.join(" "));
-    info!(command, "running");
-    let status = Command::new(apt)
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        // stdout is the user's: quickstart prints its ready lines there.
-        .stdout(std::io::stderr())
-        .stderr(std::io::stderr())
-        .status()
-        .map_err(|e| MariaDbError::Install {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
-    if !status.success() {
-        return Err(MariaDbError::Install {
-            command,
-            detail: status.to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// True when this process's effective user is root.
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // /proc/self belongs to the process's effective uid; no libc needed.
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }

@@ -1,11 +1,12 @@
 //! `cdc-monitor quickstart`: everything on one machine, in one directory.
 //!
-//! Installs MariaDB when it is absent (root on Debian), starts a private
-//! server with the binlog on, applies `db/init.sql` (the demo `appdb`),
-//! captures `appdb.*` from the binlog into the embedded store and serves the
-//! dashboard. Stopping it stops the pipeline gracefully, then the server;
-//! starting it again reuses the directory, so the captured events and the
-//! binlog position survive.
+//! Installs MariaDB when it is absent (with the installer the binary
+//! passes: apt-get, as root on Debian), starts a private server with the
+//! binlog on, applies `db/init.sql` (the demo `appdb`), captures `appdb.*`
+//! from the binlog into the embedded store and serves the dashboard.
+//! Stopping it stops the pipeline gracefully, then the server; starting it
+//! again reuses the directory, so the captured events and the binlog
+//! position survive.
 
 pub mod mariadb;
 
@@ -100,10 +101,18 @@ impl std::fmt::Display for Ready {
     }
 }
 
-/// Runs quickstart until `shutdown` resolves; calls `on_ready` once the
-/// dashboard is bound and capture is about to start.
+/// Installs MariaDB's programs when quickstart finds them missing: given
+/// the missing program, returns once they are installed, or
+/// `MariaDbError::NotInstalled` with a hint when it cannot install them.
+/// Runs on a blocking thread, for as long as a package manager takes.
+pub type Install = fn(&'static str) -> Result<(), MariaDbError>;
+
+/// Runs quickstart until `shutdown` resolves, calling `install` when
+/// MariaDB is missing; calls `on_ready` once the dashboard is bound and
+/// capture is about to start.
 pub async fn run(
     args: &QuickstartArgs,
+    install: Install,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), QuickstartError> {
@@ -118,7 +127,7 @@ pub async fn run(
         });
     }
     let (db, app, ready) = tokio::select! {
-        r = setup(args) => r?,
+        r = setup(args, install) => r?,
         _ = stop.cancelled() => {
             info!("stopped during setup");
             return Ok(());
@@ -132,7 +141,10 @@ pub async fn run(
 }
 
 /// Starts MariaDB, applies the demo schema and builds the pipeline.
-async fn setup(args: &QuickstartArgs) -> Result<(MariaDb, App, Ready), QuickstartError> {
+async fn setup(
+    args: &QuickstartArgs,
+    install: Install,
+) -> Result<(MariaDb, App, Ready), QuickstartError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |error| QuickstartError::Io { path, error }
@@ -145,8 +157,8 @@ async fn setup(args: &QuickstartArgs) -> Result<(MariaDb, App, Ready), Quickstar
         .map_err(io(&args.data_dir))?;
     let data_dir = std::fs::canonicalize(&args.data_dir).map_err(io(&args.data_dir))?;
 
-    // apt-get may run for minutes: off the async threads.
-    tokio::task::spawn_blocking(Binaries::find_or_install)
+    // An installer may run for minutes: off the async threads.
+    tokio::task::spawn_blocking(move || find_or_install(install))
         .await
         .map_err(|e| QuickstartError::Io {
             path: data_dir.clone(),
@@ -177,6 +189,17 @@ async fn setup(args: &QuickstartArgs) -> Result<(MariaDb, App, Ready), Quickstar
         mysql_port: args.mysql_port,
     };
     Ok((db, app, ready))
+}
+
+/// `Binaries::find`, after `install` when a program is missing.
+fn find_or_install(install: Install) -> Result<Binaries, MariaDbError> {
+    match Binaries::find() {
+        Err(MariaDbError::NotInstalled { missing, .. }) => {
+            install(missing)?;
+            Binaries::find()
+        }
+        found => found,
+    }
 }
 
 /// Applies `db/init.sql` unless `appdb.users` exists.

@@ -7,9 +7,8 @@
 //! the source resumes right after the last stored event.
 //!
 //! `schema` says what is stored and why, `query` answers `/api/events` and
-//! `/api/stats`, `retention` deletes old events, `bench` measures it all.
+//! `/api/stats`, `retention` deletes old events.
 
-mod bench;
 mod query;
 mod retention;
 mod schema;
@@ -23,8 +22,6 @@ use futures::future::BoxFuture;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-
-pub use bench::{bench, bench_then, Latency, StoreBench};
 
 use crate::backoff::Backoff;
 use crate::checkpoint::{Checkpoint, StoredCheckpoints};
