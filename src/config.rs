@@ -217,7 +217,7 @@ impl Layers {
         match self.raw(path) {
             Some((v, name)) => parse(v).map_err(|reason| ConfigError::Invalid {
                 key: name,
-                value: v.to_owned(),
+                value: shown(path, v),
                 reason,
             }),
             None => parse(default).map_err(|reason| invalid(path, default, &reason)),
@@ -234,6 +234,33 @@ impl Layers {
             Some(_) => self.get(path, parse).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// Keys whose values are, or may contain, secrets: an error never echoes them.
+const SECRET_KEYS: [&str; 5] = [
+    "mysql.url",
+    "kafka.sasl_password",
+    "kafka.properties",
+    "es.password",
+    "es.api_key",
+];
+
+/// A value as an error may show it: a secret key's value is withheld, a URL
+/// is shown without its password.
+fn shown(path: &str, value: &str) -> String {
+    if !SECRET_KEYS.contains(&path) {
+        return value.to_owned();
+    }
+    match Url::parse(value.trim()) {
+        Ok(mut url) if url.has_host() => {
+            if url.password().is_some() {
+                // A URL with a host can always take a password.
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        _ => "<withheld: secret>".to_owned(),
     }
 }
 
@@ -281,7 +308,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err("must be a non-negative duration".into());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| "is too long".to_owned())
 }
 
 /// Parses `1048576`, `512KiB`, `5MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
@@ -643,12 +670,13 @@ fn kafka_properties(l: &Layers) -> Result<BTreeMap<String, String>, ConfigError>
         properties.insert(k.to_owned(), value.clone());
     }
     if let Some((raw, name)) = l.raw("kafka.properties") {
-        for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+        for (i, pair) in raw.split(',').filter(|p| !p.trim().is_empty()).enumerate() {
             let Some((k, v)) = pair.split_once('=') else {
+                // The pair may be a password typed without its key: not echoed.
                 return Err(ConfigError::Invalid {
                     key: name,
-                    value: raw.to_owned(),
-                    reason: format!("{pair:?} is not key=value"),
+                    value: shown("kafka.properties", raw),
+                    reason: format!("item {} is not key=value", i + 1),
                 });
             };
             properties.insert(k.trim().to_owned(), v.trim().to_owned());
@@ -950,6 +978,71 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.kafka.brokers, "flag:1");
+    }
+
+    #[test]
+    fn errors_never_echo_a_secret() {
+        let secret = "S3cret-Pa55";
+        let cases: [(&str, String, &str); 5] = [
+            (
+                "mysql.url",
+                format!("mariadb://cdc:{secret}@db:3306"),
+                "CDC_MYSQL_URL",
+            ),
+            (
+                "mysql.url",
+                format!("mysql//cdc:{secret}@db"),
+                "CDC_MYSQL_URL",
+            ),
+            (
+                "kafka.properties",
+                format!("sasl.username=u,{secret}"),
+                "CDC_KAFKA_PROPERTIES",
+            ),
+            (
+                "kafka.properties",
+                format!("sasl.password:{secret}"),
+                "CDC_KAFKA_PROPERTIES",
+            ),
+            ("mysql.server_id", "0".to_owned(), "CDC_MYSQL_SERVER_ID"),
+        ];
+        for (path, value, env) in cases {
+            let err = load(
+                "source = \"binlog\"\n",
+                &[
+                    (
+                        "mysql.url",
+                        "mysql://u:pw@db:3306",
+                        Origin::Env("CDC_MYSQL_URL"),
+                    ),
+                    (path, value.as_str(), Origin::Env(env)),
+                ],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(env), "{err}");
+            assert!(!err.contains(secret), "{path}: {err}");
+        }
+        let err = load(
+            "",
+            &[(
+                "mysql.url",
+                "mariadb://cdc:pw@db",
+                Origin::Env("CDC_MYSQL_URL"),
+            )],
+        );
+        assert!(err.is_ok(), "only read for the binlog source");
+        let err = load(
+            "source = \"binlog\"\n",
+            &[(
+                "mysql.url",
+                "mariadb://cdc:pw@db",
+                Origin::Env("CDC_MYSQL_URL"),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mariadb://cdc:***@db"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod event;
 pub mod http;
 pub mod kafka_client;
 pub mod metrics;
+pub mod owner_only;
 pub mod pipeline;
 pub mod quickstart;
 pub mod sink;

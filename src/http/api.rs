@@ -29,6 +29,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 pub const DEFAULT_BUCKET: Duration = Duration::from_secs(10);
 /// Most rate buckets one stats call may ask for.
 pub const MAX_BUCKETS: u64 = 360;
+/// The longest stats window (a year): beyond it the rate has no meaning,
+/// and millisecond arithmetic on it stays far from overflowing.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
 /// A query slower than this answers 503 rather than hold the dashboard's poll.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -239,6 +242,9 @@ pub fn parse_window(query: &str) -> Result<(Duration, Duration), QueryError> {
         if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
             return Err(invalid(param, &v, "must be whole seconds, at least 1s"));
         }
+        if d > MAX_WINDOW {
+            return Err(invalid(param, &v, "must be at most 366 days"));
+        }
         if param == "window" {
             window = d;
         } else {
@@ -353,6 +359,45 @@ mod tests {
                 matches!(parse_window(bad), Err(QueryError::Invalid { .. })),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn overflowing_numbers_are_a_400_naming_the_parameter() {
+        for (query, param) in [
+            ("window=99999999999999999999", "window"),
+            ("bucket=99999999999999999999", "bucket"),
+            ("window=400d", "window"),
+            ("bucket=1e300", "bucket"),
+        ] {
+            match parse_window(query) {
+                Err(QueryError::Invalid { param: p, .. }) => assert_eq!(p, param, "{query}"),
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        for query in ["since=99999999999999999999", "limit=99999999999999999999"] {
+            assert!(parse_filter(query).is_err(), "{query}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the query string, parsing answers Ok or Invalid: never a panic.
+        #[test]
+        fn any_query_string_parses_or_is_refused(query in "\\PC{0,64}") {
+            let _ = parse_filter(&query);
+            let _ = parse_window(&query);
+        }
+
+        #[test]
+        fn any_parameter_value_parses_or_is_refused(
+            name in proptest::sample::select(vec![
+                "database", "table", "op", "q", "since", "until", "limit", "cursor", "window", "bucket",
+            ]),
+            value in "[-+.0-9a-zA-Z:%]{0,40}",
+        ) {
+            let query = format!("{name}={value}");
+            let _ = parse_filter(&query);
+            let _ = parse_window(&query);
         }
     }
 }

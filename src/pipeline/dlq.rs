@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::kafka_client::{producer, refused_for_good, ClientError, LogContext};
+use crate::owner_only;
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -224,18 +225,13 @@ impl DeadLetterFile {
     }
 
     fn append(&self, line: &FileLetter<'_>) -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+        if let Some(dir) = self.path.parent() {
+            owner_only::create_dir_all(dir)?;
         }
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = owner_only::options()
             .create(true)
             .append(true)
-            .mode(0o600)
             .open(&self.path)?;
         let mut buf = serde_json::to_vec(line)?;
         buf.push(b'\n');

@@ -28,6 +28,7 @@ use crate::checkpoint::{Checkpoint, StoredCheckpoints};
 use crate::config::StoreConfig;
 use crate::event::{ChangeEvent, Row};
 use crate::metrics::Metrics;
+use crate::owner_only;
 use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
 use crate::sink::{Answer, Sink, SinkError, WriteBatch, Written};
@@ -90,13 +91,21 @@ impl SqliteSink {
         metrics: Metrics,
         tuning: Tuning,
     ) -> Result<SqliteSink, SinkError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        owner_only::create_dir_all(data_dir).map_err(|e| {
             SinkError::Config(format!(
                 "cannot create data directory {}: {e}",
                 data_dir.display()
             ))
         })?;
         let path = data_dir.join("events.db");
+        // Created 0600 before SQLite opens it: its WAL and shared-memory
+        // files take the database file's permissions.
+        owner_only::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| SinkError::Config(format!("cannot create {}: {e}", path.display())))?;
         let writer = schema::open_writer(&path, tuning.busy_timeout)
             .map_err(|e| permanent(&path, "opening", &e))?;
         let reader = schema::open_reader(&path, tuning.busy_timeout)
@@ -821,6 +830,24 @@ pub(super) mod tests {
         .unwrap();
         assert_eq!(count(&sink, "SELECT count(*) FROM events"), 5);
         assert_eq!(sink.checkpoint("binlog").unwrap(), Some(binlog_at(1)));
+    }
+
+    #[tokio::test]
+    async fn the_data_dir_and_the_store_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
+        let sink = open_with(&dir, &cfg());
+        write(
+            &sink,
+            &[event("app", "users", Op::Insert, 1, 1_700_000_000_000, "a")],
+        )
+        .await;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for file in ["events.db", "events.db-wal", "events.db-shm"] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+        }
     }
 
     #[test]

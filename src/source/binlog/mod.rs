@@ -86,7 +86,7 @@ impl PositionStore {
                 ))),
             };
         }
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        crate::owner_only::create_dir_all(data_dir).map_err(|e| {
             SourceError::Other(format!(
                 "cannot create the data directory {}: {e}",
                 data_dir.display()

@@ -140,10 +140,10 @@ impl PositionFile {
     pub fn store(&self, position: &BinlogPosition) -> std::io::Result<()> {
         use std::io::Write;
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::owner_only::create_dir_all(dir)?;
         }
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::owner_only::create(&tmp)?;
         f.write_all(&serde_json::to_vec(position)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
