@@ -27,6 +27,8 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// The stats window and rate bucket when not given.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 pub const DEFAULT_BUCKET: Duration = Duration::from_secs(10);
+/// The longest full-text query.
+pub const MAX_Q_BYTES: usize = 512;
 /// Most rate buckets one stats call may ask for.
 pub const MAX_BUCKETS: u64 = 360;
 /// The longest stats window (a year): beyond it the rate has no meaning,
@@ -166,6 +168,10 @@ pub fn parse_filter(query: &str) -> Result<EventFilter, QueryError> {
             "database" => f.database = Some(v),
             "table" => f.table = Some(v),
             "op" => f.op = Some(parse_op(&v)?),
+            "q" if v.len() > MAX_Q_BYTES => {
+                let head: String = v.chars().take(16).collect();
+                return Err(invalid("q", &head, "(and more) is longer than 512 bytes"));
+            }
             "q" => f.q = Some(v),
             "since" => f.since_ms = Some(parse_time("since", &v)?),
             "until" => f.until_ms = Some(parse_time("until", &v)?),
@@ -374,6 +380,14 @@ mod tests {
                 Err(QueryError::Invalid { param: p, .. }) => assert_eq!(p, param, "{query}"),
                 other => panic!("{query}: {other:?}"),
             }
+        }
+        let long = format!("q={}", "é".repeat(300));
+        match parse_filter(&long) {
+            Err(QueryError::Invalid { param, reason }) => {
+                assert_eq!(param, "q");
+                assert!(reason.len() < 120, "{reason}");
+            }
+            other => panic!("{other:?}"),
         }
         for query in ["since=99999999999999999999", "limit=99999999999999999999"] {
             assert!(parse_filter(query).is_err(), "{query}");

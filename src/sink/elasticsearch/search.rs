@@ -25,6 +25,10 @@ use crate::sink::query::{EventFilter, EventPage, QueryError, RateSeries, Stats};
 /// leaf value is a keyword), `sql` is text.
 const SEARCH_FIELDS: [&str; 4] = ["pk", "data", "old", "sql"];
 
+/// Elasticsearch stops a search after this, server side, and answers with
+/// what it found: a heavy query never outlives the API's own timeout.
+const SEARCH_TIMEOUT: &str = "5s";
+
 /// Most tables the per-table counts report.
 const MAX_TABLES: usize = 1000;
 /// Most tables with a rate series: with the API's 360 buckets at most, the
@@ -115,6 +119,7 @@ fn events_request(f: &EventFilter, search_after: Option<&[Value]>) -> Value {
     }
     let mut body = json!({
         "size": f.limit + 1,
+        "timeout": SEARCH_TIMEOUT,
         "track_total_hits": false,
         "query": {"bool": {"filter": filter}},
         "sort": sort(),
@@ -131,6 +136,7 @@ fn stats_request(start_ms: i64, bucket_ms: i64) -> Value {
     let table_key = json!([{"field": "database"}, {"field": "table"}]);
     json!({
         "size": 0,
+        "timeout": SEARCH_TIMEOUT,
         "track_total_hits": true,
         "aggs": {
             "by_op": {"terms": {"field": "op", "size": 10}},
