@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::clock::now_millis;
 use crate::config::Config;
+use crate::http::access::Access;
 use crate::http::health::Readiness;
 use crate::http::{self, HttpState};
 use crate::kafka_client::ClientError;
@@ -87,10 +88,10 @@ impl App {
         let stored = sink.clone().stored_checkpoints();
         let source = source::build(&cfg, tracker.clone(), &metrics, stored)?;
         let (listener, http_addr) =
-            http::bind(cfg.http_addr)
+            http::bind(cfg.http.addr)
                 .await
                 .map_err(|error| AppError::Bind {
-                    addr: cfg.http_addr,
+                    addr: cfg.http.addr,
                     error,
                 })?;
         Ok(App {
@@ -206,14 +207,25 @@ impl Parts {
             metrics: self.metrics.clone(),
             readiness,
             query: self.sink.searchable().then(|| self.sink.clone()),
+            access: Access::from_config(&self.cfg.http),
         };
+        if self.cfg.http.auth_disabled {
+            warn!(
+                http_addr = %self.http_addr,
+                "CDC_HTTP_AUTH=none: the dashboard, /api and /metrics answer anyone who reaches this address"
+            );
+        }
         let serve = http::serve(listener, state, stop.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = serve.await {
                 warn!(error = %e, "the HTTP server stopped");
             }
         });
-        info!(http_addr = %self.http_addr, "serving /metrics, /healthz and /readyz");
+        info!(
+            http_addr = %self.http_addr,
+            token_required = self.cfg.http.token.is_some(),
+            "serving /metrics, /healthz and /readyz"
+        );
         Background { stop, task }
     }
 

@@ -49,6 +49,7 @@ keys! {
     sink => "sink", "CDC_SINK", [], "Where changes go: elasticsearch, sqlite (embedded store) or kafka (canal-json producer); default elasticsearch when CDC_ES_URL is set, else sqlite";
     data_dir => "data_dir", "CDC_DATA_DIR", ["./cdc-data"], "Directory for the embedded store, binlog positions and dead letters without Kafka";
     mysql_url => "mysql.url", "CDC_MYSQL_URL", [], "Binlog source: mysql://USER:PASSWORD@HOST:PORT (secret)";
+    mysql_url_file => "mysql.url_file", "CDC_MYSQL_URL_FILE", [], "File holding CDC_MYSQL_URL";
     mysql_server_id => "mysql.server_id", "CDC_MYSQL_SERVER_ID", ["5799"], "Binlog source: replica server id, unique among the server's replicas";
     tables => "binlog.tables", "CDC_TABLES", ["*.*"], "Binlog source: tables to capture, comma-separated DB.TABLE patterns with * (system schemas are never captured)";
     tables_exclude => "binlog.tables_exclude", "CDC_TABLES_EXCLUDE", [], "Binlog source: tables to skip, same patterns as CDC_TABLES";
@@ -69,6 +70,7 @@ keys! {
     kafka_sasl_mechanism => "kafka.sasl_mechanism", "CDC_KAFKA_SASL_MECHANISM", [], "sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512";
     kafka_sasl_username => "kafka.sasl_username", "CDC_KAFKA_SASL_USERNAME", [], "sasl.username";
     kafka_sasl_password => "kafka.sasl_password", "CDC_KAFKA_SASL_PASSWORD", [], "sasl.password (secret)";
+    kafka_sasl_password_file => "kafka.sasl_password_file", "CDC_KAFKA_SASL_PASSWORD_FILE", [], "File holding CDC_KAFKA_SASL_PASSWORD";
     kafka_ssl_ca_location => "kafka.ssl_ca_location", "CDC_KAFKA_SSL_CA_LOCATION", [], "ssl.ca.location: CA bundle for TLS to the brokers";
     kafka_properties => "kafka.properties", "CDC_KAFKA_PROPERTIES", [], "Extra librdkafka properties, key=value,key=value (TOML: [kafka.properties] table)";
     dlq_topic => "kafka.dlq_topic", "CDC_DLQ_TOPIC", ["tidb-cdc-dlq"], "Dead-letter topic for messages that cannot be decoded or stored";
@@ -76,7 +78,9 @@ keys! {
     es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index";
     es_username => "es.username", "CDC_ES_USERNAME", [], "Elasticsearch basic-auth user";
     es_password => "es.password", "CDC_ES_PASSWORD", [], "Elasticsearch basic-auth password (secret)";
+    es_password_file => "es.password_file", "CDC_ES_PASSWORD_FILE", [], "File holding CDC_ES_PASSWORD";
     es_api_key => "es.api_key", "CDC_ES_API_KEY", [], "Elasticsearch API key, base64 id:key as Elasticsearch returns it (secret)";
+    es_api_key_file => "es.api_key_file", "CDC_ES_API_KEY_FILE", [], "File holding CDC_ES_API_KEY";
     es_ca_file => "es.ca_file", "CDC_ES_CA_FILE", [], "PEM CA certificate to trust for Elasticsearch TLS";
     es_timeout => "es.timeout", "CDC_ES_TIMEOUT", ["30s"], "Timeout of one Elasticsearch request";
     batch_max_events => "batch.max_events", "CDC_BATCH_MAX_EVENTS", ["2000"], "Most events in one bulk request";
@@ -88,7 +92,13 @@ keys! {
     channel_capacity => "pipeline.channel_capacity", "CDC_CHANNEL_CAPACITY", ["4096"], "Messages buffered between the source and the sink";
     pipeline_max_bytes => "pipeline.max_bytes", "CDC_PIPELINE_MAX_BYTES", ["64MiB"], "Most message bytes read and not yet stored (channel, batches and writes in flight together)";
     metrics_max_tables => "metrics.max_tables", "CDC_METRICS_MAX_TABLES", ["1000"], "Most database/table label pairs in cdc_events_total; the rest count under table=\"_other\"";
-    http_addr => "http.addr", "CDC_HTTP_ADDR", ["0.0.0.0:3000"], "Address of /metrics, /healthz and /readyz";
+    http_addr => "http.addr", "CDC_HTTP_ADDR", ["127.0.0.1:3000"], "Address of the dashboard, /api, /metrics, /healthz and /readyz; a non-loopback address needs CDC_HTTP_TOKEN";
+    http_auth => "http.auth", "CDC_HTTP_AUTH", ["token"], "token (the dashboard, /api and /metrics need CDC_HTTP_TOKEN when one is set, and one must be set off loopback) or none (no authentication: logs a warning)";
+    http_token => "http.token", "CDC_HTTP_TOKEN", [], "Token for the dashboard, /api and /metrics: Authorization: Bearer TOKEN, or basic auth with the token as password (secret)";
+    http_token_file => "http.token_file", "CDC_HTTP_TOKEN_FILE", [], "File holding CDC_HTTP_TOKEN";
+    http_allowed_hosts => "http.allowed_hosts", "CDC_HTTP_ALLOWED_HOSTS", [], "Host header names served, comma-separated, * for any (default: the bind address, localhost, 127.0.0.1, ::1); others get 421";
+    metrics_token => "metrics.token", "CDC_METRICS_TOKEN", [], "A token of its own for /metrics (Prometheus' authorization), besides CDC_HTTP_TOKEN (secret)";
+    metrics_token_file => "metrics.token_file", "CDC_METRICS_TOKEN_FILE", [], "File holding CDC_METRICS_TOKEN";
     log_format => "log.format", "CDC_LOG_FORMAT", ["text"], "Log format: text or json";
     log_level => "log.level", "CDC_LOG_LEVEL", ["info"], "Log filter, e.g. info or cdc_monitor=debug";
     shutdown_timeout => "shutdown.timeout", "CDC_SHUTDOWN_TIMEOUT", ["30s"], "Longest graceful shutdown (flush and commit) on SIGTERM";
@@ -202,6 +212,18 @@ impl Layers {
         })
     }
 
+    /// How the user would name `path`'s key: where it was set, else its
+    /// environment variable.
+    fn name(&self, path: &str) -> String {
+        match self.raw(path) {
+            Some((_, name)) => name,
+            None => KEYS
+                .iter()
+                .find(|k| k.path == path)
+                .map_or_else(|| path.to_owned(), |k| k.env.to_owned()),
+        }
+    }
+
     fn get<T>(
         &self,
         path: &str,
@@ -237,14 +259,57 @@ impl Layers {
     }
 }
 
-/// Keys whose values are, or may contain, secrets: an error never echoes them.
-const SECRET_KEYS: [&str; 5] = [
+/// Keys whose values are, or may contain, secrets: an error never echoes
+/// them. Each but `kafka.properties` also reads from a file, `<key>_file`.
+const SECRET_KEYS: [&str; 8] = [
     "mysql.url",
     "kafka.sasl_password",
     "kafka.properties",
     "es.password",
     "es.api_key",
+    "http.token",
+    "metrics.token",
+    "mask.key",
 ];
+
+impl Layers {
+    /// The layers with each secret's `<key>_file` read into the secret
+    /// itself, so that a secret need not sit in the environment, a flag
+    /// (`ps` shows it) or the TOML file. Setting both forms is an error;
+    /// the file's trailing newline is dropped, and an empty file is an
+    /// error rather than a secret turned off.
+    fn with_secret_files(&self) -> Result<Layers, ConfigError> {
+        let mut out = Layers {
+            values: self.values.clone(),
+        };
+        for key in SECRET_KEYS {
+            let file_key = format!("{key}_file");
+            let Some((path, file_name)) = self.raw(&file_key) else {
+                continue;
+            };
+            if path.trim().is_empty() {
+                continue;
+            }
+            if let Some((_, name)) = self.raw(key) {
+                return Err(invalid(
+                    &file_name,
+                    path,
+                    &format!("{name} is set too: set one of them"),
+                ));
+            }
+            let text = std::fs::read_to_string(path.trim())
+                .map_err(|e| invalid(&file_name, path, &format!("cannot read it: {e}")))?;
+            let secret = text.strip_suffix('\n').unwrap_or(&text);
+            let secret = secret.strip_suffix('\r').unwrap_or(secret);
+            if secret.trim().is_empty() {
+                return Err(invalid(&file_name, path, "the file is empty"));
+            }
+            let origin = self.values[&file_key].1.clone();
+            out.values.insert(key.to_owned(), (secret.to_owned(), origin));
+        }
+        Ok(out)
+    }
+}
 
 /// A value as an error may show it: a secret key's value is withheld, a URL
 /// is shown without its password.
@@ -559,6 +624,20 @@ pub struct StoreConfig {
     pub max_bytes: u64,
 }
 
+/// Who may use the HTTP port: `[http]` and `metrics.token`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// None: `CDC_HTTP_AUTH=none`, or loopback without a token.
+    pub token: Option<SecretString>,
+    /// Also accepted on `/metrics`.
+    pub metrics_token: Option<SecretString>,
+    /// Host header names served; `None` serves any.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Set when `CDC_HTTP_AUTH=none` turned authentication off.
+    pub auth_disabled: bool,
+}
+
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -568,7 +647,7 @@ pub struct Config {
     /// Kafka client settings: the consumer, the dead-letter producer, the Kafka sink.
     pub kafka: KafkaConfig,
     pub pipeline: PipelineConfig,
-    pub http_addr: SocketAddr,
+    pub http: HttpConfig,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -579,6 +658,7 @@ pub struct Config {
 impl Config {
     /// Parses and checks every value: each section by its own loader.
     pub fn from_layers(l: &Layers) -> Result<Config, ConfigError> {
+        let l = &l.with_secret_files()?;
         let pipeline = pipeline_section(l)?;
         let kafka = kafka_section(l, pipeline.max_buffered_bytes)?;
         let source = source_section(l)?;
@@ -589,11 +669,7 @@ impl Config {
             data_dir: l.get("data_dir", |s| Ok(PathBuf::from(text(s)?)))?,
             kafka,
             pipeline,
-            http_addr: l.get("http.addr", |s| {
-                s.trim()
-                    .parse::<SocketAddr>()
-                    .map_err(|e| format!("{e}; expected HOST:PORT such as 0.0.0.0:3000"))
-            })?,
+            http: http_section(l)?,
             log_format: l.get("log.format", |s| match s {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
@@ -616,6 +692,53 @@ impl Config {
 
 fn secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_owned()))
+}
+
+/// `[http]`: the address, and who may ask. Off loopback a token is
+/// required unless authentication is turned off by name.
+fn http_section(l: &Layers) -> Result<HttpConfig, ConfigError> {
+    let addr = l.get("http.addr", |s| {
+        s.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{e}; expected HOST:PORT such as 127.0.0.1:3000"))
+    })?;
+    let auth_disabled = l.get("http.auth", |s| match s.trim() {
+        "token" => Ok(false),
+        "none" => Ok(true),
+        _ => Err("must be token or none".into()),
+    })?;
+    let mut token = l.opt("http.token", secret)?;
+    let mut metrics_token = l.opt("metrics.token", secret)?;
+    if auth_disabled {
+        token = None;
+        metrics_token = None;
+    } else if token.is_none() && !addr.ip().is_loopback() {
+        return Err(invalid(
+            &l.name("http.addr"),
+            &addr.to_string(),
+            "serving a non-loopback address needs a token: set CDC_HTTP_TOKEN or \
+             CDC_HTTP_TOKEN_FILE (or CDC_HTTP_AUTH=none to serve every captured row \
+             to anyone who reaches the port)",
+        ));
+    }
+    let allowed_hosts = match l.opt("http.allowed_hosts", list)? {
+        Some(hosts) if hosts.iter().any(|h| h == "*") => None,
+        Some(hosts) => Some(hosts.iter().map(|h| h.to_ascii_lowercase()).collect()),
+        None => {
+            let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+            if !addr.ip().is_unspecified() && !hosts.contains(&addr.ip().to_string()) {
+                hosts.push(addr.ip().to_string());
+            }
+            Some(hosts)
+        }
+    };
+    Ok(HttpConfig {
+        addr,
+        token,
+        metrics_token,
+        allowed_hosts,
+        auth_disabled,
+    })
 }
 
 /// `[kafka]`: client, consumer and dead-letter settings.
@@ -904,7 +1027,7 @@ mod tests {
         assert_eq!(c.kafka.dlq_topic, "tidb-cdc-dlq");
         assert!(matches!(c.sink, SinkConfig::Sqlite(_)));
         assert!(matches!(c.source, SourceConfig::Kafka));
-        assert_eq!(c.http_addr.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:3000");
         let c = load("[es]\nurl = \"http://elasticsearch:9200\"\n", &[]).unwrap();
         let SinkConfig::Elasticsearch(es) = c.sink else {
             panic!("{:?}", c.sink)

@@ -351,7 +351,7 @@ mod tests {
         .unwrap();
         assert!(matches!(c.sink, SinkConfig::Sqlite(_)));
         assert_eq!(c.data_dir, Path::new("/d"));
-        assert_eq!(c.http_addr.to_string(), "127.0.0.1:3999");
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:3999");
         let SourceConfig::Binlog(m) = c.source else {
             panic!("{:?}", c.source)
         };

@@ -400,17 +400,28 @@ pub async fn write_changes(
     d: &str,
     n: usize,
 ) -> HashMap<&'static str, usize> {
+    write_changes_from(root, d, 0, n).await
+}
+
+/// `write_changes` with ids from `first_id` on: a second writer on the
+/// same table touches only rows of its own.
+pub async fn write_changes_from(
+    root: mysql_async::Opts,
+    d: &str,
+    first_id: usize,
+    n: usize,
+) -> HashMap<&'static str, usize> {
     use mysql_async::prelude::Queryable;
     let mut counts = HashMap::new();
     let mut conn = mysql_async::Conn::new(root).await.unwrap();
     let mut written = 0;
-    let mut next_id = 0usize;
+    let mut next_id = first_id;
     while written < n {
         let mut sql = String::from("BEGIN;");
         let mut in_txn = 0;
         while in_txn < 50 && written < n {
             let r: u8 = rand::rng().random_range(0..10);
-            if r < 6 || next_id < 10 || n - written < 2 {
+            if r < 6 || next_id < first_id + 10 || n - written < 2 {
                 sql.push_str(&format!(
                     "INSERT INTO {d}.k VALUES ({next_id}, 'v{next_id}');"
                 ));
@@ -418,7 +429,7 @@ pub async fn write_changes(
                 *counts.entry("insert").or_insert(0) += 1;
                 written += 1;
             } else if r < 9 {
-                let id = rand::rng().random_range(0..next_id);
+                let id = rand::rng().random_range(first_id..next_id);
                 sql.push_str(&format!(
                     "UPDATE {d}.k SET v = CONCAT(v, 'x') WHERE id = {id};"
                 ));
@@ -426,7 +437,7 @@ pub async fn write_changes(
                 written += 1;
             } else {
                 // Re-inserted at once: every UPDATE finds its row.
-                let id = rand::rng().random_range(0..next_id);
+                let id = rand::rng().random_range(first_id..next_id);
                 sql.push_str(&format!(
                     "DELETE FROM {d}.k WHERE id = {id}; INSERT INTO {d}.k VALUES ({id}, 'again');"
                 ));

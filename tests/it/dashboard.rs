@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use cdc_monitor::canal::{decode, Decoded};
 use cdc_monitor::config::{EsConfig, PipelineConfig, StoreConfig};
 use cdc_monitor::event::SourcePosition;
+use cdc_monitor::http::access::Access;
 use cdc_monitor::http::health::Readiness;
 use cdc_monitor::http::{self, HttpState};
 use cdc_monitor::metrics::Metrics;
@@ -697,6 +698,7 @@ fn state_without_query() -> HttpState {
         metrics: Metrics::new(),
         readiness: Readiness::default(),
         query: None,
+        access: Access::open(),
     }
 }
 
@@ -840,6 +842,7 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
         metrics,
         readiness: Readiness::default(),
         query: Some(sink),
+        access: Access::open(),
     })
     .await;
 
@@ -1001,6 +1004,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         metrics,
         readiness: Readiness::default(),
         query: Some(sink),
+        access: Access::open(),
     })
     .await;
 

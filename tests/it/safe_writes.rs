@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
-use crate::binlog::write_changes;
+use crate::binlog::write_changes_from;
 use crate::harness::app::InProcessApp;
 use crate::harness::canal;
 use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
@@ -74,6 +74,12 @@ async fn readyz(p: &ConsumerProcess) -> (u16, String) {
 /// 503 naming the error, `cdc_sink_up` 0). Returns the 503 body.
 async fn fill_until_failing(fs: &Tmpfs, p: &ConsumerProcess) -> String {
     fs.fill();
+    until_failing(p).await
+}
+
+/// Waits until the sink reports failing writes; the store must already be
+/// full and changes still arriving. Returns the 503 body.
+async fn until_failing(p: &ConsumerProcess) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let body = loop {
         let (status, body) = readyz(p).await;
@@ -197,20 +203,29 @@ async fn binlog_capture_survives_a_full_store_and_a_sigkill_during_it() {
     .await;
     assert!(ready, "{}", p.log_tail());
 
-    let writer = {
+    let writer = |first_id: usize| {
         let root = db.server().root_opts();
         let d = d.clone();
-        tokio::spawn(async move { write_changes(root, &d, 20_000).await })
+        tokio::spawn(async move { write_changes_from(root, &d, first_id, 10_000).await })
     };
+    // The first half may be written (and stored) before the store fills,
+    // on a fast machine; the second half starts once it is full, so there
+    // is always something the store cannot write.
+    let first = writer(0);
     tokio::time::sleep(Duration::from_millis(rand::rng().random_range(500..1500))).await;
-    let why = fill_until_failing(&fs, &p).await;
+    fs.fill();
+    let second = writer(1_000_000);
+    let why = until_failing(&p).await;
     assert!(why.contains("sqlite writes failing"), "{why}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Killed while the store cannot write: what it held is read again.
     p.kill();
     fs.free();
     let mut p = ConsumerProcess::spawn(&env);
-    let counts = writer.await.unwrap();
+    let mut counts = first.await.unwrap();
+    for (op, n) in second.await.unwrap() {
+        *counts.entry(op).or_insert(0) += n;
+    }
     let total: usize = counts.values().sum();
     // Plus CREATE DATABASE and CREATE TABLE.
     let done = eventually(Duration::from_secs(120), || async {

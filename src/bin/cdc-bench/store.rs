@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cdc_monitor::config::StoreConfig;
 use cdc_monitor::event::{ChangeEvent, Op};
+use cdc_monitor::http::access::Access;
 use cdc_monitor::http::health::Readiness;
 use cdc_monitor::http::{self, HttpState};
 use cdc_monitor::metrics::Metrics;
@@ -254,6 +255,7 @@ async fn over_http(sink: Arc<SqliteSink>) -> anyhow::Result<Vec<String>> {
         metrics: Metrics::new(),
         readiness: Readiness::default(),
         query: Some(sink),
+        access: Access::open(),
     };
     let (listener, addr) = http::bind(([127, 0, 0, 1], 0).into()).await?;
     let stop = CancellationToken::new();
