@@ -29,11 +29,15 @@ RUN groupadd --system --gid 10001 cdc \
  && useradd --system --uid 10001 --gid cdc --home-dir /nonexistent --shell /usr/sbin/nologin cdc
 COPY --from=builder /out/cdc-monitor /usr/local/bin/cdc-monitor
 USER cdc:cdc
-ENV CDC_HTTP_ADDR=0.0.0.0:3000 \
-    CDC_LOG_FORMAT=json
+# No CDC_HTTP_ADDR here: the default, 127.0.0.1:3000, needs no token, so the
+# one-shot `changefeed ensure` and a bare `docker run` expose nothing. A
+# published consumer sets CDC_HTTP_ADDR=0.0.0.0:3000 with CDC_HTTP_TOKEN(_FILE),
+# as docker-compose.yml does.
+ENV CDC_LOG_FORMAT=json
 EXPOSE 3000
-# /healthz is liveness only (200 while the process serves HTTP); readiness
-# (/readyz, Kafka and ES reachable) is what scripts/e2e-compose.sh polls.
+# /healthz is liveness only (200 while the process serves HTTP) and open
+# without a token; readiness (/readyz, Kafka and ES reachable) is what
+# scripts/e2e-compose.sh polls.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD curl -fsS http://127.0.0.1:3000/healthz >/dev/null || exit 1
 ENTRYPOINT ["cdc-monitor"]
 CMD ["run"]

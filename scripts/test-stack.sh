@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tests for the deployment files (compose, Dockerfile, Prometheus, Grafana,
-# Kibana, db/init.sql, scripts). No Docker engine is needed: compose is
-# validated statically, db/init.sql runs against a private MariaDB that this
-# script starts and stops, and the Kibana setup job runs against a stub.
+# Kibana, db/, scripts). No Docker engine is needed: compose is validated
+# statically (including its hardening: published ports, privileges, memory,
+# read-only roots, TLS and users), db/init.sh and db/init.sql run against a
+# private MariaDB that this script starts and stops, the setup jobs run
+# against stubs, and secrets-init and es-certs write into a scratch dir.
 #
 # Runs as root on a fresh Debian machine (CI): installs what it lacks, prints
 # `ok - NAME` / `not ok - NAME` per check and a final `stack: N passed, M failed`
@@ -19,6 +21,7 @@ WORK=$(mktemp -d /tmp/cdc-test-stack.XXXXXX)
 PASSED=0
 FAILED=0
 MARIADB_PID=
+MARIADB_PORT=
 STUB_PID=
 E2E_STUB_PID=
 
@@ -107,7 +110,7 @@ compose_requires_secrets() {
     echo "config succeeded without secrets; a password has a default"
     return 1
   fi
-  grep -q 'ELASTIC_PASSWORD\|GRAFANA_ADMIN_PASSWORD\|KIBANA_SYSTEM_PASSWORD' <<<"$out" || { echo "$out"; return 1; }
+  grep -q 'ELASTIC_PASSWORD\|GRAFANA_ADMIN_PASSWORD\|KIBANA_SYSTEM_PASSWORD\|TIDB_ROOT_PASSWORD\|CDC_HTTP_TOKEN' <<<"$out" || { echo "$out"; return 1; }
 }
 check "compose: refuses to start without the password variables (no hard-coded secret)" compose_requires_secrets
 
@@ -123,7 +126,8 @@ svcs = cfg["services"]
 errs = []
 
 want = {"pd", "tikv", "tidb", "ticdc", "kafka", "elasticsearch", "kibana", "prometheus",
-        "grafana", "db-init", "cdc-task", "consumer", "kibana-setup", "mysql-client"}
+        "grafana", "db-init", "cdc-task", "consumer", "kibana-setup", "mysql-client",
+        "secrets-init", "es-certs", "es-setup", "kafka-init", "kafka-cli", "curl"}
 missing = want - set(svcs)
 if missing:
     errs.append(f"missing services: {sorted(missing)}")
@@ -208,16 +212,22 @@ for name, s in svcs.items():
     if one_shot(name, s) and not s.get("profiles") and name not in adopted:
         errs.append(f"{name}: one-shot not adopted by any long-running service (breaks up --wait)")
 
-# Published ports from the issue.
+# Published ports (issue 13): only the two UIs and the consumer's dashboard,
+# each on 127.0.0.1; everything else is reached inside the network.
 ports = {}
 for name, s in svcs.items():
     for p in s.get("ports", []):
-        ports[int(p["published"]) if isinstance(p, dict) else int(str(p).split(":")[-2])] = name
-expected = {4000: "tidb", 8300: "ticdc", 9092: "kafka", 9200: "elasticsearch", 5601: "kibana",
-            9090: "prometheus", 3001: "grafana", 3000: "consumer"}
-for port, name in expected.items():
-    if ports.get(port) != name:
-        errs.append(f"port {port} should be published by {name}, got {ports.get(port)}")
+        if isinstance(p, dict):
+            host_ip, published = p.get("host_ip", ""), int(p["published"])
+        else:
+            parts = str(p).split("/")[0].split(":")
+            host_ip, published = (parts[0] if len(parts) == 3 else ""), int(parts[-2]) if len(parts) > 1 else 0
+        if host_ip != "127.0.0.1":
+            errs.append(f"{name}: port {p} is not bound to 127.0.0.1")
+        ports[published] = name
+expected = {5601: "kibana", 3001: "grafana", 3000: "consumer"}
+if ports != expected:
+    errs.append(f"published ports {ports}, want exactly {expected}")
 
 # The one-shots that gate the pipeline.
 def cond(svc, dep):
@@ -225,13 +235,20 @@ def cond(svc, dep):
 for svc, dep, c in [("cdc-task", "ticdc", "service_healthy"), ("cdc-task", "kafka", "service_healthy"),
                     ("consumer", "kafka", "service_healthy"), ("consumer", "elasticsearch", "service_healthy"),
                     ("consumer", "cdc-task", "service_completed_successfully"),
-                    ("kibana-setup", "kibana", "service_healthy"), ("db-init", "tidb", "service_healthy")]:
+                    ("kibana-setup", "kibana", "service_healthy"), ("db-init", "tidb", "service_healthy"),
+                    ("tidb", "secrets-init", "service_completed_successfully"),
+                    ("consumer", "secrets-init", "service_completed_successfully"),
+                    ("prometheus", "secrets-init", "service_completed_successfully"),
+                    ("elasticsearch", "es-certs", "service_completed_successfully"),
+                    ("consumer", "es-setup", "service_completed_successfully"),
+                    ("kibana", "es-setup", "service_completed_successfully")]:
     if cond(svc, dep) != c:
         errs.append(f"{svc} should depend on {dep} with {c}, has {cond(svc, dep)}")
 if "changefeed" not in cmd_text(svcs.get("cdc-task", {})) or "ensure" not in cmd_text(svcs.get("cdc-task", {})):
     errs.append("cdc-task does not run `changefeed ensure`")
-if svcs.get("mysql-client", {}).get("profiles") != ["tools"]:
-    errs.append("mysql-client should be in profile tools")
+for tool in ("mysql-client", "kafka-cli", "curl"):
+    if svcs.get(tool, {}).get("profiles") != ["tools"]:
+        errs.append(f"{tool} should be in profile tools")
 
 print("\n".join(errs))
 sys.exit(1 if errs else 0)
@@ -239,20 +256,306 @@ PY
 }
 check "compose: build contexts, bind mounts, healthchecks, depends_on conditions, ports, pinned images" compose_structure
 
+# Issue 13, point 5: what every service must have, and the few exceptions.
+# Each exception is named here with its reason, and docker-compose.yml says
+# the same at the service; an exception that no longer applies is an error
+# too, so this list cannot rot.
+compose_hardened() {
+  python3 - "$WORK/compose.resolved.yml" "$ROOT/docker-compose.yml" <<'PY'
+import re, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or sys.exit("no resolved compose file")
+raw_text = open(sys.argv[2]).read()
+svcs = cfg["services"]
+errs = []
+
+# Capabilities added back after cap_drop ALL.
+CAP_ADD_OK = {"secrets-init": {"CHOWN"}}  # hands each secret file to its reader's uid
+# Services whose image cannot run with a read-only root file system.
+WRITABLE_ROOT_OK = {
+    "kafka": "entrypoint rewrites /opt/kafka/config at every start; log4j writes /opt/kafka/logs",
+    "elasticsearch": "entrypoint writes elasticsearch.keystore (bootstrap.password) into config/",
+}
+
+def block(name):
+    # The service's own text in docker-compose.yml, for the comments.
+    m = re.search(rf"^  {re.escape(name)}:\n(.*?)(?=^  [a-z][a-z0-9-]*:\n|^\S|\Z)", raw_text, re.M | re.S)
+    return m.group(1) if m else ""
+
+for name, s in sorted(svcs.items()):
+    if "no-new-privileges:true" not in (s.get("security_opt") or []):
+        errs.append(f"{name}: no security_opt no-new-privileges:true")
+    if s.get("cap_drop") != ["ALL"]:
+        errs.append(f"{name}: cap_drop is {s.get('cap_drop')}, want [ALL]")
+    added = set(s.get("cap_add") or [])
+    if added - CAP_ADD_OK.get(name, set()):
+        errs.append(f"{name}: cap_add {sorted(added)} not in the allowlist")
+    if name in CAP_ADD_OK and not added:
+        errs.append(f"{name}: allowlisted for cap_add but adds none; drop it from CAP_ADD_OK")
+    mem = s.get("mem_limit") or (((s.get("deploy") or {}).get("resources") or {}).get("limits") or {}).get("memory")
+    if not mem:
+        errs.append(f"{name}: no mem_limit or deploy.resources.limits.memory")
+    if name in WRITABLE_ROOT_OK:
+        if s.get("read_only"):
+            errs.append(f"{name}: read-only now; drop it from WRITABLE_ROOT_OK")
+        if "Not read-only:" not in block(name):
+            errs.append(f"{name}: writable root without a `Not read-only:` comment in docker-compose.yml")
+    elif s.get("read_only") is not True:
+        errs.append(f"{name}: read_only is not true (allowlist it with a reason if the image needs it)")
+    if s.get("privileged") or s.get("network_mode") == "host" or s.get("pid") == "host":
+        errs.append(f"{name}: privileged, host network or host pid")
+    for v in s.get("volumes", []):
+        if "docker.sock" in str(v):
+            errs.append(f"{name}: mounts the Docker socket")
+    if "CDC_HTTP_AUTH" in (s.get("environment") or {}):
+        errs.append(f"{name}: sets CDC_HTTP_AUTH (switches the token off)")
+
+def env(name):
+    return svcs.get(name, {}).get("environment") or {}
+
+def cmd(name):
+    c = svcs.get(name, {}).get("command") or []
+    return c if isinstance(c, list) else c.split()
+
+# Prometheus: no HTTP shutdown/reload.
+if any("web.enable-lifecycle" in a for a in cmd("prometheus")):
+    errs.append("prometheus: --web.enable-lifecycle is set")
+
+# Elasticsearch: security on, TLS on HTTP and transport, with key and cert.
+es = env("elasticsearch")
+for k, want in [("xpack.security.enabled", "true"), ("xpack.security.http.ssl.enabled", "true"),
+                ("xpack.security.transport.ssl.enabled", "true")]:
+    if str(es.get(k)).lower() != want:
+        errs.append(f"elasticsearch: {k} is {es.get(k)}, want {want}")
+for k in ("xpack.security.http.ssl.key", "xpack.security.http.ssl.certificate",
+          "xpack.security.http.ssl.certificate_authorities"):
+    if not es.get(k):
+        errs.append(f"elasticsearch: {k} unset")
+
+# Every client of Elasticsearch uses https.
+for name, key in [("consumer", "CDC_ES_URL"), ("kibana", "ELASTICSEARCH_HOSTS"), ("es-setup", "ES_URL")]:
+    if not str(env(name).get(key, "")).startswith("https://"):
+        errs.append(f"{name}: {key} is {env(name).get(key)}, want https://")
+
+# The consumer: a non-superuser, secrets from files, a token on its 0.0.0.0
+# bind, and a Host allowlist that admits Prometheus' `consumer:3000`.
+c = env("consumer")
+if c.get("CDC_ES_USERNAME") in (None, "", "elastic") or c.get("CDC_ES_USERNAME") != "cdc_writer":
+    errs.append(f"consumer: CDC_ES_USERNAME is {c.get('CDC_ES_USERNAME')}, want cdc_writer (not a superuser)")
+if c.get("CDC_ES_API_KEY"):
+    errs.append("consumer: CDC_ES_API_KEY set; the stack's user is cdc_writer")
+for k in ("CDC_ES_PASSWORD", "CDC_HTTP_TOKEN", "CDC_METRICS_TOKEN"):
+    if k in c:
+        errs.append(f"consumer: {k} in the environment; use {k}_FILE")
+    if not c.get(f"{k}_FILE"):
+        errs.append(f"consumer: {k}_FILE unset")
+if c.get("CDC_HTTP_ADDR") != "0.0.0.0:3000":
+    errs.append(f"consumer: CDC_HTTP_ADDR is {c.get('CDC_HTTP_ADDR')}, want 0.0.0.0:3000 (published port, Prometheus)")
+hosts = [h.strip() for h in str(c.get("CDC_HTTP_ALLOWED_HOSTS", "")).split(",")]
+if "consumer" not in hosts or "*" in hosts or any(":" in h for h in hosts):
+    errs.append(f"consumer: CDC_HTTP_ALLOWED_HOSTS {hosts} must name `consumer`, no ports, no *")
+if not c.get("CDC_ES_CA_FILE"):
+    errs.append("consumer: CDC_ES_CA_FILE unset")
+
+# Grafana and Kibana read Elasticsearch as cdc_reader / kibana_system only.
+if env("kibana").get("ELASTICSEARCH_USERNAME") != "kibana_system":
+    errs.append("kibana: ELASTICSEARCH_USERNAME is not kibana_system")
+if not env("kibana").get("ELASTICSEARCH_SSL_CERTIFICATEAUTHORITIES"):
+    errs.append("kibana: ELASTICSEARCH_SSL_CERTIFICATEAUTHORITIES unset")
+for name in ("grafana", "kibana"):
+    if "ELASTIC_PASSWORD" in env(name):
+        errs.append(f"{name}: holds the elastic superuser password")
+
+# TiDB: root password at first bootstrap; seed schema through its own user.
+if not any(a.startswith("--initialize-sql-file=") for a in cmd("tidb")):
+    errs.append("tidb: no --initialize-sql-file (root would have no password)")
+if not env("db-init").get("TIDB_ROOT_PASSWORD") or not env("db-init").get("APPDB_PASSWORD"):
+    errs.append("db-init: needs TIDB_ROOT_PASSWORD and APPDB_PASSWORD")
+ep = svcs.get("mysql-client", {}).get("entrypoint") or []
+if "--user=root" in ep or "--user=app" not in ep:
+    errs.append(f"mysql-client: should log in as app, not root: {ep}")
+
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "compose: no-new-privileges, cap_drop ALL, memory limits, read-only roots (allowlisted), TLS, least-privilege users" compose_hardened
+
+# Each file a service reads from a secrets volume (CDC_*_FILE, the CA, the
+# Prometheus token, TiDB's init SQL) is one that its setup job writes. The
+# job runs for real into a scratch dir, with .env.example's values; the path
+# the reader names is then followed through the compose volumes to that dir.
+secrets_reach_readers() {
+  local out="$WORK/secrets-out" certs="$WORK/es-certs" fake="$WORK/fake-es"
+  rm -rf "$out" "$certs" "$fake"
+  mkdir -p "$out" "$certs/certs" "$certs/ca" "$fake/bin"
+  local vars
+  mapfile -t vars < <(grep -E '^(TIDB_ROOT_PASSWORD|CDC_HTTP_TOKEN|CDC_METRICS_TOKEN|CDC_ES_WRITER_PASSWORD)=' "$ROOT/.env.example")
+  env -i PATH="$PATH" OUT_DIR="$out" "${vars[@]}" bash "$ROOT/deploy/secrets/secrets-init.sh" >/dev/null || return 1
+  # A stand-in for elasticsearch-certutil: the same zip layout, made by openssl.
+  cat >"$fake/bin/elasticsearch-certutil" <<'SH'
+#!/usr/bin/env bash
+set -euo pipefail
+mode=$1; shift
+out= name=elasticsearch
+while (($#)); do case "$1" in --out) out=$2; shift ;; --ca-cert) cacert=$2; shift ;; --ca-key) cakey=$2; shift ;; esac; shift; done
+d=$(mktemp -d)
+if [[ $mode == ca ]]; then
+  mkdir -p "$d/ca"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout "$d/ca/ca.key" -out "$d/ca/ca.crt" 2>/dev/null
+else
+  mkdir -p "$d/$name"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$d/$name/$name.key" -out "$d/req.csr" 2>/dev/null
+  openssl x509 -req -in "$d/req.csr" -CA "$cacert" -CAkey "$cakey" -CAcreateserial -days 2 -out "$d/$name/$name.crt" 2>/dev/null
+  rm "$d/req.csr"
+fi
+(cd "$d" && zip -qr "$out" .)
+SH
+  chmod +x "$fake/bin/elasticsearch-certutil"
+  ES_HOME="$fake" CERTS_DIR="$certs/certs" CA_DIR="$certs/ca" bash "$ROOT/deploy/elasticsearch/certs.sh" >/dev/null || return 1
+  cp "$certs/certs/ca/ca.crt" "$WORK/ca-first.crt"
+  ES_HOME="$fake" CERTS_DIR="$certs/certs" CA_DIR="$certs/ca" bash "$ROOT/deploy/elasticsearch/certs.sh" >/dev/null || return 1
+  cmp -s "$WORK/ca-first.crt" "$certs/certs/ca/ca.crt" || { echo "es-certs replaced an existing CA"; return 1; }
+  openssl verify -CAfile "$certs/ca/ca.crt" "$certs/certs/elasticsearch/elasticsearch.crt" >/dev/null \
+    || { echo "node certificate not signed by the CA in es-ca"; return 1; }
+  python3 - "$WORK/compose.resolved.yml" "$ROOT" "$out" "$certs" <<'PY'
+import os, stat, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or sys.exit("no resolved compose file")
+root, out, certs = sys.argv[2:5]
+svcs = cfg["services"]
+example = dict(l.split("=", 1) for l in open(f"{root}/.env.example").read().splitlines()
+               if "=" in l and not l.startswith("#"))
+errs = []
+
+def mounts(name):
+    res = []
+    for v in svcs[name].get("volumes", []):
+        if isinstance(v, dict):
+            res.append((v.get("source"), v["target"]))
+        else:
+            parts = v.split(":")
+            res.append((parts[0], parts[1]))
+    return res
+
+# Where each setup job's mount target lands in the scratch dirs.
+written = {}
+for src, target in mounts("secrets-init"):
+    if target.startswith("/out/"):
+        written[src] = os.path.join(out, target[len("/out/"):])
+for src, target in mounts("es-certs"):
+    written[src] = {"/certs": f"{certs}/certs", "/ca": f"{certs}/ca"}.get(target)
+
+def local(name, path):
+    # The scratch path behind `path` inside service `name`, via its volumes.
+    for src, target in mounts(name):
+        if path.startswith(target.rstrip("/") + "/") and written.get(src):
+            return os.path.join(written[src], path[len(target.rstrip("/")) + 1:])
+    errs.append(f"{name}: {path} is on no volume that a setup job writes")
+
+def expect(name, path, uid=None, content=None, mode=None):
+    p = local(name, path)
+    if p is None:
+        return
+    if not os.path.isfile(p):
+        errs.append(f"{name}: {path} -> {p} was not written")
+        return
+    st = os.stat(p)
+    if uid is not None and st.st_uid != uid:
+        errs.append(f"{name}: {path} owned by uid {st.st_uid}, want {uid}")
+    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+        errs.append(f"{name}: {path} mode {oct(stat.S_IMODE(st.st_mode))}, want {oct(mode)}")
+    if content is not None and open(p).read() != content:
+        errs.append(f"{name}: {path} does not hold the .env value (or has a trailing newline)")
+
+# USER in the Dockerfile is the consumer's uid; Prometheus runs as nobody.
+uid = int(next(l for l in open(f"{root}/Dockerfile") if "useradd" in l).split("--uid")[1].split()[0])
+c = svcs["consumer"]["environment"]
+expect("consumer", c["CDC_HTTP_TOKEN_FILE"], uid, example["CDC_HTTP_TOKEN"], 0o400)
+expect("consumer", c["CDC_METRICS_TOKEN_FILE"], uid, example["CDC_METRICS_TOKEN"], 0o400)
+expect("consumer", c["CDC_ES_PASSWORD_FILE"], uid, example["CDC_ES_WRITER_PASSWORD"], 0o400)
+expect("consumer", c["CDC_ES_CA_FILE"], mode=0o644)
+prom = yaml.safe_load(open(f"{root}/deploy/prometheus/prometheus.yml"))
+job = next(j for j in prom["scrape_configs"] if j["job_name"] == "cdc-monitor")
+auth = job.get("authorization") or {}
+if auth.get("type") != "Bearer" or not auth.get("credentials_file"):
+    errs.append("prometheus: cdc-monitor job has no Bearer credentials_file")
+else:
+    expect("prometheus", auth["credentials_file"], 65534, example["CDC_METRICS_TOKEN"], 0o400)
+init = next(a for a in svcs["tidb"]["command"] if a.startswith("--initialize-sql-file="))
+expect("tidb", init.split("=", 1)[1], 0, None, 0o400)
+p = local("tidb", init.split("=", 1)[1])
+if p and os.path.isfile(p) and example["TIDB_ROOT_PASSWORD"] not in open(p).read():
+    errs.append("tidb: init SQL does not set the root password from .env")
+expect("kibana", svcs["kibana"]["environment"]["ELASTICSEARCH_SSL_CERTIFICATEAUTHORITIES"], mode=0o644)
+expect("es-setup", svcs["es-setup"]["environment"]["ES_CA_FILE"], mode=0o644)
+for k in ("http.ssl.key", "http.ssl.certificate", "http.ssl.certificate_authorities", "transport.ssl.key"):
+    rel = svcs["elasticsearch"]["environment"][f"xpack.security.{k}"]
+    expect("elasticsearch", "/usr/share/elasticsearch/config/" + rel)
+expect("elasticsearch", "/usr/share/elasticsearch/config/certs/elasticsearch/elasticsearch.key", mode=0o640)
+# The CA key stays where only es-certs and Elasticsearch look, root only.
+expect("elasticsearch", "/usr/share/elasticsearch/config/certs/ca/ca.key", mode=0o600)
+for name in svcs:
+    for src, target in mounts(name):
+        if src == "es-certs" and name not in ("es-certs", "elasticsearch"):
+            errs.append(f"{name}: mounts es-certs (private keys); mount es-ca instead")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "secrets: secrets-init and es-certs write every file its reader names (owner, mode 0400, value); CA kept on rerun" secrets_reach_readers
+
+secrets_init_refuses() {
+  local out
+  if out=$(env -i PATH="$PATH" OUT_DIR="$WORK/refuse" TIDB_ROOT_PASSWORD=long-enough-pw \
+      CDC_HTTP_TOKEN=same-token-0123456789 CDC_METRICS_TOKEN=same-token-0123456789 CDC_ES_WRITER_PASSWORD=writer-pw \
+      bash "$ROOT/deploy/secrets/secrets-init.sh" 2>&1); then
+    echo "accepted the same token for the dashboard and Prometheus"
+    return 1
+  fi
+  grep -q 'must differ' <<<"$out" || { echo "$out"; return 1; }
+  if out=$(env -i PATH="$PATH" OUT_DIR="$WORK/refuse" TIDB_ROOT_PASSWORD=long-enough-pw \
+      CDC_HTTP_TOKEN=short CDC_METRICS_TOKEN=other-token-0123456789 CDC_ES_WRITER_PASSWORD=writer-pw \
+      bash "$ROOT/deploy/secrets/secrets-init.sh" 2>&1); then
+    echo "accepted a 5-character token"
+    return 1
+  fi
+  grep -q 'CDC_HTTP_TOKEN is shorter than 16' <<<"$out" || { echo "$out"; return 1; }
+}
+check "secrets-init: refuses a short token and a scrape token equal to the dashboard token" secrets_init_refuses
+
+gitignore_env() {
+  git -C "$ROOT" check-ignore -q .env || { echo ".env is not ignored by git"; return 1; }
+  ! git -C "$ROOT" check-ignore -q .env.example || { echo ".env.example is ignored"; return 1; }
+  grep -qx '.env' "$ROOT/.dockerignore" || { echo ".dockerignore lacks .env"; return 1; }
+}
+check ".env: ignored by git and by the Docker build context; .env.example is not" gitignore_env
+
 env_example_documents_all() {
   python3 - "$ROOT/docker-compose.yml" "$ROOT/.env.example" <<'PY'
 import re, sys
 compose = open(sys.argv[1]).read()
 # Drop $$ (container-side expansion) before looking for ${VAR}.
 used = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", compose.replace("$$", "")))
-documented = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", open(sys.argv[2]).read(), re.M))
-missing = sorted(used - documented)
+example = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", open(sys.argv[2]).read(), re.M))
+errs = []
+missing = sorted(used - set(example))
 if missing:
-    print("not in .env.example:", missing)
-    sys.exit(1)
+    errs.append(f"not in .env.example: {missing}")
+# The secrets: every ${VAR:?message} needs a (placeholder) value there, so
+# `cp .env.example .env` gives a stack that starts.
+required = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*):\?", compose.replace("$$", "")))
+empty = sorted(v for v in required if not example.get(v, "").strip())
+if empty:
+    errs.append(f"required (:?) but empty or absent in .env.example: {empty}")
+for v in ("ELASTIC_PASSWORD", "KIBANA_SYSTEM_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "TIDB_ROOT_PASSWORD",
+          "APPDB_PASSWORD", "CDC_ES_WRITER_PASSWORD", "CDC_ES_READER_PASSWORD", "CDC_HTTP_TOKEN", "CDC_METRICS_TOKEN"):
+    defaulted = re.search(rf"\$\{{{v}(:?-|-)", compose.replace("$$", ""))
+    if v not in required or defaulted:
+        errs.append(f"{v} has a default in docker-compose.yml; use ${{{v}:?...}} everywhere")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
 PY
 }
-check "compose: every \${VAR} used in docker-compose.yml is documented in .env.example" env_example_documents_all
+check "compose: every \${VAR} documented in .env.example; every secret is \${VAR:?} with a placeholder there" env_example_documents_all
 
 dockerfile_shape() {
   local f="$ROOT/Dockerfile" errs=0
@@ -262,15 +565,37 @@ dockerfile_shape() {
   grep -q '^FROM debian:bookworm-slim' "$f" || { echo "runtime is not debian:bookworm-slim"; errs=1; }
   grep -Eq '^USER +[^r0]' "$f" || { echo "runs as root"; errs=1; }
   grep -q '^EXPOSE 3000' "$f" || { echo "no EXPOSE 3000"; errs=1; }
-  grep -q '^HEALTHCHECK.*/healthz' "$f" || { echo "no HEALTHCHECK on /healthz"; errs=1; }
+  grep -q '^HEALTHCHECK.*127\.0\.0\.1:3000/healthz' "$f" || { echo "no HEALTHCHECK on 127.0.0.1:3000/healthz"; errs=1; }
+  # The image must not bind beyond loopback by itself: that needs a token,
+  # which only the deployment (compose) can supply.
+  ! grep -v '^[[:space:]]*#' "$f" | grep -Eq 'CDC_HTTP_ADDR=0\.0\.0\.0|CDC_HTTP_AUTH' \
+    || { echo "image binds 0.0.0.0 or switches auth off"; errs=1; }
   grep -qx 'target/' "$ROOT/.dockerignore" || { echo ".dockerignore lacks target/"; errs=1; }
   grep -qx '.git/' "$ROOT/.dockerignore" || { echo ".dockerignore lacks .git/"; errs=1; }
   return $errs
 }
-check "Dockerfile: multi-stage, --locked build, slim non-root runtime, healthcheck; .dockerignore" dockerfile_shape
+check "Dockerfile: multi-stage, --locked build, slim non-root runtime, loopback default, healthcheck; .dockerignore" dockerfile_shape
 
 # --- Prometheus --------------------------------------------------------------------
-check "promtool check config deploy/prometheus/prometheus.yml" promtool check config "$ROOT/deploy/prometheus/prometheus.yml"
+# promtool stats the credentials_file, which exists only in the container:
+# check a copy whose token path points at a scratch file instead.
+promtool_config() {
+  local dir="$WORK/prometheus"
+  mkdir -p "$dir"
+  cp "$ROOT"/deploy/prometheus/*.yml "$dir/"
+  printf 'token' >"$dir/metrics-token"
+  python3 - "$dir" <<'PY' || return 1
+import sys, yaml
+d = sys.argv[1]
+cfg = yaml.safe_load(open(f"{d}/prometheus.yml"))
+for job in cfg["scrape_configs"]:
+    if (job.get("authorization") or {}).get("credentials_file"):
+        job["authorization"]["credentials_file"] = f"{d}/metrics-token"
+yaml.safe_dump(cfg, open(f"{d}/prometheus.yml", "w"))
+PY
+  promtool check config "$dir/prometheus.yml"
+}
+check "promtool check config deploy/prometheus/prometheus.yml (token file swapped for a scratch one)" promtool_config
 check "promtool check rules deploy/prometheus/alerts.yml" promtool check rules "$ROOT/deploy/prometheus/alerts.yml"
 check "promtool test rules deploy/prometheus/alerts_test.yml" promtool test rules "$ROOT/deploy/prometheus/alerts_test.yml"
 
@@ -318,7 +643,8 @@ import re, sys, yaml
 root = sys.argv[1]
 cfg = yaml.safe_load(open(sys.argv[2])) or sys.exit("no resolved compose file")
 svcs = cfg["services"]
-published = {int(p["published"]) for s in svcs.values() for p in s.get("ports", [])}
+published = {int(p["published"]) if isinstance(p, dict) else int(str(p).split("/")[0].split(":")[-2])
+             for s in svcs.values() for p in s.get("ports", [])}
 text = open(f"{root}/docs/runbook.md").read()
 errs = []
 for m in re.finditer(r"docker compose (exec|logs|ps|restart|stop|start|up|run)((?: -{1,2}[a-z-]+(?:=\S+)?| -d)*)((?: [a-z][a-z0-9-]*)+)", text):
@@ -340,10 +666,35 @@ PY
 }
 check "runbook: checklists present; commands name existing services and published ports" runbook_targets_stack
 
+# docs/stack.md must list each published port with its address and credential.
+stack_doc_ports() {
+  python3 - "$ROOT" "$WORK/compose.resolved.yml" <<'PY'
+import re, sys, yaml
+root = sys.argv[1]
+cfg = yaml.safe_load(open(sys.argv[2])) or sys.exit("no resolved compose file")
+text = open(f"{root}/docs/stack.md").read()
+errs = []
+for name, s in cfg["services"].items():
+    for p in s.get("ports", []):
+        port = int(p["published"]) if isinstance(p, dict) else int(str(p).split("/")[0].split(":")[-2])
+        row = next((l for l in text.splitlines() if l.startswith(f"| {name} |") and f"`127.0.0.1:{port}`" in l), None)
+        if not row:
+            errs.append(f"docs/stack.md: no row `| {name} | `127.0.0.1:{port}` ...`")
+        elif not re.search(r"PASSWORD|TOKEN", row):
+            errs.append(f"docs/stack.md: the row for {name} names no credential")
+for v in ("CDC_METRICS_TOKEN", "cp .env.example .env"):
+    if v not in text:
+        errs.append(f"docs/stack.md does not mention {v}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "docs/stack.md: every published port with its 127.0.0.1 address and credential; how to create .env" stack_doc_ports
+
 # --- Grafana -----------------------------------------------------------------------
 # Extracts every PromQL expression from the dashboard into $WORK/exprs.txt.
 grafana_files() {
-  python3 - "$ROOT" "$WORK/exprs.txt" <<'PY'
+  python3 - "$ROOT" "$WORK/exprs.txt" "$WORK" <<'PY'
 import json, sys, yaml
 root, out = sys.argv[1], sys.argv[2]
 errs = []
@@ -354,9 +705,24 @@ by_uid = {d["uid"]: d for d in ds["datasources"]}
 if by_uid.get("prometheus", {}).get("url") != "http://prometheus:9090":
     errs.append("Prometheus data source uid prometheus at http://prometheus:9090 missing")
 es = by_uid.get("elasticsearch", {})
-if es.get("url") != "http://elasticsearch:9200" or es.get("jsonData", {}).get("index") != "cdc-events" \
+if es.get("url") != "https://elasticsearch:9200" or es.get("jsonData", {}).get("index") != "cdc-events" \
         or es.get("jsonData", {}).get("timeField") != "@timestamp":
-    errs.append("Elasticsearch data source uid elasticsearch (cdc-events, @timestamp) missing")
+    errs.append("Elasticsearch data source uid elasticsearch (https, cdc-events, @timestamp) missing")
+# Read-only user, TLS verified against the stack's CA (mounted from es-ca).
+cfg = yaml.safe_load(open(f"{sys.argv[3]}/compose.resolved.yml")) or {}
+graf = (cfg.get("services") or {}).get("grafana", {})
+if es.get("basicAuthUser") != "cdc_reader":
+    errs.append(f"Elasticsearch data source logs in as {es.get('basicAuthUser')}, want cdc_reader")
+sj = es.get("secureJsonData", {})
+pw = sj.get("basicAuthPassword", "")
+if not pw.startswith("${") or pw[2:-1] not in (graf.get("environment") or {}):
+    errs.append(f"Elasticsearch data source password {pw} is not a variable in grafana's environment")
+if not es.get("jsonData", {}).get("tlsAuthWithCACert") or es.get("jsonData", {}).get("tlsSkipVerify"):
+    errs.append("Elasticsearch data source does not verify TLS with a CA")
+ca = sj.get("tlsCACert", "")
+mounts = [str(v).split(":") for v in graf.get("volumes", [])]
+if not (ca.startswith("$__file{") and any(m[0] == "es-ca" and ca[len("$__file{"):-1].startswith(m[1] + "/") for m in mounts)):
+    errs.append(f"tlsCACert {ca} is not $__file{{...}} under grafana's es-ca mount")
 if not any(p.get("options", {}).get("path") == "/var/lib/grafana/dashboards" for p in prov["providers"]):
     errs.append("dashboard provider does not load /var/lib/grafana/dashboards")
 if dash.get("refresh") != "30s":
@@ -447,6 +813,7 @@ start_mariadb() {
   local dir="$WORK/mariadb" port
   mkdir -p "$dir"
   port=$(free_port)
+  MARIADB_PORT=$port
   MARIADB_SOCKET="$dir/mariadb.sock"
   mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
     --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 \
@@ -500,6 +867,47 @@ init_sql_twice() {
 check_here "mariadb: private server started on a free port" start_mariadb
 check "db/init.sql: runs twice; one appdb, one users table, one seed row with a bcrypt hash" init_sql_twice
 
+# db/init.sh as db-init runs it: root with a password, then the user `app`.
+# Grant tables are switched on here (FLUSH PRIVILEGES ends --skip-grant-tables),
+# and `mysql` on PATH is MariaDB's client on the private socket, so the
+# script's own --host/--port are dropped.
+db_init_least_privilege() {
+  local bin="$WORK/mysql-bin" pw="a'pp\pw\$x" out
+  mkdir -p "$bin"
+  cat >"$bin/mysql" <<SH
+#!/usr/bin/env bash
+args=()
+for a in "\$@"; do case "\$a" in --host=*|--port=*) ;; *) args+=("\$a") ;; esac; done
+exec mariadb --no-defaults --socket="$MARIADB_SOCKET" "\${args[@]}"
+SH
+  chmod +x "$bin/mysql"
+  # Anonymous accounts would shadow app@% for local connections.
+  sql -e "FLUSH PRIVILEGES; DELETE FROM mysql.global_priv WHERE User=''; FLUSH PRIVILEGES;
+          ALTER USER 'root'@'localhost' IDENTIFIED BY 'root-pw'" || return 1
+  if out=$(PATH="$bin:$PATH" TIDB_ROOT_PASSWORD=wrong APPDB_PASSWORD=x bash "$ROOT/db/init.sh" 2>&1); then
+    echo "succeeded with a wrong root password"
+    return 1
+  fi
+  grep -q 'first bootstrap' <<<"$out" || { echo "$out"; return 1; }
+  for _ in 1 2; do
+    PATH="$bin:$PATH" TIDB_ROOT_PASSWORD=root-pw APPDB_PASSWORD="$pw" bash "$ROOT/db/init.sh" >/dev/null || return 1
+  done
+  app() { MYSQL_PWD="$pw" mariadb --no-defaults --protocol=TCP --host=127.0.0.1 --port="$MARIADB_PORT" --user=app --batch --skip-column-names "$@"; }
+  [[ $(app -e "SELECT COUNT(*) FROM appdb.users") == 1 ]] || { echo "app cannot read appdb.users"; return 1; }
+  app -e "INSERT INTO appdb.users (username, password, email) VALUES ('t', 'x', 't@example.com');
+          UPDATE appdb.users SET email = 'u@example.com' WHERE username = 't';
+          DELETE FROM appdb.users WHERE username = 't'" || { echo "app cannot write appdb.users"; return 1; }
+  local stmt
+  for stmt in "CREATE TABLE appdb.extra (id INT)" "DROP TABLE appdb.users" "SELECT COUNT(*) FROM mysql.user" \
+      "CREATE DATABASE other" "CREATE USER 'x'@'%'"; do
+    if app -e "$stmt" >/dev/null 2>&1; then
+      echo "app may: $stmt"
+      return 1
+    fi
+  done
+}
+check "db/init.sh: needs the root password; app has SELECT/INSERT/UPDATE/DELETE on appdb only; reruns" db_init_least_privilege
+
 # --- Kibana setup job against a stub Kibana -------------------------------------------------
 # The stub answers the three endpoints setup.sh uses and records each request,
 # so the test sees what a real Kibana would have been asked, twice in a row.
@@ -540,9 +948,16 @@ class H(BaseHTTPRequestHandler):
         if self.path.startswith("/api/saved_objects/search/"):
             return self.reply(200, body)
         self.reply(404, {})
+    def do_PUT(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.startswith("/_security/"):
+            return self.do_POST_es(body)
+        self.reply(404, {})
     def do_POST_es(self, body):
-        # Elasticsearch's change-password API, for deploy/elasticsearch/setup.sh.
-        with open(log, "a") as f: f.write(f"ES {self.path} auth={self.headers.get('Authorization', '')} {json.dumps(body)}\n")
+        # Elasticsearch's security API (password, role, user), for
+        # deploy/elasticsearch/setup.sh.
+        with open(log, "a") as f:
+            f.write(f"ES {self.command} {self.path} auth={self.headers.get('Authorization', '')} {json.dumps(body, sort_keys=True)}\n")
         self.reply(200, {})
 HTTPServer(("127.0.0.1", port), H).serve_forever()
 PY
@@ -595,20 +1010,55 @@ PY
 check_here "kibana stub: started on a free port" start_kibana_stub
 check "kibana setup.sh: creates data view once and saved search (overwrite) across two runs" kibana_setup_idempotent
 
-es_setup_sets_password() {
-  local log="$WORK/kibana-requests.log" auth
+es_setup_users() {
+  local log="$WORK/kibana-requests.log"
   [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
   : >"$log"
-  ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SECURITY_ENABLED=false ELASTIC_PASSWORD=e KIBANA_SYSTEM_PASSWORD=k \
-    bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
-  [[ ! -s "$log" ]] || { echo "security disabled, yet it called Elasticsearch: $(cat "$log")"; return 1; }
+  # A quote and a backslash in a password must arrive intact in the JSON.
   ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SETUP_TIMEOUT=10 ELASTIC_PASSWORD=el-pw KIBANA_SYSTEM_PASSWORD=kib-pw \
+    CDC_ES_WRITER_PASSWORD='wr"it\er' CDC_ES_READER_PASSWORD=rd-pw CDC_ES_INDEX=cdc-events \
     bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
-  auth="Basic $(printf 'elastic:el-pw' | base64)"
-  grep -qF "ES /_security/user/kibana_system/_password auth=$auth {\"password\": \"kib-pw\"}" "$log" \
-    || { echo "unexpected requests:"; cat "$log"; return 1; }
+  python3 - "$log" "Basic $(printf 'elastic:el-pw' | base64)" <<'PY'
+import json, re, sys
+lines = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("ES ")]
+auth = sys.argv[2]
+req = {}
+errs = []
+for l in lines:
+    method, path, a, body = re.match(r"ES (\S+) (\S+) auth=(.*?) (\{.*)$", l).groups()
+    if a != auth:
+        errs.append(f"{method} {path} not as elastic: {a}")
+    req[(method, path)] = json.loads(body)
+def get(m, p):
+    if (m, p) not in req:
+        errs.append(f"no {m} {p}")
+        return {}
+    return req[(m, p)]
+if get("POST", "/_security/user/kibana_system/_password").get("password") != "kib-pw":
+    errs.append("kibana_system password not set")
+w = get("PUT", "/_security/role/cdc_writer")
+if set(w.get("cluster", [])) != {"monitor", "manage_index_templates"}:
+    errs.append(f"cdc_writer cluster privileges {w.get('cluster')}")
+wi = (w.get("indices") or [{}])[0]
+if set(wi.get("names", [])) != {"cdc-events", "cdc-events-*"} or set(wi.get("privileges", [])) != {"create_doc", "create_index", "read"}:
+    errs.append(f"cdc_writer index privileges {wi}")
+r = get("PUT", "/_security/role/cdc_reader")
+ri = (r.get("indices") or [{}])[0]
+if set(r.get("cluster", [])) != {"monitor"} or set(ri.get("privileges", [])) != {"read", "view_index_metadata"}:
+    errs.append(f"cdc_reader is not read-only: {r}")
+if any(p not in ("read",) for a in r.get("applications", []) for p in a.get("privileges", [])):
+    errs.append(f"cdc_reader has more than read in Kibana: {r.get('applications')}")
+u = get("PUT", "/_security/user/cdc_writer")
+if u.get("password") != 'wr"it\\er' or u.get("roles") != ["cdc_writer"]:
+    errs.append(f"cdc_writer user {u}")
+u = get("PUT", "/_security/user/cdc_reader")
+if u.get("password") != "rd-pw" or u.get("roles") != ["cdc_reader"]:
+    errs.append(f"cdc_reader user {u}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
 }
-check "elasticsearch setup.sh: sets kibana_system password as elastic; no-op without security" es_setup_sets_password
+check "elasticsearch setup.sh: kibana_system password, roles and users cdc_writer/cdc_reader, as elastic" es_setup_users
 [[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
 STUB_PID=
 
@@ -758,7 +1208,7 @@ E2E_STUB_PID=
 # --- shell scripts ---------------------------------------------------------------------------
 shell_scripts() {
   local f errs=0 files
-  mapfile -t files < <(find "$ROOT/scripts" "$ROOT/deploy" -type f -name '*.sh' | sort)
+  mapfile -t files < <(find "$ROOT/scripts" "$ROOT/deploy" "$ROOT/db" -type f -name '*.sh' | sort)
   ((${#files[@]})) || { echo "no scripts found"; return 1; }
   for f in "${files[@]}"; do
     bash -n "$f" || errs=1
@@ -766,7 +1216,7 @@ shell_scripts() {
   done
   return $errs
 }
-check "scripts: bash -n and shellcheck on every script under scripts/ and deploy/" shell_scripts
+check "scripts: bash -n and shellcheck on every script under scripts/, deploy/ and db/" shell_scripts
 
 echo "stack: $PASSED passed, $FAILED failed"
 ((FAILED == 0))
