@@ -305,7 +305,8 @@ impl Layers {
                 return Err(invalid(&file_name, path, "the file is empty"));
             }
             let origin = self.values[&file_key].1.clone();
-            out.values.insert(key.to_owned(), (secret.to_owned(), origin));
+            out.values
+                .insert(key.to_owned(), (secret.to_owned(), origin));
         }
         Ok(out)
     }
@@ -315,7 +316,17 @@ impl Layers {
 /// is shown without its password.
 fn shown(path: &str, value: &str) -> String {
     if !SECRET_KEYS.contains(&path) {
-        return value.to_owned();
+        // Any URL may carry a password (`CDC_ES_URL=http://user:pw@…`).
+        return match Url::parse(value.trim()) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(_) => value.to_owned(),
+            // Unparseable, yet it may still hold `user:password@`.
+            Err(_) if value.contains('@') => "<withheld: may hold a password>".to_owned(),
+            Err(_) => value.to_owned(),
+        };
     }
     match Url::parse(value.trim()) {
         Ok(mut url) if url.has_host() => {
@@ -917,9 +928,18 @@ fn sink_section(
     }
 }
 
-/// `[es]`.
-fn es_section(l: &Layers, url: Url) -> Result<EsConfig, ConfigError> {
-    let es = EsConfig {
+/// `[es]`. Credentials written into the URL move to `username` and
+/// `password`, so the URL itself (in logs and errors) never holds them.
+fn es_section(l: &Layers, mut url: Url) -> Result<EsConfig, ConfigError> {
+    let in_url = (!url.username().is_empty()).then(|| {
+        let user = url.username().to_owned();
+        let password = url.password().map(|p| SecretString::from(p.to_owned()));
+        // An http(s) URL always takes userinfo, so neither can fail.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        (user, password)
+    });
+    let mut es = EsConfig {
         url,
         index: l.get("es.index", |s| {
             let s = text(s)?;
@@ -943,6 +963,17 @@ fn es_section(l: &Layers, url: Url) -> Result<EsConfig, ConfigError> {
         })?,
         timeout: l.get("es.timeout", parse_duration)?,
     };
+    if let Some((user, password)) = in_url {
+        if es.username.is_some() || es.password.is_some() {
+            return Err(invalid(
+                &l.name("es.url"),
+                es.url.as_str(),
+                "has a user name, and CDC_ES_USERNAME or CDC_ES_PASSWORD is set too: set one of them",
+            ));
+        }
+        es.username = Some(user);
+        es.password = password;
+    }
     if es.username.is_some() != es.password.is_some() {
         let key = if es.username.is_some() {
             "CDC_ES_PASSWORD"

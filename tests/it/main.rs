@@ -15,4 +15,5 @@ mod ports;
 mod quickstart;
 mod restart;
 mod safe_writes;
+mod security;
 mod store;

@@ -25,6 +25,9 @@ use crate::sink::query::{EventFilter, EventPage, QueryError, RateSeries, Stats};
 /// leaf value is a keyword), `sql` is text.
 const SEARCH_FIELDS: [&str; 4] = ["pk", "data", "old", "sql"];
 
+/// The `simple_query_string` operators `q` may use.
+const SEARCH_FLAGS: &str = "AND|OR|NOT|PHRASE|PRECEDENCE|ESCAPE|WHITESPACE";
+
 /// Elasticsearch stops a search after this, server side, and answers with
 /// what it found: a heavy query never outlives the API's own timeout.
 const SEARCH_TIMEOUT: &str = "5s";
@@ -114,7 +117,11 @@ fn events_request(f: &EventFilter, search_after: Option<&[Value]>) -> Value {
             "fields": SEARCH_FIELDS,
             "default_operator": "and",
             // A number-looking term against a date or number leaf must not fail the search.
-            "lenient": true
+            "lenient": true,
+            // Terms, phrases and -exclusions, as the dashboard offers; no
+            // fuzzy, prefix or proximity operators, which an API caller
+            // could use to make one search expensive.
+            "flags": SEARCH_FLAGS
         }}));
     }
     let mut body = json!({
@@ -420,7 +427,7 @@ mod tests {
                 {"term": {"table": "users"}},
                 {"term": {"op": "update"}},
                 {"range": {"@timestamp": {"format": "epoch_millis", "gte": 1_700_000_000_000i64, "lte": 1_700_000_060_000i64}}},
-                {"simple_query_string": {"query": "alice@example.com", "fields": ["pk", "data", "old", "sql"], "default_operator": "and", "lenient": true}}
+                {"simple_query_string": {"query": "alice@example.com", "fields": ["pk", "data", "old", "sql"], "default_operator": "and", "lenient": true, "flags": "AND|OR|NOT|PHRASE|PRECEDENCE|ESCAPE|WHITESPACE"}}
             ])
         );
         assert_eq!(body["search_after"], json!([1, 2, 3, 0, 9]));

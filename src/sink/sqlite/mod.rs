@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -33,8 +34,10 @@ use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
 use crate::sink::{Answer, Sink, SinkError, WriteBatch, Written};
 
-/// Reader connections kept open; more are opened under load and closed after.
-const IDLE_READERS: usize = 4;
+/// Reader connections kept open, and API queries run at once: more wait
+/// for a reader (within their deadline), so an API flood never holds more
+/// than this many connections, and ingestion keeps its writer to itself.
+const READERS: usize = 4;
 
 /// Knobs the tests turn down; production uses `Tuning::default()`.
 #[derive(Debug, Clone)]
@@ -43,6 +46,8 @@ struct Tuning {
     backoff: Backoff,
     retention_interval: Duration,
     retention_chunk: usize,
+    /// An API query still running after this is interrupted.
+    query_deadline: Duration,
 }
 
 impl Default for Tuning {
@@ -56,6 +61,8 @@ impl Default for Tuning {
             // A chunk takes tens of milliseconds at a million events, so a
             // batch never waits longer than that for retention.
             retention_chunk: 500,
+            // The API answers 503 after 10 s; the query stops then too.
+            query_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -71,6 +78,8 @@ struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per reader an API query may hold.
+    reader_slots: Arc<Semaphore>,
     cfg: StoreConfig,
     tuning: Tuning,
 }
@@ -115,6 +124,7 @@ impl SqliteSink {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(vec![reader]),
+                reader_slots: Arc::new(Semaphore::new(READERS)),
                 cfg: cfg.clone(),
                 tuning,
             }),
@@ -172,7 +182,7 @@ impl Store {
         };
         let result = f(&conn);
         let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if readers.len() < IDLE_READERS {
+        if readers.len() < READERS {
             readers.push(conn);
         }
         result
@@ -516,11 +526,7 @@ impl Sink for SqliteSink {
         // Newest first, paginated, see src/sink/query.rs.
         Box::pin(async move {
             let plan = query::Plan::new(filter)?;
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.read(|conn| plan.run(conn)))
-                .await
-                .map_err(|e| QueryError::Unavailable(format!("query task failed: {e}")))?
-                .map_err(|e| QueryError::Unavailable(e.to_string()))
+            self.query(move |conn| plan.run(conn)).await
         })
     }
 
@@ -529,16 +535,66 @@ impl Sink for SqliteSink {
         // `window` in buckets of `bucket`.
         Box::pin(async move {
             let request = query::StatsRequest::new(window, bucket, crate::clock::now_millis())?;
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.read(|conn| request.run(conn)))
-                .await
-                .map_err(|e| QueryError::Unavailable(format!("stats task failed: {e}")))?
-                .map_err(|e| QueryError::Unavailable(e.to_string()))
+            self.query(move |conn| request.run(conn)).await
         })
     }
 }
 
 impl SqliteSink {
+    /// Runs an API query on a reader from the pool, interrupted if it is
+    /// still running at the deadline, even when the caller gave up first.
+    async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let deadline = self.store.tuning.query_deadline;
+        let slot = tokio::time::timeout(deadline, self.store.reader_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| QueryError::Unavailable("every store reader is busy".into()))?
+            .map_err(|_| QueryError::Unavailable("the store is closed".into()))?;
+        // The running query's interrupt handle, taken back (under the lock)
+        // before its connection can serve another query, so the watchdog
+        // only ever interrupts this one.
+        let running: Arc<Mutex<Option<rusqlite::InterruptHandle>>> = Arc::default();
+        let watchdog = {
+            let running = running.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(deadline).await;
+                if let Some(h) = running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                {
+                    h.interrupt();
+                }
+            })
+        };
+        let store = self.store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            store.read(|conn| {
+                *running.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(conn.get_interrupt_handle());
+                let r = f(conn);
+                running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                r
+            })
+        })
+        .await;
+        watchdog.abort();
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.sqlite_error_code() == Some(ErrorCode::OperationInterrupted) => Err(
+                QueryError::Unavailable(format!("the query ran past {deadline:?} and was stopped")),
+            ),
+            Ok(Err(e)) => Err(QueryError::Unavailable(e.to_string())),
+            Err(e) => Err(QueryError::Unavailable(format!("query task failed: {e}"))),
+        }
+    }
+
     /// Counts a write transaction in the bulk request families, so the
     /// dashboards read the same for both sinks.
     fn observe(&self, outcome: &str, elapsed: f64) {
@@ -591,6 +647,7 @@ pub(super) mod tests {
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
             retention_interval: Duration::from_millis(50),
             retention_chunk: 500,
+            query_deadline: Duration::from_millis(300),
         };
         SqliteSink::open_tuned(dir, cfg, Metrics::new(), tuning).unwrap()
     }
@@ -624,6 +681,44 @@ pub(super) mod tests {
             pos,
             gtid: None,
         })
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_deadline_is_interrupted_and_the_pool_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(open_with(dir.path(), &cfg()));
+        // Counts to ten billion: far longer than the 300 ms deadline.
+        let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                       WHERE x < 10000000000) SELECT count(*) FROM c";
+        let started = Instant::now();
+        let runs = (0..READERS + 2).map(|_| {
+            let sink = sink.clone();
+            async move {
+                sink.query(move |c| c.query_row(endless, [], |r| r.get::<_, i64>(0)))
+                    .await
+            }
+        });
+        for r in futures::future::join_all(runs).await {
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains("stopped") || err.contains("busy"), "{err}");
+        }
+        // Interrupted at the deadline: two rounds of READERS at most.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(sink.store.readers.lock().unwrap().len() <= READERS);
+        // The readers are fine afterwards, and writes went on meanwhile.
+        write(
+            &sink,
+            &[event("app", "users", Op::Insert, 1, 1_700_000_000_000, "x")],
+        )
+        .await;
+        let n = sink
+            .query(|c| c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)))
+            .await;
+        assert_eq!(n.unwrap(), 1);
     }
 
     #[tokio::test]
