@@ -65,7 +65,7 @@ impl Access {
             return false;
         };
         let name = host_name(host).to_ascii_lowercase();
-        allowed.iter().any(|a| *a == name)
+        allowed.contains(&name)
     }
 
     fn token_accepted(&self, route: Route, headers: &HeaderMap) -> bool {
@@ -88,9 +88,9 @@ impl Access {
         };
         // Every token is compared, so the time taken does not say which one
         // (or how much of one) matched.
-        tokens
-            .iter()
-            .fold(false, |ok, t| ok | same(t.expose_secret().as_bytes(), &given))
+        tokens.iter().fold(false, |ok, t| {
+            ok | same(t.expose_secret().as_bytes(), &given)
+        })
     }
 }
 

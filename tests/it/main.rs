@@ -16,3 +16,4 @@ mod quickstart;
 mod restart;
 mod safe_writes;
 mod store;
+mod tls;
