@@ -185,3 +185,48 @@ async fn elasticsearch_behind_mutual_tls_gets_documents_only_with_the_client_cer
     .await;
     assert!(ok, "log:\n{}", p.log_tail());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changefeed_ensure_reaches_ticdc_behind_mutual_tls_only_with_its_client_certificate() {
+    use crate::harness::ticdc::{TicdcOptions, TicdcStub};
+    let certs = TestCerts::generate();
+    let stub = TicdcStub::start(TicdcOptions::default()).await;
+    let upstream = stub.url.socket_addrs(|| None).unwrap()[0];
+    let proxy = TlsProxy::start(&certs, upstream, true).await;
+    let ensure = |with_cert: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
+        cmd.args(["changefeed", "ensure", "--timeout", "3s"])
+            .arg("--ticdc-url")
+            .arg(format!("https://ci:S3cret@{}", proxy.addr))
+            .arg("--ticdc-ca-file")
+            .arg(certs.ca());
+        if with_cert {
+            cmd.arg("--ticdc-client-cert")
+                .arg(certs.client_cert())
+                .arg("--ticdc-client-key")
+                .arg(certs.client_key());
+        }
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CDC_")) {
+            cmd.env_remove(k);
+        }
+        tokio::process::Command::from(cmd)
+    };
+    let without = ensure(false).output().await.unwrap();
+    let with = ensure(true).output().await.unwrap();
+    let log = String::from_utf8_lossy(&without.stderr).into_owned()
+        + &String::from_utf8_lossy(&without.stdout);
+    assert!(!without.status.success(), "{log}");
+    assert!(log.contains("not healthy"), "{log}");
+    assert!(
+        !log.contains("S3cret"),
+        "the password reached the log: {log}"
+    );
+    let log =
+        String::from_utf8_lossy(&with.stderr).into_owned() + &String::from_utf8_lossy(&with.stdout);
+    assert!(with.status.success(), "{log}");
+    assert!(
+        !log.contains("S3cret"),
+        "the password reached the log: {log}"
+    );
+    assert_eq!(stub.create_requests().len(), 1);
+}
