@@ -54,6 +54,8 @@ keys! {
     tables => "binlog.tables", "CDC_TABLES", ["*.*"], "Binlog source: tables to capture, comma-separated DB.TABLE patterns with * (system schemas are never captured)";
     tables_exclude => "binlog.tables_exclude", "CDC_TABLES_EXCLUDE", [], "Binlog source: tables to skip, same patterns as CDC_TABLES";
     binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
+    mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "Binlog source TLS, as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
+    mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "Binlog source: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
     store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted beyond this size";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
@@ -82,6 +84,8 @@ keys! {
     es_api_key => "es.api_key", "CDC_ES_API_KEY", [], "Elasticsearch API key, base64 id:key as Elasticsearch returns it (secret)";
     es_api_key_file => "es.api_key_file", "CDC_ES_API_KEY_FILE", [], "File holding CDC_ES_API_KEY";
     es_ca_file => "es.ca_file", "CDC_ES_CA_FILE", [], "PEM CA certificate to trust for Elasticsearch TLS";
+    es_client_cert => "es.client_cert", "CDC_ES_CLIENT_CERT", [], "PEM client certificate (chain) for Elasticsearch mutual TLS; needs CDC_ES_CLIENT_KEY";
+    es_client_key => "es.client_key", "CDC_ES_CLIENT_KEY", [], "PEM PKCS#8 private key of CDC_ES_CLIENT_CERT (unencrypted: keep the file owner-only)";
     es_timeout => "es.timeout", "CDC_ES_TIMEOUT", ["30s"], "Timeout of one Elasticsearch request";
     batch_max_events => "batch.max_events", "CDC_BATCH_MAX_EVENTS", ["2000"], "Most events in one bulk request";
     batch_max_bytes => "batch.max_bytes", "CDC_BATCH_MAX_BYTES", ["5MiB"], "Most bytes in one bulk request (e.g. 5MiB)";
@@ -492,6 +496,9 @@ pub struct EsConfig {
     pub password: Option<SecretString>,
     pub api_key: Option<SecretString>,
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate and PKCS#8 key presented for mutual TLS; both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub timeout: Duration,
 }
 
@@ -521,13 +528,12 @@ pub enum SourceConfig {
 /// Where changes go, with the settings only that sink uses.
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
-    Elasticsearch(EsConfig),
+    /// Boxed: its URLs, credentials and TLS files dwarf the other kinds.
+    Elasticsearch(Box<EsConfig>),
     /// The embedded store under `Config::data_dir`.
     Sqlite(StoreConfig),
     /// canal-json to one topic, through `Config::kafka`'s brokers.
-    Kafka {
-        topic: String,
-    },
+    Kafka { topic: String },
 }
 
 impl SinkConfig {
@@ -626,6 +632,61 @@ pub struct MysqlConfig {
     pub server_id: u32,
     pub tables: TableFilter,
     pub start: BinlogStart,
+    pub tls: MysqlTls,
+}
+
+/// How the binlog source secures its connection: MySQL's `--ssl-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MysqlSslMode {
+    /// Plaintext; chosen by name only, and logged as a warning.
+    Disabled,
+    /// TLS when the server offers it, else plaintext with a warning; the
+    /// certificate is not checked (MySQL's own client default).
+    Preferred,
+    /// TLS or no connection; the certificate is not checked.
+    Required,
+    /// TLS with a certificate signed by a trusted CA, whatever its name.
+    VerifyCa,
+    /// TLS with a trusted certificate naming the host connected to.
+    VerifyIdentity,
+}
+
+impl MysqlSslMode {
+    /// The mode as `CDC_MYSQL_SSL_MODE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MysqlSslMode::Disabled => "disabled",
+            MysqlSslMode::Preferred => "preferred",
+            MysqlSslMode::Required => "required",
+            MysqlSslMode::VerifyCa => "verify_ca",
+            MysqlSslMode::VerifyIdentity => "verify_identity",
+        }
+    }
+
+    fn parse(s: &str) -> Result<MysqlSslMode, String> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "disabled" => Ok(MysqlSslMode::Disabled),
+            "preferred" => Ok(MysqlSslMode::Preferred),
+            "required" => Ok(MysqlSslMode::Required),
+            "verify_ca" => Ok(MysqlSslMode::VerifyCa),
+            "verify_identity" => Ok(MysqlSslMode::VerifyIdentity),
+            _ => Err("must be disabled, preferred, required, verify_ca or verify_identity".into()),
+        }
+    }
+
+    /// True when the server's certificate is checked against a CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, MysqlSslMode::VerifyCa | MysqlSslMode::VerifyIdentity)
+    }
+}
+
+/// TLS to MySQL/MariaDB: `mysql.ssl_mode`, `mysql.ssl_ca`, or mysql_async's
+/// own `require_ssl`/`verify_ca`/`verify_identity` URL parameters.
+#[derive(Debug, Clone)]
+pub struct MysqlTls {
+    pub mode: MysqlSslMode,
+    /// Trusted in addition to the system's CAs.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Embedded store settings.
@@ -881,7 +942,82 @@ fn mysql_section(l: &Layers) -> Result<MysqlConfig, ConfigError> {
             "earliest" => Ok(BinlogStart::Earliest),
             _ => Err("must be current or earliest".into()),
         })?,
+        tls: mysql_tls(l)?,
     })
+}
+
+/// The binlog source's TLS. Secure by default within what works
+/// everywhere: with a CA the certificate and host name are verified; without
+/// one TLS is used whenever the server offers it (`preferred`, the mysql
+/// client's default), and plaintext only by name (`disabled`) or, with a
+/// warning, when the server has no TLS at all.
+fn mysql_tls(l: &Layers) -> Result<MysqlTls, ConfigError> {
+    let ca_file = l.opt("mysql.ssl_ca", existing_file)?;
+    let named = l.opt("mysql.ssl_mode", MysqlSslMode::parse)?;
+    let in_url = l
+        .raw("mysql.url")
+        .and_then(|(url, _)| Url::parse(url.trim()).ok())
+        .and_then(|url| url_ssl_mode(&url).transpose())
+        .transpose()
+        .map_err(|reason| invalid("CDC_MYSQL_URL", "<withheld: secret>", &reason))?;
+    let mode = match (named, in_url) {
+        (Some(named), Some(url)) if named != url => {
+            return Err(invalid(
+                &l.name("mysql.ssl_mode"),
+                named.name(),
+                &format!(
+                "CDC_MYSQL_URL's require_ssl/verify_ca/verify_identity mean {}: set one of them",
+                url.name()
+            ),
+            ))
+        }
+        (Some(mode), _) | (None, Some(mode)) => mode,
+        (None, None) if ca_file.is_some() => MysqlSslMode::VerifyIdentity,
+        (None, None) => MysqlSslMode::Preferred,
+    };
+    if let (Some(ca), false) = (&ca_file, mode.verifies()) {
+        return Err(invalid(
+            &l.name("mysql.ssl_ca"),
+            &ca.display().to_string(),
+            &format!(
+                "a CA is only used to verify the server: CDC_MYSQL_SSL_MODE is {}, not verify_ca or verify_identity",
+                mode.name()
+            ),
+        ));
+    }
+    Ok(MysqlTls { mode, ca_file })
+}
+
+/// The mode mysql_async's URL parameters ask for: `require_ssl=true` with
+/// `verify_ca` and `verify_identity` (each `true` unless set).
+fn url_ssl_mode(url: &Url) -> Result<Option<MysqlSslMode>, String> {
+    let flag = |name: &str| -> Result<Option<bool>, String> {
+        match url.query_pairs().find(|(k, _)| k == name) {
+            None => Ok(None),
+            Some((_, v)) => match v.as_ref() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(format!("{name} must be true or false")),
+            },
+        }
+    };
+    let (verify_ca, verify_identity) = (flag("verify_ca")?, flag("verify_identity")?);
+    Ok(match flag("require_ssl")? {
+        None => None,
+        Some(false) => Some(MysqlSslMode::Disabled),
+        Some(true) if verify_ca == Some(false) => Some(MysqlSslMode::Required),
+        Some(true) if verify_identity == Some(false) => Some(MysqlSslMode::VerifyCa),
+        Some(true) => Some(MysqlSslMode::VerifyIdentity),
+    })
+}
+
+/// A path that names a file.
+fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s.trim());
+    if !p.is_file() {
+        return Err("file not found".into());
+    }
+    Ok(p)
 }
 
 /// `sink` and the section of the sink it names. Without `sink`, a set
@@ -898,7 +1034,7 @@ fn sink_section(
     })?;
     match (name.as_deref(), es_url) {
         (Some("elasticsearch") | None, Some(url)) => {
-            Ok(SinkConfig::Elasticsearch(es_section(l, url)?))
+            Ok(SinkConfig::Elasticsearch(Box::new(es_section(l, url)?)))
         }
         (Some("elasticsearch"), None) => Err(invalid(
             "CDC_ES_URL",
@@ -954,13 +1090,9 @@ fn es_section(l: &Layers, mut url: Url) -> Result<EsConfig, ConfigError> {
         username: l.opt("es.username", text)?,
         password: l.opt("es.password", secret)?,
         api_key: l.opt("es.api_key", secret)?,
-        ca_file: l.opt("es.ca_file", |s| {
-            let p = PathBuf::from(s);
-            if !p.is_file() {
-                return Err("file not found".into());
-            }
-            Ok(p)
-        })?,
+        ca_file: l.opt("es.ca_file", existing_file)?,
+        client_cert: l.opt("es.client_cert", existing_file)?,
+        client_key: l.opt("es.client_key", existing_file)?,
         timeout: l.get("es.timeout", parse_duration)?,
     };
     if let Some((user, password)) = in_url {
@@ -973,6 +1105,18 @@ fn es_section(l: &Layers, mut url: Url) -> Result<EsConfig, ConfigError> {
         }
         es.username = Some(user);
         es.password = password;
+    }
+    if es.client_cert.is_some() != es.client_key.is_some() {
+        let key = if es.client_cert.is_some() {
+            "CDC_ES_CLIENT_KEY"
+        } else {
+            "CDC_ES_CLIENT_CERT"
+        };
+        return Err(invalid(
+            key,
+            "",
+            "mutual TLS needs both CDC_ES_CLIENT_CERT and CDC_ES_CLIENT_KEY",
+        ));
     }
     if es.username.is_some() != es.password.is_some() {
         let key = if es.username.is_some() {
@@ -1256,6 +1400,96 @@ mod tests {
         assert_eq!(c.kafka.properties["fetch.wait.max.ms"], "20");
         assert_eq!(c.kafka.properties["socket.keepalive.enable"], "true");
         assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn mysql_tls_is_verified_with_a_ca_preferred_without_and_never_contradictory() {
+        let binlog = "source = \"binlog\"\n[mysql]\nurl = \"mysql://u:pw@db:3306\"\n";
+        let mode = |toml: &str, overrides: &[(&str, &str, Origin)]| {
+            let c = load(toml, overrides)?;
+            let SourceConfig::Binlog(m) = c.source else {
+                panic!("{:?}", c.source)
+            };
+            Ok::<_, ConfigError>(m.tls.mode)
+        };
+        assert_eq!(mode(binlog, &[]).unwrap(), MysqlSslMode::Preferred);
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca_path = ca.path().display().to_string();
+        let with_ca = (
+            "mysql.ssl_ca",
+            ca_path.as_str(),
+            Origin::Env("CDC_MYSQL_SSL_CA"),
+        );
+        assert_eq!(
+            mode(binlog, std::slice::from_ref(&with_ca)).unwrap(),
+            MysqlSslMode::VerifyIdentity
+        );
+        let disabled = (
+            "mysql.ssl_mode",
+            "disabled",
+            Origin::Env("CDC_MYSQL_SSL_MODE"),
+        );
+        let err = mode(binlog, &[with_ca, disabled]).unwrap_err().to_string();
+        assert!(err.contains("CDC_MYSQL_SSL_CA"), "{err}");
+        let url = |u: &str| {
+            format!("source = \"binlog\"\n[mysql]\nurl = \"mysql://u:S3cret@db:3306?{u}\"\n")
+        };
+        assert_eq!(
+            mode(&url("require_ssl=true"), &[]).unwrap(),
+            MysqlSslMode::VerifyIdentity
+        );
+        assert_eq!(
+            mode(&url("require_ssl=true&verify_ca=false"), &[]).unwrap(),
+            MysqlSslMode::Required
+        );
+        assert_eq!(
+            mode(&url("require_ssl=true&verify_identity=false"), &[]).unwrap(),
+            MysqlSslMode::VerifyCa
+        );
+        let err = mode(
+            &url("require_ssl=false"),
+            &[(
+                "mysql.ssl_mode",
+                "verify-ca",
+                Origin::Env("CDC_MYSQL_SSL_MODE"),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("CDC_MYSQL_SSL_MODE") && !err.contains("S3cret"),
+            "{err}"
+        );
+        let err = mode(
+            binlog,
+            &[(
+                "mysql.ssl_ca",
+                "/nonexistent.pem",
+                Origin::Env("CDC_MYSQL_SSL_CA"),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("CDC_MYSQL_SSL_CA") && err.contains("file not found"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn es_client_certificate_needs_its_key() {
+        let cert = tempfile::NamedTempFile::new().unwrap();
+        let err = load(
+            "[es]\nurl = \"https://es:9200\"\n",
+            &[(
+                "es.client_cert",
+                &cert.path().display().to_string(),
+                Origin::Env("CDC_ES_CLIENT_CERT"),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CDC_ES_CLIENT_KEY"), "{err}");
     }
 
     #[test]

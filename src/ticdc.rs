@@ -14,14 +14,18 @@
 //!   them), 500 for the rest (`CDC:ErrChangeFeedAlreadyExists` among them).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
+
+use crate::tls::{self, TlsFileError};
 
 /// `changefeed ensure` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +54,28 @@ pub struct ChangefeedArgs {
     /// Seconds to wait for TiCDC to become healthy.
     #[arg(long, env = "CDC_CHANGEFEED_TIMEOUT", default_value = "120", value_parser = parse_secs)]
     pub timeout: Duration,
+    /// PEM CA certificate to trust for an https:// TiCDC.
+    #[arg(long, env = "CDC_TICDC_CA_FILE", value_name = "FILE")]
+    pub ticdc_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for TiCDC's mutual TLS; needs --ticdc-client-key.
+    #[arg(long, env = "CDC_TICDC_CLIENT_CERT", value_name = "FILE")]
+    pub ticdc_client_cert: Option<PathBuf>,
+    /// PEM PKCS#8 private key of --ticdc-client-cert.
+    #[arg(long, env = "CDC_TICDC_CLIENT_KEY", value_name = "FILE")]
+    pub ticdc_client_key: Option<PathBuf>,
+    /// TiCDC basic-auth user (TiCDC's `security.client-user-required`).
+    #[arg(long, env = "CDC_TICDC_USERNAME")]
+    pub ticdc_username: Option<String>,
+    /// TiCDC basic-auth password (secret: prefer --ticdc-password-file).
+    #[arg(long, env = "CDC_TICDC_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    pub ticdc_password: Option<SecretString>,
+    /// File holding the TiCDC password (its trailing newline is dropped).
+    #[arg(long, env = "CDC_TICDC_PASSWORD_FILE", value_name = "FILE")]
+    pub ticdc_password_file: Option<PathBuf>,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -101,6 +127,10 @@ pub enum TicdcError {
     InvalidUrl { url: String, reason: &'static str },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    TlsFile(#[from] TlsFileError),
+    #[error("{key}: {reason}")]
+    Credentials { key: &'static str, reason: String },
     #[error("TiCDC at {url} was not healthy within {timeout:?}; last error: {last_error}")]
     // URLs as strings keep the error small (clippy::result_large_err).
     NotHealthy {
@@ -385,6 +415,89 @@ fn sink_for_log(uri: &str) -> String {
     }
 }
 
+/// `url` without its user name and password, for logs and requests (the
+/// credentials travel in the Authorization header instead).
+fn without_userinfo(url: &Url) -> Url {
+    let mut url = url.clone();
+    // Err only for URLs that cannot have a host, which `new` refuses anyway.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url
+}
+
+/// Basic-auth credentials: `--ticdc-username` with `--ticdc-password` or
+/// `--ticdc-password-file`, or the user info of `--ticdc-url`.
+fn credentials(args: &ChangefeedArgs) -> Result<Option<(String, SecretString)>, TicdcError> {
+    let password = match (&args.ticdc_password, &args.ticdc_password_file) {
+        (Some(_), Some(_)) => {
+            return Err(TicdcError::Credentials {
+                key: "--ticdc-password-file",
+                reason: "--ticdc-password (CDC_TICDC_PASSWORD) is set too: set one of them".into(),
+            })
+        }
+        (Some(p), None) => Some(p.clone()),
+        (None, Some(path)) => {
+            let failed = |reason: String| TicdcError::Credentials {
+                key: "--ticdc-password-file",
+                reason: format!("{}: {reason}", path.display()),
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            if text.trim().is_empty() {
+                return Err(failed("the file is empty".into()));
+            }
+            Some(SecretString::from(text.to_owned()))
+        }
+        (None, None) => None,
+    };
+    let url = &args.ticdc_url;
+    let in_url = !url.username().is_empty() || url.password().is_some();
+    match (&args.ticdc_username, password) {
+        (Some(_), _) | (None, Some(_)) if in_url => Err(TicdcError::Credentials {
+            key: "--ticdc-username",
+            reason: "--ticdc-url carries a user and password too: set one of them".into(),
+        }),
+        (Some(user), Some(password)) => Ok(Some((user.clone(), password))),
+        (Some(_), None) => Err(TicdcError::Credentials {
+            key: "--ticdc-username",
+            reason: "needs --ticdc-password or --ticdc-password-file".into(),
+        }),
+        (None, Some(_)) => Err(TicdcError::Credentials {
+            key: "--ticdc-password",
+            reason: "needs --ticdc-username".into(),
+        }),
+        (None, None) if in_url => {
+            let decode = |s: &str| {
+                percent_decode(s).ok_or_else(|| TicdcError::Credentials {
+                    key: "--ticdc-url",
+                    reason: "its user info is not valid UTF-8 once percent-decoded".into(),
+                })
+            };
+            Ok(Some((
+                decode(url.username())?,
+                SecretString::from(decode(url.password().unwrap_or(""))?),
+            )))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `%XX` escapes of a URL's user info, decoded.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// `err` and its sources on one line: reqwest's top-level message alone
 /// ("error sending request") hides the cause, e.g. "Connection refused".
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -414,22 +527,58 @@ struct TicdcApi {
 }
 
 impl TicdcApi {
-    fn new(base: &Url) -> Result<TicdcApi, TicdcError> {
+    fn new(args: &ChangefeedArgs) -> Result<TicdcApi, TicdcError> {
+        // The base is what logs and errors show: never its user info.
+        let base = without_userinfo(&args.ticdc_url);
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(TicdcError::InvalidUrl {
                 url: base.to_string(),
                 reason: "expected an http:// or https:// URL",
             });
         }
-        let http = reqwest::Client::builder()
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some((user, password)) = credentials(args)? {
+            if base.scheme() == "http" {
+                warn!(url = %base, "TiCDC basic-auth password sent over plain http: use https");
+            }
+            use base64::Engine;
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.expose_secret()));
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Basic {token}")).map_err(
+                |_| TicdcError::Credentials {
+                    key: "--ticdc-username",
+                    reason: "not a valid header value".into(),
+                },
+            )?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(TicdcError::Client)?;
-        Ok(TicdcApi {
-            http,
-            base: base.clone(),
-        })
+            .connect_timeout(REQUEST_TIMEOUT);
+        if let Some(ca) = &args.ticdc_ca_file {
+            builder = builder.add_root_certificate(tls::root_certificate("--ticdc-ca-file", ca)?);
+        }
+        match (&args.ticdc_client_cert, &args.ticdc_client_key) {
+            (Some(cert), Some(key)) => {
+                builder = builder.identity(tls::client_identity(
+                    ["--ticdc-client-cert", "--ticdc-client-key"],
+                    cert,
+                    key,
+                )?);
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(TicdcError::Credentials {
+                    key: "--ticdc-client-cert",
+                    reason: "mutual TLS needs both --ticdc-client-cert and --ticdc-client-key"
+                        .into(),
+                })
+            }
+        }
+        let http = builder.build().map_err(TicdcError::Client)?;
+        Ok(TicdcApi { http, base })
     }
 
     /// `{base}/api/v2/{segments}`, keeping any path prefix of the base (a
@@ -555,7 +704,7 @@ impl TicdcApi {
 /// Waits for TiCDC, then creates the changefeed unless it exists and is normal.
 pub async fn ensure(args: &ChangefeedArgs) -> Result<EnsureOutcome, TicdcError> {
     let wanted = Wanted::from_args(args)?;
-    let api = TicdcApi::new(&args.ticdc_url)?;
+    let api = TicdcApi::new(args)?;
     api.wait_healthy(args.timeout).await?;
 
     if let Some(info) = api.get_changefeed(&wanted.id).await? {
@@ -622,7 +771,67 @@ mod tests {
             sink_uri: "kafka://kafka:9092/tidb-cdc?protocol=canal-json".into(),
             rules: vec!["appdb.*".into()],
             timeout: Duration::from_secs(120),
+            ticdc_ca_file: None,
+            ticdc_client_cert: None,
+            ticdc_client_key: None,
+            ticdc_username: None,
+            ticdc_password: None,
+            ticdc_password_file: None,
         }
+    }
+
+    fn args_for(url: &str) -> ChangefeedArgs {
+        ChangefeedArgs {
+            ticdc_url: Url::parse(url).unwrap(),
+            ..args()
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth_and_leave_the_logged_url() {
+        let a = args_for("https://ci%40corp:p%3Ass@ticdc:8300/");
+        let (user, password) = credentials(&a).unwrap().unwrap();
+        assert_eq!(user, "ci@corp");
+        assert_eq!(password.expose_secret(), "p:ss");
+        let api = TicdcApi::new(&a).unwrap();
+        assert_eq!(api.base.as_str(), "https://ticdc:8300/");
+        assert!(!api.endpoint(&["health"]).as_str().contains("p%3Ass"));
+    }
+
+    #[test]
+    fn basic_auth_needs_both_halves_and_one_source() {
+        let mut a = args();
+        a.ticdc_username = Some("ci".into());
+        assert!(matches!(
+            credentials(&a),
+            Err(TicdcError::Credentials {
+                key: "--ticdc-username",
+                ..
+            })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        a.ticdc_password_file = Some(file.clone());
+        let (_, password) = credentials(&a).unwrap().unwrap();
+        assert_eq!(password.expose_secret(), "from-file");
+        a.ticdc_password = Some(SecretString::from("flag".to_owned()));
+        let err = credentials(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("--ticdc-password-file") && !err.contains("flag"),
+            "{err}"
+        );
+        let mut a = args_for("http://u:secret@ticdc:8300");
+        a.ticdc_username = Some("ci".into());
+        a.ticdc_password_file = Some(file);
+        let err = credentials(&a).unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+        let mut a = args();
+        a.ticdc_client_cert = Some(PathBuf::from("/nonexistent"));
+        assert!(matches!(
+            TicdcApi::new(&a).err(),
+            Some(TicdcError::Credentials { .. })
+        ));
     }
 
     fn info(json: &str) -> ChangefeedInfo {
@@ -784,12 +993,12 @@ mod tests {
 
     #[test]
     fn endpoints_keep_the_base_path_and_encode_the_id() {
-        let api = TicdcApi::new(&Url::parse("http://ticdc:8300").unwrap()).unwrap();
+        let api = TicdcApi::new(&args_for("http://ticdc:8300")).unwrap();
         assert_eq!(
             api.endpoint(&["changefeeds", "cf-kafka"]).as_str(),
             "http://ticdc:8300/api/v2/changefeeds/cf-kafka"
         );
-        let api = TicdcApi::new(&Url::parse("https://proxy/ticdc/").unwrap()).unwrap();
+        let api = TicdcApi::new(&args_for("https://proxy/ticdc/")).unwrap();
         assert_eq!(
             api.endpoint(&["health"]).as_str(),
             "https://proxy/ticdc/api/v2/health"
@@ -802,7 +1011,7 @@ mod tests {
 
     #[test]
     fn non_http_ticdc_url_is_refused() {
-        let err = TicdcApi::new(&Url::parse("ftp://ticdc").unwrap()).err();
+        let err = TicdcApi::new(&args_for("ftp://ticdc")).err();
         assert!(matches!(err, Some(TicdcError::InvalidUrl { .. })));
     }
 

@@ -238,6 +238,16 @@ impl MariaDb {
     /// created and initialised on first use and reused afterwards. Returns
     /// once the server accepts connections and the capture user exists.
     pub async fn start(dir: &Path, port: u16) -> Result<MariaDb, MariaDbError> {
+        MariaDb::start_with_args(dir, port, &[]).await
+    }
+
+    /// `start` with `extra` server options after the launcher's own (a
+    /// later option wins), e.g. `--ssl-cert=...` for a server with TLS.
+    pub async fn start_with_args(
+        dir: &Path,
+        port: u16,
+        extra: &[String],
+    ) -> Result<MariaDb, MariaDbError> {
         let started = Instant::now();
         let bins = Binaries::find()?;
         fs::DirBuilder::new()
@@ -275,6 +285,7 @@ impl MariaDb {
         let log_start = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(&bins.mariadbd);
         cmd.args(server_args(&dir, port, is_root()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -237,6 +237,8 @@ fn config(data_dir: &Path, http_addr: SocketAddr, mysql_url: &str) -> Result<Con
     set("http.addr", http_addr.to_string(), "http_addr");
     set("mysql.url", mysql_url.to_owned(), "mysql_port");
     set("binlog.tables", "appdb.*".into(), "tables");
+    // The private server listens on loopback only and has no certificate.
+    set("mysql.ssl_mode", "disabled".into(), "mysql_ssl_mode");
     // Only read without a stored position, i.e. on the first start: from
     // the oldest binlog, so the seed row init.sql inserted is captured too.
     // Later starts resume where the store's position says.

@@ -36,7 +36,9 @@ pub struct Rejected {
 /// Why a sink call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("request failed: {0}")]
+    // With its causes: reqwest's own text ("error sending request") hides
+    // why, e.g. a refused certificate.
+    #[error("request failed: {}", error_chain(.0))]
     Http(#[from] reqwest::Error),
     #[error("HTTP {status}: {body}")]
     Status { status: u16, body: String },
@@ -176,4 +178,19 @@ pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, SinkError
             metrics.clone(),
         )?),
     })
+}
+
+/// `err` and its sources on one line, each cause once.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

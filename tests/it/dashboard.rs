@@ -986,6 +986,8 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         password: None,
         api_key: None,
         ca_file: None,
+        client_cert: None,
+        client_key: None,
         timeout: Duration::from_secs(5),
     };
     let sink_cfg = PipelineConfig {

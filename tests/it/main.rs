@@ -17,3 +17,4 @@ mod restart;
 mod safe_writes;
 mod security;
 mod store;
+mod tls;

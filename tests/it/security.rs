@@ -277,6 +277,9 @@ fn output_of(args: &[&str], env: &[(&str, &str)], wait: Duration) -> Output {
     out
 }
 
+/// Arguments and environment of one run.
+type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
 #[test]
 fn no_config_error_or_connection_failure_shows_a_secret() {
     const CANARY: &str = "Canary-S3cret-q7Zx";
@@ -299,7 +302,7 @@ fn no_config_error_or_connection_failure_shows_a_secret() {
     let props = format!("sasl.password={CANARY},{CANARY}");
     let bad_es = format!("htp://elastic:{CANARY}@127.0.0.1 :9200");
     let bad_port = format!("mysql://cdc:{CANARY}@127.0.0.1:notaport");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             vec!["run"],
             vec![("CDC_SOURCE", "binlog"), ("CDC_MYSQL_URL_FILE", &url_file)],

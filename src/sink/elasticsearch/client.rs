@@ -7,6 +7,7 @@ use url::Url;
 use crate::config::EsConfig;
 use crate::sink::elasticsearch::response::{refusal_reason, BulkResponse};
 use crate::sink::SinkError;
+use crate::tls::{self, TlsFileError};
 
 /// What Elasticsearch answered to a bulk request.
 #[derive(Debug)]
@@ -49,14 +50,17 @@ impl EsClient {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(std::time::Duration::from_secs(10)))
             .pool_max_idle_per_host(32);
+        let tls_err = |e: TlsFileError| SinkError::Config(e.to_string());
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                SinkError::Config(format!("CDC_ES_CA_FILE {}: {e}", path.display()))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                SinkError::Config(format!("CDC_ES_CA_FILE {}: {e}", path.display()))
-            })?;
-            builder = builder.add_root_certificate(cert);
+            builder = builder.add_root_certificate(
+                tls::root_certificate("CDC_ES_CA_FILE", path).map_err(tls_err)?,
+            );
+        }
+        if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
+            builder = builder.identity(
+                tls::client_identity(["CDC_ES_CLIENT_CERT", "CDC_ES_CLIENT_KEY"], cert, key)
+                    .map_err(tls_err)?,
+            );
         }
         let http = builder
             .build()

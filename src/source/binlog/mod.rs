@@ -15,6 +15,7 @@ pub mod events;
 pub mod position;
 pub mod preflight;
 pub mod schema;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::checkpoint::{Checkpoint, StoredCheckpoints, BINLOG_STREAM};
-use crate::config::{BinlogStart, MysqlConfig};
+use crate::config::{BinlogStart, MysqlConfig, MysqlSslMode};
 use crate::event::{ChangeEvent, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::source::ack::OffsetTracker;
@@ -176,6 +177,14 @@ impl BinlogSource {
     ) -> Result<BinlogSource, SourceError> {
         let opts = Opts::from_url(cfg.url.expose_secret())
             .map_err(|e| SourceError::Other(format!("CDC_MYSQL_URL: {e}")))?;
+        let opts = tls::with_tls(opts, &cfg.tls);
+        if cfg.tls.mode == MysqlSslMode::Disabled && !tls::is_loopback(opts.ip_or_hostname()) {
+            warn!(
+                server = %format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port()),
+                "TLS to MySQL is off (CDC_MYSQL_SSL_MODE=disabled): the login and \
+                 every captured row cross the network readable"
+            );
+        }
         let emit_checkpoints = matches!(store, PositionStore::Sink(_));
         Ok(BinlogSource {
             cfg: cfg.clone(),
@@ -197,7 +206,22 @@ impl BinlogSource {
     /// A connection, within `CONNECT_TIMEOUT`. A rejected login is fatal:
     /// retrying the same credentials cannot succeed.
     async fn connect(&self) -> Result<Conn, SourceError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts.clone())).await {
+        let mut result = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts.clone())).await;
+        if self.cfg.tls.mode == MysqlSslMode::Preferred
+            && matches!(result, Ok(Err(ref e)) if tls::server_lacks_tls(e))
+        {
+            // Loopback traffic never leaves the machine: no warning.
+            if !tls::is_loopback(self.opts.ip_or_hostname()) {
+                warn!(
+                    server = %self.server(),
+                    "the MySQL server offers no TLS: connecting in plaintext \
+                     (CDC_MYSQL_SSL_MODE=preferred; set verify_identity to refuse)"
+                );
+            }
+            let plain = tls::with_tls(self.opts.clone(), &tls::PLAINTEXT);
+            result = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(plain)).await;
+        }
+        match result {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => {
                 let text = format!("connecting to MySQL at {}: {e}", self.server());
@@ -205,9 +229,17 @@ impl BinlogSource {
                     // 1045: access denied; 1044: no access to the database.
                     mysql_async::Error::Server(ref s) if s.code == 1045 || s.code == 1044 => {
                         Err(SourceError::Fatal(format!(
-                            "{text} (check the user and password in CDC_MYSQL_URL)"
+                            "{text} (check the user and password in CDC_MYSQL_URL{})",
+                            tls::denied_hint(self.cfg.tls.mode)
                         )))
                     }
+                    // Retrying cannot make a certificate trusted or a
+                    // server grow TLS: stop with what to change.
+                    ref e if tls::is_tls_failure(e) => Err(SourceError::Fatal(format!(
+                        "{text} (CDC_MYSQL_SSL_MODE is {}; {})",
+                        self.cfg.tls.mode.name(),
+                        tls::failure_hint(self.cfg.tls.mode)
+                    ))),
                     _ => Err(SourceError::Other(text)),
                 }
             }

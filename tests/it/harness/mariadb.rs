@@ -15,17 +15,26 @@ pub struct MariaDb {
     server: Option<launcher::MariaDb>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Server options beyond the launcher's, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 impl MariaDb {
     /// Starts a fresh server on a port of its own.
     pub async fn start() -> MariaDb {
+        MariaDb::start_with_args(Vec::new()).await
+    }
+
+    /// Starts a fresh server with `extra_args` (e.g. `--ssl-cert=...`)
+    /// after the launcher's own options.
+    pub async fn start_with_args(extra_args: Vec<String>) -> MariaDb {
         let dir = tempfile::tempdir().unwrap();
-        let (server, port) = start_on_own_port(dir.path()).await;
+        let (server, port) = start_on_own_port_with(dir.path(), &extra_args).await;
         MariaDb {
             server: Some(server),
             port,
             dir,
+            extra_args,
         }
     }
 
@@ -131,7 +140,7 @@ impl MariaDb {
             s.stop().await;
         }
         self.server = Some(
-            launcher::MariaDb::start(self.dir.path(), self.port)
+            launcher::MariaDb::start_with_args(self.dir.path(), self.port, &self.extra_args)
                 .await
                 .unwrap_or_else(|e| panic!("restart MariaDB: {e}")),
         );
@@ -148,7 +157,7 @@ impl MariaDb {
     pub async fn start_again(&mut self) {
         assert!(self.server.is_none(), "already running");
         self.server = Some(
-            launcher::MariaDb::start(self.dir.path(), self.port)
+            launcher::MariaDb::start_with_args(self.dir.path(), self.port, &self.extra_args)
                 .await
                 .unwrap_or_else(|e| panic!("start MariaDB again: {e}")),
         );
@@ -173,12 +182,17 @@ impl Drop for MariaDb {
 /// Starts on a port of its own, trying another when the port is taken
 /// (another test run on this machine; see `ports::candidate`).
 pub async fn start_on_own_port(dir: &Path) -> (launcher::MariaDb, u16) {
+    start_on_own_port_with(dir, &[]).await
+}
+
+/// `start_on_own_port` with server options beyond the launcher's.
+pub async fn start_on_own_port_with(dir: &Path, extra_args: &[String]) -> (launcher::MariaDb, u16) {
     const ATTEMPTS: usize = 5;
     let started = Instant::now();
     let mut taken = Vec::new();
     while taken.len() < ATTEMPTS {
         let port = super::ports::candidate();
-        match launcher::MariaDb::start(dir, port).await {
+        match launcher::MariaDb::start_with_args(dir, port, extra_args).await {
             Ok(server) => {
                 if std::env::var_os("TEST_LOG").is_some() {
                     eprintln!(

@@ -15,6 +15,7 @@ pub mod mariadb;
 pub mod ports;
 pub mod prometheus;
 pub mod ticdc;
+pub mod tls;
 pub mod tmpfs;
 
 use std::sync::atomic::{AtomicU32, Ordering};
