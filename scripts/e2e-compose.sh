@@ -2,19 +2,28 @@
 # End-to-end test of the whole stack with a real Docker engine:
 #   1. docker compose up -d --build --wait (TiDB, TiCDC, Kafka, ES, Kibana,
 #      Prometheus, Grafana, the consumer and the one-shot jobs);
-#   2. waits for the consumer's /readyz and the changefeed to be normal;
+#   2. waits for the consumer's /readyz and the changefeed to be normal, and
+#      checks that the consumer's /metrics refuses a request without the
+#      scrape token;
 #   3. inserts, updates and deletes a row in appdb.users through the
 #      mysql-client service, and asserts each change is in Elasticsearch
 #      `cdc-events` with the right op within 10 s, and that Prometheus
 #      reports cdc_events_total for it;
 #   4. docker compose down -v (on any exit; E2E_KEEP=1 keeps the stack up).
 #
+# Only the consumer (/readyz, /metrics), Kibana and Grafana are published on
+# 127.0.0.1. TiCDC, Elasticsearch (https, as `elastic`) and Prometheus are
+# reached inside the compose network through the `curl` service of the
+# `tools` profile, which trusts the stack's CA: the same way docs/runbook.md
+# tells people to reach them.
+#
 # Needs Docker with Compose v2.20+ (`up --wait --wait-timeout`) and curl.
-# CI machines for this project have no Docker engine, so CI does not run this;
-# scripts/test-stack.sh only checks it with bash -n and shellcheck.
+# CI machines for this project have no Docker engine, so CI does not run this
+# against containers; scripts/test-stack.sh runs it against a stand-in
+# `docker` command and stub services.
 #
 #   scripts/e2e-compose.sh            # uses .env if present, else .env.example
-#                                     # with fresh random passwords
+#                                     # with a fresh random value for every secret
 #   E2E_ENV_FILE=path                 # another env file
 #   E2E_KEEP=1                        # leave the stack running afterwards
 set -euo pipefail
@@ -30,11 +39,18 @@ ENV_FILE="${E2E_ENV_FILE:-$ROOT/.env}"
 if [[ ! -f "$ENV_FILE" ]]; then
   ENV_FILE="$WORK/e2e.env"
   # Random throwaway secrets: .env.example's placeholders are not to be used.
-  rand() { LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 24; }
-  sed -e "s/^ELASTIC_PASSWORD=.*/ELASTIC_PASSWORD=$(rand)/" \
-      -e "s/^KIBANA_SYSTEM_PASSWORD=.*/KIBANA_SYSTEM_PASSWORD=$(rand)/" \
-      -e "s/^GRAFANA_ADMIN_PASSWORD=.*/GRAFANA_ADMIN_PASSWORD=$(rand)/" \
-      "$ROOT/.env.example" >"$ENV_FILE"
+  # The secrets are the variables docker-compose.yml requires (${VAR:?...}),
+  # so one added there is covered here too. 32 hex characters each: over the
+  # 16 that the tokens need, and nothing sed or a setup script must escape.
+  rand() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
+  secrets=$(grep -Eo '[$][{][A-Z_][A-Z0-9_]*:[?]' "$ROOT/docker-compose.yml" | sed 's/^..//; s/..$//' | sort -u)
+  [[ -n "$secrets" ]] || { echo "no \${VAR:?} secrets found in docker-compose.yml" >&2; exit 1; }
+  replace=()
+  for name in $secrets; do
+    grep -q "^$name=" "$ROOT/.env.example" || { echo "$name is not in .env.example" >&2; exit 1; }
+    replace+=(-e "s/^$name=.*/$name=$(rand)/")
+  done
+  sed "${replace[@]}" "$ROOT/.env.example" >"$ENV_FILE"
 fi
 
 # envval NAME DEFAULT: a value from the env file. The file is not sourced:
@@ -45,16 +61,19 @@ envval() {
   printf '%s' "${v:-$2}"
 }
 ELASTIC_PASSWORD=$(envval ELASTIC_PASSWORD "")
+CDC_METRICS_TOKEN=$(envval CDC_METRICS_TOKEN "")
 GRAFANA_ADMIN_USER=$(envval GRAFANA_ADMIN_USER admin)
 GRAFANA_ADMIN_PASSWORD=$(envval GRAFANA_ADMIN_PASSWORD "")
 CHANGEFEED_ID=$(envval CDC_CHANGEFEED_ID cf-kafka)
 ES_INDEX=$(envval CDC_ES_INDEX cdc-events)
-CONSUMER_URL="http://localhost:$(envval CONSUMER_HOST_PORT 3000)"
-TICDC_URL="http://localhost:$(envval TICDC_HOST_PORT 8300)"
-ES_URL="http://localhost:$(envval ES_HOST_PORT 9200)"
-KIBANA_URL="http://localhost:$(envval KIBANA_HOST_PORT 5601)"
-PROM_URL="http://localhost:$(envval PROMETHEUS_HOST_PORT 9090)"
-GRAFANA_URL="http://localhost:$(envval GRAFANA_HOST_PORT 3001)"
+# Published on 127.0.0.1 (docker-compose.yml `ports:`).
+CONSUMER_URL="http://127.0.0.1:$(envval CONSUMER_HOST_PORT 3000)"
+KIBANA_URL="http://127.0.0.1:$(envval KIBANA_HOST_PORT 5601)"
+GRAFANA_URL="http://127.0.0.1:$(envval GRAFANA_HOST_PORT 3001)"
+# Inside the compose network only, through incurl below.
+TICDC_URL=http://ticdc:8300
+ES_URL=https://elasticsearch:9200
+PROM_URL=http://prometheus:9090
 
 COMPOSE=(docker compose --project-directory "$ROOT" --project-name "$PROJECT" --env-file "$ENV_FILE" -f "$ROOT/docker-compose.yml")
 
@@ -66,7 +85,7 @@ teardown() {
   if ((status != 0)); then
     log "failed (exit $status); service states and recent logs follow"
     "${COMPOSE[@]}" ps -a || true
-    "${COMPOSE[@]}" logs --no-color --tail=80 cdc-task consumer ticdc kafka-init db-init || true
+    "${COMPOSE[@]}" logs --no-color --tail=80 secrets-init es-certs es-setup cdc-task consumer ticdc kafka-init db-init || true
   fi
   if [[ "${E2E_KEEP:-0}" == 1 ]]; then
     log "E2E_KEEP=1: leaving project $PROJECT running (docker compose -p $PROJECT down -v to remove)"
@@ -92,19 +111,27 @@ wait_for() {
   log "$what: ok"
 }
 
-es() { curl -fsS -u "elastic:${ELASTIC_PASSWORD}" -H 'Content-Type: application/json' "$@"; }
+# incurl CURL_ARGS...: curl inside the compose network (the `curl` tools
+# service, whose entrypoint adds --cacert for the stack's CA).
+incurl() { "${COMPOSE[@]}" run --rm -T curl "$@"; }
+
+es() { incurl -fsS -u "elastic:${ELASTIC_PASSWORD}" -H 'Content-Type: application/json' "$@"; }
+
+# The consumer's /metrics, with the scrape token Prometheus also holds.
+consumer_metrics() { curl -fsS -H "Authorization: Bearer ${CDC_METRICS_TOKEN}" "${CONSUMER_URL}/metrics"; }
 
 sql() { "${COMPOSE[@]}" run --rm -T mysql-client --batch --skip-column-names -e "$1"; }
 
 # es_count TABLE OP ID: documents in the index for that change. `pk` is a
 # flattened field, so pk.id matches the primary key column `id` as a keyword.
+# The query is an argument, not stdin: `run` need not attach stdin.
 es_count() {
-  es "${ES_URL}/${ES_INDEX}/_search?filter_path=hits.total.value&track_total_hits=true" -d @- <<JSON \
+  local query
+  query=$(printf '{"size": 0, "query": {"bool": {"filter": [
+  {"term": {"database": "appdb"}}, {"term": {"table": "%s"}},
+  {"term": {"op": "%s"}}, {"term": {"pk.id": "%s"}}]}}}' "$1" "$2" "$3")
+  es "${ES_URL}/${ES_INDEX}/_search?filter_path=hits.total.value&track_total_hits=true" -d "$query" \
     | grep -Eo '"value": ?[0-9]+' | grep -Eo '[0-9]+$'
-{"size": 0, "query": {"bool": {"filter": [
-  {"term": {"database": "appdb"}}, {"term": {"table": "$1"}},
-  {"term": {"op": "$2"}}, {"term": {"pk.id": "$3"}}]}}}
-JSON
 }
 
 # assert_in_es TABLE OP ID: the change must be searchable within 10 s of the
@@ -122,10 +149,10 @@ assert_in_es() {
   done
 }
 
-# prom_has_events TABLE OP: Prometheus reports a positive cdc_events_total for
-# it. Scrapes are every 10 s, so this allows 45 s.
+# prom_events_positive TABLE OP: Prometheus reports a positive
+# cdc_events_total for it. Scrapes are every 10 s, so this allows 45 s.
 prom_events_positive() {
-  curl -fsS -G "${PROM_URL}/api/v1/query" \
+  incurl -fsS -G "${PROM_URL}/api/v1/query" \
     --data-urlencode "query=sum(cdc_events_total{database=\"appdb\",table=\"$1\",op=\"$2\"}) > 0" \
     | grep -Eq '"result": ?\[\{'
 }
@@ -136,17 +163,24 @@ assert_in_prometheus() {
 command -v docker >/dev/null || fail "docker is not installed"
 docker compose version >/dev/null || fail "docker compose v2 is required"
 [[ -n "$ELASTIC_PASSWORD" ]] || fail "ELASTIC_PASSWORD is empty in $ENV_FILE"
+[[ -n "$CDC_METRICS_TOKEN" ]] || fail "CDC_METRICS_TOKEN is empty in $ENV_FILE"
 
 log "starting the stack (project $PROJECT; the first build compiles the consumer)"
 "${COMPOSE[@]}" up -d --build --wait --wait-timeout "${E2E_UP_TIMEOUT:-1200}"
 
 wait_for "consumer /readyz (Kafka and Elasticsearch reachable)" 120 curl -fsS "${CONSUMER_URL}/readyz"
-changefeed_normal() { curl -fsS "${TICDC_URL}/api/v2/changefeeds/${CHANGEFEED_ID}" | grep -Eq '"state": ?"normal"'; }
+changefeed_normal() { incurl -fsS "${TICDC_URL}/api/v2/changefeeds/${CHANGEFEED_ID}" | grep -Eq '"state": ?"normal"'; }
 wait_for "changefeed ${CHANGEFEED_ID} normal" 60 changefeed_normal
-consumer_build_info() { curl -fsS "${CONSUMER_URL}/metrics" | grep -q '^cdc_build_info'; }
+# Once on its own, so a TLS or password problem is not reported later as a
+# change missing from the index.
+wait_for "elasticsearch over https as elastic (curl service, stack CA)" 30 es "${ES_URL}/_cluster/health"
+consumer_build_info() { consumer_metrics | grep -q '^cdc_build_info'; }
 wait_for "consumer exports cdc_build_info" 30 consumer_build_info
+code=$(curl -sS -o /dev/null -w '%{http_code}' "${CONSUMER_URL}/metrics") || true
+[[ "$code" == 401 ]] || fail "consumer /metrics without the scrape token answered ${code:-nothing}, want 401"
+log "consumer /metrics refuses a request without the token: ok"
 prom_scrapes_consumer() {
-  curl -fsS -G "${PROM_URL}/api/v1/query" --data-urlencode 'query=up{job="cdc-monitor"} == 1' \
+  incurl -fsS -G "${PROM_URL}/api/v1/query" --data-urlencode 'query=up{job="cdc-monitor"} == 1' \
     | grep -Eq '"result": ?\[\{'
 }
 wait_for "prometheus scrapes the consumer" 60 prom_scrapes_consumer

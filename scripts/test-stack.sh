@@ -657,6 +657,22 @@ for m in re.finditer(r"docker compose (exec|logs|ps|restart|stop|start|up|run)((
 for port in set(int(p) for p in re.findall(r"localhost:(\d+)", text)):
     if port not in published:
         errs.append(f"localhost:{port} is not a published port")
+# In-network addresses (for `docker compose run --rm curl`) name services;
+# Elasticsearch speaks only https; the consumer's /metrics needs its token;
+# Prometheus has no HTTP reload.
+for host in set(re.findall(r"https?://([a-z][a-z0-9-]*):\d+", text)) - {"localhost"}:
+    if host not in svcs:
+        errs.append(f"{host}: no such service")
+if re.search(r"http://elasticsearch\b", text):
+    errs.append("http://elasticsearch: Elasticsearch serves https only")
+consumer_ports = {int(p["published"]) if isinstance(p, dict) else int(str(p).split("/")[0].split(":")[-2])
+                  for p in svcs.get("consumer", {}).get("ports", [])}
+for line in text.splitlines():
+    if any(re.search(rf"(localhost|127\.0\.0\.1):{port}/metrics", line) for port in consumer_ports) \
+            and 'Authorization: Bearer $CDC_METRICS_TOKEN' not in line:
+        errs.append(f"consumer /metrics without the scrape token: {line.strip()}")
+if "/-/reload" in text:
+    errs.append("/-/reload: Prometheus runs without --web.enable-lifecycle; use docker compose kill -s HUP prometheus")
 for sec in ("No events in Elasticsearch", "Metrics not increasing", "Services up but nothing flows"):
     if not re.search(rf"^#+ {sec}$", text, re.M):
         errs.append(f"missing checklist: {sec}")
@@ -664,7 +680,7 @@ print("\n".join(errs))
 sys.exit(1 if errs else 0)
 PY
 }
-check "runbook: checklists present; commands name existing services and published ports" runbook_targets_stack
+check "runbook: checklists present; commands name existing services, published ports, https ES, metrics token" runbook_targets_stack
 
 # docs/stack.md must list each published port with its address and credential.
 stack_doc_ports() {
@@ -1078,31 +1094,77 @@ check "kibana setup.sh: fails with a message when Kibana never becomes available
 # No Docker engine here, so the e2e script's own logic (env handling, polling,
 # ES queries, teardown) runs against a `docker` stand-in on PATH and one stub
 # process that plays consumer, TiCDC, Elasticsearch, Prometheus, Kibana and
-# Grafana on free ports. The stand-in records each compose call and, for each
-# SQL statement, marks that op as "replicated" so the stubs start reporting it.
+# Grafana on free ports. The consumer, Kibana and Grafana get the published
+# *_HOST_PORT variables in the env file. TiCDC, Elasticsearch and Prometheus
+# are reachable only as the stack has them: through `compose run curl`, which
+# the stand-in turns into the host's curl with --connect-to their stub ports
+# and --cacert a test CA (the curl service's entrypoint), Elasticsearch over
+# TLS with a certificate for `elasticsearch`. The stubs check the tokens and
+# passwords from the env file. The stand-in records each compose call and,
+# for each SQL statement, marks that op as "replicated" so the stubs start
+# reporting it.
 E2E_STUB_PID=
 start_e2e_stubs() {
   local dir="$WORK/e2e" deadline=$((SECONDS + 20)) name
-  mkdir -p "$dir/bin"
+  mkdir -p "$dir/bin" "$dir/tls"
   : >"$dir/docker.log"
   : >"$dir/replicated"
   : >"$dir/es-queries.log"
   {
-    grep -v -E '^(CONSUMER|TICDC|ES|KIBANA|PROMETHEUS|GRAFANA)_HOST_PORT=' "$ROOT/.env.example"
-    for name in CONSUMER TICDC ES KIBANA PROMETHEUS GRAFANA; do
+    grep -v -E '^(CONSUMER|KIBANA|GRAFANA)_HOST_PORT=' "$ROOT/.env.example"
+    for name in CONSUMER KIBANA GRAFANA; do
       echo "${name}_HOST_PORT=$(free_port)"
     done
   } >"$dir/e2e.env"
+  for name in TICDC ES PROMETHEUS; do
+    echo "${name}_PORT=$(free_port)"
+  done >"$dir/ports"
+  (
+    cd "$dir/tls" || exit 1
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=e2e-test-ca -keyout ca.key -out ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj /CN=elasticsearch -keyout es.key -out es.csr
+    printf 'subjectAltName=DNS:elasticsearch\n' >es.ext
+    openssl x509 -req -in es.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile es.ext -out es.crt
+  ) >"$dir/tls.log" 2>&1 || { cat "$dir/tls.log"; return 1; }
   cat >"$dir/bin/docker" <<'SH'
 #!/usr/bin/env bash
-# Stand-in for `docker`: logs the call; `run ... -e SQL` marks the op replicated.
+# Stand-in for `docker`: logs the call. `compose ... up` keeps a copy of the
+# env file (and fails if told to); `run ... curl ARGS` is the host's curl
+# pointed at the stubs; `run ... mysql-client ... -e SQL` marks the op
+# replicated.
 dir=$(dirname "$(dirname "$0")")
 echo "docker $*" >>"$dir/docker.log"
 [[ "$1" == compose ]] || exit 1
+args=("$@")
+env_file= verb= service= i=0
+for ((i = 1; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --env-file) env_file=${args[i + 1]}; i=$((i + 1)) ;;
+    --project-directory | --project-name | -f) i=$((i + 1)) ;;
+    -*) ;;
+    *) verb=${args[i]}; break ;;
+  esac
+done
+if [[ "$verb" == up ]]; then
+  cp "$env_file" "$dir/up.env"
+  [[ -f "$dir/fail-up" ]] && exit 1
+  exit 0
+fi
+[[ "$verb" == run ]] || exit 0
+for ((i = i + 1; i < ${#args[@]}; i++)); do
+  [[ "${args[i]}" == -* ]] || { service=${args[i]}; break; }
+done
+rest=("${args[@]:i+1}")
+if [[ "$service" == curl ]]; then
+  port() { grep "^$1_PORT=" "$dir/ports" | cut -d= -f2; }
+  exec curl --cacert "$dir/tls/ca.crt" \
+    --connect-to "ticdc:8300:127.0.0.1:$(port TICDC)" \
+    --connect-to "elasticsearch:9200:127.0.0.1:$(port ES)" \
+    --connect-to "prometheus:9090:127.0.0.1:$(port PROMETHEUS)" "${rest[@]}"
+fi
 sql=
-while (($#)); do
-  [[ "$1" == -e ]] && sql=$2
-  shift
+for ((i = 0; i < ${#rest[@]}; i++)); do
+  [[ "${rest[i]}" == -e ]] && sql=${rest[i + 1]}
 done
 case "$sql" in
   *INSERT*) echo insert >>"$dir/replicated"; printf '42\n' ;;
@@ -1113,10 +1175,14 @@ exit 0
 SH
   chmod +x "$dir/bin/docker"
   python3 - "$dir" >"$dir/stub.log" 2>&1 <<'PY' &
-import json, re, sys, threading
+import base64, json, re, ssl, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 d = sys.argv[1]
-env = dict(l.split("=", 1) for l in open(f"{d}/e2e.env").read().splitlines() if "=" in l and not l.startswith("#"))
+def kv(path):
+    return dict(l.split("=", 1) for l in open(path).read().splitlines() if "=" in l and not l.startswith("#"))
+env, ports = kv(f"{d}/e2e.env"), kv(f"{d}/ports")
+elastic = "Basic " + base64.b64encode(f"elastic:{env['ELASTIC_PASSWORD']}".encode()).decode()
+scrape = {f"Bearer {env['CDC_METRICS_TOKEN']}", f"Bearer {env['CDC_HTTP_TOKEN']}"}
 def replicated():
     return set(open(f"{d}/replicated").read().split())
 def handler(role):
@@ -1128,8 +1194,12 @@ def handler(role):
             self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
         def do_GET(self):
             p = self.path
+            if role == "es" and self.headers.get("Authorization") != elastic: return self.reply(401, {})
+            if role == "es" and p == "/_cluster/health": return self.reply(200, {"status": "green"})
             if role == "consumer" and p == "/readyz": return self.reply(200, {"status": "ready"})
-            if role == "consumer" and p == "/metrics": return self.reply(200, 'cdc_build_info{version="0.1.0"} 1\n', "text/plain")
+            if role == "consumer" and p == "/metrics":
+                if self.headers.get("Authorization") not in scrape: return self.reply(401, "a token is required\n", "text/plain")
+                return self.reply(200, 'cdc_build_info{version="0.1.0"} 1\n', "text/plain")
             if role == "ticdc" and p == "/api/v2/changefeeds/cf-kafka": return self.reply(200, {"id": "cf-kafka", "state": "normal"})
             if role == "kibana" and p == "/api/data_views/data_view/cdc-events": return self.reply(200, {"data_view": {"id": "cdc-events"}})
             if role == "grafana" and p == "/api/datasources/uid/elasticsearch/health": return self.reply(200, {"status": "OK"})
@@ -1143,6 +1213,7 @@ def handler(role):
             self.reply(404, {})
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)) or 0).decode()
+            if role == "es" and self.headers.get("Authorization") != elastic: return self.reply(401, {})
             if role == "es" and self.path.startswith("/cdc-events/_search"):
                 with open(f"{d}/es-queries.log", "a") as f: f.write(json.dumps(json.loads(body)) + "\n")
                 terms = {k: v for t in json.loads(body)["query"]["bool"]["filter"] for k, v in t["term"].items()}
@@ -1150,9 +1221,14 @@ def handler(role):
                 return self.reply(200, {"hits": {"total": {"value": n}}})
             self.reply(404, {})
     return H
-for role, key in [("consumer", "CONSUMER"), ("ticdc", "TICDC"), ("es", "ES"), ("kibana", "KIBANA"),
-                  ("prometheus", "PROMETHEUS"), ("grafana", "GRAFANA")]:
-    srv = ThreadingHTTPServer(("127.0.0.1", int(env[f"{key}_HOST_PORT"])), handler(role))
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(f"{d}/tls/es.crt", f"{d}/tls/es.key")
+for role, port in [("consumer", env["CONSUMER_HOST_PORT"]), ("kibana", env["KIBANA_HOST_PORT"]),
+                   ("grafana", env["GRAFANA_HOST_PORT"]), ("ticdc", ports["TICDC_PORT"]),
+                   ("es", ports["ES_PORT"]), ("prometheus", ports["PROMETHEUS_PORT"])]:
+    srv = ThreadingHTTPServer(("127.0.0.1", int(port)), handler(role))
+    if role == "es":
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
@@ -1171,13 +1247,13 @@ run_e2e_fake() {
   local dir="$WORK/e2e"
   : >"$dir/docker.log"
   : >"$dir/replicated"
-  env PATH="$dir/bin:$PATH" E2E_ENV_FILE="$dir/e2e.env" timeout 120 bash "$ROOT/scripts/e2e-compose.sh"
+  env PATH="$dir/bin:$PATH" E2E_ENV_FILE="${1:-$dir/e2e.env}" timeout 120 bash "$ROOT/scripts/e2e-compose.sh"
 }
 
 e2e_passes_on_fakes() {
   local dir="$WORK/e2e" out
   [[ -n "$E2E_STUB_PID" ]] || { echo "stubs not running"; return 1; }
-  rm -f "$dir/drop-delete"
+  rm -f "$dir/drop-delete" "$dir/fail-up"
   out=$(run_e2e_fake 2>&1) || { echo "$out"; return 1; }
   grep -q 'PASS: insert, update and delete' <<<"$out" || { echo "$out"; return 1; }
   grep -q 'compose .*up -d --build --wait' "$dir/docker.log" || { echo "no up --wait"; return 1; }
@@ -1185,10 +1261,15 @@ e2e_passes_on_fakes() {
   for op in insert update delete; do
     grep -q "\"op\": \"$op\"" "$dir/es-queries.log" || { echo "never asked ES for $op"; return 1; }
   done
+  grep -q 'refuses a request without the token: ok' <<<"$out" || { echo "never checked /metrics without a token"; return 1; }
+  for url in http://ticdc:8300/ https://elasticsearch:9200/ http://prometheus:9090/; do
+    grep -q "compose .* run --rm -T curl .*$url" "$dir/docker.log" || { echo "never reached $url through the curl service"; return 1; }
+  done
 }
 e2e_fails_on_missing_change() {
   local dir="$WORK/e2e" out start=$SECONDS
   [[ -n "$E2E_STUB_PID" ]] || { echo "stubs not running"; return 1; }
+  rm -f "$dir/fail-up"
   touch "$dir/drop-delete"
   if out=$(run_e2e_fake 2>&1); then
     echo "passed although the delete never reached Elasticsearch"
@@ -1199,9 +1280,46 @@ e2e_fails_on_missing_change() {
   grep -q 'compose .*down -v' "$dir/docker.log" || { echo "no teardown after failure"; return 1; }
   ((SECONDS - start < 60)) || { echo "took $((SECONDS - start))s to fail"; return 1; }
 }
+# Without an env file the script writes its own from .env.example: every
+# secret replaced by a fresh value (the stand-in's `up` keeps a copy, then
+# fails, so nothing else runs), everything else unchanged.
+e2e_generates_secrets() {
+  local dir="$WORK/e2e" out
+  rm -f "$dir/up.env"
+  touch "$dir/fail-up"
+  if out=$(run_e2e_fake "$dir/absent.env" 2>&1); then
+    rm -f "$dir/fail-up"
+    echo "passed although compose up failed"
+    return 1
+  fi
+  rm -f "$dir/fail-up"
+  [[ -f "$dir/up.env" ]] || { echo "$out"; echo "compose up was not called with an env file"; return 1; }
+  python3 - "$ROOT/.env.example" "$dir/up.env" <<'PY'
+import re, sys
+def parse(p):
+    return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", open(p).read(), re.M))
+example, got = parse(sys.argv[1]), parse(sys.argv[2])
+secrets = ("ELASTIC_PASSWORD", "KIBANA_SYSTEM_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "TIDB_ROOT_PASSWORD",
+           "APPDB_PASSWORD", "CDC_ES_WRITER_PASSWORD", "CDC_ES_READER_PASSWORD", "CDC_HTTP_TOKEN", "CDC_METRICS_TOKEN")
+errs = []
+for v in secrets:
+    if got.get(v, example[v]) == example[v]:
+        errs.append(f"{v} kept the placeholder")
+    elif len(got[v]) < 16 or not re.fullmatch(r"[A-Za-z0-9]+", got[v]):
+        errs.append(f"{v}={got[v]!r}: want 16 or more letters and digits")
+if len({got.get(v) for v in secrets}) != len(secrets):
+    errs.append("two secrets have the same value")
+for k in example:
+    if k not in secrets and got.get(k) != example[k]:
+        errs.append(f"{k} changed: {got.get(k)!r}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
 check_here "e2e stubs: fake docker and stub services started" start_e2e_stubs
-check "e2e-compose.sh: passes against fakes; up --wait, ES queried per op, down -v" e2e_passes_on_fakes
+check "e2e-compose.sh: passes against fakes; up --wait, ES queried per op, in-network services via curl, down -v" e2e_passes_on_fakes
 check "e2e-compose.sh: fails within 10s budget when a change never reaches ES, still tears down" e2e_fails_on_missing_change
+check "e2e-compose.sh: without an env file, a fresh random value for each of the nine secrets" e2e_generates_secrets
 [[ -n "$E2E_STUB_PID" ]] && kill "$E2E_STUB_PID" 2>/dev/null && wait "$E2E_STUB_PID" 2>/dev/null
 E2E_STUB_PID=
 
