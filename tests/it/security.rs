@@ -461,4 +461,31 @@ async fn two_hundred_slow_clients_stop_neither_ingestion_nor_the_api() {
         p99
     );
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+
+    // A client still dripping its headers is cut at the header deadline
+    // (10 s), however steadily it sends.
+    let mut s = TcpStream::connect(p.http()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let cut = loop {
+        if s.write_all(b"a").await.is_err() {
+            break true;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            // Closed, or answered (408) and closed.
+            Ok(Ok(_)) | Ok(Err(_)) => break true,
+            Err(_) if started.elapsed() > Duration::from_secs(20) => break false,
+            Err(_) => {}
+        }
+    };
+    assert!(cut, "a slow client was still connected after 20 s");
+    println!("slow client cut after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
 }
