@@ -26,10 +26,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # A fixed uid so volume permissions are predictable; the consumer needs no root.
 RUN groupadd --system --gid 10001 cdc \
- && useradd --system --uid 10001 --gid cdc --home-dir /nonexistent --shell /usr/sbin/nologin cdc
+ && useradd --system --uid 10001 --gid cdc --home-dir /nonexistent --shell /usr/sbin/nologin cdc \
+ && install -d -o cdc -g cdc -m 0700 /var/lib/cdc-monitor
 COPY --from=builder /out/cdc-monitor /usr/local/bin/cdc-monitor
 USER cdc:cdc
-ENV CDC_HTTP_ADDR=0.0.0.0:3000 \
+# The data directory holds the masking key (mask.key): mount a volume
+# there so that hashes and document ids survive a new container.
+ENV CDC_DATA_DIR=/var/lib/cdc-monitor \
+    CDC_HTTP_ADDR=0.0.0.0:3000 \
     CDC_LOG_FORMAT=json
 EXPOSE 3000
 # /healthz is liveness only (200 while the process serves HTTP); readiness

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -153,24 +154,17 @@ fn lowercase(name: &str) -> Cow<'_, str> {
 
 /// The key kept in `data_dir`: its text, as `CDC_MASK_KEY_FILE` would read
 /// it (pointing that variable at the file keeps the same hashes). A missing
-/// file is generated: 32 random bytes as hex, written 0600 and renamed into
-/// place, so a crash never leaves half a key behind.
+/// file is generated: 32 random bytes as hex, written 0600 to a file of
+/// this process's own and linked into place, so a crash never leaves half a
+/// key behind and of two processes starting at once, both use the first's.
 fn stored_key(data_dir: &Path) -> Result<Vec<u8>, MaskError> {
     let path = data_dir.join(KEY_FILE);
     let err = |error| MaskError::KeyFile {
         path: path.clone(),
         error,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let key = text.trim_end_matches(['\n', '\r']);
-            if key.trim().len() < MASK_KEY_MIN_BYTES {
-                return Err(MaskError::ShortKeyFile { path });
-            }
-            return Ok(key.as_bytes().to_vec());
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+    if let Some(key) = read_key(&path)? {
+        return Ok(key);
     }
     owner_only::create_dir_all(data_dir).map_err(err)?;
     let mut bytes = [0u8; 32];
@@ -185,15 +179,44 @@ fn stored_key(data_dir: &Path) -> Result<Vec<u8>, MaskError> {
             ]
         })
         .collect();
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
-    let mut f = owner_only::create(&tmp).map_err(err)?;
-    f.write_all(key.as_bytes())
-        .and_then(|()| f.write_all(b"\n"))
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    Ok(key.into_bytes())
+    static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+    let attempt = ATTEMPT.fetch_add(1, Ordering::Relaxed);
+    let tmp = data_dir.join(format!("{KEY_FILE}.{}.{attempt}.tmp", std::process::id()));
+    let written = owner_only::create(&tmp).and_then(|mut f| {
+        f.write_all(key.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    });
+    // Fails if another process put its key there first: that one wins.
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key.into_bytes()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            read_key(&path)?.ok_or_else(|| err(e))
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The key in `path`, `None` when there is no such file.
+fn read_key(path: &Path) -> Result<Option<Vec<u8>>, MaskError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = text.trim_end_matches(['\n', '\r']);
+            if key.trim().len() < MASK_KEY_MIN_BYTES {
+                return Err(MaskError::ShortKeyFile {
+                    path: path.to_owned(),
+                });
+            }
+            Ok(Some(key.as_bytes().to_vec()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(MaskError::KeyFile {
+            path: path.to_owned(),
+            error,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +378,20 @@ mod tests {
             third.hash(b"x"),
             "each data dir its own key"
         );
+        // Started at once on one data directory, all use the same key.
+        let racing = tempfile::tempdir().unwrap();
+        let hashes: Vec<String> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| Masker::build(&cfg, racing.path()).unwrap().unwrap()))
+                .collect();
+            starts
+                .into_iter()
+                .map(|t| t.join().unwrap().hash(b"x"))
+                .collect()
+        });
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+        let left: Vec<_> = std::fs::read_dir(racing.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only mask.key, no temporary file");
         std::fs::write(&path, "short\n").unwrap();
         let err = Masker::build(&cfg, &dir).unwrap_err().to_string();
         assert!(

@@ -305,7 +305,10 @@ async fn dead_letters_of_a_kafka_source_carry_the_masked_row_unless_originals_ar
         b.create_topic(&p.topic, 1).await;
         b.create_topic(&p.dlq, 1).await;
         b.produce(&p.topic, 1, vec![refused_with_password()]).await;
+        let dir = tempfile::tempdir().unwrap();
         let mut env = p.env();
+        // The generated masking key goes there, not into ./cdc-data.
+        env.push(("CDC_DATA_DIR".into(), dir.path().display().to_string()));
         if !keep {
             env.push(("CDC_DLQ_KEEP_ORIGINAL".into(), "false".into()));
         }
