@@ -339,3 +339,25 @@ async fn dead_letters_of_a_kafka_source_carry_the_masked_row_unless_originals_ar
         assert_no_clear_value("the log", &std::fs::read_to_string(&consumer.log).unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_mask_list_turns_masking_off_with_a_warning() {
+    let b = broker();
+    let p = Pipeline::new("mask-off", &b.bootstrap, "", 1);
+    b.create_topic(&p.topic, 1).await;
+    b.create_topic(&p.dlq, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = p.store_env(dir.path());
+    env.push(("CDC_MASK_COLUMNS".into(), String::new()));
+    let consumer = ConsumerProcess::spawn(&env);
+    consumer.wait_healthy().await;
+    let log = std::fs::read_to_string(&consumer.log).unwrap();
+    assert!(
+        log.contains("CDC_MASK_COLUMNS is empty"),
+        "no warning; log:\n{log}"
+    );
+    assert!(
+        !dir.path().join("mask.key").exists(),
+        "no key without masking"
+    );
+}
