@@ -26,14 +26,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # A fixed uid so volume permissions are predictable; the consumer needs no root.
 RUN groupadd --system --gid 10001 cdc \
- && useradd --system --uid 10001 --gid cdc --home-dir /nonexistent --shell /usr/sbin/nologin cdc
+ && useradd --system --uid 10001 --gid cdc --home-dir /nonexistent --shell /usr/sbin/nologin cdc \
+ && install -d -o cdc -g cdc -m 0700 /var/lib/cdc-monitor
 COPY --from=builder /out/cdc-monitor /usr/local/bin/cdc-monitor
 USER cdc:cdc
 # No CDC_HTTP_ADDR here: the default, 127.0.0.1:3000, needs no token, so the
 # one-shot `changefeed ensure` and a bare `docker run` expose nothing. A
 # published consumer sets CDC_HTTP_ADDR=0.0.0.0:3000 with CDC_HTTP_TOKEN(_FILE),
 # as docker-compose.yml does.
-ENV CDC_LOG_FORMAT=json
+# The data directory holds the masking key (mask.key): mount a volume
+# there so that hashes and document ids survive a new container.
+ENV CDC_DATA_DIR=/var/lib/cdc-monitor \
+    CDC_LOG_FORMAT=json
 EXPOSE 3000
 # /healthz is liveness only (200 while the process serves HTTP) and open
 # without a token; readiness (/readyz, Kafka and ES reachable) is what

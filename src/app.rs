@@ -21,6 +21,7 @@ use crate::http::access::Access;
 use crate::http::health::Readiness;
 use crate::http::{self, HttpState};
 use crate::kafka_client::ClientError;
+use crate::mask::{MaskError, Masker};
 use crate::metrics::Metrics;
 use crate::pipeline::batch::{run_batcher, BatchLimits, Halt, Writer};
 use crate::pipeline::dlq::DeadLetterQueue;
@@ -45,6 +46,8 @@ pub enum AppError {
     Sink(SinkError),
     #[error("dead-letter queue: {0}")]
     DeadLetters(ClientError),
+    #[error("masking: {0}")]
+    Mask(MaskError),
 }
 
 impl From<SourceError> for AppError {
@@ -72,6 +75,7 @@ struct Parts {
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
     dlq: DeadLetterQueue,
+    masker: Option<Masker>,
     tracker: Arc<Mutex<OffsetTracker>>,
     http_addr: SocketAddr,
 }
@@ -84,6 +88,10 @@ impl App {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
         let sink = sink::build(&cfg, &metrics)?;
         let dlq = DeadLetterQueue::build(&cfg).map_err(AppError::DeadLetters)?;
+        let masker = Masker::build(&cfg.mask, &cfg.data_dir).map_err(AppError::Mask)?;
+        if masker.is_none() {
+            warn!("CDC_MASK_COLUMNS is empty: no column is masked, every value reaches the sinks and /api in the clear");
+        }
         // A sink that keeps positions with its events is where the source resumes.
         let stored = sink.clone().stored_checkpoints();
         let source = source::build(&cfg, tracker.clone(), &metrics, stored)?;
@@ -101,6 +109,7 @@ impl App {
                 source,
                 sink,
                 dlq,
+                masker,
                 tracker,
                 http_addr,
             },
@@ -250,6 +259,8 @@ impl Parts {
             metrics: self.metrics.clone(),
             abort: abort.clone(),
             halt: halt.clone(),
+            masker: self.masker.clone(),
+            dlq_keep_original: self.cfg.mask.dlq_keep_original,
         });
         let limits = BatchLimits {
             max_events: p.max_events,

@@ -76,6 +76,10 @@ keys! {
     kafka_ssl_ca_location => "kafka.ssl_ca_location", "CDC_KAFKA_SSL_CA_LOCATION", [], "ssl.ca.location: CA bundle for TLS to the brokers";
     kafka_properties => "kafka.properties", "CDC_KAFKA_PROPERTIES", [], "Extra librdkafka properties, key=value,key=value (TOML: [kafka.properties] table)";
     dlq_topic => "kafka.dlq_topic", "CDC_DLQ_TOPIC", ["tidb-cdc-dlq"], "Dead-letter topic for messages that cannot be decoded or stored";
+    mask_columns => "mask.columns", "CDC_MASK_COLUMNS", ["*.*.*password*,*.*.*passwd*,*.*.*secret*,*.*.*token*"], "Columns whose values are replaced by a keyed hash before any sink, comma-separated DB.TABLE.COLUMN patterns with * (column names match case-insensitively); empty turns masking off";
+    mask_key => "mask.key", "CDC_MASK_KEY", [], "Key of the masking hash (HMAC-SHA256), at least 16 bytes; default: a random key generated once and kept in DATA_DIR/mask.key (secret)";
+    mask_key_file => "mask.key_file", "CDC_MASK_KEY_FILE", [], "File holding CDC_MASK_KEY";
+    dlq_keep_original => "kafka.dlq_keep_original", "CDC_DLQ_KEEP_ORIGINAL", [], "Dead letters keep the source message's original bytes, masked columns in the clear (true or false; default true for the Kafka source, which has them; binlog letters are always the masked row)";
     es_url => "es.url", "CDC_ES_URL", [], "Elasticsearch URL; when unset, events go to the embedded store";
     es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index";
     es_username => "es.username", "CDC_ES_USERNAME", [], "Elasticsearch basic-auth user";
@@ -624,6 +628,61 @@ impl TableFilter {
     }
 }
 
+/// A `db.table.column` pattern with `*` wildcards. Database and table
+/// match as `TablePattern` does; the column matches case-insensitively, as
+/// MySQL compares column names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPattern {
+    pub table: TablePattern,
+    /// Lower-case.
+    pub column: String,
+}
+
+impl ColumnPattern {
+    /// Parses `appdb.users.password`, `*.*.*token*` or `appdb.*.ssn`.
+    pub fn parse(s: &str) -> Result<ColumnPattern, String> {
+        let parts: Vec<&str> = s.trim().split('.').collect();
+        match parts.as_slice() {
+            [database, table, column]
+                if !database.is_empty() && !table.is_empty() && !column.is_empty() =>
+            {
+                Ok(ColumnPattern {
+                    table: TablePattern {
+                        database: (*database).to_owned(),
+                        table: (*table).to_owned(),
+                    },
+                    column: column.to_lowercase(),
+                })
+            }
+            _ => Err(format!(
+                "{s:?} is not DB.TABLE.COLUMN (use * as a wildcard, e.g. *.*.*password*)"
+            )),
+        }
+    }
+
+    /// True when the pattern may match columns of `database.table`.
+    pub fn matches_table(&self, database: &str, table: &str) -> bool {
+        self.table.matches(database, table)
+    }
+
+    /// True when `column`, already lower-cased, matches.
+    pub fn matches_column(&self, lowercase_column: &str) -> bool {
+        glob(&self.column, lowercase_column)
+    }
+}
+
+/// Column masking: `[mask]` and `kafka.dlq_keep_original`.
+#[derive(Debug, Clone)]
+pub struct MaskConfig {
+    /// Columns whose values are replaced by their keyed hash; empty: masking is off.
+    pub columns: Vec<ColumnPattern>,
+    /// The HMAC key; `None`: generated once and kept in `DATA_DIR/mask.key`.
+    pub key: Option<SecretString>,
+    /// Dead letters carry the source message's original bytes (masked
+    /// columns in the clear) rather than the masked decoded events.
+    pub dlq_keep_original: bool,
+}
+
 /// Binlog source settings.
 #[derive(Debug, Clone)]
 pub struct MysqlConfig {
@@ -725,6 +784,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Most database/table label pairs in `cdc_events_total`.
     pub metrics_max_tables: usize,
+    /// Column masking before any sink and the dead letters.
+    pub mask: MaskConfig,
 }
 
 impl Config {
@@ -735,6 +796,7 @@ impl Config {
         let kafka = kafka_section(l, pipeline.max_buffered_bytes)?;
         let source = source_section(l)?;
         let sink = sink_section(l, &source, &kafka)?;
+        let mask = mask_section(l, &source)?;
         Ok(Config {
             source,
             sink,
@@ -753,6 +815,7 @@ impl Config {
             })?,
             shutdown_timeout: l.get("shutdown.timeout", parse_duration)?,
             metrics_max_tables: l.get("metrics.max_tables", positive)?,
+            mask,
         })
     }
 
@@ -764,6 +827,40 @@ impl Config {
 
 fn secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_owned()))
+}
+
+/// The shortest masking key accepted: HMAC's strength is its key's.
+pub const MASK_KEY_MIN_BYTES: usize = 16;
+
+/// `[mask]` and `kafka.dlq_keep_original`. An explicitly empty
+/// `mask.columns` turns masking off (the default list applies only when
+/// the key is not set at all).
+fn mask_section(l: &Layers, source: &SourceConfig) -> Result<MaskConfig, ConfigError> {
+    Ok(MaskConfig {
+        // `get`, not `opt`: `opt` reads "" as unset, which would bring the
+        // default list back instead of turning masking off.
+        columns: l.get("mask.columns", |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(ColumnPattern::parse)
+                .collect::<Result<Vec<_>, _>>()
+        })?,
+        key: l.opt("mask.key", |s| {
+            if s.len() < MASK_KEY_MIN_BYTES {
+                return Err(format!("must be at least {MASK_KEY_MIN_BYTES} bytes"));
+            }
+            Ok(SecretString::from(s.to_owned()))
+        })?,
+        dlq_keep_original: l
+            .opt("kafka.dlq_keep_original", |s| match s.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err("must be true or false".into()),
+            })?
+            // Only the Kafka source has original bytes to keep.
+            .unwrap_or(matches!(source, SourceConfig::Kafka)),
+    })
 }
 
 /// `[http]`: the address, and who may ask. Off loopback a token is
@@ -1490,6 +1587,94 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("CDC_ES_CLIENT_KEY"), "{err}");
+    }
+
+    #[test]
+    fn masking_is_on_by_default_and_an_empty_list_turns_it_off() {
+        let c = load("", &[]).unwrap();
+        let columns: Vec<&str> = c.mask.columns.iter().map(|p| p.column.as_str()).collect();
+        assert_eq!(columns, ["*password*", "*passwd*", "*secret*", "*token*"]);
+        assert!(c.mask.columns[0].matches_table("any", "table"));
+        assert!(c.mask.key.is_none());
+        assert!(c.mask.dlq_keep_original, "the Kafka source keeps its bytes");
+        for (toml, overrides) in [
+            (
+                "",
+                vec![("mask.columns", "", Origin::Env("CDC_MASK_COLUMNS"))],
+            ),
+            ("[mask]\ncolumns = []\n", vec![]),
+            ("[mask]\ncolumns = \"\"\n", vec![]),
+        ] {
+            let c = load(toml, &overrides).unwrap();
+            assert!(c.mask.columns.is_empty(), "{toml:?}");
+        }
+        let c = load(
+            "[mask]\ncolumns = [\"appdb.users.SSN\", \"*.*.card_*\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.mask.columns.len(), 2);
+        assert!(c.mask.columns[0].matches_column("ssn"));
+        let err = load(
+            "",
+            &[("mask.columns", "users.ssn", Origin::Env("CDC_MASK_COLUMNS"))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("CDC_MASK_COLUMNS") && err.contains("DB.TABLE.COLUMN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mask_key_is_secret_long_enough_and_may_come_from_a_file() {
+        let short = "short-key";
+        let err = load("", &[("mask.key", short, Origin::Env("CDC_MASK_KEY"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CDC_MASK_KEY") && err.contains("16 bytes"),
+            "{err}"
+        );
+        assert!(!err.contains(short), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "a key of sixteen bytes or more\n").unwrap();
+        let c = load(
+            "",
+            &[(
+                "mask.key_file",
+                file.to_str().unwrap(),
+                Origin::Env("CDC_MASK_KEY_FILE"),
+            )],
+        )
+        .unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            c.mask.key.unwrap().expose_secret(),
+            "a key of sixteen bytes or more"
+        );
+    }
+
+    #[test]
+    fn dead_letters_keep_original_bytes_by_default_only_for_the_kafka_source() {
+        let binlog = "source = \"binlog\"\n[mysql]\nurl = \"mysql://u:p@db:3306\"\n";
+        assert!(!load(binlog, &[]).unwrap().mask.dlq_keep_original);
+        let c = load(
+            "",
+            &[(
+                "kafka.dlq_keep_original",
+                "false",
+                Origin::Env("CDC_DLQ_KEEP_ORIGINAL"),
+            )],
+        )
+        .unwrap();
+        assert!(!c.mask.dlq_keep_original);
+        let err = load("[kafka]\ndlq_keep_original = \"yes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.dlq_keep_original"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod kafka_client;
+pub mod mask;
 pub mod metrics;
 pub mod owner_only;
 pub mod pipeline;

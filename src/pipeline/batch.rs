@@ -29,6 +29,7 @@ use tracing::error;
 use crate::checkpoint::Checkpoint;
 use crate::clock::now_millis;
 use crate::event::ChangeEvent;
+use crate::mask::Masker;
 use crate::metrics::Metrics;
 use crate::pipeline::dlq::{DeadLetter, DeadLetterQueue};
 use crate::sink::{Sink, SinkError, WriteBatch};
@@ -105,6 +106,29 @@ pub struct Writer {
     pub abort: CancellationToken,
     /// Set by a write that failed for good.
     pub halt: Halt,
+    /// Masks columns as envelopes arrive, before any sink or dead letter
+    /// sees them; `None` when masking is off.
+    pub masker: Option<Masker>,
+    /// Dead letters carry the source's original bytes when it has them
+    /// (masked columns in the clear), else the masked events as canal-json.
+    pub dlq_keep_original: bool,
+}
+
+impl Writer {
+    /// Masks `envelope`'s events and its partly decoded row: the one place
+    /// every source's rows pass before batching, the sinks and the
+    /// dead-letter queue.
+    pub fn mask(&self, envelope: &mut Envelope) {
+        let Some(masker) = &self.masker else {
+            return;
+        };
+        for e in &mut envelope.events {
+            masker.mask_event(e);
+        }
+        if let Some(row) = envelope.undecodable.as_mut().and_then(|u| u.row.as_mut()) {
+            masker.mask_event(row);
+        }
+    }
 }
 
 /// Reads envelopes until the channel closes, writes batches with at most
@@ -122,7 +146,8 @@ pub async fn run_batcher(
     'read: loop {
         let flush = tokio::select! {
             msg = rx.recv() => match msg {
-                Some(env) => {
+                Some(mut env) => {
+                    writer.mask(&mut env);
                     batch.push(env);
                     deadline.get_or_insert_with(|| Instant::now() + limits.linger);
                     batch.full(&limits)
@@ -269,9 +294,10 @@ async fn write_batch(w: &Writer, messages: Vec<Envelope>) {
 }
 
 /// Sends `m` to the dead-letter queue and counts it; `false` when shutting
-/// down first. The payload is the message's original bytes; a source
-/// without bytes of its own (binlog) has its `events` encoded as canal-json,
-/// here, on this rare path only.
+/// down first. The payload is the message's original bytes when they are
+/// kept (`dlq_keep_original`); else, and for a source without bytes of its
+/// own (binlog), its masked `events` encoded as canal-json, here, on this
+/// rare path only (none for a message that could not be decoded at all).
 async fn dead_letter(
     w: &Writer,
     m: &Envelope,
@@ -281,8 +307,9 @@ async fn dead_letter(
     error: &str,
 ) -> bool {
     let o = &m.origin;
+    let original = w.dlq_keep_original && !o.payload.is_empty();
     let mut encoded = Vec::new();
-    if o.payload.is_empty() {
+    if !original {
         let now = now_millis();
         for (i, e) in events.iter().enumerate() {
             if i > 0 {
@@ -291,14 +318,11 @@ async fn dead_letter(
             crate::canal::encode::encode(&mut encoded, e, now);
         }
     }
-    let payload: &[u8] = if o.payload.is_empty() {
-        &encoded
-    } else {
-        &o.payload
-    };
+    let payload: &[u8] = if original { &o.payload } else { &encoded };
     let letter = DeadLetter {
         payload,
-        key: o.key.as_deref(),
+        // The key is the source's bytes too (it may hold a primary key).
+        key: o.key.as_deref().filter(|_| original),
         stage,
         reason,
         error,
@@ -367,6 +391,100 @@ mod tests {
         }
     }
 
+    /// A sink that keeps what it was given and refuses every event.
+    #[derive(Default)]
+    struct RefusingSink {
+        seen: Mutex<Vec<ChangeEvent>>,
+    }
+
+    impl Sink for RefusingSink {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn concurrency(&self) -> usize {
+            1
+        }
+
+        fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn write<'a>(&'a self, batch: WriteBatch<'a>, _: &'a CancellationToken) -> Written<'a> {
+            self.seen.lock().unwrap().extend_from_slice(batch.events);
+            let rejected = (0..batch.events.len())
+                .map(|index| crate::sink::Rejected {
+                    index,
+                    reason: "refused".into(),
+                })
+                .collect();
+            Box::pin(async move { Ok(rejected) })
+        }
+
+        fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sink_and_dead_letters_see_masked_values_unless_originals_are_kept() {
+        for keep in [false, true] {
+            let metrics = Metrics::new();
+            let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
+            let topic: Arc<str> = Arc::from("t");
+            tracker.lock().unwrap().assign("t", 0);
+            let sink = Arc::new(RefusingSink::default());
+            let dir = tempfile::tempdir().unwrap();
+            let letters = dir.path().join("dead-letters.jsonl");
+            let pattern = crate::config::ColumnPattern::parse("appdb.users.EMAIL").unwrap();
+            let masker = Masker::new(vec![pattern], b"a test key, 16 bytes or more");
+            let writer = Arc::new(Writer {
+                sink: sink.clone(),
+                dlq: DeadLetterQueue::file(letters.clone()),
+                tracker: tracker.clone(),
+                metrics: metrics.clone(),
+                abort: CancellationToken::new(),
+                halt: Halt::default(),
+                masker: Some(masker.clone()),
+                dlq_keep_original: keep,
+            });
+            let (tx, rx) = channel(16, 1 << 20);
+            let limits = BatchLimits {
+                max_events: 1,
+                max_bytes: 1 << 20,
+                linger: Duration::from_millis(1),
+            };
+            let batcher = tokio::spawn(run_batcher(rx, writer, limits, 1));
+            let sent = envelope(&tracker, &topic, 0);
+            let original = sent.origin.payload.clone();
+            tx.send(sent).await.unwrap();
+            drop(tx);
+            batcher.await.unwrap();
+
+            let seen = sink.seen.lock().unwrap();
+            let hashed = masker.hash(b"new@example.com");
+            assert_eq!(seen[0].data.text("email").unwrap(), hashed);
+            assert_eq!(
+                seen[0].old.as_ref().unwrap().text("email").unwrap(),
+                masker.hash(b"old@example.com")
+            );
+            let line: serde_json::Value =
+                serde_json::from_str(std::fs::read_to_string(&letters).unwrap().trim()).unwrap();
+            let payload = line["payload"].as_str().unwrap();
+            if keep {
+                assert_eq!(payload.as_bytes(), &original[..], "the original bytes");
+            } else {
+                assert!(!payload.contains("@example.com"), "{payload}");
+                assert!(payload.contains(&hashed), "{payload}");
+            }
+            assert_eq!(
+                tracker.lock().unwrap().all_committable(),
+                vec![(topic.clone(), 0, 1)],
+                "dead-lettered is acknowledged"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_batch_the_sink_gives_up_on_halts_the_line_and_nothing_after_it_is_acknowledged() {
         let metrics = Metrics::new();
@@ -384,6 +502,8 @@ mod tests {
             metrics: metrics.clone(),
             abort: CancellationToken::new(),
             halt: Halt::default(),
+            masker: None,
+            dlq_keep_original: true,
         });
         let (tx, rx) = channel(16, 1 << 20);
         let limits = BatchLimits {

@@ -11,6 +11,7 @@ mod es_faults;
 mod faults;
 mod fidelity;
 mod flow;
+mod masking;
 mod ports;
 mod quickstart;
 mod restart;
