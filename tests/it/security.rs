@@ -276,7 +276,9 @@ fn output_of(args: &[&str], env: &[(&str, &str)], wait: Duration) -> Output {
             cmd.env_remove(k);
         }
     }
+    let data = tempfile::tempdir().unwrap();
     cmd.args(args)
+        .env("CDC_DATA_DIR", data.path())
         .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .env("CDC_LOG_LEVEL", "debug")

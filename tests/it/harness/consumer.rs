@@ -133,6 +133,11 @@ impl ConsumerProcess {
                 cmd.env_remove(k);
             }
         }
+        // Its own data directory (the masking key, dead letters without
+        // Kafka) unless the test names one: never ./cdc-data.
+        if !env.iter().any(|(k, _)| k == "CDC_DATA_DIR") {
+            cmd.env("CDC_DATA_DIR", dir.path().join("data"));
+        }
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         // Bound by the child itself and read back from its log: a port
         // picked here and released before the child binds it could be
