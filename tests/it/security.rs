@@ -14,6 +14,7 @@ use crate::harness::consumer::{Consumer, ConsumerProcess};
 use crate::harness::eventually;
 use crate::harness::mariadb::MariaDb;
 use crate::harness::ports::ClosedPort;
+use crate::harness::prometheus::Prometheus;
 use crate::harness::unique;
 use crate::store::stored;
 
@@ -147,6 +148,44 @@ async fn the_dashboard_api_and_metrics_need_the_token_which_never_shows_in_the_l
     let log = without_colours(&std::fs::read_to_string(&p.log).unwrap());
     assert!(log.contains("token_required=true"), "{log}");
     assert!(!log.contains(&token) && !log.contains(&scrape), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_with_the_metrics_token_from_a_file_and_not_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, d, mut env) = captured_table("scrape", dir.path()).await;
+    let scrape = unique("tok-scrape");
+    env.push(("CDC_HTTP_TOKEN".into(), unique("tok-web")));
+    env.push(("CDC_METRICS_TOKEN".into(), scrape.clone()));
+    let p = ConsumerProcess::spawn(&env);
+    p.wait_healthy().await;
+    db.exec(&format!("INSERT INTO {d}.t VALUES (1, 'scraped')"))
+        .await;
+    let right = dir.path().join("right-token");
+    std::fs::write(&right, format!("{scrape}\n")).unwrap();
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    let target = p.http().to_string();
+    let Some(with) = Prometheus::start_scraping(&target, Some(&right)) else {
+        panic!("prometheus is not installed (apt-get install prometheus)");
+    };
+    let without = Prometheus::start_scraping(&target, Some(&wrong)).unwrap();
+    let counted = eventually(Duration::from_secs(30), || async {
+        with.query_sum(&format!(
+            "cdc_events_total{{database=\"{d}\",op=\"insert\"}}"
+        ))
+        .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{}", p.log_tail());
+    assert_eq!(with.query_sum("up").await, Some(1.0));
+    let refused = eventually(Duration::from_secs(15), || async {
+        without.query_sum("up").await == Some(0.0)
+    })
+    .await;
+    assert!(refused, "a wrong token was accepted");
+    assert_eq!(without.query_sum("cdc_events_total").await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,15 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `target` (`host:port`); None when it is not installed.
     pub fn start(target: &str) -> Option<Prometheus> {
+        Prometheus::start_scraping(target, None)
+    }
+
+    /// `start`, sending the token in `credentials_file` as a Bearer token,
+    /// as the compose stack's Prometheus does.
+    pub fn start_scraping(
+        target: &str,
+        credentials_file: Option<&std::path::Path>,
+    ) -> Option<Prometheus> {
         let bin = ["/usr/bin/prometheus", "prometheus"]
             .into_iter()
             .find(|b| {
@@ -26,7 +35,13 @@ impl Prometheus {
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
-            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cdc-monitor\n    static_configs:\n      - targets: ['{target}']\n"),
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: cdc-monitor\n    static_configs:\n      - targets: ['{target}']\n{}",
+                credentials_file.map_or_else(String::new, |f| format!(
+                    "    authorization:\n      type: Bearer\n      credentials_file: {}\n",
+                    f.display()
+                ))
+            ),
         )
         .unwrap();
         let log = dir.path().join("prometheus.log");
