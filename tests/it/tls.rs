@@ -190,14 +190,18 @@ async fn elasticsearch_behind_mutual_tls_gets_documents_only_with_the_client_cer
 async fn changefeed_ensure_reaches_ticdc_behind_mutual_tls_only_with_its_client_certificate() {
     use crate::harness::ticdc::{TicdcOptions, TicdcStub};
     let certs = TestCerts::generate();
-    let stub = TicdcStub::start(TicdcOptions::default()).await;
+    let stub = TicdcStub::start(TicdcOptions {
+        basic_auth: Some(("ci".into(), "S3cret".into())),
+        ..TicdcOptions::default()
+    })
+    .await;
     let upstream = stub.url.socket_addrs(|| None).unwrap()[0];
     let proxy = TlsProxy::start(&certs, upstream, true).await;
-    let ensure = |with_cert: bool| {
+    let ensure_as = |with_cert: bool, password: &str| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-monitor"));
         cmd.args(["changefeed", "ensure", "--timeout", "3s"])
             .arg("--ticdc-url")
-            .arg(format!("https://ci:S3cret@{}", proxy.addr))
+            .arg(format!("https://ci:{password}@{}", proxy.addr))
             .arg("--ticdc-ca-file")
             .arg(certs.ca());
         if with_cert {
@@ -211,7 +215,19 @@ async fn changefeed_ensure_reaches_ticdc_behind_mutual_tls_only_with_its_client_
         }
         tokio::process::Command::from(cmd)
     };
+    let ensure = |with_cert: bool| ensure_as(with_cert, "S3cret");
     let without = ensure(false).output().await.unwrap();
+    // The right certificate, the wrong password: TiCDC's 401.
+    let wrong = ensure_as(true, "Wr0ngPass").output().await.unwrap();
+    let log = String::from_utf8_lossy(&wrong.stderr).into_owned()
+        + &String::from_utf8_lossy(&wrong.stdout);
+    assert!(!wrong.status.success(), "{log}");
+    assert!(stub.refused_auth() >= 1, "{log}");
+    assert!(
+        !log.contains("Wr0ngPass"),
+        "the password reached the log: {log}"
+    );
+    assert!(stub.create_requests().is_empty());
     let with = ensure(true).output().await.unwrap();
     let log = String::from_utf8_lossy(&without.stderr).into_owned()
         + &String::from_utf8_lossy(&without.stdout);

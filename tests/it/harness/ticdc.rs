@@ -80,6 +80,11 @@ pub struct TicdcOptions {
     /// Lose the create race: store the changefeed as another creator would
     /// have, then answer `CDC:ErrChangeFeedAlreadyExists`.
     pub lose_create_race: bool,
+    /// Require HTTP basic auth with this user and password (TiCDC's open
+    /// API with `security` on): 401 otherwise.
+    pub basic_auth: Option<(String, String)>,
+    /// Authorization headers that were refused.
+    pub refused_auth: usize,
 }
 
 #[derive(Default)]
@@ -117,6 +122,10 @@ impl TicdcStub {
             .route("/api/v2/health", get(health))
             .route("/api/v2/changefeeds", post(create))
             .route("/api/v2/changefeeds/{id}", get(get_changefeed))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                require_auth,
+            ))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -135,6 +144,11 @@ impl TicdcStub {
         self.state.lock().unwrap().creates.clone()
     }
 
+    /// How many requests were refused for their credentials.
+    pub fn refused_auth(&self) -> usize {
+        self.state.lock().unwrap().options.refused_auth
+    }
+
     /// How many health polls arrived.
     pub fn health_polls(&self) -> usize {
         self.state.lock().unwrap().health_polls
@@ -150,6 +164,35 @@ impl Drop for TicdcStub {
     fn drop(&mut self) {
         self.server.abort();
     }
+}
+
+/// Basic auth, when the options ask for it.
+async fn require_auth(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use base64::Engine;
+    let expected = state.lock().unwrap().options.basic_auth.clone();
+    if let Some((user, password)) = expected {
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(want.as_str()) {
+            state.lock().unwrap().options.refused_auth += 1;
+            return ticdc_error(
+                StatusCode::UNAUTHORIZED,
+                "CDC:ErrCredentialNotFound",
+                "credential not found",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 /// TiCDC's error body with a `[code]message` text, as `errors.Normalize` renders it.
