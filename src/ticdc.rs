@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::tls::{self, TlsFileError};
+use crate::tls::{self, error_chain, TlsFileError};
 
 /// `changefeed ensure` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -496,22 +496,6 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// `err` and its sources on one line: reqwest's top-level message alone
-/// ("error sending request") hides the cause, e.g. "Connection refused".
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// How a create request ended.
@@ -1035,14 +1019,5 @@ mod tests {
             err,
             "TiCDC at http://127.0.0.1:9/ was not healthy within 2s; last error: Connection refused"
         );
-    }
-
-    #[test]
-    fn error_chain_includes_sources_once() {
-        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        #[derive(Debug, thiserror::Error)]
-        #[error("send failed")]
-        struct Outer(#[source] std::io::Error);
-        assert_eq!(error_chain(&Outer(inner)), "send failed: refused");
     }
 }

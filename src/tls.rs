@@ -1,6 +1,6 @@
-//! PEM files for the HTTP clients (Elasticsearch, TiCDC): a CA to trust and
-//! a client identity for mutual TLS, read once at start. Errors name the
-//! option the file came from.
+//! What the HTTP clients (Elasticsearch, TiCDC) share: PEM files for a CA
+//! to trust and a client identity for mutual TLS, read once at start (errors
+//! name the option the file came from), and how their errors are told.
 
 use std::path::Path;
 
@@ -57,4 +57,35 @@ pub fn client_identity(
         path: cert.display().to_string(),
         reason: format!("with {} {}: {e}", keys[1], key.display()),
     })
+}
+
+/// `err` and its sources on one line, each cause once: reqwest's top-level
+/// message alone ("error sending request") hides the cause, e.g.
+/// "Connection refused" or a certificate the server would not accept.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_includes_sources_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("send failed")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(error_chain(&Outer(inner)), "send failed: refused");
+    }
 }

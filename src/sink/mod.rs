@@ -24,6 +24,7 @@ use crate::checkpoint::{Checkpoint, StoredCheckpoints};
 use crate::config::{Config, SinkConfig};
 use crate::event::ChangeEvent;
 use crate::metrics::Metrics;
+use crate::tls::error_chain;
 use query::{EventFilter, EventPage, QueryError, Stats};
 
 /// An event the sink refused for good (mapping or parsing error), by its index in the batch.
@@ -178,19 +179,4 @@ pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, SinkError
             metrics.clone(),
         )?),
     })
-}
-
-/// `err` and its sources on one line, each cause once.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::harness::consumer::http_addr_in;
 use crate::harness::kafka::PrivateBroker;
@@ -38,21 +37,9 @@ fn prometheus_whose_port_is_taken_is_started_again_on_another() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("prometheus.log");
     std::fs::write(dir.path().join("p.yml"), "global:\n  scrape_interval: 1s\n").unwrap();
+    let config = dir.path().join("p.yml");
     moves_on_when_its_port_is_taken("prometheus", &log, |port| {
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("p.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("prometheus (Debian's package) installed")
+        crate::harness::prometheus::spawn("prometheus", &config, dir.path(), port, &log)
     });
 }
 

@@ -10,7 +10,7 @@ use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::consumer::{Consumer, ConsumerProcess};
+use crate::harness::consumer::{strip_ansi, Consumer, ConsumerProcess};
 use crate::harness::eventually;
 use crate::harness::mariadb::MariaDb;
 use crate::harness::ports::ClosedPort;
@@ -32,25 +32,6 @@ async fn captured_table(
     .await;
     let env = db.capture_env(&format!("{d}.t"), dir);
     (db, d, env)
-}
-
-/// `text` without ANSI colour sequences.
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ … letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// GET `path` with an optional `Authorization` value: status, headers, body.
@@ -145,7 +126,7 @@ async fn the_dashboard_api_and_metrics_need_the_token_which_never_shows_in_the_l
     );
 
     assert!(p.terminate(Duration::from_secs(30)).success());
-    let log = without_colours(&std::fs::read_to_string(&p.log).unwrap());
+    let log = strip_ansi(&std::fs::read_to_string(&p.log).unwrap());
     assert!(log.contains("token_required=true"), "{log}");
     assert!(!log.contains(&token) && !log.contains(&scrape), "{log}");
 }

@@ -78,8 +78,13 @@ pub trait Consumer {
 
     /// Waits until `/healthz` answers.
     async fn wait_healthy(&self) {
+        self.healthy_by(Instant::now() + Duration::from_secs(30))
+            .await;
+    }
+
+    /// Waits until `/healthz` answers; fails the test at `deadline`.
+    async fn healthy_by(&self, deadline: Instant) {
         let url = format!("http://{}/healthz", self.http());
-        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = reqwest::get(&url).await {
                 if r.status().is_success() {
@@ -264,20 +269,7 @@ impl Consumer for ConsumerProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let url = format!("http://{}/healthz", self.http());
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "consumer not healthy; log:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.healthy_by(deadline).await;
     }
 }
 
@@ -303,7 +295,7 @@ pub fn http_addr_in(line: &str) -> Option<SocketAddr> {
 }
 
 /// `s` without ANSI escape sequences (tracing colours field names on a terminal).
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

@@ -2,6 +2,28 @@
 
 use std::process::{Child, Command, Stdio};
 
+/// Starts `bin` with `config`, its data under `dir`, on 127.0.0.1:`port`,
+/// logging to `log`.
+pub fn spawn(
+    bin: &str,
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    log: &std::path::Path,
+) -> Child {
+    Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin} (Debian's prometheus package): {e}"))
+}
+
 /// A running Prometheus.
 pub struct Prometheus {
     child: Child,
@@ -47,17 +69,7 @@ impl Prometheus {
         let log = dir.path().join("prometheus.log");
         let (child, port) =
             super::ports::spawn_listening("prometheus", std::slice::from_ref(&log), |port| {
-                Command::new(bin)
-                    .arg(format!("--config.file={}", config.display()))
-                    .arg(format!(
-                        "--storage.tsdb.path={}",
-                        dir.path().join("data").display()
-                    ))
-                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log).unwrap())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
+                spawn(bin, &config, dir.path(), port, &log)
             });
         let url = format!("http://127.0.0.1:{port}");
         Some(Prometheus {
