@@ -1,6 +1,6 @@
 //! TLS end to end, with certificates each test makes: binlog capture from a
 //! MariaDB user created `REQUIRE SSL`, refusals without TLS or without the
-//! CA, and Elasticsearch behind a TLS endpoint demanding a client
+//! CA, and Elasticsearch and Kafka behind a TLS endpoint demanding a client
 //! certificate (mutual TLS).
 
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::harness::consumer::{Consumer, ConsumerProcess};
 use crate::harness::es::EsTarget;
 use crate::harness::eventually;
+use crate::harness::kafka::PrivateBroker;
 use crate::harness::mariadb::MariaDb;
 use crate::harness::tls::{TestCerts, TlsProxy};
 use crate::store::stored;
@@ -245,4 +246,70 @@ async fn changefeed_ensure_reaches_ticdc_behind_mutual_tls_only_with_its_client_
         "the password reached the log: {log}"
     );
     assert_eq!(stub.create_requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_behind_mutual_tls_is_consumed_only_with_the_client_certificate() {
+    const N: usize = 500;
+    let certs = TestCerts::generate();
+    // The broker must advertise the TLS endpoint, so that every connection
+    // librdkafka makes goes through it: bind it first.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_port = listener.local_addr().unwrap().port();
+    let broker = PrivateBroker::start_advertising(tls_port);
+    let upstream = broker.bootstrap.parse().unwrap();
+    let _proxy = TlsProxy::start_on(listener, &certs, upstream, true);
+    let tls_bootstrap = format!("127.0.0.1:{tls_port}");
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let client_tls = [
+        ("security.protocol", "ssl".to_owned()),
+        ("ssl.ca.location", path(certs.ca())),
+        ("ssl.certificate.location", path(certs.client_cert())),
+        ("ssl.key.location", path(certs.client_key())),
+    ];
+    let kafka = broker.client_via(&tls_bootstrap, &client_tls);
+    let p = crate::harness::consumer::Pipeline::new("kafka-tls", &tls_bootstrap, "", 1);
+    kafka.create_topic(&p.topic, 1).await;
+    kafka.create_topic(&p.dlq, 1).await;
+    kafka
+        .produce(&p.topic, 1, (0..N).map(crate::harness::canal::message))
+        .await;
+
+    let run = |with_cert: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = p.store_env(dir.path());
+        env.push(("CDC_STORE_RETENTION".into(), "36500d".into()));
+        env.push(("CDC_KAFKA_SECURITY_PROTOCOL".into(), "ssl".into()));
+        env.push(("CDC_KAFKA_SSL_CA_LOCATION".into(), path(certs.ca())));
+        if with_cert {
+            env.push((
+                "CDC_KAFKA_PROPERTIES".into(),
+                format!(
+                    "ssl.certificate.location={},ssl.key.location={}",
+                    path(certs.client_cert()),
+                    path(certs.client_key())
+                ),
+            ));
+        }
+        (ConsumerProcess::spawn(&env), dir)
+    };
+    // Without its certificate the handshake is refused: nothing is read.
+    let (refused, refused_dir) = run(false);
+    refused.wait_healthy().await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let got: usize = stored(refused_dir.path()).values().sum();
+    assert_eq!(got, 0, "{}", refused.log_tail());
+    drop(refused);
+
+    let (consumer, dir) = run(true);
+    let all = eventually(Duration::from_secs(60), || async {
+        stored(dir.path()).values().sum::<usize>() >= N
+    })
+    .await;
+    assert!(
+        all,
+        "stored {:?}; log:\n{}",
+        stored(dir.path()),
+        consumer.log_tail()
+    );
 }

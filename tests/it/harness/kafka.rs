@@ -21,6 +21,8 @@ pub type Record = (Vec<u8>, Vec<(String, String)>);
 /// The broker every test in this run shares (each test uses its own topics and groups).
 pub struct Broker {
     pub bootstrap: String,
+    /// librdkafka properties every client of the tests sets (TLS).
+    properties: Vec<(String, String)>,
     _process: Option<BrokerProcess>,
 }
 
@@ -57,6 +59,7 @@ pub fn broker() -> &'static Broker {
             if !b.is_empty() {
                 return Broker {
                     bootstrap: b,
+                    properties: Vec::new(),
                     _process: None,
                 };
             }
@@ -88,6 +91,7 @@ pub fn broker() -> &'static Broker {
         // The OnceLock lives until the process exits; the broker with it.
         Broker {
             bootstrap,
+            properties: Vec::new(),
             _process: Some(BrokerProcess { child, _dir: dir }),
         }
     })
@@ -97,6 +101,9 @@ impl Broker {
     fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
         c
     }
 
@@ -267,9 +274,32 @@ impl PrivateBroker {
         self.child = Some(child);
     }
 
+    /// Starts a fresh broker that tells clients to connect to
+    /// 127.0.0.1:`advertised` (a proxy in front of it) instead.
+    pub fn start_advertising(advertised: u16) -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tansu.log");
+        let (child, port) =
+            super::ports::spawn_listening("tansu", std::slice::from_ref(&log), |port| {
+                Self::spawn_advertising(dir.path(), port, advertised)
+            });
+        PrivateBroker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
     /// Starts Tansu on `port` with its data and log (`tansu.log`) in `dir`; does not wait.
     pub fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        Self::spawn_advertising(dir, port, port)
+    }
+
+    /// `spawn`, advertising 127.0.0.1:`advertised` to clients.
+    pub fn spawn_advertising(dir: &std::path::Path, port: u16, advertised: u16) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -281,7 +311,7 @@ impl PrivateBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(dir)
@@ -302,8 +332,18 @@ impl PrivateBroker {
 
     /// The same helpers as the shared broker, against this one.
     pub fn client(&self) -> Broker {
+        self.client_via(&self.bootstrap, &[])
+    }
+
+    /// The helpers against `bootstrap` (a proxy in front of this broker),
+    /// with `properties` on every client.
+    pub fn client_via(&self, bootstrap: &str, properties: &[(&str, String)]) -> Broker {
         Broker {
-            bootstrap: self.bootstrap.clone(),
+            bootstrap: bootstrap.to_owned(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             _process: None,
         }
     }

@@ -175,6 +175,19 @@ impl TlsProxy {
     /// Serves the test's server certificate; with `client_ca`, a client
     /// must present a certificate that CA signed or the handshake fails.
     pub async fn start(certs: &TestCerts, upstream: SocketAddr, client_ca: bool) -> TlsProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        TlsProxy::start_on(listener, certs, upstream, client_ca)
+    }
+
+    /// `start` on a listener the caller bound, for a server that must know
+    /// the proxy's address before the proxy knows its own (a Kafka broker
+    /// advertises it).
+    pub fn start_on(
+        listener: tokio::net::TcpListener,
+        certs: &TestCerts,
+        upstream: SocketAddr,
+        client_ca: bool,
+    ) -> TlsProxy {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(certs.server_cert())
@@ -200,7 +213,6 @@ impl TlsProxy {
         };
         let config = builder.with_single_cert(chain, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             loop {
