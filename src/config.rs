@@ -56,6 +56,8 @@ keys! {
     binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
     mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "Binlog source TLS, as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
     mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "Binlog source: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
+    mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "Binlog source: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
+    mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "Binlog source: PEM private key of CDC_MYSQL_SSL_CERT";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
     store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted beyond this size";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
@@ -746,6 +748,64 @@ pub struct MysqlTls {
     pub mode: MysqlSslMode,
     /// Trusted in addition to the system's CAs.
     pub ca_file: Option<PathBuf>,
+    /// The client certificate and key, for servers that ask for one.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate and its key as one PKCS#12 archive (no password),
+/// the form the MySQL driver's TLS stack takes. Made at load time, so a
+/// bad file is an exit-2 error naming its key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub pkcs12: std::sync::Arc<[u8]>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Holds a private key.
+        f.write_str("ClientIdentity(<withheld>)")
+    }
+}
+
+impl ClientIdentity {
+    /// From a PEM certificate (its chain may follow) and a PEM private key.
+    pub fn from_pem(cert: &Path, key: &Path) -> Result<ClientIdentity, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut certs = openssl::x509::X509::stack_from_pem(&read(cert)?)
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", cert.display()));
+        }
+        let leaf = certs.remove(0);
+        let key_pem = read(key)?;
+        let pkey = openssl::pkey::PKey::private_key_from_pem(&key_pem).map_err(|_| {
+            format!(
+                "{}: not a PEM private key (without a password)",
+                key.display()
+            )
+        })?;
+        let mut chain = openssl::stack::Stack::new().map_err(|e| e.to_string())?;
+        for c in certs {
+            chain.push(c).map_err(|e| e.to_string())?;
+        }
+        let archive = openssl::pkcs12::Pkcs12::builder()
+            .name("cdc-monitor")
+            .pkey(&pkey)
+            .cert(&leaf)
+            .ca(chain)
+            .build2("")
+            .and_then(|p| p.to_der())
+            .map_err(|e| {
+                format!(
+                    "{} and {} do not make an identity: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        Ok(ClientIdentity {
+            pkcs12: archive.into(),
+        })
+    }
 }
 
 /// Embedded store settings.
@@ -1082,7 +1142,47 @@ fn mysql_tls(l: &Layers) -> Result<MysqlTls, ConfigError> {
             ),
         ));
     }
-    Ok(MysqlTls { mode, ca_file })
+    let identity = match (
+        l.opt("mysql.ssl_cert", existing_file)?,
+        l.opt("mysql.ssl_key", existing_file)?,
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            if mode == MysqlSslMode::Disabled {
+                return Err(invalid(
+                    &l.name("mysql.ssl_cert"),
+                    &cert.display().to_string(),
+                    "a client certificate needs TLS: CDC_MYSQL_SSL_MODE is disabled",
+                ));
+            }
+            Some(ClientIdentity::from_pem(&cert, &key).map_err(|reason| {
+                invalid(
+                    &l.name("mysql.ssl_cert"),
+                    &cert.display().to_string(),
+                    &reason,
+                )
+            })?)
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                "CDC_MYSQL_SSL_KEY",
+                "",
+                "CDC_MYSQL_SSL_CERT needs its private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "CDC_MYSQL_SSL_CERT",
+                "",
+                "CDC_MYSQL_SSL_KEY needs its certificate",
+            ))
+        }
+    };
+    Ok(MysqlTls {
+        mode,
+        ca_file,
+        identity,
+    })
 }
 
 /// The mode mysql_async's URL parameters ask for: `require_ssl=true` with
@@ -1569,6 +1669,35 @@ mod tests {
         .to_string();
         assert!(
             err.contains("CDC_MYSQL_SSL_CA") && err.contains("file not found"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mysql_client_certificate_needs_its_key_and_must_be_pem() {
+        let binlog = "source = \"binlog\"\n[mysql]\nurl = \"mysql://u:pw@db:3306\"\n";
+        let cert = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(cert.path(), "not a certificate").unwrap();
+        let cert_path = cert.path().display().to_string();
+        let with_cert = (
+            "mysql.ssl_cert",
+            cert_path.as_str(),
+            Origin::Env("CDC_MYSQL_SSL_CERT"),
+        );
+        let err = load(binlog, std::slice::from_ref(&with_cert))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CDC_MYSQL_SSL_KEY"), "{err}");
+        let with_key = (
+            "mysql.ssl_key",
+            cert_path.as_str(),
+            Origin::Env("CDC_MYSQL_SSL_KEY"),
+        );
+        let err = load(binlog, &[with_cert, with_key])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CDC_MYSQL_SSL_CERT") && err.contains("no certificate in it"),
             "{err}"
         );
     }

@@ -79,6 +79,63 @@ async fn binlog_capture_over_tls_from_a_require_ssl_user() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_require_x509_user_captures_only_with_its_client_certificate() {
+    let certs = TestCerts::generate();
+    let (db, database, _) = tls_server(&certs).await;
+    let url = db
+        .user_with("REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.*")
+        .await;
+    let user = url::Url::parse(&url).unwrap().username().to_owned();
+    db.exec(&format!(
+        "SET SESSION sql_log_bin = 0; ALTER USER '{user}'@'127.0.0.1' REQUIRE X509"
+    ))
+    .await;
+    let ca = ("CDC_MYSQL_SSL_CA", certs.ca().display().to_string());
+    // TLS with a verified server, but no client certificate: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = ConsumerProcess::spawn(&env(
+        &db,
+        &database,
+        &url,
+        dir.path(),
+        std::slice::from_ref(&ca),
+    ));
+    let status = p.wait_exit(Duration::from_secs(60)).await;
+    assert!(!status.success(), "{}", p.log_tail());
+    assert!(p.log_tail().contains("CDC_MYSQL_URL"), "{}", p.log_tail());
+    assert_eq!(stored(dir.path()).values().sum::<usize>(), 0);
+    // With it, the rows arrive.
+    let dir = tempfile::tempdir().unwrap();
+    let p = ConsumerProcess::spawn(&env(
+        &db,
+        &database,
+        &url,
+        dir.path(),
+        &[
+            ca,
+            (
+                "CDC_MYSQL_SSL_CERT",
+                certs.client_cert().display().to_string(),
+            ),
+            (
+                "CDC_MYSQL_SSL_KEY",
+                certs.client_key().display().to_string(),
+            ),
+        ],
+    ));
+    let ok = eventually(Duration::from_secs(60), || async {
+        stored(dir.path()).values().sum::<usize>() >= 3
+    })
+    .await;
+    assert!(
+        ok,
+        "stored {:?}; log:\n{}",
+        stored(dir.path()),
+        p.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn capture_without_tls_or_without_the_ca_stops_with_what_to_set() {
     let certs = TestCerts::generate();
     let (db, database, url) = tls_server(&certs).await;

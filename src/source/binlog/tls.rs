@@ -1,8 +1,8 @@
-//! TLS to the MySQL/MariaDB server: `CDC_MYSQL_SSL_MODE` and
-//! `CDC_MYSQL_SSL_CA` as mysql_async's `SslOpts`, and which connection
+//! TLS to the MySQL/MariaDB server: `CDC_MYSQL_SSL_MODE`,
+//! `CDC_MYSQL_SSL_CA` and the client certificate as mysql_async's `SslOpts`, and which connection
 //! errors are TLS's (retrying cannot fix those).
 
-use mysql_async::{DriverError, IoError, Opts, OptsBuilder, SslOpts};
+use mysql_async::{ClientIdentity, DriverError, IoError, Opts, OptsBuilder, SslOpts};
 
 use crate::config::{MysqlSslMode, MysqlTls};
 
@@ -10,6 +10,7 @@ use crate::config::{MysqlSslMode, MysqlTls};
 pub const PLAINTEXT: MysqlTls = MysqlTls {
     mode: MysqlSslMode::Disabled,
     ca_file: None,
+    identity: None,
 };
 
 /// `opts` (parsed from the URL) with the TLS settings of `tls`, which
@@ -34,6 +35,10 @@ pub fn with_tls(opts: Opts, tls: &MysqlTls) -> Opts {
         ),
         MysqlSslMode::VerifyIdentity => Some(SslOpts::default().with_root_certs(roots())),
     };
+    let ssl = ssl.map(|ssl| match &tls.identity {
+        Some(id) => ssl.with_client_identity(Some(ClientIdentity::new(id.pkcs12.to_vec().into()))),
+        None => ssl,
+    });
     OptsBuilder::from_opts(opts).ssl_opts(ssl).into()
 }
 
