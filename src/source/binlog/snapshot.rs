@@ -109,10 +109,12 @@ fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
-/// A table to read and how: the columns it is paged by (empty: one pass).
+/// A table to read and how: the columns it is paged by (empty: one pass),
+/// and the columns its events name as primary key.
 struct Plan {
     schema: Arc<TableSchema>,
     key: Vec<usize>,
+    pk: Vec<usize>,
 }
 
 impl Plan {
@@ -239,12 +241,12 @@ impl BinlogSource {
         let mut conn = self.connect().await?;
         // Values arrive as stored (converted by the column's character set
         // like binlog values) and TIMESTAMPs in UTC, as the binlog has them.
-        conn.query_drop(
-            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ, \
-             SESSION time_zone = '+00:00', SESSION character_set_results = binary",
-        )
-        .await
-        .map_err(sql_err("session settings"))?;
+        conn.query_drop("SET SESSION time_zone = '+00:00', character_set_results = binary")
+            .await
+            .map_err(sql_err("session settings"))?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(sql_err("session settings"))?;
         let at = self.consistent_snapshot(&mut conn, info).await?;
         if let Some(p) = progress.as_ref() {
             let (database, table) = p.table.clone().unwrap_or_default();
@@ -450,49 +452,68 @@ impl BinlogSource {
         let mut plans = Vec::with_capacity(names.len());
         for (database, table) in names {
             let schema = cache.load(conn, &database, &table).await.map_err(err)?;
-            let key = if schema.primary_key.is_empty() {
-                self.unique_not_null_key(conn, &schema).await.map_err(err)?
+            let (key, pk) = if schema.primary_key.is_empty() {
+                let key = self.unique_not_null_key(conn, &schema).await.map_err(err)?;
+                // The server takes the first unique NOT NULL key for the
+                // primary key of a table without one, and full row metadata
+                // names it so in the binlog: the stream's events carry it
+                // as their pk, and so do the snapshot's.
+                let pk = if info.full_metadata {
+                    key.clone()
+                } else {
+                    Vec::new()
+                };
+                (key, pk)
             } else {
-                schema.primary_key.clone()
+                (schema.primary_key.clone(), schema.primary_key.clone())
             };
-            plans.push(Plan { schema, key });
+            plans.push(Plan { schema, key, pk });
         }
         Ok(plans)
     }
 
-    /// The first unique key whose columns are all NOT NULL, as column indexes.
+    /// The first unique key whose columns are all NOT NULL, as column
+    /// indexes in key order; keys are listed in the server's own order, the
+    /// one it picks a stand-in primary key by.
     async fn unique_not_null_key(
         &self,
         conn: &mut Conn,
         schema: &TableSchema,
     ) -> Result<Vec<usize>, mysql_async::Error> {
-        let rows: Vec<(String, String, String)> = conn
+        // No ORDER BY and no join: the rows come in the table's key order.
+        let rows: Vec<(String, String, u32)> = conn
             .exec(
-                "SELECT s.INDEX_NAME, s.COLUMN_NAME, c.IS_NULLABLE \
-                 FROM information_schema.STATISTICS s JOIN information_schema.COLUMNS c \
-                 ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME \
-                 AND c.COLUMN_NAME = s.COLUMN_NAME \
-                 WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.NON_UNIQUE = 0 \
-                 ORDER BY s.INDEX_NAME, s.SEQ_IN_INDEX",
+                "SELECT INDEX_NAME, COLUMN_NAME, SEQ_IN_INDEX FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0",
                 (schema.database.as_str(), schema.table.as_str()),
             )
             .await?;
-        let mut keys: Vec<(String, Vec<usize>, bool)> = Vec::new();
-        for (index, column, nullable) in rows {
+        let not_null: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND IS_NULLABLE = 'NO'",
+                (schema.database.as_str(), schema.table.as_str()),
+            )
+            .await?;
+        let mut keys: Vec<(String, Vec<(u32, usize)>, bool)> = Vec::new();
+        for (index, column, seq) in rows {
             if keys.last().is_none_or(|(i, _, _)| *i != index) {
                 keys.push((index.clone(), Vec::new(), true));
             }
             if let Some((_, cols, ok)) = keys.last_mut() {
                 match schema.columns.iter().position(|c| c.name == column) {
-                    Some(i) if nullable.eq_ignore_ascii_case("NO") => cols.push(i),
+                    Some(i) if not_null.contains(&column) => cols.push((seq, i)),
                     _ => *ok = false,
                 }
             }
         }
+        for (_, cols, _) in &mut keys {
+            cols.sort_unstable();
+        }
         Ok(keys
             .into_iter()
             .find(|(_, cols, ok)| *ok && !cols.is_empty())
-            .map(|(_, cols, _)| cols)
+            .map(|(_, cols, _)| cols.into_iter().map(|(_, i)| i).collect())
             .unwrap_or_default())
     }
 
@@ -532,8 +553,8 @@ impl BinlogSource {
             data.push((Box::from(col.name.as_str()), json));
         }
         let data = Row(data);
-        let pk = Row(schema
-            .primary_key
+        let pk = Row(plan
+            .pk
             .iter()
             .filter_map(|&i| {
                 let name = schema.columns.get(i)?.name.as_str();
@@ -627,6 +648,7 @@ mod tests {
                 columns: vec![col("a"), col("b"), col("c")],
                 primary_key: key.clone(),
             }),
+            pk: key.clone(),
             key,
         }
     }
