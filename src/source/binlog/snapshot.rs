@@ -495,7 +495,9 @@ impl BinlogSource {
                 (schema.database.as_str(), schema.table.as_str()),
             )
             .await?;
-        let mut keys: Vec<(String, Vec<(u32, usize)>, bool)> = Vec::new();
+        // (index name, (position in key, column), all columns NOT NULL)
+        type Key = (String, Vec<(u32, usize)>, bool);
+        let mut keys: Vec<Key> = Vec::new();
         for (index, column, seq) in rows {
             if keys.last().is_none_or(|(i, _, _)| *i != index) {
                 keys.push((index.clone(), Vec::new(), true));
