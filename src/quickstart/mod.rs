@@ -239,10 +239,12 @@ fn config(data_dir: &Path, http_addr: SocketAddr, mysql_url: &str) -> Result<Con
     set("binlog.tables", "appdb.*".into(), "tables");
     // The private server listens on loopback only and has no certificate.
     set("mysql.ssl_mode", "disabled".into(), "mysql_ssl_mode");
-    // Only read without a stored position, i.e. on the first start: from
-    // the oldest binlog, so the seed row init.sql inserted is captured too.
-    // Later starts resume where the store's position says.
-    set("binlog.start", "earliest".into(), "binlog_start");
+    // Only without a stored position, i.e. on the first start: the rows
+    // appdb already holds (the seed row init.sql inserted) arrive as
+    // snapshot events, then the binlog streams from the snapshot's position,
+    // so the seed row is never also replayed as an insert. Later starts
+    // resume where the store's position says.
+    set("snapshot.mode", "initial".into(), "snapshot");
     Config::from_layers(&l)
 }
 
@@ -291,7 +293,7 @@ fn dashboard_url(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BinlogStart, SinkConfig, SourceConfig};
+    use crate::config::{SinkConfig, SnapshotMode, SourceConfig};
     use secrecy::ExposeSecret;
 
     #[test]
@@ -358,7 +360,7 @@ mod tests {
             panic!("{:?}", c.source)
         };
         assert_eq!(m.url.expose_secret(), "mysql://cdc:pw@127.0.0.1:3307");
-        assert_eq!(m.start, BinlogStart::Earliest);
+        assert_eq!(m.snapshot, SnapshotMode::Initial);
         assert!(m.tables.accepts("appdb", "users") && !m.tables.accepts("other", "t"));
     }
 
