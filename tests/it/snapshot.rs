@@ -298,7 +298,7 @@ async fn snapshot_with_a_writer_running_replays_to_the_tables_exact_rows() {
     caught_up(&db, &d, dir.path(), &p).await;
 
     assert!(
-        snapshot_count(dir.path()) >= ROWS / 3 * 3,
+        snapshot_count(dir.path()) >= ROWS / 2,
         "{:?}",
         crate::store::stored(dir.path())
     );
@@ -310,12 +310,22 @@ async fn snapshot_with_a_writer_running_replays_to_the_tables_exact_rows() {
         "log:\n{}",
         p.log_tail()
     );
-    assert!(
-        p.metric("cdc_snapshot_rows_total", &["table=\"a\""]).await >= (ROWS / 3) as f64,
+    // The writer started first: its deletes and inserts make the counts
+    // differ from ROWS, but the metrics match what was stored.
+    let stored_a = stored_docs(dir.path(), &d)
+        .iter()
+        .filter(|doc| doc["op"] == "snapshot" && doc["table"] == "a")
+        .count();
+    assert_eq!(
+        p.metric("cdc_snapshot_rows_total", &["table=\"a\""]).await,
+        stored_a as f64,
         "log:\n{}",
         p.log_tail()
     );
-    assert!(p.metric("cdc_events_total", &["op=\"snapshot\""]).await >= ROWS as f64 - 3.0);
+    assert_eq!(
+        p.metric("cdc_events_total", &["op=\"snapshot\""]).await,
+        snapshot_count(dir.path()) as f64
+    );
     // The API filters them.
     let body = reqwest::get(format!(
         "http://{}/api/events?limit=3&op=snapshot",
