@@ -11,7 +11,8 @@
 //!
 //! Tables are read in (database, table) order, each in chunks of
 //! `CDC_SNAPSHOT_CHUNK_ROWS` by keyset pagination on its primary key (else
-//! a unique key of NOT NULL columns; a table with neither in one pass).
+//! a unique key of NOT NULL columns; a table with neither in one pass, and
+//! before all others).
 //! After each chunk a `Checkpoint::Snapshot` follows its rows, so the sink
 //! stores the progress with them; after a restart a new consistent-snapshot
 //! transaction reads on after the last stored chunk, and streaming starts
@@ -118,6 +119,15 @@ struct Plan {
 }
 
 impl Plan {
+    /// Where it comes in the reading order.
+    fn order(&self) -> (bool, &str, &str) {
+        (
+            !self.key.is_empty(),
+            &self.schema.database,
+            &self.schema.table,
+        )
+    }
+
     /// The SELECT of the next chunk after `after` (all rows without a key),
     /// and its parameters. `(a, b) > (x, y)` is written out as
     /// `a > x OR (a = x AND b > y)`, which every optimizer turns into a range.
@@ -163,7 +173,8 @@ impl Plan {
 #[derive(Debug, Clone)]
 struct Progress {
     position: BinlogPosition,
-    /// (database, table) of the last chunk sent; tables before it are done.
+    /// (database, table) of the last chunk sent; tables before it (in
+    /// `Plan::order`) are done.
     table: Option<(String, String)>,
     /// The last key sent; `None` with `table` set: that table is done.
     after: Option<Vec<Value>>,
@@ -178,15 +189,23 @@ impl Progress {
         })
     }
 
-    /// Whether `(database, table)` still has rows to read, and after which key.
-    fn start_of(&self, database: &str, table: &str) -> Option<Option<Vec<Value>>> {
+    /// Whether a table still has rows to read, and after which key. Tables
+    /// are read in `(keyed, database, table)` order; `stored_keyed` says
+    /// whether the table of the progress has a key.
+    fn start_of(
+        &self,
+        stored_keyed: bool,
+        (keyed, database, table): (bool, &str, &str),
+    ) -> Option<Option<Vec<Value>>> {
         match &self.table {
             None => Some(None),
-            Some((d, t)) => match (d.as_str(), t.as_str()).cmp(&(database, table)) {
-                std::cmp::Ordering::Less => Some(None),
-                std::cmp::Ordering::Equal => self.after.clone().map(Some),
-                std::cmp::Ordering::Greater => None,
-            },
+            Some((d, t)) => {
+                match (stored_keyed, d.as_str(), t.as_str()).cmp(&(keyed, database, table)) {
+                    std::cmp::Ordering::Less => Some(None),
+                    std::cmp::Ordering::Equal => self.after.clone().map(Some),
+                    std::cmp::Ordering::Greater => None,
+                }
+            }
         }
     }
 }
@@ -261,11 +280,21 @@ impl BinlogSource {
             table: None,
             after: None,
         });
-        let tables = self.snapshot_tables(&mut conn, info).await?;
+        let mut tables = self.snapshot_tables(&mut conn, info).await?;
+        // Tables without any key first: they are read in one pass, and a
+        // resumed snapshot reading one later than the first snapshot's point
+        // could not tell the replayed changes in between from its rows.
+        tables.sort_by(|a, b| a.order().cmp(&b.order()));
+        let stored_keyed = progress.table.as_ref().is_none_or(|(d, t)| {
+            tables
+                .iter()
+                .find(|p| p.schema.database == *d && p.schema.table == *t)
+                .is_none_or(|p| !p.key.is_empty())
+        });
         let todo: Vec<(Plan, Option<Vec<Value>>)> = tables
             .into_iter()
             .filter_map(|plan| {
-                let start = progress.start_of(&plan.schema.database, &plan.schema.table)?;
+                let start = progress.start_of(stored_keyed, plan.order())?;
                 Some((plan, start))
             })
             .collect();
@@ -703,10 +732,19 @@ mod tests {
             table: Some(("app".into(), "m".into())),
             after: Some(vec![Value::Int(9)]),
         };
-        assert_eq!(p.start_of("app", "a"), None);
-        assert_eq!(p.start_of("app", "m"), Some(Some(vec![Value::Int(9)])));
-        assert_eq!(p.start_of("app", "z"), Some(None));
+        assert_eq!(p.start_of(true, (true, "app", "a")), None);
+        assert_eq!(
+            p.start_of(true, (false, "app", "z")),
+            None,
+            "keyless tables come first"
+        );
+        assert_eq!(
+            p.start_of(true, (true, "app", "m")),
+            Some(Some(vec![Value::Int(9)]))
+        );
+        assert_eq!(p.start_of(true, (true, "app", "z")), Some(None));
         let done = Progress { after: None, ..p };
-        assert_eq!(done.start_of("app", "m"), None);
+        assert_eq!(done.start_of(true, (true, "app", "m")), None);
+        assert_eq!(done.start_of(false, (true, "app", "a")), Some(None));
     }
 }
