@@ -109,7 +109,7 @@ pub type Install = fn(&'static str) -> Result<(), MariaDbError>;
 
 /// Runs quickstart until `shutdown` resolves, calling `install` when
 /// MariaDB is missing; calls `on_ready` once the dashboard is bound and
-/// capture is about to start.
+/// the binlog streams (after the snapshot of the existing rows).
 pub async fn run(
     args: &QuickstartArgs,
     install: Install,
@@ -133,12 +133,36 @@ pub async fn run(
             return Ok(());
         }
     };
-    on_ready(&ready);
-    let result = app.run_until(stop.cancelled_owned()).await;
+    // Ready once the binlog streams: the rows appdb held are then in the
+    // snapshot, and a row the user inserts after the printed command is a
+    // change (inserted before the snapshot's point it would be a snapshot row).
+    let metrics = app.metrics().clone();
+    let run = app.run_until(stop.cancelled_owned());
+    tokio::pin!(run);
+    let streaming = async {
+        while metrics.binlog_position.get() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let early = tokio::select! {
+        r = &mut run => Some(r),
+        _ = tokio::time::timeout(STREAMING_WAIT, streaming) => None,
+    };
+    let result = match early {
+        Some(r) => r,
+        None => {
+            on_ready(&ready);
+            run.await
+        }
+    };
     db.stop().await;
     info!("MariaDB stopped");
     Ok(result?)
 }
+
+/// How long the ready message waits for the binlog to stream (a slow
+/// snapshot only delays it).
+const STREAMING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Starts MariaDB, applies the demo schema and builds the pipeline.
 async fn setup(

@@ -343,13 +343,13 @@ async fn snapshot_with_a_writer_running_replays_to_the_tables_exact_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_killed_mid_way_resumes_after_the_last_stored_chunk() {
+async fn snapshot_killed_twice_mid_way_resumes_after_the_last_stored_chunk() {
     const ROWS: usize = 20_000;
     let db = MariaDb::start().await;
     let d = db.create_database("snapkill").await;
     seed(&db, &d, ROWS).await;
     let dir = tempfile::tempdir().unwrap();
-    let env = snapshot_env(&db, &d, dir.path(), 50);
+    let env = snapshot_env(&db, &d, dir.path(), 20);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_until(
         db.server().root_opts(),
@@ -358,19 +358,27 @@ async fn snapshot_killed_mid_way_resumes_after_the_last_stored_chunk() {
         stop.clone(),
     ));
     let mut p = ConsumerProcess::spawn(&env);
-    let midway = eventually(Duration::from_secs(120), || async {
-        snapshot_count(dir.path()) >= ROWS / 4
-    })
-    .await;
-    assert!(midway, "log:\n{}", p.log_tail());
-    p.kill();
-    let before = snapshot_count(dir.path());
-    assert!(
-        before < ROWS,
-        "the snapshot ended before the kill: {before}"
-    );
-
-    let p = ConsumerProcess::spawn(&env);
+    for (kill, at_least) in [(1, ROWS / 5), (2, ROWS / 2)] {
+        let midway = eventually(Duration::from_secs(120), || async {
+            snapshot_count(dir.path()) >= at_least
+        })
+        .await;
+        assert!(midway, "log:\n{}", p.log_tail());
+        p.kill();
+        let stored = stored_checkpoint(dir.path());
+        assert!(
+            stored.contains("\"snapshot\""),
+            "kill {kill} came after the snapshot: the store holds {stored}"
+        );
+        if kill == 2 {
+            let log = std::fs::read_to_string(&p.log).unwrap();
+            assert!(
+                log.contains("resuming the snapshot after the last stored chunk"),
+                "{log}"
+            );
+        }
+        p = ConsumerProcess::spawn(&env);
+    }
     let done = eventually(Duration::from_secs(180), || async {
         std::fs::read_to_string(&p.log)
             .unwrap_or_default()
@@ -383,17 +391,33 @@ async fn snapshot_killed_mid_way_resumes_after_the_last_stored_chunk() {
         .lines()
         .find(|l| l.contains("resuming the snapshot after the last stored chunk"))
         .unwrap_or_else(|| panic!("no resume line; log:\n{log}"));
+    println!("{resumed}");
     assert!(resumed.contains(&d), "{resumed}");
-    // Not from scratch: the second process read fewer rows than there are.
+    // Not from scratch: the last process read fewer rows than there are.
     let reread = p.metric("cdc_snapshot_rows_total", &[]).await;
-    assert!(reread < ROWS as f64, "re-read {reread} rows");
+    assert!(reread < (ROWS / 2) as f64, "re-read {reread} rows");
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     caught_up(&db, &d, dir.path(), &p).await;
     assert_each_key_snapshotted_once(dir.path(), &d);
-    // `d` has no key: it was read first, before the kill, at the first
+    // `d` has no key: it was read first, before the kills, at the first
     // snapshot's point, so it replays exactly too.
     assert_replay_equals_tables(&db, &d, dir.path(), &["a", "b", "c", "d"]).await;
+}
+
+/// The binlog stream's stored checkpoint text.
+fn stored_checkpoint(dir: &Path) -> String {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("events.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row(
+        "SELECT position FROM checkpoints WHERE stream = 'binlog'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
