@@ -25,7 +25,8 @@ fn json_string(s: &str) -> Box<RawValue> {
     serde_json::value::to_raw_value(s).expect("string serialises")
 }
 
-fn null() -> Box<RawValue> {
+/// JSON `null`.
+pub fn null() -> Box<RawValue> {
     RawValue::from_string("null".to_owned()).expect("null is JSON")
 }
 

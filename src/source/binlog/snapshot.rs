@@ -116,6 +116,8 @@ struct Plan {
     schema: Arc<TableSchema>,
     key: Vec<usize>,
     pk: Vec<usize>,
+    /// Column types, as every event of the table carries them.
+    mysql_types: Row,
 }
 
 impl Plan {
@@ -496,7 +498,18 @@ impl BinlogSource {
             } else {
                 (schema.primary_key.clone(), schema.primary_key.clone())
             };
-            plans.push(Plan { schema, key, pk });
+            let mysql_types = Row::from_values(schema.columns.iter().map(|c| {
+                (
+                    c.name.as_str(),
+                    serde_json::Value::from(c.mysql_type.clone()),
+                )
+            }));
+            plans.push(Plan {
+                schema,
+                key,
+                pk,
+                mysql_types,
+            });
         }
         Ok(plans)
     }
@@ -577,8 +590,7 @@ impl BinlogSource {
                         column: col.name.clone(),
                         error: e,
                     });
-                    serde_json::value::RawValue::from_string("null".to_owned())
-                        .expect("null is JSON")
+                    convert::null()
                 }
             };
             data.push((Box::from(col.name.as_str()), json));
@@ -600,12 +612,6 @@ impl BinlogSource {
         } else {
             0
         };
-        let mysql_types = Row::from_values(schema.columns.iter().map(|c| {
-            (
-                c.name.as_str(),
-                serde_json::Value::from(c.mysql_type.clone()),
-            )
-        }));
         let event = ChangeEvent {
             database: schema.database.clone(),
             table: schema.table.clone(),
@@ -618,7 +624,7 @@ impl BinlogSource {
             // version of the row always orders after its snapshot.
             commit_ts: Some(BinlogPosition::change_number(&at.file, at.pos, occurrence)),
             sql: None,
-            mysql_types: Some(mysql_types),
+            mysql_types: Some(plan.mysql_types.clone()),
             large_message: None,
             position: SourcePosition::Binlog {
                 file: Arc::from(at.file.as_str()),
@@ -681,6 +687,7 @@ mod tests {
             }),
             pk: key.clone(),
             key,
+            mysql_types: Row::default(),
         }
     }
 
