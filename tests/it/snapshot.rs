@@ -40,7 +40,8 @@ async fn seed(db: &MariaDb, d: &str, rows: usize) {
         "CREATE TABLE {d}.a (id INT PRIMARY KEY, v VARCHAR(200), n DECIMAL(12,2), t DATETIME(3));
          CREATE TABLE {d}.b (k1 INT, k2 VARCHAR(20), v TEXT CHARACTER SET utf8mb4, PRIMARY KEY (k1, k2));
          CREATE TABLE {d}.c (u INT NOT NULL, v VARCHAR(50), UNIQUE KEY (u));
-         CREATE TABLE {d}.d (v VARCHAR(20), n INT);"
+         CREATE TABLE {d}.d (v VARCHAR(20), n INT);
+         CREATE TABLE {d}.e (name VARCHAR(20) CHARACTER SET latin1 PRIMARY KEY, n INT);"
     ))
     .await;
     let mut conn = db.server().root_conn().await.unwrap();
@@ -72,6 +73,13 @@ async fn seed(db: &MariaDb, d: &str, rows: usize) {
         .await
         .unwrap();
     }
+    // Text keys paged by a case-insensitive latin1 collation.
+    let e: Vec<String> = (0..300)
+        .map(|i| format!("('{}{i:03}', {i})", ["a", "B", "Ä", "é", "Z"][i % 5]))
+        .collect();
+    conn.query_drop(format!("INSERT INTO {d}.e VALUES {}", e.join(",")))
+        .await
+        .unwrap();
     conn.query_drop(format!(
         "INSERT INTO {d}.d VALUES ('same', 1), ('same', 1), ('same', 1), ('other', 2), (NULL, NULL)"
     ))
@@ -315,7 +323,7 @@ async fn snapshot_with_a_writer_running_replays_to_the_tables_exact_rows() {
         "{:?}",
         crate::store::stored(dir.path())
     );
-    assert_replay_equals_tables(&db, &d, dir.path(), &["a", "b", "c", "d"]).await;
+    assert_replay_equals_tables(&db, &d, dir.path(), &["a", "b", "c", "d", "e"]).await;
     assert_each_key_snapshotted_once(dir.path(), &d);
     assert_eq!(
         p.metric("cdc_snapshot_remaining_tables", &[]).await,
@@ -415,7 +423,7 @@ async fn snapshot_killed_twice_mid_way_resumes_after_the_last_stored_chunk() {
     assert_each_key_snapshotted_once(dir.path(), &d);
     // `d` has no key: it was read first, before the kills, at the first
     // snapshot's point, so it replays exactly too.
-    assert_replay_equals_tables(&db, &d, dir.path(), &["a", "b", "c", "d"]).await;
+    assert_replay_equals_tables(&db, &d, dir.path(), &["a", "b", "c", "d", "e"]).await;
 }
 
 /// The binlog stream's stored checkpoint text.

@@ -36,10 +36,11 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::checkpoint::{BinlogPosition, Checkpoint, SnapshotProgress};
 use crate::event::{ChangeEvent, Op, Row, SourcePosition};
+use crate::source::binlog::charset::Charset;
 use crate::source::binlog::convert;
 use crate::source::binlog::events::ValueError;
 use crate::source::binlog::preflight::ServerInfo;
-use crate::source::binlog::schema::{SchemaCache, TableSchema};
+use crate::source::binlog::schema::{ColumnInfo, SchemaCache, TableSchema};
 use crate::source::binlog::{BinlogSource, ReadState, RECONNECT};
 use crate::source::envelope::{Envelope, EnvelopeTx};
 use crate::source::SourceError;
@@ -103,6 +104,22 @@ fn decode_key(text: &str) -> Result<Vec<Value>, SourceError> {
         ))
     })?;
     Ok(key.iter().map(Value::from).collect())
+}
+
+/// A key value as the next chunk's parameter. Text arrives in the column's
+/// character set (`character_set_results = binary`) but parameters are read
+/// in the connection's (utf8mb4): it is passed as UTF-8, and the server
+/// converts it back and compares by the column's collation, the one that
+/// orders the chunks. Other values go back as they came.
+fn key_param(v: Option<&Value>, col: &ColumnInfo) -> Value {
+    match (v, &col.charset) {
+        (Some(Value::Bytes(b)), Some(cs)) if *cs != Charset::Binary => match cs.decode(b) {
+            Ok(text) => Value::Bytes(text.into_bytes()),
+            Err(_) => Value::Bytes(b.clone()),
+        },
+        (Some(v), _) => v.clone(),
+        (None, _) => Value::NULL,
+    }
 }
 
 /// `name` quoted as an identifier.
@@ -331,7 +348,7 @@ impl BinlogSource {
                 let last_key = rows.last().map(|r| {
                     plan.key
                         .iter()
-                        .map(|&i| r.as_ref(i).cloned().unwrap_or(Value::NULL))
+                        .map(|&i| key_param(r.as_ref(i), &plan.schema.columns[i]))
                         .collect::<Vec<Value>>()
                 });
                 let events: Vec<(ChangeEvent, Option<ValueError>)> = rows
@@ -667,7 +684,25 @@ impl BinlogSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::binlog::schema::ColumnInfo;
+
+    #[test]
+    fn text_keys_go_back_as_utf8_binary_ones_as_they_came() {
+        let col = |cs: Charset| ColumnInfo {
+            name: "k".into(),
+            mysql_type: "varchar".into(),
+            unsigned: false,
+            charset: Some(cs),
+            pad_to: 0,
+            members: Vec::new(),
+        };
+        let latin1 = Value::Bytes(vec![0xc4, b'x']);
+        assert_eq!(
+            key_param(Some(&latin1), &col(Charset::from_name("latin1"))),
+            Value::Bytes("Äx".as_bytes().to_vec())
+        );
+        assert_eq!(key_param(Some(&latin1), &col(Charset::Binary)), latin1);
+        assert_eq!(key_param(None, &col(Charset::Binary)), Value::NULL);
+    }
 
     fn plan(key: Vec<usize>) -> Plan {
         let col = |name: &str| ColumnInfo {
