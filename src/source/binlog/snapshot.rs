@@ -363,6 +363,15 @@ impl BinlogSource {
                 rows_done += n as u64;
                 let table_done = plan.key.is_empty() || n < self.cfg.snapshot_chunk_rows;
                 if !table_done {
+                    // A key the server does not read back as the same value
+                    // would page over the same rows for ever: stop instead.
+                    if last_key == after {
+                        return Err(SourceError::Fatal(format!(
+                            "snapshot: paging {database}.{table} by its key does not move past {}; \
+                             set CDC_SNAPSHOT=never to stream only",
+                            after.as_deref().map(encode_key).unwrap_or_default()
+                        )));
+                    }
                     after = last_key;
                 }
                 progress.table = Some((database.clone(), table.clone()));
