@@ -21,6 +21,30 @@ pub enum Checkpoint {
     },
     /// The binlog position after the last stored transaction.
     Binlog(BinlogPosition),
+    /// How far an initial snapshot got: it advances the binlog stream, and
+    /// the stream's first position supersedes it.
+    Snapshot(SnapshotProgress),
+}
+
+/// The last stored chunk of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotProgress {
+    /// The binlog position of the first snapshot: streaming starts here,
+    /// whichever snapshot transaction read the later chunks.
+    pub position: BinlogPosition,
+    pub database: String,
+    pub table: String,
+    /// The key the table's next chunk starts after, in the source's own
+    /// encoding; `None` when the table is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// The stored form of a snapshot checkpoint: `{"snapshot": {...}}`, so it
+/// never reads as a position.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    snapshot: SnapshotProgress,
 }
 
 /// A stored checkpoint that cannot be read back.
@@ -39,7 +63,7 @@ impl Checkpoint {
             Checkpoint::Kafka {
                 topic, partition, ..
             } => kafka_stream(topic, *partition),
-            Checkpoint::Binlog(_) => BINLOG_STREAM.to_owned(),
+            Checkpoint::Binlog(_) | Checkpoint::Snapshot(_) => BINLOG_STREAM.to_owned(),
         }
     }
 
@@ -58,7 +82,10 @@ impl Checkpoint {
                     ..
                 },
             ) => a == b && p == q,
-            (Checkpoint::Binlog(_), Checkpoint::Binlog(_)) => true,
+            (
+                Checkpoint::Binlog(_) | Checkpoint::Snapshot(_),
+                Checkpoint::Binlog(_) | Checkpoint::Snapshot(_),
+            ) => true,
             _ => false,
         }
     }
@@ -69,6 +96,10 @@ impl Checkpoint {
             Checkpoint::Kafka { next_offset, .. } => next_offset.to_string(),
             // A struct of strings and integers always serialises.
             Checkpoint::Binlog(p) => serde_json::to_string(p).unwrap_or_default(),
+            Checkpoint::Snapshot(s) => serde_json::to_string(&StoredSnapshot {
+                snapshot: s.clone(),
+            })
+            .unwrap_or_default(),
         }
     }
 
@@ -80,6 +111,9 @@ impl Checkpoint {
             reason,
         };
         if stream == BINLOG_STREAM {
+            if let Ok(s) = serde_json::from_str::<StoredSnapshot>(text) {
+                return Ok(Checkpoint::Snapshot(s.snapshot));
+            }
             return serde_json::from_str(text)
                 .map(Checkpoint::Binlog)
                 .map_err(|e| error(e.to_string()));
@@ -165,7 +199,18 @@ mod tests {
             partition: 3,
             next_offset: 41,
         };
-        for c in [binlog, kafka] {
+        let snapshot = Checkpoint::Snapshot(SnapshotProgress {
+            position: BinlogPosition {
+                file: "binlog.000042".into(),
+                pos: 1234,
+                gtid: None,
+            },
+            database: "appdb".into(),
+            table: "users".into(),
+            after: Some("[\"7\"]".into()),
+        });
+        assert!(snapshot.same_stream(&binlog));
+        for c in [binlog, kafka, snapshot] {
             assert_eq!(Checkpoint::decode(&c.stream(), &c.encode()).unwrap(), c);
         }
         assert_eq!(

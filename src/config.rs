@@ -54,6 +54,8 @@ keys! {
     tables => "binlog.tables", "CDC_TABLES", ["*.*"], "Binlog source: tables to capture, comma-separated DB.TABLE patterns with * (system schemas are never captured)";
     tables_exclude => "binlog.tables_exclude", "CDC_TABLES_EXCLUDE", [], "Binlog source: tables to skip, same patterns as CDC_TABLES";
     binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
+    snapshot => "snapshot.mode", "CDC_SNAPSHOT", ["initial"], "Binlog source, first start only: initial (read every captured table's existing rows, then stream from the matching binlog position) or never (stream only, from CDC_BINLOG_START)";
+    snapshot_chunk_rows => "snapshot.chunk_rows", "CDC_SNAPSHOT_CHUNK_ROWS", ["10000"], "Binlog source snapshot: rows read per chunk (by primary key); progress is stored after each chunk";
     mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "Binlog source TLS, as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
     mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "Binlog source: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
     mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "Binlog source: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
@@ -553,6 +555,15 @@ impl SinkConfig {
     }
 }
 
+/// What a binlog source without a stored position does first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Reads every captured table's rows, then streams from the matching position.
+    Initial,
+    /// Streams only, from `CDC_BINLOG_START`.
+    Never,
+}
+
 /// Where a binlog source without a stored position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinlogStart {
@@ -693,6 +704,10 @@ pub struct MysqlConfig {
     pub server_id: u32,
     pub tables: TableFilter,
     pub start: BinlogStart,
+    /// Whether a first start reads the tables' existing rows.
+    pub snapshot: SnapshotMode,
+    /// Rows per snapshot chunk (`CDC_SNAPSHOT_CHUNK_ROWS`).
+    pub snapshot_chunk_rows: usize,
     pub tls: MysqlTls,
 }
 
@@ -1099,6 +1114,12 @@ fn mysql_section(l: &Layers) -> Result<MysqlConfig, ConfigError> {
             "earliest" => Ok(BinlogStart::Earliest),
             _ => Err("must be current or earliest".into()),
         })?,
+        snapshot: l.get("snapshot.mode", |s| match s.trim() {
+            "initial" => Ok(SnapshotMode::Initial),
+            "never" => Ok(SnapshotMode::Never),
+            _ => Err("must be initial or never".into()),
+        })?,
+        snapshot_chunk_rows: l.get("snapshot.chunk_rows", positive)?,
         tls: mysql_tls(l)?,
     })
 }
@@ -1445,6 +1466,8 @@ mod tests {
         };
         assert_eq!(m.server_id, 5799);
         assert_eq!(m.start, BinlogStart::Current);
+        assert_eq!(m.snapshot, SnapshotMode::Initial);
+        assert_eq!(m.snapshot_chunk_rows, 10_000);
         assert!(m.tables.accepts("appdb", "users") && !m.tables.accepts("other", "t"));
         let e = load("source = \"binlog\"\n[mysql]\nurl = \"http://x\"\n", &[])
             .unwrap_err()

@@ -20,6 +20,8 @@ pub enum Op {
     Update,
     Delete,
     Ddl,
+    /// A row as it was when a snapshot read it (an existing row, not a change).
+    Snapshot,
 }
 
 impl Op {
@@ -30,6 +32,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Ddl => "ddl",
+            Op::Snapshot => "snapshot",
         }
     }
 }

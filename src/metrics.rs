@@ -40,6 +40,10 @@ pub struct Metrics {
     /// Binlog source: now minus the last event's timestamp, 0 when idle and caught up.
     pub binlog_delay_seconds: prometheus::Gauge,
     pub binlog_reconnects: IntCounter,
+    /// Binlog source: rows read by the initial snapshot.
+    pub snapshot_rows: IntCounterVec,
+    /// Binlog source: captured tables the snapshot has still to read.
+    pub snapshot_remaining_tables: IntGauge,
     /// 1 while the sink's last write succeeded, 0 while a write is failing.
     pub sink_up: IntGauge,
     /// Failed sink writes by sink and kind (retried or not).
@@ -181,6 +185,17 @@ impl Metrics {
             "cdc_binlog_reconnects_total",
             "Binlog source: reconnections to the server",
         ));
+        let snapshot_rows = must(IntCounterVec::new(
+            Opts::new(
+                "cdc_snapshot_rows_total",
+                "Binlog source: existing rows read by the initial snapshot",
+            ),
+            &["database", "table"],
+        ));
+        let snapshot_remaining_tables = must(IntGauge::new(
+            "cdc_snapshot_remaining_tables",
+            "Binlog source: captured tables the initial snapshot has still to read (0 when done or off)",
+        ));
         let sink_up = must(IntGauge::new(
             "cdc_sink_up",
             "1 while the sink's last write succeeded, 0 while a write is failing and retried",
@@ -222,6 +237,8 @@ impl Metrics {
         reg(Box::new(binlog_position.clone()));
         reg(Box::new(binlog_delay_seconds.clone()));
         reg(Box::new(binlog_reconnects.clone()));
+        reg(Box::new(snapshot_rows.clone()));
+        reg(Box::new(snapshot_remaining_tables.clone()));
         reg(Box::new(sink_up.clone()));
         reg(Box::new(sink_errors.clone()));
         reg(Box::new(tables_overflow.clone()));
@@ -246,6 +263,8 @@ impl Metrics {
             binlog_position,
             binlog_delay_seconds,
             binlog_reconnects,
+            snapshot_rows,
+            snapshot_remaining_tables,
             sink_up,
             sink_errors,
             sink_failure: Arc::default(),

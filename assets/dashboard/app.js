@@ -7,7 +7,7 @@
 'use strict';
 
 (() => {
-  const OPS = ['insert', 'update', 'delete', 'ddl'];
+  const OPS = ['insert', 'update', 'delete', 'ddl', 'snapshot'];
   const POLL_MS = 1000;
   const LIVE_ROWS = 25;
   const SEARCH_PAGE = 50;

@@ -100,6 +100,7 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
     }
 
     let op = match msg.kind.as_str() {
+        "INSERT" if msg.binlog.as_ref().is_some_and(|b| b.snapshot) => Op::Snapshot,
         "INSERT" => Op::Insert,
         "UPDATE" => Op::Update,
         "DELETE" => Op::Delete,

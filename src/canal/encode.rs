@@ -42,6 +42,8 @@ struct Binlog<'a> {
     file: &'a str,
     pos: u64,
     commit_ts: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    snapshot: bool,
 }
 
 /// `sqlType`: the JDBC type code of each column, derived from its MySQL type.
@@ -107,6 +109,9 @@ pub fn encode(buf: &mut Vec<u8>, event: &ChangeEvent, now_ms: i64) {
         Op::Insert => "INSERT",
         Op::Update => "UPDATE",
         Op::Delete => "DELETE",
+        // Canal-json has no snapshot type: Canal and TiCDC send existing
+        // rows as inserts; `_binlog.snapshot` tells them apart.
+        Op::Snapshot => "INSERT",
         Op::Ddl => ddl_type(event.sql.as_deref().unwrap_or_default()),
     };
     let is_ddl = event.op == Op::Ddl;
@@ -115,6 +120,7 @@ pub fn encode(buf: &mut Vec<u8>, event: &ChangeEvent, now_ms: i64) {
             file,
             pos: *pos,
             commit_ts,
+            snapshot: event.op == Op::Snapshot,
         }),
         _ => None,
     };
@@ -187,7 +193,7 @@ mod tests {
 
     #[test]
     fn encoded_changes_decode_to_the_same_event_and_document_id() {
-        for op in [Op::Insert, Op::Update, Op::Delete] {
+        for op in [Op::Insert, Op::Update, Op::Delete, Op::Snapshot] {
             let e = event(op);
             let mut buf = Vec::new();
             encode(&mut buf, &e, 1_764_000_000_100);
@@ -196,6 +202,12 @@ mod tests {
             assert_eq!(v["sqlType"]["id"], json!(4));
             assert_eq!(v["_binlog"]["commitTs"], json!((3u64 << 32) | 1234));
             assert!(v.get("_tidb").is_none());
+            if op == Op::Snapshot {
+                assert_eq!(
+                    (&v["type"], &v["_binlog"]["snapshot"]),
+                    (&json!("INSERT"), &json!(true))
+                );
+            }
             let Decoded::Events(back) = decode(&buf, &e.position).unwrap() else {
                 panic!("expected events");
             };

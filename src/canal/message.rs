@@ -61,6 +61,9 @@ pub struct BinlogExtension {
     pub commit_ts: u64,
     #[serde(default)]
     pub gtid: Option<String>,
+    /// The row was read by a snapshot (canal-json has no such type: it is an `INSERT`).
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// TiCDC's `_tidb` extension object.

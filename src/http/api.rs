@@ -210,10 +210,11 @@ fn parse_op(v: &str) -> Result<Op, QueryError> {
         "update" => Ok(Op::Update),
         "delete" => Ok(Op::Delete),
         "ddl" => Ok(Op::Ddl),
+        "snapshot" => Ok(Op::Snapshot),
         _ => Err(invalid(
             "op",
             v,
-            "is not one of insert, update, delete, ddl",
+            "is not one of insert, update, delete, ddl, snapshot",
         )),
     }
 }

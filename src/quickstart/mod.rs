@@ -109,7 +109,7 @@ pub type Install = fn(&'static str) -> Result<(), MariaDbError>;
 
 /// Runs quickstart until `shutdown` resolves, calling `install` when
 /// MariaDB is missing; calls `on_ready` once the dashboard is bound and
-/// capture is about to start.
+/// the binlog streams (after the snapshot of the existing rows).
 pub async fn run(
     args: &QuickstartArgs,
     install: Install,
@@ -133,12 +133,36 @@ pub async fn run(
             return Ok(());
         }
     };
-    on_ready(&ready);
-    let result = app.run_until(stop.cancelled_owned()).await;
+    // Ready once the binlog streams: the rows appdb held are then in the
+    // snapshot, and a row the user inserts after the printed command is a
+    // change (inserted before the snapshot's point it would be a snapshot row).
+    let metrics = app.metrics().clone();
+    let run = app.run_until(stop.cancelled_owned());
+    tokio::pin!(run);
+    let streaming = async {
+        while metrics.binlog_position.get() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let early = tokio::select! {
+        r = &mut run => Some(r),
+        _ = tokio::time::timeout(STREAMING_WAIT, streaming) => None,
+    };
+    let result = match early {
+        Some(r) => r,
+        None => {
+            on_ready(&ready);
+            run.await
+        }
+    };
     db.stop().await;
     info!("MariaDB stopped");
     Ok(result?)
 }
+
+/// How long the ready message waits for the binlog to stream (a slow
+/// snapshot only delays it).
+const STREAMING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Starts MariaDB, applies the demo schema and builds the pipeline.
 async fn setup(
@@ -239,10 +263,12 @@ fn config(data_dir: &Path, http_addr: SocketAddr, mysql_url: &str) -> Result<Con
     set("binlog.tables", "appdb.*".into(), "tables");
     // The private server listens on loopback only and has no certificate.
     set("mysql.ssl_mode", "disabled".into(), "mysql_ssl_mode");
-    // Only read without a stored position, i.e. on the first start: from
-    // the oldest binlog, so the seed row init.sql inserted is captured too.
-    // Later starts resume where the store's position says.
-    set("binlog.start", "earliest".into(), "binlog_start");
+    // Only without a stored position, i.e. on the first start: the rows
+    // appdb already holds (the seed row init.sql inserted) arrive as
+    // snapshot events, then the binlog streams from the snapshot's position,
+    // so the seed row is never also replayed as an insert. Later starts
+    // resume where the store's position says.
+    set("snapshot.mode", "initial".into(), "snapshot");
     Config::from_layers(&l)
 }
 
@@ -291,7 +317,7 @@ fn dashboard_url(addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BinlogStart, SinkConfig, SourceConfig};
+    use crate::config::{SinkConfig, SnapshotMode, SourceConfig};
     use secrecy::ExposeSecret;
 
     #[test]
@@ -358,7 +384,7 @@ mod tests {
             panic!("{:?}", c.source)
         };
         assert_eq!(m.url.expose_secret(), "mysql://cdc:pw@127.0.0.1:3307");
-        assert_eq!(m.start, BinlogStart::Earliest);
+        assert_eq!(m.snapshot, SnapshotMode::Initial);
         assert!(m.tables.accepts("appdb", "users") && !m.tables.accepts("other", "t"));
     }
 

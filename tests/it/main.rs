@@ -17,5 +17,6 @@ mod quickstart;
 mod restart;
 mod safe_writes;
 mod security;
+mod snapshot;
 mod store;
 mod tls;

@@ -15,6 +15,7 @@ pub mod events;
 pub mod position;
 pub mod preflight;
 pub mod schema;
+pub mod snapshot;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -33,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::checkpoint::{Checkpoint, StoredCheckpoints, BINLOG_STREAM};
-use crate::config::{BinlogStart, MysqlConfig, MysqlSslMode};
+use crate::checkpoint::{Checkpoint, SnapshotProgress, StoredCheckpoints, BINLOG_STREAM};
+use crate::config::{BinlogStart, MysqlConfig, MysqlSslMode, SnapshotMode};
 use crate::event::{ChangeEvent, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::source::ack::OffsetTracker;
@@ -66,8 +67,8 @@ pub enum PositionStore {
     /// A file in the data directory, written after the sink acknowledged.
     File(PositionFile),
     /// The sink keeps it with the events, in the same transaction; this is
-    /// what it held at start.
-    Sink(Option<BinlogPosition>),
+    /// what it held at start: a position, or how far a snapshot got.
+    Sink(Option<BinlogPosition>, Option<SnapshotProgress>),
 }
 
 impl PositionStore {
@@ -79,8 +80,9 @@ impl PositionStore {
     ) -> Result<PositionStore, SourceError> {
         if let Some(stored) = stored {
             return match stored(STREAM).map_err(SourceError::Other)? {
-                None => Ok(PositionStore::Sink(None)),
-                Some(Checkpoint::Binlog(p)) => Ok(PositionStore::Sink(Some(p))),
+                None => Ok(PositionStore::Sink(None, None)),
+                Some(Checkpoint::Binlog(p)) => Ok(PositionStore::Sink(Some(p), None)),
+                Some(Checkpoint::Snapshot(s)) => Ok(PositionStore::Sink(None, Some(s))),
                 Some(other) => Err(SourceError::Other(format!(
                     "the stored binlog checkpoint is a {} position",
                     other.stream()
@@ -101,19 +103,34 @@ impl PositionStore {
             PositionStore::File(f) => f
                 .load()
                 .map_err(|e| SourceError::Other(format!("cannot read the binlog position: {e}"))),
-            PositionStore::Sink(p) => Ok(p.clone()),
+            PositionStore::Sink(p, _) => Ok(p.clone()),
+        }
+    }
+
+    /// How far an interrupted snapshot got (only a sink keeps it).
+    fn snapshot(&self) -> Option<SnapshotProgress> {
+        match self {
+            PositionStore::Sink(_, s) => s.clone(),
+            PositionStore::File(_) => None,
         }
     }
 
     fn describe(&self) -> String {
         match self {
             PositionStore::File(f) => format!("delete {}", f.path().display()),
-            PositionStore::Sink(_) => {
+            PositionStore::Sink(..) => {
                 "delete the `binlog` checkpoint from the embedded store (or its data directory)"
                     .to_owned()
             }
         }
     }
+}
+
+/// Where a start begins: streaming from a position, or a snapshot (new,
+/// or on after the stored progress).
+enum Start {
+    Stream(BinlogPosition),
+    Snapshot(Option<SnapshotProgress>),
 }
 
 /// What the binlog stream yields next.
@@ -185,7 +202,7 @@ impl BinlogSource {
                  every captured row cross the network readable"
             );
         }
-        let emit_checkpoints = matches!(store, PositionStore::Sink(_));
+        let emit_checkpoints = matches!(store, PositionStore::Sink(..));
         Ok(BinlogSource {
             cfg: cfg.clone(),
             opts,
@@ -914,7 +931,15 @@ impl BinlogSource {
             let setup = async {
                 let mut conn = self.connect().await?;
                 let info = self.preflight(&mut conn).await?;
-                let start = self.start_position(&mut conn, &info).await?;
+                let start = match self.store.snapshot() {
+                    Some(progress) => Start::Snapshot(Some(progress)),
+                    None if self.cfg.snapshot == SnapshotMode::Initial
+                        && self.store.load()?.is_none() =>
+                    {
+                        Start::Snapshot(None)
+                    }
+                    None => Start::Stream(self.start_position(&mut conn, &info).await?),
+                };
                 let _ = conn.disconnect().await;
                 Ok::<_, SourceError>((info, start))
             };
@@ -932,25 +957,49 @@ impl BinlogSource {
                 }
             }
         };
-        info!(server = %self.server(), version = %info.version, position = %start, "capturing the binlog");
         if let Ok(mut t) = self.tracker.lock() {
             t.assign(STREAM, 0);
         }
-        if let Ok(mut b) = self.boundaries.lock() {
-            b.record(0, start.clone());
-        }
-        if let Ok(mut s) = self.stored.lock() {
-            *s = Some(start.clone());
-        }
         let mut st = ReadState {
-            file: start.file.clone(),
-            resume: start.clone(),
+            file: String::new(),
+            resume: BinlogPosition {
+                file: String::new(),
+                pos: 4,
+                gtid: None,
+            },
             pending_gtid: None,
-            gtid: GtidState::parse(start.gtid.as_deref()),
+            gtid: GtidState::default(),
             in_transaction: false,
             seq: 0,
             tables: HashMap::new(),
         };
+        let start = match start {
+            Start::Stream(p) => {
+                if let Ok(mut b) = self.boundaries.lock() {
+                    b.record(0, p.clone());
+                }
+                if let Ok(mut s) = self.stored.lock() {
+                    *s = Some(p.clone());
+                }
+                p
+            }
+            Start::Snapshot(stored) => {
+                let Some(p) = self
+                    .snapshot(&info, stored, &mut st, &tx, &shutdown)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                // Stored once every snapshot row is: the stream's position
+                // then supersedes the snapshot's progress.
+                self.boundary(&mut st, p.clone(), &tx, &shutdown).await?;
+                p
+            }
+        };
+        info!(server = %self.server(), version = %info.version, position = %start, "capturing the binlog");
+        st.file = start.file.clone();
+        st.resume = start.clone();
+        st.gtid = GtidState::parse(start.gtid.as_deref());
         let mut attempt: u32 = 0;
         loop {
             let before = st.seq;
@@ -1036,7 +1085,7 @@ impl Source for BinlogSource {
                 }
             },
             // The sink stored it with the events.
-            PositionStore::Sink(_) => *stored = Some(at),
+            PositionStore::Sink(..) => *stored = Some(at),
         }
     }
 

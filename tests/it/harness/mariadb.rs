@@ -67,6 +67,9 @@ impl MariaDb {
             ("CDC_MYSQL_URL", self.capture_url()),
             ("CDC_TABLES", tables.to_owned()),
             ("CDC_BINLOG_START", "earliest".to_owned()),
+            // These tests capture changes from the binlog; tests/it/snapshot.rs
+            // switches the initial snapshot back on.
+            ("CDC_SNAPSHOT", "never".to_owned()),
             ("CDC_DATA_DIR", data_dir.display().to_string()),
         ]
         .into_iter()
