@@ -252,9 +252,15 @@ impl EsClient {
                     }),
                     Err(e) => Err(SinkError::Http(e)),
                 };
+                // Only what `send` counts as a node failure marks it down:
+                // a 401 here would be every node's answer to every request.
                 match &result {
                     Ok(()) => self.nodes.mark_up(i),
-                    Err(e) => self.nodes.mark_down(i, Instant::now(), e),
+                    Err(e @ SinkError::Status { status, .. }) if node_failure(*status) => {
+                        self.nodes.mark_down(i, Instant::now(), e)
+                    }
+                    Err(e @ SinkError::Http(_)) => self.nodes.mark_down(i, Instant::now(), e),
+                    Err(_) => {}
                 }
                 result.map_err(|e| (i, e))
             });
