@@ -13,6 +13,7 @@ use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsStub, EsTarget};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
+use crate::harness::ports::ClosedPort;
 
 async fn produce(p: &Pipeline, range: std::ops::Range<usize>) {
     broker()
@@ -87,6 +88,14 @@ async fn two_nodes_one_stopped_for_20s_mid_stream_store_every_event_once_and_bot
         "{}",
         consumer.metrics().await
     );
+    let ready = reqwest::get(format!("http://{}/readyz", consumer.http()))
+        .await
+        .unwrap();
+    assert!(
+        ready.status().is_success(),
+        "not ready with one node of two up: {}",
+        ready.text().await.unwrap_or_default()
+    );
     let kept_up = first.docs(&p.index).len();
     assert!(
         kept_up + 3_000 >= produced,
@@ -122,6 +131,26 @@ async fn two_nodes_one_stopped_for_20s_mid_stream_store_every_event_once_and_bot
     })
     .await;
     assert!(committed, "not every message committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_with_every_node_down_names_each_nodes_failure() {
+    // Closed ports stand in for nodes that are down.
+    let (a, b) = (ClosedPort::new(), ClosedPort::new());
+    let urls = format!("{},{}", a.url(), b.url());
+    let p = Pipeline::new("esnodes-down", &broker().bootstrap, &urls, 1);
+    broker().create_topic(&p.topic, 1).await;
+    let consumer = ConsumerProcess::spawn(&p.env());
+    consumer.wait_healthy().await;
+    let resp = reqwest::get(format!("http://{}/readyz", consumer.http()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let why = body["failing"]["elasticsearch"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains(&a.url()) && why.contains(&b.url()), "{body}");
 }
 
 /// Documents without `ingested_at`, which differs from run to run.
