@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 /// A configuration key: its TOML path, environment variable and flag.
@@ -84,7 +84,7 @@ keys! {
     mask_key => "mask.key", "CDC_MASK_KEY", [], "Key of the masking hash (HMAC-SHA256), at least 16 bytes; default: a random key generated once and kept in DATA_DIR/mask.key (secret)";
     mask_key_file => "mask.key_file", "CDC_MASK_KEY_FILE", [], "File holding CDC_MASK_KEY";
     dlq_keep_original => "kafka.dlq_keep_original", "CDC_DLQ_KEEP_ORIGINAL", [], "Dead letters keep the source message's original bytes, masked columns in the clear (true or false; default true for the Kafka source, which has them; binlog letters are always the masked row)";
-    es_url => "es.url", "CDC_ES_URL", [], "Elasticsearch URL; when unset, events go to the embedded store";
+    es_url => "es.url", "CDC_ES_URL", [], "Elasticsearch URL, or several nodes' URLs comma-separated (requests spread over the healthy ones); when unset, events go to the embedded store";
     es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index";
     es_username => "es.username", "CDC_ES_USERNAME", [], "Elasticsearch basic-auth user";
     es_password => "es.password", "CDC_ES_PASSWORD", [], "Elasticsearch basic-auth password (secret)";
@@ -95,6 +95,7 @@ keys! {
     es_client_cert => "es.client_cert", "CDC_ES_CLIENT_CERT", [], "PEM client certificate (chain) for Elasticsearch mutual TLS; needs CDC_ES_CLIENT_KEY";
     es_client_key => "es.client_key", "CDC_ES_CLIENT_KEY", [], "PEM PKCS#8 private key of CDC_ES_CLIENT_CERT (unencrypted: keep the file owner-only)";
     es_timeout => "es.timeout", "CDC_ES_TIMEOUT", ["30s"], "Timeout of one Elasticsearch request";
+    es_compression => "es.compression", "CDC_ES_COMPRESSION", ["gzip"], "Compression of Elasticsearch request bodies: gzip or none";
     batch_max_events => "batch.max_events", "CDC_BATCH_MAX_EVENTS", ["2000"], "Most events in one bulk request";
     batch_max_bytes => "batch.max_bytes", "CDC_BATCH_MAX_BYTES", ["5MiB"], "Most bytes in one bulk request (e.g. 5MiB)";
     batch_linger => "batch.linger", "CDC_BATCH_LINGER", ["5ms"], "Longest wait to fill a batch";
@@ -439,6 +440,11 @@ fn http_url(s: &str) -> Result<Url, String> {
     }
 }
 
+/// A comma-separated list of http(s) URLs, e.g. one per Elasticsearch node.
+fn http_urls(s: &str) -> Result<Vec<Url>, String> {
+    list(s)?.iter().map(|u| http_url(u)).collect()
+}
+
 fn list(s: &str) -> Result<Vec<String>, String> {
     let items: Vec<String> = s
         .split(',')
@@ -498,7 +504,8 @@ pub struct KafkaConfig {
 /// Elasticsearch sink settings.
 #[derive(Debug, Clone)]
 pub struct EsConfig {
-    pub url: Url,
+    /// One URL per node, without userinfo; never empty.
+    pub urls: Vec<Url>,
     pub index: String,
     pub username: Option<String>,
     pub password: Option<SecretString>,
@@ -508,6 +515,15 @@ pub struct EsConfig {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub timeout: Duration,
+    pub compression: EsCompression,
+}
+
+/// How Elasticsearch request bodies are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EsCompression {
+    /// `Content-Encoding: gzip`, which Elasticsearch always accepts.
+    Gzip,
+    None,
 }
 
 /// Batching, concurrency, retry and memory settings between source and sink.
@@ -1245,14 +1261,14 @@ fn sink_section(
     source: &SourceConfig,
     kafka: &KafkaConfig,
 ) -> Result<SinkConfig, ConfigError> {
-    let es_url = l.opt("es.url", http_url)?;
+    let es_url = l.opt("es.url", http_urls)?;
     let name = l.opt("sink", |s| match s.trim() {
         "elasticsearch" | "sqlite" | "kafka" => Ok(s.trim().to_owned()),
         _ => Err("must be elasticsearch, sqlite or kafka".into()),
     })?;
     match (name.as_deref(), es_url) {
-        (Some("elasticsearch") | None, Some(url)) => {
-            Ok(SinkConfig::Elasticsearch(Box::new(es_section(l, url)?)))
+        (Some("elasticsearch") | None, Some(urls)) => {
+            Ok(SinkConfig::Elasticsearch(Box::new(es_section(l, urls)?)))
         }
         (Some("elasticsearch"), None) => Err(invalid(
             "CDC_ES_URL",
@@ -1284,17 +1300,36 @@ fn sink_section(
 
 /// `[es]`. Credentials written into the URL move to `username` and
 /// `password`, so the URL itself (in logs and errors) never holds them.
-fn es_section(l: &Layers, mut url: Url) -> Result<EsConfig, ConfigError> {
-    let in_url = (!url.username().is_empty()).then(|| {
+fn es_section(l: &Layers, mut urls: Vec<Url>) -> Result<EsConfig, ConfigError> {
+    // Each node's userinfo moves out; nodes of one cluster share one user.
+    let mut in_url: Option<(String, Option<SecretString>)> = None;
+    for url in &mut urls {
+        if url.username().is_empty() {
+            continue;
+        }
         let user = url.username().to_owned();
         let password = url.password().map(|p| SecretString::from(p.to_owned()));
         // An http(s) URL always takes userinfo, so neither can fail.
         let _ = url.set_username("");
         let _ = url.set_password(None);
-        (user, password)
-    });
+        if let Some((first_user, first_password)) = &in_url {
+            let same_password = match (first_password, &password) {
+                (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+                (None, None) => true,
+                _ => false,
+            };
+            if *first_user != user || !same_password {
+                return Err(invalid(
+                    &l.name("es.url"),
+                    url.as_str(),
+                    "the nodes' URLs name different users or passwords: the nodes of one cluster share one",
+                ));
+            }
+        }
+        in_url = Some((user, password));
+    }
     let mut es = EsConfig {
-        url,
+        urls,
         index: l.get("es.index", |s| {
             let s = text(s)?;
             if s.starts_with(['_', '-', '+'])
@@ -1312,12 +1347,17 @@ fn es_section(l: &Layers, mut url: Url) -> Result<EsConfig, ConfigError> {
         client_cert: l.opt("es.client_cert", existing_file)?,
         client_key: l.opt("es.client_key", existing_file)?,
         timeout: l.get("es.timeout", parse_duration)?,
+        compression: l.get("es.compression", |s| match s.trim() {
+            "gzip" => Ok(EsCompression::Gzip),
+            "none" => Ok(EsCompression::None),
+            _ => Err("must be gzip or none".into()),
+        })?,
     };
     if let Some((user, password)) = in_url {
         if es.username.is_some() || es.password.is_some() {
             return Err(invalid(
                 &l.name("es.url"),
-                es.url.as_str(),
+                es.urls[0].as_str(),
                 "has a user name, and CDC_ES_USERNAME or CDC_ES_PASSWORD is set too: set one of them",
             ));
         }
@@ -1425,7 +1465,8 @@ mod tests {
         let SinkConfig::Elasticsearch(es) = c.sink else {
             panic!("{:?}", c.sink)
         };
-        assert_eq!(es.url.as_str(), "http://elasticsearch:9200/");
+        assert_eq!(es.urls[0].as_str(), "http://elasticsearch:9200/");
+        assert_eq!(es.compression, EsCompression::Gzip);
         assert_eq!(es.index, "cdc-events");
         assert!(c.kafka.session_timeout <= Duration::from_secs(30));
     }
@@ -1561,6 +1602,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("mariadb://cdc:***@db"), "{err}");
+    }
+
+    #[test]
+    fn es_url_takes_several_nodes_with_their_userinfo_moved_out() {
+        let env = Origin::Env("CDC_ES_URL");
+        let urls = "http://u:s3cret@es1:9200, http://u:s3cret@es2:9200/";
+        let c = load("", &[("es.url", urls, env.clone())]).unwrap();
+        let SinkConfig::Elasticsearch(es) = c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        let urls: Vec<&str> = es.urls.iter().map(Url::as_str).collect();
+        assert_eq!(urls, ["http://es1:9200/", "http://es2:9200/"]);
+        assert_eq!(es.username.as_deref(), Some("u"));
+        assert_eq!(es.password.as_ref().unwrap().expose_secret(), "s3cret");
+        for bad in [
+            "http://u:s3cret@es1:9200,http://u:other@es2:9200",
+            "http://u:s3cret@es1:9200,ftp://es2",
+        ] {
+            let err = load("", &[("es.url", bad, env.clone())])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("CDC_ES_URL"), "{err}");
+            assert!(!err.contains("s3cret") && !err.contains("other"), "{err}");
+        }
+        let err = load(
+            "",
+            &[
+                ("es.url", "http://es1:9200", env),
+                ("es.compression", "zstd", Origin::Env("CDC_ES_COMPRESSION")),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CDC_ES_COMPRESSION"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub sink_up: IntGauge,
     /// Failed sink writes by sink and kind (retried or not).
     pub sink_errors: IntCounterVec,
+    /// Elasticsearch sink: 1 while a node takes requests, 0 while it is skipped.
+    pub es_node_up: IntGaugeVec,
     /// The failure the sink is in, for `/readyz`; `None` when healthy.
     sink_failure: Arc<Mutex<Option<SinkFailure>>>,
     /// Events counted under `_other` because the table limit was reached.
@@ -212,6 +214,13 @@ impl Metrics {
             "cdc_metrics_tables_overflow_total",
             "Events counted under table=\"_other\" because CDC_METRICS_MAX_TABLES pairs were already labelled",
         ));
+        let es_node_up = must(IntGaugeVec::new(
+            Opts::new(
+                "cdc_es_node_up",
+                "1 while an Elasticsearch node takes requests, 0 while it is skipped after a failure",
+            ),
+            &["node"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -242,6 +251,7 @@ impl Metrics {
         reg(Box::new(sink_up.clone()));
         reg(Box::new(sink_errors.clone()));
         reg(Box::new(tables_overflow.clone()));
+        reg(Box::new(es_node_up.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -267,6 +277,7 @@ impl Metrics {
             snapshot_remaining_tables,
             sink_up,
             sink_errors,
+            es_node_up,
             sink_failure: Arc::default(),
             tables_overflow,
             tables: Arc::new(Mutex::new(TableLabels {

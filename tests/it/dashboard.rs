@@ -13,7 +13,7 @@ use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use cdc_monitor::canal::{decode, Decoded};
-use cdc_monitor::config::{EsConfig, PipelineConfig, StoreConfig};
+use cdc_monitor::config::{EsCompression, EsConfig, PipelineConfig, StoreConfig};
 use cdc_monitor::event::SourcePosition;
 use cdc_monitor::http::access::Access;
 use cdc_monitor::http::health::Readiness;
@@ -980,7 +980,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
     let es_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, stub).await });
     let es = EsConfig {
-        url: format!("http://{es_addr}").parse().unwrap(),
+        urls: vec![format!("http://{es_addr}").parse().unwrap()],
         index: "cdc-events".into(),
         username: None,
         password: None,
@@ -989,6 +989,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         client_cert: None,
         client_key: None,
         timeout: Duration::from_secs(5),
+        compression: EsCompression::Gzip,
     };
     let sink_cfg = PipelineConfig {
         max_events: 100,

@@ -8,6 +8,7 @@ mod changefeed;
 mod cli;
 mod dashboard;
 mod es_faults;
+mod es_nodes;
 mod faults;
 mod fidelity;
 mod flow;

@@ -1,12 +1,15 @@
 //! An Elasticsearch bulk endpoint that stores nothing, acknowledges every
-//! item and keeps, per document, commit time → receipt.
+//! item and keeps, per document, commit time → receipt, and the bytes on
+//! the wire. Decodes `Content-Encoding: gzip` bodies, as Elasticsearch does.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use cdc_monitor::canal::decode::tso_to_millis;
@@ -17,6 +20,8 @@ pub struct BulkStub {
     pub addr: SocketAddr,
     /// Documents received so far.
     pub docs: Arc<AtomicU64>,
+    /// Bulk body bytes as received (compressed or not).
+    pub wire_bytes: Arc<AtomicU64>,
     /// Commit time → receipt of each document with a `commit_ts`.
     pub latencies_ms: Arc<Mutex<Vec<i64>>>,
 }
@@ -27,6 +32,7 @@ impl BulkStub {
         let stub = BulkStub {
             addr: "127.0.0.1:0".parse()?,
             docs: Arc::new(AtomicU64::new(0)),
+            wire_bytes: Arc::new(AtomicU64::new(0)),
             latencies_ms: Arc::new(Mutex::new(Vec::new())),
         };
         let app = Router::new()
@@ -54,12 +60,31 @@ impl BulkStub {
     pub fn docs(&self) -> u64 {
         self.docs.load(Ordering::Relaxed)
     }
+
+    /// Bulk body bytes received so far, as sent.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes.load(Ordering::Relaxed)
+    }
 }
 
 async fn bulk_handler(
     State(s): State<BulkStub>,
-    body: Bytes,
-) -> ([(&'static str, &'static str); 1], String) {
+    headers: HeaderMap,
+    wire: Bytes,
+) -> Result<([(&'static str, &'static str); 1], String), (StatusCode, String)> {
+    s.wire_bytes.fetch_add(wire.len() as u64, Ordering::Relaxed);
+    let gzip = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let body = if gzip {
+        let mut out = Vec::with_capacity(wire.len() * 8);
+        flate2::read::GzDecoder::new(&wire[..])
+            .read_to_end(&mut out)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
+        Bytes::from(out)
+    } else {
+        wire
+    };
     let now = crate::now_millis();
     let mut items = 0u64;
     let mut lat = Vec::new();
@@ -84,7 +109,7 @@ async fn bulk_handler(
         resp.push_str("{\"create\":{\"status\":201}}");
     }
     resp.push_str("]}");
-    ([("content-type", "application/json")], resp)
+    Ok(([("content-type", "application/json")], resp))
 }
 
 fn find_commit_ts(doc: &[u8]) -> Option<u64> {

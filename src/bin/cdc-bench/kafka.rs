@@ -55,33 +55,50 @@ pub async fn backlog(
         "backlog: produced {n} events in {:.1} s",
         started.elapsed().as_secs_f64()
     )?;
-    let before = sink.docs();
-    let (child, _) = spawn_consumer(brokers, &topic, sink, &[])?;
-    let pid = child.0.id();
-    let started = Instant::now();
-    let mut first: Option<Instant> = None;
-    let deadline = started + Duration::from_secs(600);
-    loop {
-        let done = sink.docs() - before;
-        if done > 0 && first.is_none() {
-            first = Some(Instant::now());
+    // The same backlog twice, by a group of its own each time: bulk
+    // bodies gzip-compressed (the default), then plain.
+    for compression in ["gzip", "none"] {
+        let before = (sink.docs(), sink.wire_bytes());
+        let (child, _) = spawn_consumer(
+            brokers,
+            &topic,
+            sink,
+            &[("CDC_ES_COMPRESSION", compression)],
+        )?;
+        let pid = child.0.id();
+        let started = Instant::now();
+        let mut first: Option<Instant> = None;
+        let deadline = started + Duration::from_secs(600);
+        loop {
+            let done = sink.docs() - before.0;
+            if done > 0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if done >= n as u64 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if done >= n as u64 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let done = sink.docs() - before.0;
+        let wire = sink.wire_bytes() - before.1;
+        let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+        let total = started.elapsed().as_secs_f64();
+        let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+        drop(child);
+        writeln!(
+            out,
+            "end to end (broker → consumer → bulk endpoint), CDC_ES_COMPRESSION={compression}: {done} events in {total:.1} s from start = {:.0} events/s ({:.0} events/s from the first document)",
+            done as f64 / total,
+            done as f64 / from_first.max(1e-9)
+        )?;
+        writeln!(
+            out,
+            "  bulk bytes on the wire: {:.1} MiB, {:.0} bytes/event",
+            wire as f64 / (1 << 20) as f64,
+            wire as f64 / (done as f64).max(1.0)
+        )?;
+        writeln!(out, "  peak RSS while catching up {n} events: {rss:.1} MiB")?;
     }
-    let done = sink.docs() - before;
-    let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    let total = started.elapsed().as_secs_f64();
-    let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
-    writeln!(
-        out,
-        "end to end (broker → consumer → bulk endpoint): {done} events in {total:.1} s from start = {:.0} events/s ({:.0} events/s from the first document)",
-        done as f64 / total,
-        done as f64 / from_first.max(1e-9)
-    )?;
-    writeln!(out, "peak RSS while catching up {n} events: {rss:.1} MiB")?;
     Ok(())
 }
 

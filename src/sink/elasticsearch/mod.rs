@@ -50,7 +50,7 @@ impl ElasticsearchSink {
         metrics: Metrics,
     ) -> Result<Self, SinkError> {
         Ok(ElasticsearchSink {
-            client: EsClient::new(es)?,
+            client: EsClient::new(es, Some(metrics.clone()))?,
             index: es.index.clone(),
             backoff: Backoff::new(pipeline.retry_initial_backoff, pipeline.retry_max_backoff),
             concurrency: pipeline.concurrency,
@@ -58,9 +58,11 @@ impl ElasticsearchSink {
         })
     }
 
+    /// Waits before retry `attempt`, and at least until a node is up again.
     async fn pause(&self, attempt: u32, abort: &CancellationToken) -> Result<(), SinkError> {
+        let delay = self.backoff.delay(attempt).max(self.client.next_up_in());
         tokio::select! {
-            _ = tokio::time::sleep(self.backoff.delay(attempt)) => Ok(()),
+            _ = tokio::time::sleep(delay) => Ok(()),
             _ = abort.cancelled() => Err(SinkError::Aborted),
         }
     }

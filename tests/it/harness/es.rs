@@ -10,17 +10,24 @@
 //! for a while, per-item 429 for a share of items, whole-request 400 for any
 //! request holding a poisoned document, whole-request 413 for large bodies,
 //! and per-item 403 `cluster_block_exception` (a read-only index) for a while.
+//!
+//! Bulk bodies sent with `Content-Encoding: gzip` are decoded, as
+//! Elasticsearch does. `start_node` adds a second node sharing the first's
+//! documents, stopped and restarted on its own.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -54,6 +61,10 @@ struct StubState {
     /// Items ever received per id (duplicates show up here, not in docs).
     attempts: HashMap<String, u32>,
     bulk_requests: u64,
+    /// Bulk requests that came gzip-compressed.
+    gzip_requests: u64,
+    /// Bulk body bytes as received (compressed or not).
+    wire_bytes: u64,
     /// Bulk requests answered 400 or 413 as a whole.
     refused_requests: u64,
     item_counter: usize,
@@ -65,18 +76,34 @@ pub struct EsStub {
     pub addr: SocketAddr,
     state: Arc<Mutex<StubState>>,
     stop: Arc<tokio::sync::Notify>,
+    /// Bulk requests this node (not its siblings) received.
+    node_bulk_requests: NodeBulkRequests,
 }
+
+/// A node's own count of bulk requests, passed to the handler.
+#[derive(Clone, Default)]
+struct NodeBulkRequests(Arc<AtomicU64>);
 
 impl EsStub {
     /// Starts on a loopback port of its own: outside the ephemeral range and
     /// handed out once per run (`ports::candidate`), so that after `stop`
     /// no outgoing connection or other test takes it before `restart`.
     pub async fn start() -> EsStub {
+        EsStub::start_sharing(Arc::default()).await
+    }
+
+    /// Another node of the same cluster: its own port, the same documents,
+    /// faults and totals; stopped and restarted on its own.
+    pub async fn start_node(&self) -> EsStub {
+        EsStub::start_sharing(self.state.clone()).await
+    }
+
+    async fn start_sharing(state: Arc<Mutex<StubState>>) -> EsStub {
         let mut taken = Vec::new();
         while taken.len() < 5 {
             let port = super::ports::candidate();
             match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                Ok(listener) => return EsStub::serve_on(listener),
+                Ok(listener) => return EsStub::serve_on(listener, state),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => taken.push(port),
                 Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
             }
@@ -89,14 +116,24 @@ impl EsStub {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
-        EsStub::serve_on(listener)
+        EsStub::serve_on(listener, Arc::default())
     }
 
-    fn serve_on(listener: tokio::net::TcpListener) -> EsStub {
-        let state = Arc::new(Mutex::new(StubState::default()));
+    fn serve_on(listener: tokio::net::TcpListener, state: Arc<Mutex<StubState>>) -> EsStub {
         let stop = Arc::new(tokio::sync::Notify::new());
-        let addr = serve(listener, state.clone(), stop.clone());
-        EsStub { addr, state, stop }
+        let node_bulk_requests = NodeBulkRequests::default();
+        let addr = serve(
+            listener,
+            state.clone(),
+            stop.clone(),
+            node_bulk_requests.clone(),
+        );
+        EsStub {
+            addr,
+            state,
+            stop,
+            node_bulk_requests,
+        }
     }
 
     /// Stops listening (connections are refused); documents are kept.
@@ -111,7 +148,12 @@ impl EsStub {
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .unwrap_or_else(|e| panic!("ES stub: listen again on {}: {e}", self.addr));
-        serve(listener, self.state.clone(), self.stop.clone());
+        serve(
+            listener,
+            self.state.clone(),
+            self.stop.clone(),
+            self.node_bulk_requests.clone(),
+        );
     }
 
     /// Base URL.
@@ -138,6 +180,17 @@ impl EsStub {
     /// Number of bulk requests received.
     pub fn bulk_requests(&self) -> u64 {
         self.state.lock().unwrap().bulk_requests
+    }
+
+    /// Number of bulk requests this node received, of all the cluster's.
+    pub fn node_bulk_requests(&self) -> u64 {
+        self.node_bulk_requests.0.load(Ordering::Relaxed)
+    }
+
+    /// Bulk requests that came gzip-compressed, and bulk body bytes as received.
+    pub fn wire(&self) -> (u64, u64) {
+        let st = self.state.lock().unwrap();
+        (st.gzip_requests, st.wire_bytes)
     }
 
     /// Number of bulk requests refused as a whole (400 or 413).
@@ -172,6 +225,7 @@ fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<Mutex<StubState>>,
     stop: Arc<tokio::sync::Notify>,
+    node_bulk_requests: NodeBulkRequests,
 ) -> SocketAddr {
     let app = Router::new()
         .route("/", get(root))
@@ -186,6 +240,7 @@ fn serve(
         // Elasticsearch takes up to 100 MB (http.max_content_length); axum's
         // 2 MB default would answer 413 where Elasticsearch does not.
         .layer(DefaultBodyLimit::disable())
+        .layer(Extension(node_bulk_requests))
         .with_state(state);
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -289,9 +344,29 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-async fn bulk(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
+async fn bulk(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Extension(node): Extension<NodeBulkRequests>,
+    headers: HeaderMap,
+    wire: Bytes,
+) -> Response {
+    node.0.fetch_add(1, Ordering::Relaxed);
+    let gzip = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let body = if gzip {
+        let mut out = Vec::new();
+        if let Err(e) = flate2::read::GzDecoder::new(&wire[..]).read_to_end(&mut out) {
+            return (StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")).into_response();
+        }
+        Bytes::from(out)
+    } else {
+        wire.clone()
+    };
     let mut st = s.lock().unwrap();
     st.bulk_requests += 1;
+    st.gzip_requests += u64::from(gzip);
+    st.wire_bytes += wire.len() as u64;
     let now = Instant::now();
     if st.faults.reject_until.is_some_and(|t| now < t) {
         return (
