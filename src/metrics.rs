@@ -44,6 +44,8 @@ pub struct Metrics {
     pub snapshot_rows: IntCounterVec,
     /// Binlog source: captured tables the snapshot has still to read.
     pub snapshot_remaining_tables: IntGauge,
+    /// The table the snapshot reads now, for the dashboard.
+    snapshot_table: Arc<Mutex<Option<(String, String)>>>,
     /// 1 while the sink's last write succeeded, 0 while a write is failing.
     pub sink_up: IntGauge,
     /// Failed sink writes by sink and kind (retried or not).
@@ -55,6 +57,17 @@ pub struct Metrics {
     /// Events counted under `_other` because the table limit was reached.
     pub tables_overflow: IntCounter,
     tables: Arc<Mutex<TableLabels>>,
+}
+
+/// A snapshot in progress, as `/api/stats` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SnapshotStatus {
+    pub database: String,
+    pub table: String,
+    /// Rows of `table` read so far.
+    pub rows: u64,
+    /// Tables still to read, `table` included.
+    pub remaining_tables: i64,
 }
 
 /// `CDC_METRICS_MAX_TABLES`'s default.
@@ -275,6 +288,7 @@ impl Metrics {
             binlog_reconnects,
             snapshot_rows,
             snapshot_remaining_tables,
+            snapshot_table: Arc::default(),
             sink_up,
             sink_errors,
             es_node_up,
@@ -295,6 +309,39 @@ impl Metrics {
                 .with_label_values(&[topic.as_ref(), &partition.to_string()])
                 .set(seconds);
         }
+    }
+
+    /// Notes the table the snapshot starts reading.
+    pub fn snapshot_reading(&self, database: &str, table: &str) {
+        *self
+            .snapshot_table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((database.to_owned(), table.to_owned()));
+    }
+
+    /// Where the snapshot is, while one runs: the table it reads, that
+    /// table's rows read so far and the tables still to read.
+    pub fn snapshot_status(&self) -> Option<SnapshotStatus> {
+        let remaining_tables = self.snapshot_remaining_tables.get();
+        if remaining_tables <= 0 {
+            return None;
+        }
+        let (database, table) = self
+            .snapshot_table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let rows = self
+            .snapshot_rows
+            .with_label_values(&[&database, &table])
+            .get();
+        Some(SnapshotStatus {
+            database,
+            table,
+            rows,
+            remaining_tables,
+        })
     }
 
     /// The largest lag in seconds the pipeline reports: consumer lag of any

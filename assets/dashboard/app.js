@@ -444,6 +444,14 @@
       const n = Number(stats.by_op?.[op]) || 0;
       setText(`count-${op}`, numberFormat.format(n), n);
     }
+    // An initial snapshot in progress: which table, how far.
+    const snap = stats.snapshot;
+    const snapBox = $('snapshot');
+    snapBox.hidden = !snap;
+    snapBox.textContent = snap
+      ? `Snapshot in progress: ${snap.database}.${snap.table}, ${numberFormat.format(Number(snap.rows) || 0)} rows read; ` +
+        `${snap.remaining_tables} table${snap.remaining_tables === 1 ? '' : 's'} to go`
+      : '';
     const lagBox = $('lag');
     const lag = Number(stats.lag_seconds);
     const threshold = Number(lagBox.dataset.threshold);

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use crate::event::Op;
 use crate::http::HttpState;
+use crate::metrics::SnapshotStatus;
 use crate::sink::query::{EventFilter, QueryError, Stats, MAX_LIMIT};
 use crate::sink::Sink;
 
@@ -44,6 +45,9 @@ struct StatsReply {
     stats: Stats,
     lag_seconds: f64,
     window_seconds: u64,
+    /// While an initial snapshot runs: where it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotStatus>,
 }
 
 /// An API error answered as `{"error": message}`.
@@ -116,6 +120,7 @@ pub async fn stats(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Res
             stats,
             lag_seconds: s.metrics.max_lag_seconds(),
             window_seconds: window.as_secs(),
+            snapshot: s.metrics.snapshot_status(),
         })
     };
     match run.await {

@@ -503,6 +503,8 @@ struct Fixture {
     /// Newest first.
     events: Vec<Value>,
     lag_seconds: f64,
+    /// `/api/stats`' `snapshot`, while one runs.
+    snapshot: Option<Value>,
 }
 
 type Shared = Arc<Mutex<Fixture>>;
@@ -558,11 +560,15 @@ async fn fixture_stats(State(f): State<Shared>) -> Json<Value> {
             .collect();
         json!({"table": table, "points": points})
     };
-    Json(json!({
+    let mut stats = json!({
         "total": f.events.len(), "by_op": by_op, "by_table": by_table,
         "rate": [series("appdb.users", 3.0), series("appdb.orders", 1.0)],
         "bucket_seconds": 10, "window_seconds": 300, "lag_seconds": f.lag_seconds
-    }))
+    });
+    if let Some(snapshot) = &f.snapshot {
+        stats["snapshot"] = snapshot.clone();
+    }
+    Json(stats)
 }
 
 /// Serves the real dashboard with the fixture API; returns its base URL.
@@ -621,6 +627,7 @@ async fn dashboard_shows_row_values_as_text_never_as_markup() {
             ),
         ],
         lag_seconds: 2.5,
+        snapshot: None,
     }));
     let (base, stop) = serve_fixture(fixture.clone()).await;
     let page = Dashboard::open(&base).await;
@@ -672,6 +679,38 @@ async fn dashboard_shows_row_values_as_text_never_as_markup() {
         "lag of 120 s is not red"
     );
     assert_eq!(page.pie_share("delete").await, 0.2);
+
+    // A snapshot in progress is shown with its table and rows, then goes.
+    let snapshot_line = || async {
+        page.browser
+            .eval(
+                "const e = document.getElementById('snapshot'); return [e.hidden, e.textContent];",
+                vec![],
+            )
+            .await
+    };
+    assert_eq!(snapshot_line().await[0], json!(true));
+    fixture.lock().unwrap().snapshot =
+        Some(json!({"database": "appdb", "table": "users", "rows": 12345, "remaining_tables": 2}));
+    let shown = eventually(Duration::from_secs(3), || async {
+        let line = snapshot_line().await;
+        line[0] == json!(false)
+            && line[1].as_str().is_some_and(|t| {
+                t.contains("appdb.users") && t.contains("12,345") && t.contains("2 tables")
+            })
+    })
+    .await;
+    assert!(shown, "snapshot line: {:?}", snapshot_line().await);
+    fixture.lock().unwrap().snapshot = None;
+    let gone = eventually(Duration::from_secs(3), || async {
+        snapshot_line().await[0] == json!(true)
+    })
+    .await;
+    assert!(
+        gone,
+        "snapshot line still shown: {:?}",
+        snapshot_line().await
+    );
 
     // The search box queries the API with `q` and lists what it answers.
     let found = page.search("alice").await;

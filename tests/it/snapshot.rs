@@ -304,6 +304,8 @@ async fn snapshot_with_a_writer_running_replays_to_the_tables_exact_rows() {
     })
     .await;
     assert!(done, "snapshot never finished; log:\n{}", p.log_tail());
+    let stats = api_stats(&p).await;
+    assert!(stats.get("snapshot").is_none(), "{stats}");
     // Changes go on a little after the snapshot, through the stream.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -385,6 +387,18 @@ async fn snapshot_killed_twice_mid_way_resumes_after_the_last_stored_chunk() {
         })
         .await;
         assert!(midway, "log:\n{}", p.log_tail());
+        if kill == 1 {
+            // The dashboard's source: where the snapshot is.
+            let stats = api_stats(&p).await;
+            let s = &stats["snapshot"];
+            assert_eq!(s["database"], d.as_str(), "{stats}");
+            assert!(
+                s["table"].as_str().is_some_and(|t| !t.is_empty()),
+                "{stats}"
+            );
+            assert!(s["rows"].as_u64().is_some(), "{stats}");
+            assert!(s["remaining_tables"].as_i64().unwrap_or(0) >= 1, "{stats}");
+        }
         p.kill();
         let stored = stored_checkpoint(dir.path());
         assert!(
@@ -407,6 +421,8 @@ async fn snapshot_killed_twice_mid_way_resumes_after_the_last_stored_chunk() {
     })
     .await;
     assert!(done, "snapshot never finished; log:\n{}", p.log_tail());
+    let stats = api_stats(&p).await;
+    assert!(stats.get("snapshot").is_none(), "{stats}");
     let log = std::fs::read_to_string(&p.log).unwrap();
     let resumed = log
         .lines()
@@ -424,6 +440,17 @@ async fn snapshot_killed_twice_mid_way_resumes_after_the_last_stored_chunk() {
     // `d` has no key: it was read first, before the kills, at the first
     // snapshot's point, so it replays exactly too.
     assert_replay_equals_tables(&db, &d, dir.path(), &["a", "b", "c", "d", "e"]).await;
+}
+
+/// `/api/stats` as JSON.
+async fn api_stats(p: &ConsumerProcess) -> Value {
+    let text = reqwest::get(format!("http://{}/api/stats", p.http()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// The binlog stream's stored checkpoint text.

@@ -323,6 +323,7 @@ impl BinlogSource {
         let mut last_log = Instant::now();
         for (plan, start) in todo {
             let (database, table) = (plan.schema.database.clone(), plan.schema.table.clone());
+            self.metrics.snapshot_reading(&database, &table);
             if plan.key.is_empty() {
                 info!(
                     database,
