@@ -16,7 +16,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/build/target \
     cargo build --release --locked \
- && install -D -m 0755 target/release/cdc-monitor /out/cdc-monitor
+ && install -D -m 0755 target/release/cdc-monitor /out/cdc-monitor \
+ && install -D -m 0755 target/release/cdc-bench /out/cdc-bench
 
 FROM debian:bookworm-slim
 # libssl3 for rdkafka/reqwest TLS, ca-certificates for CDC_ES_CA_FILE-less
@@ -29,6 +30,8 @@ RUN groupadd --system --gid 10001 cdc \
  && useradd --system --uid 10001 --gid cdc --home-dir /nonexistent --shell /usr/sbin/nologin cdc \
  && install -d -o cdc -g cdc -m 0700 /var/lib/cdc-monitor
 COPY --from=builder /out/cdc-monitor /usr/local/bin/cdc-monitor
+# `cdc-monitor bench` runs its sibling.
+COPY --from=builder /out/cdc-bench /usr/local/bin/cdc-bench
 USER cdc:cdc
 # No CDC_HTTP_ADDR here: the default, 127.0.0.1:3000, needs no token, so the
 # one-shot `changefeed ensure` and a bare `docker run` expose nothing. A
