@@ -1097,6 +1097,30 @@ sys.exit(1 if errs else 0)
 PY
 }
 check "elasticsearch setup.sh: kibana_system password, roles and users cdc_writer/cdc_reader, as elastic" es_setup_users
+
+es_setup_routed() {
+  local log="$WORK/kibana-requests.log"
+  [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
+  : >"$log"
+  ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SETUP_TIMEOUT=10 ELASTIC_PASSWORD=el-pw KIBANA_SYSTEM_PASSWORD=kib-pw \
+    CDC_ES_WRITER_PASSWORD=wr-pw CDC_ES_READER_PASSWORD=rd-pw CDC_ES_INDEX='cdc-{database}-{table}' \
+    bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
+  python3 - "$log" <<'PY'
+import json, re, sys
+roles = {}
+for l in open(sys.argv[1]).read().splitlines():
+    m = re.match(r"ES PUT /_security/role/(\S+) auth=.*? (\{.*)$", l)
+    if m:
+        roles[m.group(1)] = json.loads(m.group(2))
+errs = [f"{name}: {r}" for name, r in roles.items()
+        if not {"cdc-*-*"} <= set(r["indices"][0]["names"]) or any("{" in n for n in r["indices"][0]["names"])]
+if set(roles) != {"cdc_writer", "cdc_reader"}:
+    errs.append(f"roles {sorted(roles)}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "elasticsearch setup.sh: a routing template's roles name its wildcard (cdc-{database}-{table} -> cdc-*-*)" es_setup_routed
 [[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
 STUB_PID=
 
