@@ -721,9 +721,9 @@ by_uid = {d["uid"]: d for d in ds["datasources"]}
 if by_uid.get("prometheus", {}).get("url") != "http://prometheus:9090":
     errs.append("Prometheus data source uid prometheus at http://prometheus:9090 missing")
 es = by_uid.get("elasticsearch", {})
-if es.get("url") != "https://elasticsearch:9200" or es.get("jsonData", {}).get("index") != "cdc-events" \
+if es.get("url") != "https://elasticsearch:9200" or es.get("jsonData", {}).get("index") != "cdc-events*" \
         or es.get("jsonData", {}).get("timeField") != "@timestamp":
-    errs.append("Elasticsearch data source uid elasticsearch (https, cdc-events, @timestamp) missing")
+    errs.append("Elasticsearch data source uid elasticsearch (https, cdc-events*, @timestamp) missing")
 # Read-only user, TLS verified against the stack's CA (mounted from es-ca).
 cfg = yaml.safe_load(open(f"{sys.argv[3]}/compose.resolved.yml")) or {}
 graf = (cfg.get("services") or {}).get("grafana", {})
@@ -1026,6 +1026,28 @@ PY
 check_here "kibana stub: started on a free port" start_kibana_stub
 check "kibana setup.sh: creates data view once and saved search (overwrite) across two runs" kibana_setup_idempotent
 
+kibana_setup_routed() {
+  local log="$WORK/kibana-requests.log"
+  [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
+  : >"$log"
+  KIBANA_URL="http://127.0.0.1:$KIBANA_STUB_PORT" KIBANA_USERNAME=elastic KIBANA_PASSWORD=test KIBANA_SETUP_TIMEOUT=20 \
+    CDC_ES_INDEX='cdc-events-{yyyy.MM.dd}' bash "$ROOT/deploy/kibana/setup.sh" || return 1
+  python3 - "$log" <<'PY'
+import json, sys
+posts = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("POST")]
+dv = [json.loads(l.split(" ", 3)[3])["data_view"] for l in posts if l.startswith("POST /api/data_views/data_view ")]
+ss = [json.loads(l.split(" ", 3)[3]) for l in posts if l.startswith("POST /api/saved_objects/search/")]
+errs = []
+if [(v["id"], v["title"]) for v in dv] != [("cdc-events-yyyy.mm.dd", "cdc-events-*")]:
+    errs.append(f"data view {dv}, want id cdc-events-yyyy.mm.dd over cdc-events-*")
+if not ss or ss[0]["references"][0]["id"] != "cdc-events-yyyy.mm.dd":
+    errs.append(f"saved search {ss}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "kibana setup.sh: a routing template's data view is its wildcard (cdc-events-{yyyy.MM.dd} -> cdc-events-*)" kibana_setup_routed
+
 es_setup_users() {
   local log="$WORK/kibana-requests.log"
   [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
@@ -1075,6 +1097,30 @@ sys.exit(1 if errs else 0)
 PY
 }
 check "elasticsearch setup.sh: kibana_system password, roles and users cdc_writer/cdc_reader, as elastic" es_setup_users
+
+es_setup_routed() {
+  local log="$WORK/kibana-requests.log"
+  [[ -n "$KIBANA_STUB_PORT" ]] || { echo "stub not running"; return 1; }
+  : >"$log"
+  ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SETUP_TIMEOUT=10 ELASTIC_PASSWORD=el-pw KIBANA_SYSTEM_PASSWORD=kib-pw \
+    CDC_ES_WRITER_PASSWORD=wr-pw CDC_ES_READER_PASSWORD=rd-pw CDC_ES_INDEX='cdc-{database}-{table}' \
+    bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
+  python3 - "$log" <<'PY'
+import json, re, sys
+roles = {}
+for l in open(sys.argv[1]).read().splitlines():
+    m = re.match(r"ES PUT /_security/role/(\S+) auth=.*? (\{.*)$", l)
+    if m:
+        roles[m.group(1)] = json.loads(m.group(2))
+errs = [f"{name}: {r}" for name, r in roles.items()
+        if not {"cdc-*-*"} <= set(r["indices"][0]["names"]) or any("{" in n for n in r["indices"][0]["names"])]
+if set(roles) != {"cdc_writer", "cdc_reader"}:
+    errs.append(f"roles {sorted(roles)}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "elasticsearch setup.sh: a routing template's roles name its wildcard (cdc-{database}-{table} -> cdc-*-*)" es_setup_routed
 [[ -n "$STUB_PID" ]] && kill "$STUB_PID" 2>/dev/null && wait "$STUB_PID" 2>/dev/null
 STUB_PID=
 

@@ -12,6 +12,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::index_route::IndexRoute;
+
 /// A configuration key: its TOML path, environment variable and flag.
 #[derive(Debug, Clone, Copy)]
 pub struct Key {
@@ -85,7 +87,7 @@ keys! {
     mask_key_file => "mask.key_file", "CDC_MASK_KEY_FILE", [], "File holding CDC_MASK_KEY";
     dlq_keep_original => "kafka.dlq_keep_original", "CDC_DLQ_KEEP_ORIGINAL", [], "Dead letters keep the source message's original bytes, masked columns in the clear (true or false; default true for the Kafka source, which has them; binlog letters are always the masked row)";
     es_url => "es.url", "CDC_ES_URL", [], "Elasticsearch URL, or several nodes' URLs comma-separated (requests spread over the healthy ones); when unset, events go to the embedded store";
-    es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index";
+    es_index => "es.index", "CDC_ES_INDEX", ["cdc-events"], "Elasticsearch index, or a template routing each event by {database}, {table} and its commit day {yyyy.MM.dd} (or month {yyyy.MM}, UTC), e.g. cdc-{database}-{table}; names are lowercased, other characters than a-z 0-9 _ - . become _; must start with a fixed prefix";
     es_username => "es.username", "CDC_ES_USERNAME", [], "Elasticsearch basic-auth user";
     es_password => "es.password", "CDC_ES_PASSWORD", [], "Elasticsearch basic-auth password (secret)";
     es_password_file => "es.password_file", "CDC_ES_PASSWORD_FILE", [], "File holding CDC_ES_PASSWORD";
@@ -506,7 +508,8 @@ pub struct KafkaConfig {
 pub struct EsConfig {
     /// One URL per node, without userinfo; never empty.
     pub urls: Vec<Url>,
-    pub index: String,
+    /// The index, or the template routing each event to one.
+    pub index: IndexRoute,
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub api_key: Option<SecretString>,
@@ -1330,16 +1333,7 @@ fn es_section(l: &Layers, mut urls: Vec<Url>) -> Result<EsConfig, ConfigError> {
     }
     let mut es = EsConfig {
         urls,
-        index: l.get("es.index", |s| {
-            let s = text(s)?;
-            if s.starts_with(['_', '-', '+'])
-                || s.chars()
-                    .any(|c| c.is_ascii_uppercase() || " \"*\\<|,>/?#:".contains(c))
-            {
-                return Err("not a valid Elasticsearch index name".into());
-            }
-            Ok(s)
-        })?,
+        index: l.get("es.index", |s| IndexRoute::parse(text(s)?.as_str()))?,
         username: l.opt("es.username", text)?,
         password: l.opt("es.password", secret)?,
         api_key: l.opt("es.api_key", secret)?,
@@ -1467,7 +1461,7 @@ mod tests {
         };
         assert_eq!(es.urls[0].as_str(), "http://elasticsearch:9200/");
         assert_eq!(es.compression, EsCompression::Gzip);
-        assert_eq!(es.index, "cdc-events");
+        assert_eq!(es.index.to_string(), "cdc-events");
         assert!(c.kafka.session_timeout <= Duration::from_secs(30));
     }
 
@@ -1636,6 +1630,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("CDC_ES_COMPRESSION"), "{err}");
+    }
+
+    #[test]
+    fn an_index_template_needs_a_fixed_prefix() {
+        let es_at = |index: &str| {
+            load(
+                "",
+                &[
+                    ("es.url", "http://es:9200", Origin::Env("CDC_ES_URL")),
+                    ("es.index", index, Origin::Env("CDC_ES_INDEX")),
+                ],
+            )
+        };
+        let c = es_at("cdc-{database}-{table}").unwrap();
+        let SinkConfig::Elasticsearch(es) = &c.sink else {
+            panic!("{:?}", c.sink)
+        };
+        assert_eq!(es.index.pattern(), "cdc-*-*");
+        let err = es_at("{table}-cdc").unwrap_err().to_string();
+        assert!(
+            err.contains("CDC_ES_INDEX") && err.contains("fixed prefix"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod event;
 pub mod http;
+pub mod index_route;
 pub mod kafka_client;
 pub mod mask;
 pub mod metrics;

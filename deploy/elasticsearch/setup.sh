@@ -46,8 +46,14 @@ es() {
   done
 }
 
-index=$(json_string "$CDC_ES_INDEX")
-pattern=$(json_string "$CDC_ES_INDEX-*")
+# A routed CDC_ES_INDEX (cdc-{database}-{table}) is granted through its
+# wildcard, each placeholder a `*`, as cdc-monitor writes and searches it.
+index_pattern=$CDC_ES_INDEX
+while [[ $index_pattern =~ \{[^}]*\} ]]; do
+  index_pattern=${index_pattern/"${BASH_REMATCH[0]}"/*}
+done
+index=$(json_string "$index_pattern")
+pattern=$(json_string "$index_pattern-*")
 
 es POST /_security/user/kibana_system/_password \
   "{\"password\": $(json_string "$KIBANA_SYSTEM_PASSWORD")}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One-shot (compose service kibana-setup): creates the `cdc-events` data view
+# (or one over CDC_ES_INDEX's wildcard when it is a routing template)
 # and the saved search "Recent changes" in Kibana's default space.
 # Idempotent: the data view is created only if its id is absent, and the
 # saved search is written with overwrite=true under a fixed id.
@@ -8,7 +9,15 @@ set -euo pipefail
 : "${KIBANA_URL:=http://kibana:5601}"
 : "${CDC_ES_INDEX:=cdc-events}"
 : "${KIBANA_SETUP_TIMEOUT:=300}"
-DATA_VIEW_ID="${CDC_ES_INDEX}"
+# A routed CDC_ES_INDEX (cdc-events-{yyyy.MM.dd}) is viewed through its
+# wildcard, each placeholder a `*` (cdc-events-*), as cdc-monitor searches
+# it; the id is the template without braces, lower case, as the index
+# template's name (cdc-events-yyyy.mm.dd). A plain name is its own.
+INDEX_PATTERN=$CDC_ES_INDEX
+while [[ $INDEX_PATTERN =~ \{[^}]*\} ]]; do
+  INDEX_PATTERN=${INDEX_PATTERN/"${BASH_REMATCH[0]}"/*}
+done
+DATA_VIEW_ID=$(tr -d '{}' <<<"$CDC_ES_INDEX" | tr '[:upper:]' '[:lower:]')
 SEARCH_ID="recent-changes"
 
 auth=()
@@ -39,7 +48,7 @@ case "$code" in
     # allowNoIndex: the consumer creates the index on its first bulk request,
     # which may come after this job has run.
     kibana -f -o /dev/null -X POST "${KIBANA_URL}/api/data_views/data_view" -d @- <<JSON
-{"data_view": {"id": "${DATA_VIEW_ID}", "title": "${CDC_ES_INDEX}", "name": "${CDC_ES_INDEX}",
+{"data_view": {"id": "${DATA_VIEW_ID}", "title": "${INDEX_PATTERN}", "name": "${INDEX_PATTERN}",
   "timeFieldName": "@timestamp", "allowNoIndex": true}}
 JSON
     echo "kibana-setup: data view ${DATA_VIEW_ID} created" ;;

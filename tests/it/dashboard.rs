@@ -1020,7 +1020,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
     tokio::spawn(async move { axum::serve(listener, stub).await });
     let es = EsConfig {
         urls: vec![format!("http://{es_addr}").parse().unwrap()],
-        index: "cdc-events".into(),
+        index: cdc_monitor::index_route::IndexRoute::parse("cdc-events").unwrap(),
         username: None,
         password: None,
         api_key: None,

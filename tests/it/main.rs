@@ -9,6 +9,7 @@ mod cli;
 mod dashboard;
 mod es_faults;
 mod es_nodes;
+mod es_routing;
 mod faults;
 mod fidelity;
 mod flow;

@@ -20,6 +20,7 @@ use url::Url;
 
 use crate::backoff::Backoff;
 use crate::config::{EsCompression, EsConfig};
+use crate::index_route::IndexRoute;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::response::{refusal_reason, BulkResponse};
 use crate::sink::SinkError;
@@ -202,8 +203,8 @@ impl EsClient {
     }
 
     /// Installs the index template for `index` unless one exists; true when created.
-    pub async fn ensure_template(&self, index: &str) -> Result<bool, SinkError> {
-        let path = format!("_index_template/{index}");
+    pub async fn ensure_template(&self, index: &IndexRoute) -> Result<bool, SinkError> {
+        let path = format!("_index_template/{}", template_name(index));
         let head = self.send(|base| self.http.head(join(base, &path))).await?;
         match head.status().as_u16() {
             200 => return Ok(false),
@@ -434,13 +435,31 @@ async fn json_reply<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| SinkError::Response(format!("{what}: {e}")))
 }
 
+/// The index template's name: the index's own for a fixed one, else the
+/// route without braces (`cdc-{table}` → `cdc-table`).
+pub fn template_name(index: &IndexRoute) -> String {
+    if index.is_fixed() {
+        index.to_string()
+    } else {
+        index.template_name()
+    }
+}
+
 /// The index template: fixed keyword fields, and `flattened` row data so that
-/// arbitrary column names cannot grow the mapping without bound.
-pub fn index_template(index: &str) -> serde_json::Value {
+/// arbitrary column names cannot grow the mapping without bound. A routed
+/// index's template covers every expansion (each placeholder a `*`); its
+/// priority is one above a fixed index's, whose `cdc-events-*` it may
+/// overlap (Elasticsearch refuses overlapping templates of equal priority).
+pub fn index_template(index: &IndexRoute) -> serde_json::Value {
     let flattened = serde_json::json!({"type": "flattened", "ignore_above": 8191});
+    let (patterns, priority) = if index.is_fixed() {
+        (vec![index.to_string(), format!("{index}-*")], 200)
+    } else {
+        (vec![index.pattern()], 201)
+    };
     serde_json::json!({
-        "index_patterns": [index, format!("{index}-*")],
-        "priority": 200,
+        "index_patterns": patterns,
+        "priority": priority,
         "template": {
             "settings": {"index": {"refresh_interval": "1s"}},
             "mappings": {
@@ -547,5 +566,23 @@ mod tests {
     fn node_failures_are_connection_errors_5xx_and_429_not_other_4xx() {
         assert!(node_failure(429) && node_failure(502) && node_failure(503));
         assert!(!node_failure(400) && !node_failure(409) && !node_failure(200));
+    }
+
+    #[test]
+    fn a_routed_index_template_covers_every_expansion() {
+        let fixed = IndexRoute::parse("cdc-events").unwrap();
+        assert_eq!(template_name(&fixed), "cdc-events");
+        assert_eq!(
+            index_template(&fixed)["index_patterns"],
+            serde_json::json!(["cdc-events", "cdc-events-*"])
+        );
+        let routed = IndexRoute::parse("cdc-{database}-{table}-{yyyy.MM.dd}").unwrap();
+        assert_eq!(template_name(&routed), "cdc-database-table-yyyy.mm.dd");
+        let t = index_template(&routed);
+        assert_eq!(t["index_patterns"], serde_json::json!(["cdc-*-*-*"]));
+        assert_eq!(t["priority"], 201);
+        let pattern = routed.pattern();
+        let prefix = pattern.split('*').next().unwrap();
+        assert!(routed.index_for("Shop", "Users", 0).starts_with(prefix));
     }
 }

@@ -26,16 +26,17 @@ use crate::backoff::Backoff;
 use crate::checkpoint::Checkpoint;
 use crate::config::{EsConfig, PipelineConfig};
 use crate::event::ChangeEvent;
+use crate::index_route::IndexRoute;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::{BulkReply, EsClient};
 use crate::sink::elasticsearch::response::{classify, ItemOutcome};
 use crate::sink::query::{EventFilter, EventPage, Stats};
 use crate::sink::{Answer, Rejected, Sink, SinkError, WriteBatch, Written};
 
-/// Writes change events to one index.
+/// Writes change events to one index, or each to the index its route names.
 pub struct ElasticsearchSink {
     client: EsClient,
-    index: String,
+    index: IndexRoute,
     backoff: Backoff,
     /// Bulk requests in flight at once.
     concurrency: usize,
@@ -76,7 +77,12 @@ impl ElasticsearchSink {
     ) -> Result<BulkReply, SinkError> {
         let mut body = Vec::with_capacity(indices.len() * 512);
         for &i in indices {
-            bulk::encode(&mut body, &self.index, &events[i], ingested_at);
+            let e = &events[i];
+            // From the event alone, never the clock: a replay meets its first copy.
+            let index = self
+                .index
+                .index_for(&e.database, &e.table, e.commit_time_ms);
+            bulk::encode(&mut body, &index, e, ingested_at);
         }
         let started = Instant::now();
         let result = self.client.bulk(body).await;

@@ -8,6 +8,11 @@
 //! the Kafka partition and offset. Binlog events of one transaction can
 //! still share a key; a page never ends inside such a group (see
 //! `page_from_reply`), so `search_after` cannot skip part of one.
+//!
+//! A routed `CDC_ES_INDEX` is searched through its wildcard (`cdc-*-*`); the
+//! sort key holds nothing per index, so pages run in one order across every
+//! index, and events of different indices that tie form one group like any
+//! other (the same rule keeps a page from splitting it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,7 +50,7 @@ impl ElasticsearchSink {
         let body = events_request(f, after.as_deref());
         let reply: SearchReply = self
             .client
-            .search(&self.index, &body)
+            .search(&self.index.pattern(), &body)
             .await
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         page_from_reply(reply, f.limit)
@@ -68,7 +73,7 @@ impl ElasticsearchSink {
         let body = stats_request(start, bucket_ms);
         let reply: SearchReply = self
             .client
-            .search(&self.index, &body)
+            .search(&self.index.pattern(), &body)
             .await
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         stats_from_reply(reply, start, now, bucket_ms)

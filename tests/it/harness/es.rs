@@ -6,7 +6,7 @@
 //! statuses and the `errors` flag (201 created, 409 on a `create` whose id
 //! exists, 400 document_parsing_exception for a flattened field deeper than
 //! 20 levels, as Elasticsearch does), `/{index}/_count`, `/{index}/_doc/{id}`
-//! and `/{index}/_refresh`, plus fault injection: whole-request 429 or 503
+//! and `/{index}/_refresh`, `/{index}/_search` (see `search`), plus fault injection: whole-request 429 or 503
 //! for a while, per-item 429 for a share of items, whole-request 400 for any
 //! request holding a poisoned document, whole-request 413 for large bodies,
 //! and per-item 403 `cluster_block_exception` (a read-only index) for a while.
@@ -177,6 +177,18 @@ impl EsStub {
             .unwrap_or_default()
     }
 
+    /// Names of the indices holding documents.
+    pub fn index_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.state.lock().unwrap().indices.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The installed template `name`.
+    pub fn template(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().templates.get(name).cloned()
+    }
+
     /// Number of bulk requests received.
     pub fn bulk_requests(&self) -> u64 {
         self.state.lock().unwrap().bulk_requests
@@ -235,6 +247,7 @@ fn serve(
             get(get_template).head(head_template).put(put_template),
         )
         .route("/{index}/_count", get(count).post(count))
+        .route("/{index}/_search", post(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_doc/{id}", get(get_doc))
         // Elasticsearch takes up to 100 MB (http.max_content_length); axum's
@@ -326,6 +339,148 @@ async fn get_doc(
         )
             .into_response(),
     }
+}
+
+/// True when `name` matches the index expression `expr`: comma-separated
+/// names with `*` wildcards, as a search URL takes them.
+fn index_matches(expr: &str, name: &str) -> bool {
+    fn glob(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| glob(rest, &n[i..])),
+            Some((c, rest)) => n.first() == Some(c) && glob(rest, &n[1..]),
+        }
+    }
+    expr.split(',').any(|p| glob(p.as_bytes(), name.as_bytes()))
+}
+
+/// A document's value at a dotted `field` path.
+fn field<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(doc, |v, k| v.get(k))
+        .filter(|v| !v.is_null())
+}
+
+/// A sort value as Elasticsearch returns it: dates as epoch milliseconds.
+fn sort_value(doc: &Value, path: &str) -> Value {
+    match field(doc, path) {
+        Some(Value::String(s)) if path == "@timestamp" || path == "ingested_at" => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|e| panic!("ES stub: {path} {s:?} is not a date: {e}"));
+            json!((t.unix_timestamp_nanos() / 1_000_000) as i64)
+        }
+        Some(v) => v.clone(),
+        None => Value::Null,
+    }
+}
+
+/// Orders two sort values ascending; a missing value (null) sorts last.
+fn cmp_value(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let num = |v: &Value| v.as_u64().map(i128::from).or(v.as_i64().map(i128::from));
+    match (a, b) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Null, _) => Ordering::Greater,
+        (_, Value::Null) => Ordering::Less,
+        _ => match (num(a), num(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => a.to_string().cmp(&b.to_string()),
+        },
+    }
+}
+
+/// `_search` over every index `index` names (wildcards, `ignore_unavailable`):
+/// `term` and `@timestamp` `range` filters, a `sort` of fields with
+/// `order`, `search_after` and `size`, as `/api/events` uses them.
+/// Anything else (aggregations, text queries) is refused with 400 rather
+/// than answered wrongly.
+async fn search(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Response {
+    let unsupported = |what: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"type": "stub_unsupported", "reason": what}, "status": 400})),
+        )
+            .into_response()
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return unsupported("body is not JSON".into());
+    };
+    if req.get("aggs").is_some() || req.get("aggregations").is_some() {
+        return unsupported("aggregations".into());
+    }
+    let filters = req["query"]["bool"]["filter"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut sort: Vec<(String, bool)> = Vec::new();
+    for entry in req["sort"].as_array().cloned().unwrap_or_default() {
+        let Some((name, spec)) = entry.as_object().and_then(|o| o.iter().next()) else {
+            return unsupported(format!("sort entry {entry}"));
+        };
+        sort.push((name.clone(), spec["order"] == "desc"));
+    }
+    let key_cmp = |a: &[Value], b: &[Value]| {
+        sort.iter()
+            .zip(a.iter().zip(b))
+            .map(|((_, desc), (x, y))| {
+                let o = cmp_value(x, y);
+                // Missing values stay last in either order.
+                if *desc && !x.is_null() && !y.is_null() {
+                    o.reverse()
+                } else {
+                    o
+                }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    };
+    let st = s.lock().unwrap();
+    let mut hits: Vec<(String, String, Value, Vec<Value>)> = Vec::new();
+    for (name, idx) in &st.indices {
+        if !index_matches(&index, name) {
+            continue;
+        }
+        'doc: for (id, doc) in &idx.docs {
+            for f in &filters {
+                if let Some(term) = f.get("term").and_then(Value::as_object) {
+                    for (k, v) in term {
+                        if field(doc, k) != Some(v) {
+                            continue 'doc;
+                        }
+                    }
+                } else if let Some(range) = f.get("range").and_then(|r| r.get("@timestamp")) {
+                    let ts = sort_value(doc, "@timestamp").as_i64().unwrap_or(i64::MIN);
+                    if range["gte"].as_i64().is_some_and(|g| ts < g)
+                        || range["lte"].as_i64().is_some_and(|l| ts > l)
+                    {
+                        continue 'doc;
+                    }
+                } else {
+                    return unsupported(format!("filter {f}"));
+                }
+            }
+            let key: Vec<Value> = sort.iter().map(|(f, _)| sort_value(doc, f)).collect();
+            hits.push((name.clone(), id.clone(), doc.clone(), key));
+        }
+    }
+    drop(st);
+    hits.sort_by(|a, b| key_cmp(&a.3, &b.3));
+    if let Some(after) = req["search_after"].as_array() {
+        hits.retain(|h| key_cmp(&h.3, after).is_gt());
+    }
+    let size = req["size"].as_u64().unwrap_or(10) as usize;
+    let hits: Vec<Value> = hits
+        .into_iter()
+        .take(size)
+        .map(|(index, id, doc, key)| {
+            json!({"_index": index, "_id": id, "_score": null, "_source": doc, "sort": key})
+        })
+        .collect();
+    Json(json!({"took": 1, "timed_out": false, "hits": {"hits": hits}})).into_response()
 }
 
 fn index_missing(index: &str) -> Response {
@@ -550,7 +705,8 @@ impl EsTarget {
         }
         // The block lives on the index, so create it first, with the
         // consumer's template so that its mapping is the usual one.
-        let template = cdc_monitor::sink::elasticsearch::client::index_template(index);
+        let route = cdc_monitor::index_route::IndexRoute::parse(index).unwrap();
+        let template = cdc_monitor::sink::elasticsearch::client::index_template(&route);
         self.put(&format!("_index_template/{index}"), &template)
             .await;
         self.put(index, &json!({})).await;
