@@ -235,6 +235,17 @@ impl ChangeEvent {
             + 128
     }
 
+    /// The change's version, which orders the changes of one row: the
+    /// commit_ts (TiDB's TSO, or for the binlog a number that orders
+    /// positions and snapshot points), else the commit time in milliseconds
+    /// shifted as a TSO's physical part is. At most `i64::MAX`, the largest
+    /// version Elasticsearch and SQLite hold.
+    pub fn version(&self) -> u64 {
+        self.commit_ts
+            .unwrap_or((self.commit_time_ms.max(0) as u64) << 18)
+            .min(i64::MAX as u64)
+    }
+
     /// The id derived from (database, table, primary key, commit_ts, op).
     ///
     /// Without a commit_ts (plain canal-json) the commit time in milliseconds

@@ -13,6 +13,7 @@ pub mod elasticsearch;
 pub mod kafka;
 pub mod query;
 pub mod sqlite;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::event::ChangeEvent;
 use crate::metrics::Metrics;
 use crate::tls::error_chain;
 use query::{EventFilter, EventPage, QueryError, Stats};
+use state::{RowKey, RowState};
 
 /// An event the sink refused for good (mapping or parsing error), by its index in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +142,27 @@ pub trait Sink: Send + Sync + 'static {
     /// One page of stored events matching `filter`, newest first.
     fn events<'a>(&'a self, filter: &'a EventFilter) -> Answer<'a, EventPage> {
         let _ = filter;
+        Box::pin(async {
+            Err(QueryError::Unavailable(
+                "this sink cannot be searched".into(),
+            ))
+        })
+    }
+
+    /// The current state of one row (a tombstone once deleted, where the
+    /// sink keeps them); `None` when no change of it is stored.
+    fn row<'a>(&'a self, key: &'a RowKey) -> Answer<'a, Option<RowState>> {
+        let _ = key;
+        Box::pin(async {
+            Err(QueryError::Unavailable(
+                "this sink keeps no row state".into(),
+            ))
+        })
+    }
+
+    /// The stored events of one row, oldest first (by version), at most `limit`.
+    fn row_history<'a>(&'a self, key: &'a RowKey, limit: usize) -> Answer<'a, EventPage> {
+        let _ = (key, limit);
         Box::pin(async {
             Err(QueryError::Unavailable(
                 "this sink cannot be searched".into(),
