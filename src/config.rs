@@ -64,6 +64,7 @@ keys! {
     mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "Binlog source: PEM private key of CDC_MYSQL_SSL_CERT";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
     store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted beyond this size";
+    state_tombstone_retention => "state.tombstone_retention", "CDC_STATE_TOMBSTONE_RETENTION", ["7d"], "Current state: how long a deleted row's tombstone (its version) is kept, so a late replay of an older change cannot bring it back";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
     kafka_topics => "kafka.topics", "CDC_KAFKA_TOPICS", ["tidb-cdc"], "Topics to consume, comma-separated";
     kafka_group_id => "kafka.group_id", "CDC_KAFKA_GROUP_ID", ["cdc-consumer-group"], "Consumer group id";
@@ -847,6 +848,8 @@ impl ClientIdentity {
 pub struct StoreConfig {
     pub retention: Duration,
     pub max_bytes: u64,
+    /// How long the state keeps a deleted row's tombstone.
+    pub tombstone_retention: Duration,
 }
 
 /// Who may use the HTTP port: `[http]` and `metrics.token`.
@@ -1396,6 +1399,7 @@ fn store_section(l: &Layers) -> Result<StoreConfig, ConfigError> {
             }
             Ok(n as u64)
         })?,
+        tombstone_retention: l.get("state.tombstone_retention", parse_duration)?,
     })
 }
 

@@ -860,6 +860,7 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
     let metrics = Metrics::new();
     let store = StoreConfig {
         retention: Duration::from_secs(3650 * 86_400),
+        tombstone_retention: std::time::Duration::from_secs(7 * 86_400),
         max_bytes: 1 << 30,
     };
     let sink = Arc::new(SqliteSink::open(dir.path(), &store, metrics.clone()).unwrap());

@@ -127,6 +127,7 @@ async fn fill_and_query(
 ) -> anyhow::Result<(StoreBench, Arc<SqliteSink>)> {
     let cfg = StoreConfig {
         retention: Duration::from_secs(365 * 86400),
+        tombstone_retention: std::time::Duration::from_secs(7 * 86_400),
         max_bytes: u64::MAX,
     };
     let sink = Arc::new(SqliteSink::open(dir, &cfg, Metrics::new())?);

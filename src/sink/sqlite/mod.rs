@@ -656,6 +656,7 @@ pub(super) mod tests {
     pub fn cfg() -> StoreConfig {
         StoreConfig {
             retention: Duration::from_secs(7 * 86400),
+            tombstone_retention: std::time::Duration::from_secs(7 * 86_400),
             max_bytes: u64::MAX,
         }
     }
