@@ -7,11 +7,13 @@
 //! the source resumes right after the last stored event.
 //!
 //! `schema` says what is stored and why, `query` answers `/api/events` and
-//! `/api/stats`, `retention` deletes old events.
+//! `/api/stats`, `retention` deletes old events, `state` keeps each row's
+//! current state.
 
 mod query;
 mod retention;
 mod schema;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::owner_only;
 use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
+use crate::sink::state::{RowKey, RowState};
 use crate::sink::{Answer, Sink, SinkError, WriteBatch, Written};
 
 /// Reader connections kept open, and API queries run at once: more wait
@@ -158,6 +161,44 @@ impl SqliteSink {
         retention::run(self.store.clone(), stop).await
     }
 
+    /// Deletes tombstones older than `state.tombstone_retention`, a chunk
+    /// at a time, each interval until `stop` fires.
+    async fn run_tombstone_purge(self: Arc<Self>, stop: CancellationToken) {
+        let retention = self.store.cfg.tombstone_retention;
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let chunk = self.store.tuning.retention_chunk;
+        let mut tick = tokio::time::interval(self.store.tuning.retention_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            loop {
+                let store = self.store.clone();
+                let before = crate::clock::now_millis().saturating_sub(retention_ms);
+                let purged = tokio::task::spawn_blocking(move || {
+                    store.write(|conn| state::purge_tombstones(conn, before, chunk))
+                })
+                .await;
+                match purged {
+                    Ok(Ok(n)) if n == chunk && !stop.is_cancelled() => {
+                        tokio::task::yield_now().await
+                    }
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "purging state tombstones failed; trying again later");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tombstone purge task failed; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     async fn pause(&self, attempt: u32, abort: &CancellationToken) -> Result<(), SinkError> {
         tokio::select! {
             _ = tokio::time::sleep(self.store.tuning.backoff.delay(attempt)) => Ok(()),
@@ -209,8 +250,8 @@ impl Store {
             let mut zones: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO events (doc_id, db, tbl, op, commit_time_ms, ingested_ms, bytes, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (doc_id) DO NOTHING",
+                    "INSERT INTO events (doc_id, db, tbl, op, commit_time_ms, ingested_ms, bytes, doc, row_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (doc_id) DO NOTHING",
                 )?;
                 let mut fts =
                     tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
@@ -225,7 +266,10 @@ impl Store {
                         batch.ingested_ms,
                         e.doc.len() as i64,
                         e.doc,
+                        e.row_key,
                     ])?;
+                    // Replays too: a version not above the stored one changes nothing.
+                    state::apply(&tx, &e.state, batch.ingested_ms)?;
                     if inserted == 0 {
                         // A replay: the same change is stored already.
                         continue;
@@ -335,6 +379,10 @@ struct StoredEvent {
     doc: String,
     /// What full-text search sees: row values and the DDL statement.
     text: String,
+    /// The row whose history the event belongs to.
+    row_key: Option<[u8; 16]>,
+    /// What the event does to the current state.
+    state: Vec<state::StateWrite>,
 }
 
 /// A batch encoded once, written as often as retries need.
@@ -350,17 +398,23 @@ impl Batch {
         let ingested_at = crate::clock::rfc3339_millis(ingested_ms);
         let events = events
             .iter()
-            .map(|e| StoredEvent {
-                doc_id: e.document_id().0.to_be_bytes(),
-                db: e.database.clone(),
-                tbl: e.table.clone(),
-                op: e.op.as_str(),
-                commit_time_ms: e.commit_time_ms,
-                // Serialising the borrowed document into a String cannot
-                // fail: every key is a string and every value valid JSON.
-                doc: serde_json::to_string(&document::document(e, &ingested_at))
-                    .expect("document serialises"),
-                text: search_text(e),
+            .map(|e| {
+                let doc_id = e.document_id().0.to_be_bytes();
+                let (row_key, state) = state::writes_of(e, doc_id);
+                StoredEvent {
+                    doc_id,
+                    db: e.database.clone(),
+                    tbl: e.table.clone(),
+                    op: e.op.as_str(),
+                    commit_time_ms: e.commit_time_ms,
+                    // Serialising the borrowed document into a String cannot
+                    // fail: every key is a string and every value valid JSON.
+                    doc: serde_json::to_string(&document::document(e, &ingested_at))
+                        .expect("document serialises"),
+                    text: search_text(e),
+                    row_key,
+                    state,
+                }
             })
             .collect();
         Batch {
@@ -515,7 +569,12 @@ impl Sink for SqliteSink {
     }
 
     fn maintain(self: Arc<Self>, stop: CancellationToken) -> BoxFuture<'static, ()> {
-        Box::pin(self.run_retention(stop))
+        Box::pin(async move {
+            tokio::join!(
+                self.clone().run_retention(stop.clone()),
+                self.run_tombstone_purge(stop)
+            );
+        })
     }
 
     fn searchable(&self) -> bool {
@@ -527,6 +586,21 @@ impl Sink for SqliteSink {
         Box::pin(async move {
             let plan = query::Plan::new(filter)?;
             self.query(move |conn| plan.run(conn)).await
+        })
+    }
+
+    fn row<'a>(&'a self, key: &'a RowKey) -> Answer<'a, Option<RowState>> {
+        Box::pin(async move {
+            let key = key.clone();
+            self.query(move |conn| state::row(conn, &key)).await
+        })
+    }
+
+    fn row_history<'a>(&'a self, key: &'a RowKey, limit: usize) -> Answer<'a, EventPage> {
+        Box::pin(async move {
+            let key = key.clone();
+            self.query(move |conn| state::history(conn, &key, limit))
+                .await
         })
     }
 
@@ -656,7 +730,7 @@ pub(super) mod tests {
     pub fn cfg() -> StoreConfig {
         StoreConfig {
             retention: Duration::from_secs(7 * 86400),
-            tombstone_retention: std::time::Duration::from_secs(7 * 86_400),
+            tombstone_retention: Duration::from_secs(7 * 86_400),
             max_bytes: u64::MAX,
         }
     }

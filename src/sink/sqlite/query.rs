@@ -331,7 +331,7 @@ fn decode_cursor(cursor: &str) -> Option<i64> {
 }
 
 /// The stored document with `"id"` added first.
-fn with_id(id: &[u8], doc: &str) -> rusqlite::Result<Box<RawValue>> {
+pub(super) fn with_id(id: &[u8], doc: &str) -> rusqlite::Result<Box<RawValue>> {
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let rest = doc.strip_prefix('{').unwrap_or(doc).trim_start();
     let sep = if rest.starts_with('}') { "" } else { "," };

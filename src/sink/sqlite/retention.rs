@@ -300,7 +300,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig {
             retention: Duration::from_secs(365 * 86400),
-            tombstone_retention: std::time::Duration::from_secs(7 * 86_400),
+            tombstone_retention: Duration::from_secs(7 * 86_400),
             max_bytes: u64::MAX,
         };
         let sink = open_with(dir.path(), &cfg);

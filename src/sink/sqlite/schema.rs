@@ -26,6 +26,13 @@
 //!   so it has at most one row per stored event and any window can be read.
 //! - `checkpoints`: the source position of each stream, written in the same
 //!   transaction as the events it covers.
+//! - `state` (version 2): the current state of each captured row, keyed by
+//!   (database, table, key values) so one table's rows are one range;
+//!   written in the same transaction as the events, only by a change whose
+//!   version is not lower than the stored one (see `sink::state`). A delete
+//!   leaves a tombstone (`data` NULL, `deleted_ms` set) that upkeep removes
+//!   after `CDC_STATE_TOMBSTONE_RETENTION`. `events.row_key` (the row's
+//!   `RowKey::id`, indexed) finds a row's history.
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,7 +43,7 @@ use rusqlite::Connection;
 pub const ZONE_BITS: u32 = 12;
 
 /// Bumped on any change below; an unknown version is refused, not guessed at.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 const DDL: &str = r#"
 CREATE TABLE events (
@@ -101,6 +108,27 @@ CREATE TRIGGER events_deleted AFTER DELETE ON events BEGIN
 END;
 "#;
 
+/// From version 1 to 2: the current state and each event's row.
+const TO_2: &str = r#"
+ALTER TABLE events ADD COLUMN row_key BLOB;
+CREATE INDEX events_row ON events (row_key, seq) WHERE row_key IS NOT NULL;
+
+CREATE TABLE state (
+    db             TEXT    NOT NULL,
+    tbl            TEXT    NOT NULL,
+    key            TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    op             TEXT    NOT NULL,
+    commit_time_ms INTEGER NOT NULL,
+    event_id       BLOB    NOT NULL,
+    pk             TEXT    NOT NULL,
+    data           TEXT,
+    deleted_ms     INTEGER,
+    PRIMARY KEY (db, tbl, key)
+) WITHOUT ROWID;
+CREATE INDEX state_tombstones ON state (deleted_ms) WHERE deleted_ms IS NOT NULL;
+"#;
+
 /// Opens the writer connection and creates or checks the schema.
 pub fn open_writer(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -117,7 +145,14 @@ pub fn open_writer(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
     match version {
         0 => {
             conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {DDL} PRAGMA user_version = {VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {DDL} {TO_2} PRAGMA user_version = {VERSION}; COMMIT;"
+            ))?;
+        }
+        1 => {
+            // Events stored before have no row key: a row's history starts
+            // with this version; its state with the next change.
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {TO_2} PRAGMA user_version = {VERSION}; COMMIT;"
             ))?;
         }
         VERSION => {}
@@ -163,5 +198,33 @@ mod tests {
         drop(conn);
         let err = open_writer(&path, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_keeping_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!("{DDL} PRAGMA user_version = 1;"))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO events (doc_id, db, tbl, op, commit_time_ms, ingested_ms, bytes, doc)
+             VALUES (x'00', 'd', 't', 'insert', 1, 1, 2, '{}')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_writer(&path, Duration::from_secs(1)).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let (n, key): (i64, Option<Vec<u8>>) = conn
+            .query_row("SELECT count(*), max(row_key) FROM events", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((n, key), (1, None));
+        conn.execute_batch("SELECT * FROM state").unwrap();
     }
 }
