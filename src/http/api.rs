@@ -1,4 +1,5 @@
-//! `/api/events` and `/api/stats`: the stored changes, searched and counted.
+//! `/api/events` and `/api/stats`: the stored changes, searched and counted;
+//! `/api/rows` and `/api/rows/history`: one row's current state and its changes.
 //!
 //! Parameters are parsed here, once, into an `EventFilter`; the backends
 //! only see valid filters. Every error answers JSON `{"error": "..."}`:
@@ -13,6 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::warn;
@@ -21,6 +23,7 @@ use crate::event::Op;
 use crate::http::HttpState;
 use crate::metrics::SnapshotStatus;
 use crate::sink::query::{EventFilter, QueryError, Stats, MAX_LIMIT};
+use crate::sink::state::RowKey;
 use crate::sink::Sink;
 
 /// Events per page when `limit` is not given.
@@ -129,6 +132,122 @@ pub async fn stats(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Res
     }
 }
 
+/// `GET /api/rows?database=&table=&pk=`: the row's current state (a
+/// tombstone once deleted), 404 when no change of it is stored.
+pub async fn rows(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let run = async {
+        let (keys, _) = parse_row(query.as_deref().unwrap_or(""))?;
+        let q = backend(&s)?;
+        for key in &keys {
+            if let Some(state) = bounded(q.row(key)).await? {
+                return Ok(state);
+            }
+        }
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no stored change of {}.{} with key {}",
+                keys[0].database, keys[0].table, keys[0].values
+            ),
+        ))
+    };
+    match run.await {
+        Ok(state) => fresh(state),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/rows/history?database=&table=&pk=&limit=`: the row's stored
+/// events, oldest first (the newest `limit`, default 50).
+pub async fn row_history(State(s): State<HttpState>, RawQuery(query): RawQuery) -> Response {
+    let run = async {
+        let (keys, limit) = parse_row(query.as_deref().unwrap_or(""))?;
+        let q = backend(&s)?;
+        let mut page = bounded(q.row_history(&keys[0], limit)).await?;
+        for key in &keys[1..] {
+            if !page.events.is_empty() {
+                break;
+            }
+            page = bounded(q.row_history(key, limit)).await?;
+        }
+        Ok::<_, ApiError>(page)
+    };
+    match run.await {
+        Ok(page) => fresh(page),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Parses `database`, `table`, `pk` and `limit` of a row query into the
+/// keys to try, in order. `pk` is a JSON array of the key's values in key
+/// order (`["42"]`; the whole row for a keyless table), a JSON object of
+/// key columns (`{"id":"42"}`, in key order), or a bare value for a
+/// one-column key: `42` is tried as the string `"42"` (as captured values
+/// are rendered), then as the number.
+pub fn parse_row(query: &str) -> Result<(Vec<RowKey>, usize), QueryError> {
+    let (mut database, mut table, mut pk, mut limit) = (None, None, None, DEFAULT_LIMIT);
+    for (k, v) in params(query)? {
+        match k.as_str() {
+            "database" => database = Some(v),
+            "table" => table = Some(v),
+            "pk" => pk = Some(v),
+            "limit" => limit = parse_limit(&v)?,
+            _ => {}
+        }
+    }
+    let missing = |param| QueryError::Invalid {
+        param,
+        reason: "is required".into(),
+    };
+    let database = database.ok_or_else(|| missing("database"))?;
+    let table = table.ok_or_else(|| missing("table"))?;
+    let pk = pk.ok_or_else(|| missing("pk"))?;
+    let raw = |values: Vec<&RawValue>| {
+        let parts: Vec<&str> = values.iter().map(|v| v.get()).collect();
+        format!("[{}]", parts.join(","))
+    };
+    let trimmed = pk.trim();
+    let candidates = if trimmed.starts_with('[') {
+        let values: Vec<&RawValue> = serde_json::from_str(trimmed)
+            .map_err(|e| invalid("pk", &pk, &format!("is not a JSON array: {e}")))?;
+        vec![raw(values)]
+    } else if trimmed.starts_with('{') {
+        let row: crate::event::Row = serde_json::from_str(trimmed)
+            .map_err(|e| invalid("pk", &pk, &format!("is not a JSON object: {e}")))?;
+        vec![raw(row.0.iter().map(|(_, v)| v.as_ref()).collect())]
+    } else {
+        let text = serde_json::Value::String(pk.clone()).to_string();
+        let mut c = vec![format!("[{text}]")];
+        if serde_json::from_str::<serde_json::Value>(trimmed).is_ok_and(|v| !v.is_string()) {
+            c.push(format!("[{trimmed}]"));
+        }
+        c
+    };
+    let keys = candidates
+        .into_iter()
+        .map(|values| RowKey {
+            database: database.clone(),
+            table: table.clone(),
+            values,
+        })
+        .collect();
+    Ok((keys, limit))
+}
+
+fn parse_limit(v: &str) -> Result<usize, QueryError> {
+    v.trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                "limit",
+                v,
+                &format!("is not a whole number from 1 to {MAX_LIMIT}"),
+            )
+        })
+}
+
 fn invalid(param: &'static str, value: &str, why: &str) -> QueryError {
     QueryError::Invalid {
         param,
@@ -157,6 +276,7 @@ fn params(query: &str) -> Result<Vec<(String, String)>, QueryError> {
 fn known(name: &str) -> Option<&'static str> {
     [
         "database", "table", "op", "q", "since", "until", "limit", "cursor", "window", "bucket",
+        "pk",
     ]
     .into_iter()
     .find(|k| *k == name)
@@ -180,20 +300,7 @@ pub fn parse_filter(query: &str) -> Result<EventFilter, QueryError> {
             "q" => f.q = Some(v),
             "since" => f.since_ms = Some(parse_time("since", &v)?),
             "until" => f.until_ms = Some(parse_time("until", &v)?),
-            "limit" => {
-                f.limit = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        invalid(
-                            "limit",
-                            &v,
-                            &format!("is not a whole number from 1 to {MAX_LIMIT}"),
-                        )
-                    })?
-            }
+            "limit" => f.limit = parse_limit(&v)?,
             "cursor" => f.cursor = Some(v),
             _ => {}
         }
@@ -282,6 +389,40 @@ mod tests {
         match r {
             Err(QueryError::Invalid { param, reason }) => (param, reason),
             other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_row_key_is_an_array_an_object_or_a_bare_value() {
+        let values = |q: &str| -> Vec<String> {
+            let (keys, _) = parse_row(q).unwrap();
+            assert!(keys.iter().all(|k| k.database == "appdb" && k.table == "users"));
+            keys.into_iter().map(|k| k.values).collect()
+        };
+        let q = "database=appdb&table=users&pk=";
+        assert_eq!(values(&format!("{q}42")), [r#"["42"]"#, "[42]"]);
+        assert_eq!(values(&format!("{q}alice")), [r#"["alice"]"#]);
+        assert_eq!(
+            values(&format!("{q}%5B%221%22%2C%20null%5D")),
+            [r#"["1",null]"#]
+        );
+        assert_eq!(
+            values(&format!("{q}%7B%22a%22%3A%221%22%2C%22b%22%3A2%7D")),
+            [r#"["1",2]"#]
+        );
+        let (_, limit) = parse_row(&format!("{q}1&limit=7")).unwrap();
+        assert_eq!(limit, 7);
+        for (query, param) in [
+            ("table=users&pk=1", "database"),
+            ("database=appdb&pk=1", "table"),
+            ("database=appdb&table=users", "pk"),
+            ("database=appdb&table=users&pk=%5Bnope", "pk"),
+            ("database=appdb&table=users&pk=1&limit=0", "limit"),
+        ] {
+            match parse_row(query) {
+                Err(QueryError::Invalid { param: p, .. }) => assert_eq!(p, param, "{query}"),
+                other => panic!("{query}: {other:?}"),
+            }
         }
     }
 

@@ -62,6 +62,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/api/events", get(api::events))
         .route("/api/stats", get(api::stats))
+        .route("/api/rows", get(api::rows))
+        .route("/api/rows/history", get(api::row_history))
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .layer(middleware::from_fn_with_state(
