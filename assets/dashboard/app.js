@@ -208,6 +208,24 @@
     return parts.join(', ');
   }
 
+  /** The `pk` parameter of /api/rows for an event's row: its key columns
+   * (in key order), or the whole row for a keyless table. */
+  function rowParam(ev) {
+    const pk = asObject(ev.pk);
+    if (Object.keys(pk).length > 0) return JSON.stringify(pk);
+    return JSON.stringify(Object.values(asObject(ev.data)));
+  }
+
+  function pkCell(ev, database, table, pk) {
+    if (ev.op === 'ddl') return h('td', { class: 'c-pk', title: pk }, pk);
+    return h('td', { class: 'c-pk' },
+      h('button', {
+        class: 'link row-link', type: 'button', title: `History of this row of ${database}.${table}`,
+        'data-row-database': database, 'data-row-table': table, 'data-pk': rowParam(ev),
+        'data-label': pk || 'whole row',
+      }, pk || 'whole row'));
+  }
+
   function eventRow(ev, fresh) {
     const database = String(ev.database ?? '');
     const table = String(ev.table ?? '');
@@ -221,8 +239,69 @@
           'data-database': database, 'data-table': table,
         }, `${database}.${table}`)),
       h('td', { class: 'c-op' }, h('span', { class: `op ${opClass(op)}` }, op)),
-      h('td', { class: 'c-pk', title: pk }, pk),
+      pkCell(ev, database, table, pk),
       valueCell(ev));
+  }
+
+  // ------------------------------------------------------------ row history
+
+  let historySeq = 0;
+
+  /** One change of the history: each column with its value before and after. */
+  function historyRow(ev) {
+    const data = asObject(ev.data);
+    const old = asObject(ev.old);
+    const op = String(ev.op ?? '');
+    const cols = h('tbody');
+    const keys = [...new Set([...Object.keys(old), ...Object.keys(data)])];
+    for (const key of keys) {
+      const had = op === 'update' ? Object.prototype.hasOwnProperty.call(old, key) : op === 'delete';
+      const before = op === 'delete' ? data[key] : old[key];
+      const was = had ? valueNode(before, 'before') : h('span', { class: 'faint' }, '—');
+      const now = op === 'delete' ? h('span', { class: 'faint' }, '—') : valueNode(data[key], 'after');
+      const isChange = op === 'update' && changed(key, data, old);
+      cols.append(h('tr', { class: isChange ? 'changed' : null, 'data-column': key },
+        h('th', {}, key), h('td', { class: 'before' }, was), h('td', { class: 'after' }, now)));
+    }
+    return h('tr', { 'data-id': ev.id, 'data-op': op },
+      h('td', { class: 'c-time', title: String(ev['@timestamp'] ?? '') }, fmtTime(ev['@timestamp'])),
+      h('td', { class: 'c-op' }, h('span', { class: `op ${opClass(op)}` }, op)),
+      h('td', { class: 'c-version' }, String(ev.commit_ts ?? '')),
+      h('td', {}, h('table', { class: 'side-by-side' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'column'), h('th', {}, 'before'), h('th', {}, 'after'))),
+        cols)));
+  }
+
+  async function showHistory(database, table, pk, label) {
+    const seq = ++historySeq;
+    const panel = $('history-panel');
+    panel.hidden = false;
+    $('history-title').textContent = `${database}.${table} ${label}`;
+    $('history-state').textContent = 'Loading…';
+    $('history-table').tBodies[0].replaceChildren();
+    panel.scrollIntoView({ behavior: 'smooth', block: 'start' });
+    const p = new URLSearchParams({ database, table, pk });
+    const [state, history] = await Promise.allSettled([
+      getJSON(`/api/rows?${p}`),
+      getJSON(`/api/rows/history?${p}&limit=200`),
+    ]);
+    if (seq !== historySeq) return;
+    if (state.status === 'fulfilled') {
+      const s = state.value;
+      $('history-state').textContent = s.deleted
+        ? `Deleted (version ${s.version}, ${fmtTime(s['@timestamp'])}).`
+        : `Now: ${Object.entries(asObject(s.data)).map(([k, v]) => `${k}=${fullText(v)}`).join(', ')} (version ${s.version}, last ${s.op} ${fmtTime(s['@timestamp'])}).`;
+    } else {
+      $('history-state').textContent = `Current state: ${state.reason.message}`;
+    }
+    if (history.status === 'fulfilled') {
+      const events = Array.isArray(history.value.events) ? history.value.events : [];
+      $('history-table').tBodies[0].replaceChildren(...events.map(historyRow));
+      $('history-empty').hidden = events.length > 0;
+    } else {
+      $('history-empty').hidden = false;
+      $('history-empty').textContent = history.reason.message;
+    }
   }
 
   // ------------------------------------------------------------ live table
@@ -588,6 +667,11 @@
   // ------------------------------------------------------------ wiring
 
   function onTableClick(e) {
+    const row = e.target.closest('button.row-link[data-pk]');
+    if (row) {
+      showHistory(row.dataset.rowDatabase, row.dataset.rowTable, row.dataset.pk, row.dataset.label);
+      return;
+    }
     const btn = e.target.closest('button.link[data-database]');
     if (btn) searchTable(btn.dataset.database, btn.dataset.table);
   }
@@ -607,6 +691,10 @@
       setSearchStatus('');
     });
     $('search-more').addEventListener('click', () => runSearch(true));
+    $('history-close').addEventListener('click', () => {
+      historySeq += 1;
+      $('history-panel').hidden = true;
+    });
     for (const id of ['live-table', 'search-results', 'table-list']) $(id).addEventListener('click', onTableClick);
     $('pause').addEventListener('click', () => {
       paused = !paused;

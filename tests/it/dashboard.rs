@@ -111,6 +111,52 @@ impl Dashboard {
         None
     }
 
+    /// Clicks the key of the newest live row whose values contain `text`
+    /// and returns the row history the page then shows: per change its op
+    /// and `(column, before, after)` as displayed.
+    pub async fn open_history(&self, text: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+        let clicked = self
+            .browser
+            .eval(
+                "const row = [...document.querySelectorAll('#live-table tbody tr')]
+                    .find((tr) => tr.querySelector('.c-values').textContent.includes(arguments[0]));
+                 if (!row) return false;
+                 row.querySelector('button.row-link').click();
+                 return true;",
+                vec![json!(text)],
+            )
+            .await;
+        assert_eq!(clicked, json!(true), "no live row shows {text:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self
+                .browser
+                .eval(
+                    "const state = document.getElementById('history-state').textContent;
+                     if (state === '' || state === 'Loading…') return null;
+                     return [...document.querySelectorAll('#history-table > tbody > tr')].map((tr) => ({
+                       op: tr.dataset.op,
+                       cols: [...tr.querySelectorAll('table.side-by-side tbody tr')].map((c) =>
+                         [c.dataset.column, c.querySelector('td.before').textContent,
+                          c.querySelector('td.after').textContent]),
+                     }));",
+                    vec![],
+                )
+                .await;
+            if let Some(changes) = v.as_array() {
+                return changes
+                    .iter()
+                    .map(|c| {
+                        let cols = serde_json::from_value(c["cols"].clone()).unwrap();
+                        (c["op"].as_str().unwrap_or_default().to_owned(), cols)
+                    })
+                    .collect();
+            }
+            assert!(Instant::now() < deadline, "the row history never loaded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A number shown in a KPI box (`total-value`, `count-insert`, `lag-value`…).
     pub async fn kpi(&self, id: &str) -> Option<f64> {
         let v = self
@@ -490,7 +536,28 @@ async fn dashboard_shows_a_row_inserted_into_mariadb_within_three_seconds() {
     assert_eq!(found.len(), 1, "search {marker}: {found:?}");
     assert_eq!(found[0].op, "insert");
     assert_eq!(found[0].table, format!("{d}.users"));
-    let shot = page.screenshot("dashboard-mariadb.png").await;
+
+    // The row's history, opened from the live table: its insert, then the
+    // update with the old and the new value side by side.
+    let renamed = unique_word("numbat");
+    db.exec(&format!(
+        "UPDATE {d}.users SET name = '{renamed}' WHERE name = '{marker}'"
+    ))
+    .await;
+    assert!(page
+        .wait_for_live_row(&renamed, Duration::from_secs(5))
+        .await
+        .is_some());
+    let history = page.open_history(&renamed).await;
+    let ops: Vec<&str> = history.iter().map(|(op, _)| op.as_str()).collect();
+    assert_eq!(ops, ["insert", "update"], "{history:?}");
+    let name = history[1].1.iter().find(|(c, _, _)| c == "name");
+    assert_eq!(
+        name,
+        Some(&("name".to_owned(), marker.clone(), renamed.clone())),
+        "{history:?}"
+    );
+    let shot = page.screenshot("dashboard-history.png").await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
     page.close().await;
 }
