@@ -217,6 +217,7 @@ impl Parts {
             readiness,
             query: self.sink.searchable().then(|| self.sink.clone()),
             access: Access::from_config(&self.cfg.http),
+            snapshot: self.source.snapshot_control(),
         };
         if self.cfg.http.auth_disabled {
             warn!(

@@ -1,4 +1,4 @@
-//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`.
+//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`, `snapshot`.
 //!
 //! Configuration flags double as `CDC_*` environment variables (clap's `env`);
 //! both are layered over the TOML file in `config::Layers`.
@@ -39,6 +39,58 @@ pub enum Command {
     },
     /// Measure throughput and latency; prints numbers.
     Bench(BenchArgs),
+    /// Ask a running binlog capture to re-read tables while it streams on.
+    ///
+    /// Their rows arrive as `snapshot` events and set the current state
+    /// where no newer change did. Returns once the snapshot started.
+    Snapshot(SnapshotArgs),
+}
+
+/// `snapshot` options.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Tables to re-read: database.table globs, comma-separated (among CDC_MYSQL_TABLES).
+    #[arg(long, value_name = "GLOBS")]
+    pub tables: String,
+    /// The running instance's HTTP address.
+    #[arg(long, env = "CDC_HTTP_ADDR", default_value = "127.0.0.1:3000")]
+    pub http_addr: String,
+    /// Its bearer token, when it has one.
+    #[arg(long, env = "CDC_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token.
+    #[arg(long, env = "CDC_HTTP_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl SnapshotArgs {
+    /// The base URL: the address, with an unspecified host as loopback.
+    pub fn base_url(&self) -> String {
+        let addr = self.http_addr.trim();
+        if addr.starts_with("http://") || addr.starts_with("https://") {
+            return addr.to_owned();
+        }
+        let addr = addr
+            .strip_prefix("0.0.0.0:")
+            .map(|port| format!("127.0.0.1:{port}"))
+            .or_else(|| {
+                addr.strip_prefix("[::]:")
+                    .map(|port| format!("[::1]:{port}"))
+            })
+            .unwrap_or_else(|| addr.to_owned());
+        format!("http://{addr}")
+    }
+
+    /// The token, from `--token` or the file.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|t| Some(t.trim().to_owned()))
+                .map_err(|e| format!("CDC_HTTP_TOKEN_FILE {}: {e}", path.display())),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// `run` options.

@@ -643,6 +643,19 @@ pub struct TableFilter {
 }
 
 impl TableFilter {
+    /// The tables a comma-separated list of `database.table` globs names
+    /// (`appdb.users,shop.order*`), nothing excluded.
+    pub fn parse_list(s: &str) -> Result<TableFilter, String> {
+        let include = list(s)?
+            .iter()
+            .map(|p| TablePattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TableFilter {
+            include,
+            exclude: Vec::new(),
+        })
+    }
+
     /// Schemas that hold the server's own state, never captured.
     pub const SYSTEM: [&'static str; 4] =
         ["mysql", "sys", "information_schema", "performance_schema"];

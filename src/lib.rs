@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod http;
 pub mod index_route;

@@ -73,6 +73,34 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Snapshot(args) => {
+            let token = match args.token() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let base = args.base_url();
+            match runtime.block_on(cdc_monitor::control::request_over_http(
+                &base,
+                token.as_deref(),
+                &args.tables,
+            )) {
+                Ok(started) => {
+                    println!(
+                        "snapshot started at {}: {}",
+                        started.position,
+                        started.tables.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         // Parsed here for `--help` and early usage errors; measured by the
         // sibling program, which keeps the bench out of this one.
         Command::Bench(_) => {

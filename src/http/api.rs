@@ -248,6 +248,62 @@ fn parse_limit(v: &str) -> Result<usize, QueryError> {
         })
 }
 
+/// `POST /api/snapshot?tables=appdb.users,shop.*`: re-reads those captured
+/// tables while streaming goes on; 202 with what it reads once it started.
+/// A browser request from another origin is refused (403): a page on some
+/// other site must not be able to make this instance load the database.
+pub async fn snapshot(
+    State(s): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let run = async {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let origin_host = origin
+                .to_str()
+                .ok()
+                .and_then(|o| url::Url::parse(o).ok())
+                .map(|u| match u.port() {
+                    Some(p) => format!("{}:{p}", u.host_str().unwrap_or_default()),
+                    None => u.host_str().unwrap_or_default().to_owned(),
+                });
+            if origin_host.as_deref() != host {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    "a snapshot is requested from this instance's own origin or without one".into(),
+                ));
+            }
+        }
+        let mut tables = None;
+        for (k, v) in params(query.as_deref().unwrap_or(""))? {
+            if k == "tables" {
+                tables = Some(v);
+            }
+        }
+        let tables = tables.ok_or(QueryError::Invalid {
+            param: "tables",
+            reason: "is required: database.table globs, comma-separated".into(),
+        })?;
+        let filter = crate::config::TableFilter::parse_list(&tables)
+            .map_err(|why| invalid("tables", &tables, &why))?;
+        let control = s.snapshot.as_ref().ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "this source takes no on-demand snapshot (the binlog source does)".into(),
+            )
+        })?;
+        control
+            .request(filter)
+            .await
+            .map_err(|why| ApiError(StatusCode::CONFLICT, why))
+    };
+    match run.await {
+        Ok(started) => (StatusCode::ACCEPTED, fresh(started)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn invalid(param: &'static str, value: &str, why: &str) -> QueryError {
     QueryError::Invalid {
         param,
@@ -276,7 +332,7 @@ fn params(query: &str) -> Result<Vec<(String, String)>, QueryError> {
 fn known(name: &str) -> Option<&'static str> {
     [
         "database", "table", "op", "q", "since", "until", "limit", "cursor", "window", "bucket",
-        "pk",
+        "pk", "tables",
     ]
     .into_iter()
     .find(|k| *k == name)
@@ -396,7 +452,9 @@ mod tests {
     fn a_row_key_is_an_array_an_object_or_a_bare_value() {
         let values = |q: &str| -> Vec<String> {
             let (keys, _) = parse_row(q).unwrap();
-            assert!(keys.iter().all(|k| k.database == "appdb" && k.table == "users"));
+            assert!(keys
+                .iter()
+                .all(|k| k.database == "appdb" && k.table == "users"));
             keys.into_iter().map(|k| k.values).collect()
         };
         let q = "database=appdb&table=users&pk=";

@@ -14,7 +14,7 @@ use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
+use crate::control::SnapshotControl;
 use crate::http::access::Access;
 use crate::http::health::Readiness;
 use crate::metrics::Metrics;
@@ -38,7 +39,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 512;
 /// Requests handled at once; more are answered 503 at once.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Every route is a GET: a request body larger than this is refused.
+/// No route takes a body: a request body larger than this is refused.
 pub const MAX_BODY_BYTES: u64 = 16 << 10;
 
 /// Shared state of the handlers.
@@ -50,6 +51,8 @@ pub struct HttpState {
     pub query: Option<Arc<dyn Sink>>,
     /// Who may ask.
     pub access: Access,
+    /// Where `POST /api/snapshot` requests go; `None` answers 404.
+    pub snapshot: Option<SnapshotControl>,
 }
 
 /// The router, for embedding and tests: the routes behind the access check
@@ -64,6 +67,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/stats", get(api::stats))
         .route("/api/rows", get(api::rows))
         .route("/api/rows/history", get(api::row_history))
+        .route("/api/snapshot", post(api::snapshot))
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .layer(middleware::from_fn_with_state(

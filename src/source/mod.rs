@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::StoredCheckpoints;
 use crate::config::{Config, SourceConfig};
+use crate::control::SnapshotControl;
 use crate::metrics::Metrics;
 use ack::OffsetTracker;
 use envelope::EnvelopeTx;
@@ -66,6 +67,11 @@ pub trait Source: Send + Sync + 'static {
 
     /// Updates the lag gauges that need a round trip; may block.
     fn refresh_lag(&self) {}
+
+    /// Where on-demand snapshot requests go, for a source that serves them.
+    fn snapshot_control(&self) -> Option<SnapshotControl> {
+        None
+    }
 }
 
 /// The configured source. `stored` is set when the sink keeps positions:

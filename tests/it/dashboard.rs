@@ -805,6 +805,7 @@ fn state_without_query() -> HttpState {
         readiness: Readiness::default(),
         query: None,
         access: Access::open(),
+        snapshot: None,
     }
 }
 
@@ -950,6 +951,7 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
         readiness: Readiness::default(),
         query: Some(sink),
         access: Access::open(),
+        snapshot: None,
     })
     .await;
 
@@ -1115,6 +1117,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         readiness: Readiness::default(),
         query: Some(sink),
         access: Access::open(),
+        snapshot: None,
     })
     .await;
 

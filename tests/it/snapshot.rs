@@ -608,3 +608,91 @@ async fn snapshot_never_streams_only_new_changes() {
     let log = std::fs::read_to_string(&p.log).unwrap();
     assert!(!log.contains("snapshot started"), "{log}");
 }
+
+/// `cdc-monitor snapshot ARGS` against `p`; its exit code and output.
+fn snapshot_command(p: &ConsumerProcess, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-monitor"))
+        .arg("snapshot")
+        .args(args)
+        .args(["--http-addr", &p.http().to_string()])
+        .env_remove("CDC_HTTP_TOKEN")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_on_demand_re_reads_tables_while_the_stream_goes_on() {
+    const ROWS: usize = 30_000;
+    let db = MariaDb::start().await;
+    let d = db.create_database("snapdemand").await;
+    seed(&db, &d, ROWS).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Streaming from now only: the existing rows are not in the state yet.
+    let mut env = db.capture_env(&format!("{d}.*"), dir.path());
+    env.retain(|(k, _)| k != "CDC_BINLOG_START");
+    env.push(("CDC_BINLOG_START".into(), "current".into()));
+    env.push(("CDC_SNAPSHOT_CHUNK_ROWS".into(), "1000".into()));
+    env.push(("CDC_STORE_RETENTION".into(), "36500d".into()));
+    let p = ConsumerProcess::spawn(&env);
+    p.wait_healthy().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(
+        db.server().root_opts(),
+        d.clone(),
+        ROWS,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (code, out) = snapshot_command(&p, &["--tables", "nosuchdb.*"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no captured table matches"), "{out}");
+    let (code, out) = snapshot_command(&p, &["--tables", &format!("{d}.a,{d}.c")]);
+    assert_eq!(code, 0, "{out}\nlog:\n{}", p.log_tail());
+    assert!(
+        out.contains("snapshot started at") && out.contains(&format!("{d}.a, {d}.c")),
+        "{out}"
+    );
+    let done = eventually(Duration::from_secs(120), || async {
+        std::fs::read_to_string(&p.log)
+            .unwrap_or_default()
+            .contains("on-demand snapshot done")
+    })
+    .await;
+    assert!(
+        done,
+        "on-demand snapshot never finished; log:\n{}",
+        p.log_tail()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (_, _, statements) = writer.await.unwrap();
+    println!("{statements} writer statements ran beside the on-demand snapshot");
+    caught_up(&db, &d, dir.path(), &p).await;
+    assert_state_equals_tables(&db, &d, dir.path(), &["a", "c"], &[]).await;
+    // A table not asked for holds only the rows the stream saw.
+    let conn = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    let b: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM state WHERE db = ?1 AND tbl = 'b' AND data IS NOT NULL",
+            [&d],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(b < (ROWS / 3 / 2) as i64, "{b} rows of b in the state");
+
+    // A page on another site cannot start one.
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/api/snapshot?tables={d}.a", p.http()))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+}

@@ -30,12 +30,14 @@ use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts};
 use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::checkpoint::{Checkpoint, SnapshotProgress, StoredCheckpoints, BINLOG_STREAM};
 use crate::config::{BinlogStart, MysqlConfig, MysqlSslMode, SnapshotMode};
+use crate::control::{SnapshotControl, SnapshotRequest};
 use crate::event::{ChangeEvent, Row, SourcePosition};
 use crate::metrics::Metrics;
 use crate::source::ack::OffsetTracker;
@@ -44,6 +46,7 @@ use crate::source::binlog::events::{
     MappedTable, ValueError,
 };
 use crate::source::binlog::position::{BinlogPosition, Boundaries, GtidState, PositionFile};
+use crate::source::binlog::preflight::ServerInfo;
 use crate::source::binlog::schema::{SchemaCache, TableSchema};
 use crate::source::envelope::{Envelope, EnvelopeTx, Origin, Undecodable};
 use crate::source::{Source, SourceError};
@@ -168,6 +171,31 @@ struct ReadState {
     in_transaction: bool,
     seq: i64,
     tables: HashMap<u64, Option<Arc<MappedTable>>>,
+    /// The tracker partition its events are acknowledged on: 0 for the
+    /// stream (and the initial snapshot), which alone carries resume points.
+    partition: i32,
+}
+
+/// The tracker partition of on-demand snapshot rows.
+const ON_DEMAND_PARTITION: i32 = 1;
+
+impl ReadState {
+    fn new(partition: i32) -> ReadState {
+        ReadState {
+            file: String::new(),
+            resume: BinlogPosition {
+                file: String::new(),
+                pos: 4,
+                gtid: None,
+            },
+            pending_gtid: None,
+            gtid: GtidState::default(),
+            in_transaction: false,
+            seq: 0,
+            tables: HashMap::new(),
+            partition,
+        }
+    }
 }
 
 /// The binlog source.
@@ -182,6 +210,10 @@ pub struct BinlogSource {
     /// Send a checkpoint with every commit (the sink keeps positions).
     emit_checkpoints: bool,
     topic: Arc<str>,
+    /// On-demand snapshot requests: the control handed out, the receiver
+    /// taken by the capture loop.
+    control: SnapshotControl,
+    requests: Mutex<Option<mpsc::Receiver<SnapshotRequest>>>,
 }
 
 impl BinlogSource {
@@ -203,6 +235,7 @@ impl BinlogSource {
             );
         }
         let emit_checkpoints = matches!(store, PositionStore::Sink(..));
+        let (control, requests) = SnapshotControl::channel();
         Ok(BinlogSource {
             cfg: cfg.clone(),
             opts,
@@ -213,6 +246,8 @@ impl BinlogSource {
             metrics,
             emit_checkpoints,
             topic: Arc::from(STREAM),
+            control,
+            requests: Mutex::new(Some(requests)),
         })
     }
 
@@ -872,7 +907,7 @@ impl BinlogSource {
                 .tracker
                 .lock()
                 .ok()
-                .and_then(|mut t| t.read(&self.topic, 0, seq, 1, e.commit_time_ms));
+                .and_then(|mut t| t.read(&self.topic, st.partition, seq, 1, e.commit_time_ms));
             // A value that is not text of its column's character set is
             // never written as mojibake: the row goes to the dead-letter
             // queue (its payload has that value null), counted, and the
@@ -896,7 +931,10 @@ impl BinlogSource {
             let envelope = Envelope {
                 events,
                 ack,
-                origin: self.origin(seq),
+                origin: Origin {
+                    partition: st.partition,
+                    ..self.origin(seq)
+                },
                 undecodable,
                 checkpoint: None,
                 size,
@@ -960,19 +998,7 @@ impl BinlogSource {
         if let Ok(mut t) = self.tracker.lock() {
             t.assign(STREAM, 0);
         }
-        let mut st = ReadState {
-            file: String::new(),
-            resume: BinlogPosition {
-                file: String::new(),
-                pos: 4,
-                gtid: None,
-            },
-            pending_gtid: None,
-            gtid: GtidState::default(),
-            in_transaction: false,
-            seq: 0,
-            tables: HashMap::new(),
-        };
+        let mut st = ReadState::new(0);
         let start = match start {
             Start::Stream(p) => {
                 if let Ok(mut b) = self.boundaries.lock() {
@@ -1000,10 +1026,24 @@ impl BinlogSource {
         st.file = start.file.clone();
         st.resume = start.clone();
         st.gtid = GtidState::parse(start.gtid.as_deref());
+        tokio::select! {
+            r = self.stream_on(&mut st, &info, &tx, &shutdown) => r,
+            () = self.serve_snapshots(&info, &tx, &shutdown) => Ok(()),
+        }
+    }
+
+    /// Streams from `st`'s resume point until `shutdown`, reconnecting.
+    async fn stream_on(
+        &self,
+        st: &mut ReadState,
+        info: &ServerInfo,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
         let mut attempt: u32 = 0;
         loop {
             let before = st.seq;
-            match self.stream(&mut st, &info, &tx, &shutdown).await {
+            match self.stream(st, info, tx, shutdown).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) if e.is_fatal() => return Err(e),
@@ -1019,6 +1059,41 @@ impl BinlogSource {
                 _ = shutdown.cancelled() => return Ok(()),
             }
             info!(position = %st.resume, attempt, "reconnecting to the binlog");
+        }
+    }
+
+    /// Serves on-demand snapshot requests one at a time, beside the
+    /// stream, until `shutdown`. Their rows are read on a tracker partition
+    /// of their own, which carries no resume point.
+    async fn serve_snapshots(
+        &self,
+        info: &ServerInfo,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) {
+        let requests = self.requests.lock().ok().and_then(|mut r| r.take());
+        let Some(mut requests) = requests else {
+            return std::future::pending().await;
+        };
+        let mut st = ReadState::new(ON_DEMAND_PARTITION);
+        loop {
+            let request = tokio::select! {
+                r = requests.recv() => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(request) = request else {
+                return std::future::pending().await;
+            };
+            if let Ok(mut t) = self.tracker.lock() {
+                t.assign(STREAM, ON_DEMAND_PARTITION);
+            }
+            st.seq = 0;
+            if let Err(e) = self
+                .snapshot_on_demand(info, &request.tables, request.reply, &mut st, tx, shutdown)
+                .await
+            {
+                warn!(error = %e, "on-demand snapshot failed; ask for it again");
+            }
         }
     }
 
@@ -1047,6 +1122,10 @@ impl Source for BinlogSource {
 
     fn check(&self) -> BoxFuture<'_, Result<(), SourceError>> {
         Box::pin(self.ping())
+    }
+
+    fn snapshot_control(&self) -> Option<SnapshotControl> {
+        Some(self.control.clone())
     }
 
     fn commit(&self, _sync: bool) {

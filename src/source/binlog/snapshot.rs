@@ -30,11 +30,14 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::checkpoint::{BinlogPosition, Checkpoint, SnapshotProgress};
+use crate::config::TableFilter;
+use crate::control::SnapshotStarted;
 use crate::event::{ChangeEvent, Op, Row, SourcePosition};
 use crate::source::binlog::charset::Charset;
 use crate::source::binlog::convert;
@@ -272,20 +275,7 @@ impl BinlogSource {
         tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) -> Result<Option<BinlogPosition>, SourceError> {
-        let sql_err = |what: &str| {
-            let what = what.to_owned();
-            move |e: mysql_async::Error| SourceError::Other(format!("snapshot: {what}: {e}"))
-        };
-        let mut conn = self.connect().await?;
-        // Values arrive as stored (converted by the column's character set
-        // like binlog values) and TIMESTAMPs in UTC, as the binlog has them.
-        conn.query_drop("SET SESSION time_zone = '+00:00', character_set_results = binary")
-            .await
-            .map_err(sql_err("session settings"))?;
-        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(sql_err("session settings"))?;
-        let at = self.consistent_snapshot(&mut conn, info).await?;
+        let (mut conn, at) = self.open_snapshot(info).await?;
         if let Some(p) = progress.as_ref() {
             let (database, table) = p.table.clone().unwrap_or_default();
             info!(position = %p.position, snapshot_position = %at, database, table,
@@ -299,7 +289,7 @@ impl BinlogSource {
             table: None,
             after: None,
         });
-        let mut tables = self.snapshot_tables(&mut conn, info).await?;
+        let mut tables = self.snapshot_tables(&mut conn, info, None).await?;
         // Tables without any key first: they are read in one pass, and a
         // resumed snapshot reading one later than the first snapshot's point
         // could not tell the replayed changes in between from its rows.
@@ -317,6 +307,118 @@ impl BinlogSource {
                 Some((plan, start))
             })
             .collect();
+        if !self
+            .read_tables(&mut conn, todo, progress, true, st, tx, shutdown)
+            .await?
+        {
+            return Ok(None);
+        }
+        let _ = conn.query_drop("COMMIT").await;
+        let _ = conn.disconnect().await;
+        info!(position = %progress.position, "snapshot done: streaming from its position");
+        Ok(Some(progress.position.clone()))
+    }
+
+    /// Re-reads the captured tables `only` names, at a new consistent point,
+    /// while the stream goes on; answers `reply` once reading starts. Its
+    /// rows carry that point's version, so the state orders them among the
+    /// stream's changes whatever the arrival order. Not resumed after a
+    /// restart: ask again.
+    pub(super) async fn snapshot_on_demand(
+        &self,
+        info: &ServerInfo,
+        only: &TableFilter,
+        reply: oneshot::Sender<Result<SnapshotStarted, String>>,
+        st: &mut ReadState,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SourceError> {
+        let opened = async {
+            let (mut conn, at) = self.open_snapshot(info).await?;
+            let mut tables = self.snapshot_tables(&mut conn, info, Some(only)).await?;
+            tables.sort_by(|a, b| a.order().cmp(&b.order()));
+            Ok::<_, SourceError>((conn, at, tables))
+        };
+        let (mut conn, at, tables) = match opened.await {
+            Ok(ok) if ok.2.is_empty() => {
+                let _ = reply.send(Err(
+                    "no captured table matches: the tables must be among CDC_MYSQL_TABLES".into(),
+                ));
+                let _ = ok.0.disconnect().await;
+                return Ok(());
+            }
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return Err(e);
+            }
+        };
+        let names: Vec<String> = tables
+            .iter()
+            .map(|p| format!("{}.{}", p.schema.database, p.schema.table))
+            .collect();
+        info!(position = %at, tables = %names.join(","), "on-demand snapshot started");
+        let _ = reply.send(Ok(SnapshotStarted {
+            tables: names,
+            position: at.to_string(),
+        }));
+        let mut progress = Progress {
+            position: at,
+            table: None,
+            after: None,
+        };
+        let todo = tables.into_iter().map(|plan| (plan, None)).collect();
+        if self
+            .read_tables(&mut conn, todo, &mut progress, false, st, tx, shutdown)
+            .await?
+        {
+            info!(position = %progress.position, "on-demand snapshot done");
+        }
+        let _ = conn.query_drop("COMMIT").await;
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
+    /// A connection in a consistent-snapshot transaction, and the binlog
+    /// position it reads at.
+    async fn open_snapshot(
+        &self,
+        info: &ServerInfo,
+    ) -> Result<(Conn, BinlogPosition), SourceError> {
+        let sql_err = |what: &'static str| {
+            move |e: mysql_async::Error| SourceError::Other(format!("snapshot: {what}: {e}"))
+        };
+        let mut conn = self.connect().await?;
+        // Values arrive as stored (converted by the column's character set
+        // like binlog values) and TIMESTAMPs in UTC, as the binlog has them.
+        conn.query_drop("SET SESSION time_zone = '+00:00', character_set_results = binary")
+            .await
+            .map_err(sql_err("session settings"))?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(sql_err("session settings"))?;
+        let at = self.consistent_snapshot(&mut conn, info).await?;
+        Ok((conn, at))
+    }
+
+    /// Reads each table of `todo` from its start key in chunks, sending the
+    /// rows and, when `durable`, the progress after each chunk. False when
+    /// shutdown came first.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_tables(
+        &self,
+        conn: &mut Conn,
+        todo: Vec<(Plan, Option<Vec<Value>>)>,
+        progress: &mut Progress,
+        durable: bool,
+        st: &mut ReadState,
+        tx: &EnvelopeTx,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SourceError> {
+        let sql_err = |what: &str| {
+            let what = what.to_owned();
+            move |e: mysql_async::Error| SourceError::Other(format!("snapshot: {what}: {e}"))
+        };
         let mut remaining = todo.len();
         self.metrics.snapshot_remaining_tables.set(remaining as i64);
         let time_ms = crate::clock::now_millis();
@@ -337,7 +439,7 @@ impl BinlogSource {
             let mut seen: HashMap<u128, usize> = HashMap::new();
             loop {
                 if shutdown.is_cancelled() {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 let (sql, params) =
                     plan.chunk_query(after.as_deref(), self.cfg.snapshot_chunk_rows);
@@ -377,7 +479,9 @@ impl BinlogSource {
                 }
                 progress.table = Some((database.clone(), table.clone()));
                 progress.after = if table_done { None } else { after.clone() };
-                self.send_progress(st, progress, tx, shutdown).await;
+                if durable {
+                    self.send_progress(st, progress, tx, shutdown).await;
+                }
                 if last_log.elapsed() >= PROGRESS_EVERY {
                     last_log = Instant::now();
                     info!(
@@ -402,10 +506,7 @@ impl BinlogSource {
                 "snapshot of a table done"
             );
         }
-        let _ = conn.query_drop("COMMIT").await;
-        let _ = conn.disconnect().await;
-        info!(position = %progress.position, "snapshot done: streaming from its position");
-        Ok(Some(progress.position.clone()))
+        Ok(true)
     }
 
     /// Starts the consistent-snapshot transaction on `conn` and returns the
@@ -493,6 +594,7 @@ impl BinlogSource {
         &self,
         conn: &mut Conn,
         info: &ServerInfo,
+        only: Option<&TableFilter>,
     ) -> Result<Vec<Plan>, SourceError> {
         let err = |e: mysql_async::Error| {
             SourceError::Other(format!("snapshot: listing the captured tables: {e}"))
@@ -504,7 +606,8 @@ impl BinlogSource {
             )
             .await
             .map_err(err)?;
-        names.retain(|(d, t)| self.cfg.tables.accepts(d, t));
+        names
+            .retain(|(d, t)| self.cfg.tables.accepts(d, t) && only.is_none_or(|f| f.accepts(d, t)));
         names.sort();
         let mut cache = SchemaCache::new(info.mariadb);
         let mut plans = Vec::with_capacity(names.len());
