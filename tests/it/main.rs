@@ -20,5 +20,6 @@ mod restart;
 mod safe_writes;
 mod security;
 mod snapshot;
+mod state;
 mod store;
 mod tls;
