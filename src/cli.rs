@@ -127,6 +127,10 @@ pub struct BenchArgs {
     /// Row changes for the binlog capture measurement (0 skips it; needs MariaDB).
     #[arg(long, default_value_t = 300_000)]
     pub binlog_rows: usize,
+    /// Existing rows the initial-snapshot measurement reads into the embedded
+    /// store (0 skips it; needs MariaDB).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub snapshot_rows: usize,
     /// Events in the embedded store for its measurement (0 skips it; ~750 MiB of disk per million).
     #[arg(long, default_value_t = 1_000_000)]
     pub store_events: usize,

@@ -33,6 +33,40 @@ pub async fn capture(
     Ok(())
 }
 
+/// Writes `n` rows into a fresh MariaDB, then reads them with the initial
+/// snapshot into the embedded store (events and current state).
+pub async fn snapshot(n: usize, out: &mut String) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cdc-bench-snapshot-{}", std::process::id()));
+    let db = MariaDb::start(&dir, free_port()?).await?;
+    fill(&db, n, out).await?;
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let mut cmd = monitor_run()?;
+    cmd.env("CDC_SOURCE", "binlog")
+        .env("CDC_MYSQL_URL", db.capture_url())
+        .env("CDC_TABLES", "bench.users")
+        .env("CDC_SNAPSHOT", "initial")
+        .env("CDC_SINK", "sqlite")
+        // The rows are read now; keep every one whatever its size.
+        .env("CDC_STORE_MAX_BYTES", "64GiB")
+        .env("CDC_DATA_DIR", dir.join("snapshot-sqlite"))
+        .env("CDC_HTTP_ADDR", &http);
+    let child = KillOnDrop(cmd.spawn()?);
+    let started = Instant::now();
+    let secs = wait_stored(&http, n as f64, "snapshot").await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss = peak_rss_mib(child.0.id()).unwrap_or(f64::NAN);
+    writeln!(
+        out,
+        "initial snapshot → embedded store (events and state): {n} rows in {elapsed:.1} s from start = {:.0} rows/s ({:.0} rows/s from the first stored), peak RSS {rss:.1} MiB",
+        n as f64 / elapsed,
+        n as f64 / secs.max(1e-9)
+    )?;
+    drop(child);
+    db.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// `bench.users` with `n` rows, in multi-row INSERTs.
 async fn fill(db: &MariaDb, n: usize, out: &mut String) -> anyhow::Result<()> {
     db.exec(

@@ -72,6 +72,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let consumer_phases = args.backlog > 0
         || args.latency_seconds > 0
         || args.binlog_rows > 0
+        || args.snapshot_rows > 0
         || args.large_messages > 0;
     if consumer_phases {
         // Before minutes of in-process measurements, not after.
@@ -93,6 +94,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<String> {
     if args.binlog_rows > 0 {
         let (brokers, _broker) = broker::broker(&args)?;
         binlog::capture(args.binlog_rows, &brokers, &sink, &mut out).await?;
+    }
+    if args.snapshot_rows > 0 {
+        binlog::snapshot(args.snapshot_rows, &mut out).await?;
     }
     if args.backlog > 0 {
         let (brokers, _broker) = broker::broker(&args)?;
