@@ -44,6 +44,40 @@ pub enum Command {
     /// Their rows arrive as `snapshot` events and set the current state
     /// where no newer change did. Returns once the snapshot started.
     Snapshot(SnapshotArgs),
+    /// Compare the source database with the captured state (and repair it).
+    ///
+    /// Reads the captured tables in key chunks and the current state of the
+    /// configured sink (embedded store or CDC_ES_STATE_INDEX), and reports
+    /// per table the rows missing, changed and extra. Takes the same
+    /// configuration as `run`. Exit 0 equal, 1 differences, 2 error.
+    Reconcile(Box<ReconcileArgs>),
+}
+
+/// `reconcile` options, beside `run`'s configuration.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// `run`'s configuration; its `--tables` (CDC_TABLES) chooses the
+    /// tables compared, e.g. `--tables 'appdb.users'`.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Write the events that make the state equal the database.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Rows per database read (a range scan on the key).
+    #[arg(long, default_value_t = 10_000)]
+    pub chunk_rows: usize,
+    /// Most rows read from the database per second (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_rows_per_sec: u64,
+    /// How long rows that differ are re-read before they count (changes in flight), seconds.
+    #[arg(long, default_value_t = 30)]
+    pub settle_seconds: u64,
+    /// Keys listed per kind of difference and table.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
 }
 
 /// `snapshot` options.

@@ -183,6 +183,8 @@ pub struct ChangeEvent {
     pub mysql_types: Option<Row>,
     /// Set when the message was reduced by TiCDC's large-message handling.
     pub large_message: Option<LargeMessage>,
+    /// Why cdc-monitor itself wrote this event (`reconcile --repair`), when it did.
+    pub reason: Option<String>,
     pub position: SourcePosition,
 }
 
@@ -218,6 +220,7 @@ impl ChangeEvent {
             sql: Some(sql),
             mysql_types: None,
             large_message: None,
+            reason: None,
             position,
         }
     }
@@ -279,6 +282,10 @@ impl ChangeEvent {
                 }
             }
         }
+        if let Some(reason) = &self.reason {
+            // A repair is its own change, even at a snapshot's position.
+            field(reason.as_bytes());
+        }
         if self.pk.is_empty() && self.commit_ts.is_some() {
             for (k, v) in &self.data.0 {
                 field(k.as_bytes());
@@ -311,6 +318,7 @@ mod tests {
             sql: None,
             mysql_types: None,
             large_message: None,
+            reason: None,
             position: SourcePosition::None,
         }
     }

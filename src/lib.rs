@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod owner_only;
 pub mod pipeline;
 pub mod quickstart;
+pub mod reconcile;
 pub mod sink;
 pub mod source;
 pub mod telemetry;

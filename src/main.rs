@@ -73,6 +73,40 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reconcile(args) => {
+            let sub = matches
+                .subcommand_matches("reconcile")
+                .expect("reconcile was parsed");
+            let cfg = match cli::run_config(&args.run, sub) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init(cfg.log_format, "warn");
+            match runtime.block_on(reconcile(cfg, &args)) {
+                Ok(report) => {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", report.text());
+                    }
+                    if report.differences() == 0 || args.repair {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Snapshot(args) => {
             let token = match args.token() {
                 Ok(t) => t,
@@ -109,6 +143,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cdc-monitor reconcile`: the configured sink's state against the database.
+async fn reconcile(
+    cfg: cdc_monitor::config::Config,
+    args: &cli::ReconcileArgs,
+) -> anyhow::Result<cdc_monitor::reconcile::Report> {
+    use cdc_monitor::reconcile::Options;
+    let metrics = cdc_monitor::metrics::Metrics::new();
+    let sink = cdc_monitor::sink::build(&cfg, &metrics)?;
+    sink.prepare().await?;
+    let masker = cdc_monitor::mask::Masker::build(&cfg.mask, &cfg.data_dir)?;
+    let opts = Options {
+        // `--tables` is the configuration's CDC_TABLES: the captured tables.
+        tables: None,
+        repair: args.repair,
+        chunk_rows: args.chunk_rows.max(1),
+        max_rows_per_sec: Some(args.max_rows_per_sec).filter(|n| *n > 0),
+        settle: std::time::Duration::from_secs(args.settle_seconds),
+        samples: args.samples,
+    };
+    Ok(cdc_monitor::reconcile::reconcile(&cfg, &sink, masker.as_ref(), &opts, &metrics).await?)
 }
 
 /// Replaces this process with `cdc-bench` next to it, given the arguments

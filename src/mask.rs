@@ -250,6 +250,7 @@ mod tests {
             sql: None,
             mysql_types: None,
             large_message: None,
+            reason: None,
             position: SourcePosition::None,
         }
     }

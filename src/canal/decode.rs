@@ -148,6 +148,7 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
             sql: None,
             mysql_types: msg.mysql_type.clone(),
             large_message: large_message.clone(),
+            reason: None,
             position: position.clone(),
         });
     }

@@ -184,6 +184,7 @@ mod tests {
                 ("note", json!("text")),
             ])),
             large_message: None,
+            reason: None,
             position: SourcePosition::Binlog {
                 file: Arc::from("binlog.000003"),
                 pos: 1234,

@@ -44,6 +44,9 @@ pub struct Document<'a> {
     sql: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     large_message: Option<LargeMessageDoc<'a>>,
+    /// Why cdc-monitor wrote the event itself (`reconcile --repair`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
     ingested_at: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     kafka: Option<KafkaDoc<'a>>,
@@ -73,6 +76,7 @@ pub fn document<'a>(event: &'a ChangeEvent, ingested_at: &'a str) -> Document<'a
                 location: Some(location),
             },
         }),
+        reason: event.reason.as_deref(),
         ingested_at,
         kafka: match &event.position {
             SourcePosition::Kafka {

@@ -250,6 +250,7 @@ mod tests {
             sql: None,
             mysql_types: None,
             large_message: None,
+            reason: None,
             position: SourcePosition::None,
         };
         assert_eq!(key(&e), br#"appdb.users:{"id":"7"}"#);

@@ -100,6 +100,9 @@ impl<'a> WriteBatch<'a> {
 /// `Sink::write`'s answer: the events refused for good, or why nothing was stored.
 pub type Written<'a> = BoxFuture<'a, Result<Vec<Rejected>, SinkError>>;
 
+/// `Sink::state_page`'s answer: `(key values, state)` of each row, and the next cursor.
+pub type StatePage = (Vec<(String, RowState)>, Option<String>);
+
 /// A search's answer (`Sink::events`, `Sink::stats`).
 pub type Answer<'a, T> = BoxFuture<'a, Result<T, QueryError>>;
 
@@ -153,6 +156,25 @@ pub trait Sink: Send + Sync + 'static {
     /// sink keeps them); `None` when no change of it is stored.
     fn row<'a>(&'a self, key: &'a RowKey) -> Answer<'a, Option<RowState>> {
         let _ = key;
+        Box::pin(async {
+            Err(QueryError::Unavailable(
+                "this sink keeps no row state".into(),
+            ))
+        })
+    }
+
+    /// One page of a table's live rows (no tombstones), each with its key
+    /// (`RowKey::values`), at most `limit`, after the `cursor` of the page
+    /// before; the next page's cursor, `None` after the last. For
+    /// `reconcile`, which reads a table's whole state.
+    fn state_page<'a>(
+        &'a self,
+        database: &'a str,
+        table: &'a str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Answer<'a, StatePage> {
+        let _ = (database, table, cursor, limit);
         Box::pin(async {
             Err(QueryError::Unavailable(
                 "this sink keeps no row state".into(),

@@ -16,6 +16,7 @@ mod flow;
 mod masking;
 mod ports;
 mod quickstart;
+mod reconcile;
 mod restart;
 mod safe_writes;
 mod security;

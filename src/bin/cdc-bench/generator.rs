@@ -121,6 +121,7 @@ impl Generator {
             sql,
             mysql_types: None,
             large_message: None,
+            reason: None,
             position: SourcePosition::Kafka {
                 topic: Arc::from("tidb-cdc"),
                 partition: (i % 3) as i32,

@@ -35,7 +35,7 @@ use crate::owner_only;
 use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
 use crate::sink::state::{RowKey, RowState};
-use crate::sink::{Answer, Sink, SinkError, WriteBatch, Written};
+use crate::sink::{Answer, Sink, SinkError, StatePage, WriteBatch, Written};
 
 /// Reader connections kept open, and API queries run at once: more wait
 /// for a reader (within their deadline), so an API flood never holds more
@@ -596,6 +596,20 @@ impl Sink for SqliteSink {
         })
     }
 
+    fn state_page<'a>(
+        &'a self,
+        database: &'a str,
+        table: &'a str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Answer<'a, StatePage> {
+        Box::pin(async move {
+            let (database, table) = (database.to_owned(), table.to_owned());
+            self.query(move |conn| state::page(conn, &database, &table, cursor.as_deref(), limit))
+                .await
+        })
+    }
+
     fn row_history<'a>(&'a self, key: &'a RowKey, limit: usize) -> Answer<'a, EventPage> {
         Box::pin(async move {
             let key = key.clone();
@@ -710,6 +724,7 @@ pub(super) mod tests {
             sql: None,
             mysql_types: None,
             large_message: None,
+            reason: None,
             position: SourcePosition::None,
         }
     }

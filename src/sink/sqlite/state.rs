@@ -7,6 +7,7 @@ use crate::clock::rfc3339_millis;
 use crate::event::ChangeEvent;
 use crate::sink::query::EventPage;
 use crate::sink::state::{self, RowKey, RowState, StateChange};
+use crate::sink::StatePage;
 
 use super::query::with_id;
 
@@ -90,25 +91,59 @@ pub fn row(conn: &Connection, key: &RowKey) -> rusqlite::Result<Option<RowState>
          WHERE db = ?1 AND tbl = ?2 AND key = ?3",
     )?
     .query_row(params![key.database, key.table, key.values], |r| {
-        let json = |text: Option<String>| {
-            text.and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(serde_json::Value::Null)
-        };
-        let data: Option<String> = r.get(5)?;
-        let event_id: Vec<u8> = r.get(3)?;
-        Ok(RowState {
-            database: key.database.clone(),
-            table: key.table.clone(),
-            pk: json(r.get(4)?),
-            deleted: data.is_none(),
-            data: json(data),
-            op: r.get(1)?,
-            version: r.get::<_, i64>(0)? as u64,
-            changed_at: rfc3339_millis(r.get(2)?),
-            event_id: hex(&event_id),
-        })
+        row_state(&key.database, &key.table, r)
     })
     .optional()
+}
+
+/// Up to `limit` live rows of `database.table` after key `after`, in key
+/// order, and the cursor of the next page (the last key; `None` at the end).
+pub fn page(
+    conn: &Connection,
+    database: &str,
+    table: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<StatePage> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, op, commit_time_ms, event_id, pk, data, key FROM state
+         WHERE db = ?1 AND tbl = ?2 AND key > ?3 AND data IS NOT NULL
+         ORDER BY key LIMIT ?4",
+    )?;
+    let mut last = None;
+    let rows = stmt
+        .query_map(
+            params![database, table, after.unwrap_or(""), limit as i64],
+            |r| {
+                let key: String = r.get(6)?;
+                last = Some(key.clone());
+                Ok((key, row_state(database, table, r)?))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next = if rows.len() == limit { last } else { None };
+    Ok((rows, next))
+}
+
+/// A `state` row (version, op, commit_time_ms, event_id, pk, data) as a `RowState`.
+fn row_state(database: &str, table: &str, r: &rusqlite::Row<'_>) -> rusqlite::Result<RowState> {
+    let json = |text: Option<String>| {
+        text.and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let data: Option<String> = r.get(5)?;
+    let event_id: Vec<u8> = r.get(3)?;
+    Ok(RowState {
+        database: database.to_owned(),
+        table: table.to_owned(),
+        pk: json(r.get(4)?),
+        deleted: data.is_none(),
+        data: json(data),
+        op: r.get(1)?,
+        version: r.get::<_, i64>(0)? as u64,
+        changed_at: rfc3339_millis(r.get(2)?),
+        event_id: hex(&event_id),
+    })
 }
 
 /// The last `limit` stored events of `key`'s row, oldest first by version

@@ -292,6 +292,7 @@ pub fn rows_to_events(
             sql: None,
             mysql_types: Some(mapped.mysql_types.clone()),
             large_message: None,
+            reason: None,
             position: SourcePosition::Binlog {
                 file: file.clone(),
                 pos: log_pos,

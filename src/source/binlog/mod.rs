@@ -14,6 +14,7 @@ pub mod convert;
 pub mod events;
 pub mod position;
 pub mod preflight;
+pub mod scan;
 pub mod schema;
 pub mod snapshot;
 pub mod tls;
@@ -257,7 +258,7 @@ impl BinlogSource {
 
     /// A connection, within `CONNECT_TIMEOUT`. A rejected login is fatal:
     /// retrying the same credentials cannot succeed.
-    async fn connect(&self) -> Result<Conn, SourceError> {
+    pub(super) async fn connect(&self) -> Result<Conn, SourceError> {
         let mut result = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts.clone())).await;
         if self.cfg.tls.mode == MysqlSslMode::Preferred
             && matches!(result, Ok(Err(ref e)) if tls::server_lacks_tls(e))
@@ -303,7 +304,10 @@ impl BinlogSource {
     }
 
     /// Preflight: every problem at once, or the server's description.
-    async fn preflight(&self, conn: &mut Conn) -> Result<preflight::ServerInfo, SourceError> {
+    pub(super) async fn preflight(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<preflight::ServerInfo, SourceError> {
         let (info, problems) = preflight::check(conn, &self.cfg.tables)
             .await
             .map_err(|e| SourceError::Other(format!("MySQL at {}: {e}", self.server())))?;

@@ -114,7 +114,7 @@ fn decode_key(text: &str) -> Result<Vec<Value>, SourceError> {
 /// in the connection's (utf8mb4): it is passed as UTF-8, and the server
 /// converts it back and compares by the column's collation, the one that
 /// orders the chunks. Other values go back as they came.
-fn key_param(v: Option<&Value>, col: &ColumnInfo) -> Value {
+pub(super) fn key_param(v: Option<&Value>, col: &ColumnInfo) -> Value {
     match (v, &col.charset) {
         (Some(Value::Bytes(b)), Some(cs)) if *cs != Charset::Binary => match cs.decode(b) {
             Ok(text) => Value::Bytes(text.into_bytes()),
@@ -126,15 +126,15 @@ fn key_param(v: Option<&Value>, col: &ColumnInfo) -> Value {
 }
 
 /// `name` quoted as an identifier.
-fn quote(name: &str) -> String {
+pub(super) fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
 /// A table to read and how: the columns it is paged by (empty: one pass),
 /// and the columns its events name as primary key.
-struct Plan {
-    schema: Arc<TableSchema>,
-    key: Vec<usize>,
+pub(super) struct Plan {
+    pub(super) schema: Arc<TableSchema>,
+    pub(super) key: Vec<usize>,
     pk: Vec<usize>,
     /// Column types, as every event of the table carries them.
     mysql_types: Row,
@@ -142,7 +142,7 @@ struct Plan {
 
 impl Plan {
     /// Where it comes in the reading order.
-    fn order(&self) -> (bool, &str, &str) {
+    pub(super) fn order(&self) -> (bool, &str, &str) {
         (
             !self.key.is_empty(),
             &self.schema.database,
@@ -153,7 +153,11 @@ impl Plan {
     /// The SELECT of the next chunk after `after` (all rows without a key),
     /// and its parameters. `(a, b) > (x, y)` is written out as
     /// `a > x OR (a = x AND b > y)`, which every optimizer turns into a range.
-    fn chunk_query(&self, after: Option<&[Value]>, limit: usize) -> (String, Vec<Value>) {
+    pub(super) fn chunk_query(
+        &self,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> (String, Vec<Value>) {
         let cols: Vec<String> = self.schema.columns.iter().map(|c| quote(&c.name)).collect();
         let mut sql = format!(
             "SELECT {} FROM {}.{}",
@@ -381,7 +385,7 @@ impl BinlogSource {
 
     /// A connection in a consistent-snapshot transaction, and the binlog
     /// position it reads at.
-    async fn open_snapshot(
+    pub(super) async fn open_snapshot(
         &self,
         info: &ServerInfo,
     ) -> Result<(Conn, BinlogPosition), SourceError> {
@@ -590,7 +594,7 @@ impl BinlogSource {
     }
 
     /// The captured tables in reading order, each with its key.
-    async fn snapshot_tables(
+    pub(super) async fn snapshot_tables(
         &self,
         conn: &mut Conn,
         info: &ServerInfo,
@@ -693,7 +697,7 @@ impl BinlogSource {
 
     /// One row read by the snapshot as an event, with the first value that
     /// could not be written (null in the event).
-    fn snapshot_event(
+    pub(super) fn snapshot_event(
         &self,
         plan: &Plan,
         r: &mysql_async::Row,
@@ -756,6 +760,7 @@ impl BinlogSource {
             sql: None,
             mysql_types: Some(plan.mysql_types.clone()),
             large_message: None,
+            reason: None,
             position: SourcePosition::Binlog {
                 file: Arc::from(at.file.as_str()),
                 pos: at.pos,

@@ -1,0 +1,499 @@
+//! `cdc-monitor reconcile`: compares the source database with the captured
+//! current state, table by table, and with `--repair` writes the events
+//! that make them equal.
+//!
+//! Method. The state side is read once per table (every live row's key and
+//! a digest of its values). The database side is read in key chunks in one
+//! consistent view (the snapshot's read: range scans on the key), each row
+//! rendered and masked exactly as the capture renders and masks it, so a
+//! correct pipeline compares equal value for value. The comparison is done
+//! here, not by a checksum SQL computes: SQL cannot render values as the
+//! capture does (fractional DATETIMEs, DECIMAL scale, character sets, JSON),
+//! so a checksum in SQL would compare renderings, not data. Rows that
+//! differ are read again, on both sides, every second until they agree or
+//! `settle` runs out: a change still on its way through the pipeline is
+//! not a difference.
+//!
+//! Repair writes, through the configured sink (and masking), a `snapshot`
+//! event with the database's row for a missing or changed row, and a
+//! `delete` event for an extra one, each with a `reason`, at the version of
+//! the read that saw them, so a change captured later still wins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::checkpoint::BinlogPosition;
+use crate::config::{Config, SourceConfig, TableFilter};
+use crate::event::{ChangeEvent, Op, Row, SourcePosition};
+use crate::mask::Masker;
+use crate::metrics::Metrics;
+use crate::sink::state::{RowKey, RowState};
+use crate::sink::{Sink, WriteBatch};
+use crate::source::ack::OffsetTracker;
+use crate::source::binlog::scan::{Scan, ScanKey};
+use crate::source::binlog::{BinlogSource, PositionStore};
+
+/// Rows of state read per page.
+const STATE_PAGE: usize = 5_000;
+
+/// What to compare and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only these captured tables (all when `None`).
+    pub tables: Option<TableFilter>,
+    pub repair: bool,
+    /// Rows per database read.
+    pub chunk_rows: usize,
+    /// Most rows read from the database per second (`None`: no limit).
+    pub max_rows_per_sec: Option<u64>,
+    /// How long rows that differ are re-checked before they count.
+    pub settle: Duration,
+    /// Keys listed per kind of difference.
+    pub samples: usize,
+}
+
+/// Why reconcile could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Config(String),
+    #[error("source database: {0}")]
+    Source(#[from] crate::source::SourceError),
+    #[error("captured state: {0}")]
+    State(String),
+    #[error("repair: {0}")]
+    Repair(String),
+}
+
+/// One kind of difference in one table.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Diff {
+    pub count: u64,
+    /// Up to `Options::samples` keys (JSON arrays of the key's values).
+    pub samples: Vec<String>,
+}
+
+impl Diff {
+    fn add(&mut self, key: &str, samples: usize) {
+        self.count += 1;
+        if self.samples.len() < samples {
+            self.samples.push(key.to_owned());
+        }
+    }
+}
+
+/// One table's comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub database: String,
+    pub table: String,
+    /// Rows read from the database.
+    pub compared: u64,
+    /// In the database, not in the state.
+    pub missing: Diff,
+    /// In the state, gone from the database.
+    pub extra: Diff,
+    /// In both, values differ.
+    pub changed: Diff,
+    /// Rows that differed at first and agreed once re-read (in flight).
+    pub settled: u64,
+    /// Corrective events written (`--repair`).
+    pub repaired: u64,
+}
+
+impl TableReport {
+    pub fn differences(&self) -> u64 {
+        self.missing.count + self.extra.count + self.changed.count
+    }
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tables: Vec<TableReport>,
+    /// The database position of the first read.
+    pub position: String,
+    /// SQL statements sent to the database.
+    pub queries: u64,
+    pub elapsed_seconds: f64,
+    pub settle_seconds: f64,
+}
+
+impl Report {
+    pub fn differences(&self) -> u64 {
+        self.tables.iter().map(TableReport::differences).sum()
+    }
+
+    pub fn compared(&self) -> u64 {
+        self.tables.iter().map(|t| t.compared).sum()
+    }
+
+    /// The human-readable report: a line per table, samples, a summary.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for t in &self.tables {
+            out.push_str(&format!(
+                "{}.{}: {} rows compared, {} missing, {} changed, {} extra",
+                t.database, t.table, t.compared, t.missing.count, t.changed.count, t.extra.count
+            ));
+            if t.settled > 0 {
+                out.push_str(&format!(" ({} in flight, agreed when re-read)", t.settled));
+            }
+            if t.repaired > 0 {
+                out.push_str(&format!("; {} repaired", t.repaired));
+            }
+            out.push('\n');
+            for (kind, d) in [
+                ("missing", &t.missing),
+                ("changed", &t.changed),
+                ("extra", &t.extra),
+            ] {
+                if !d.samples.is_empty() {
+                    let more = d.count - d.samples.len() as u64;
+                    out.push_str(&format!("  {kind}: {}", d.samples.join(" ")));
+                    if more > 0 {
+                        out.push_str(&format!(" and {more} more"));
+                    }
+                    out.push('\n');
+                }
+            }
+        }
+        out.push_str(&format!(
+            "{} tables, {} rows compared, {} differences (read at {}, {} queries, {:.1} s; rows that differed were re-read for up to {:.0} s before counting)\n",
+            self.tables.len(),
+            self.compared(),
+            self.differences(),
+            self.position,
+            self.queries,
+            self.elapsed_seconds,
+            self.settle_seconds
+        ));
+        out
+    }
+}
+
+/// A row as compared: its key, the digest of its values, and how to read it again.
+struct Seen {
+    digest: u128,
+    event: ChangeEvent,
+    key: ScanKey,
+}
+
+/// The digest of a row's values, independent of column order.
+fn digest(values: &serde_json::Value) -> u128 {
+    // `Value` objects keep their keys sorted: the same values give the same bytes.
+    xxh3_128(&serde_json::to_vec(values).unwrap_or_default())
+}
+
+fn row_digest(row: &Row) -> u128 {
+    digest(&serde_json::to_value(row).unwrap_or(serde_json::Value::Null))
+}
+
+/// Compares every captured table (or `opts.tables`) with `sink`'s state.
+pub async fn reconcile(
+    cfg: &Config,
+    sink: &Arc<dyn Sink>,
+    masker: Option<&Masker>,
+    opts: &Options,
+    metrics: &Metrics,
+) -> Result<Report, ReconcileError> {
+    let SourceConfig::Binlog(mysql) = &cfg.source else {
+        return Err(ReconcileError::Config(
+            "reconcile reads the source database of the binlog source (CDC_SOURCE=binlog, \
+             CDC_MYSQL_URL); TiDB through the Kafka source is not supported yet"
+                .into(),
+        ));
+    };
+    let source = BinlogSource::new(
+        mysql,
+        PositionStore::Sink(None, None),
+        Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone()))),
+        metrics.clone(),
+    )?;
+    let started = Instant::now();
+    let mut scan = source.scan(opts.tables.as_ref()).await?;
+    let position = scan.position().to_string();
+    let mut reports = Vec::new();
+    for (t, (database, table)) in scan.tables().into_iter().enumerate() {
+        let report = compare_table(&mut scan, t, &database, &table, sink, masker, opts).await?;
+        reports.push(report);
+        if t + 1 < scan.tables().len() {
+            // Each table in a fresh view: one long transaction would hold
+            // back the server's purge for the whole run.
+            scan.refresh().await?;
+        }
+    }
+    let queries = scan.queries;
+    scan.close().await;
+    Ok(Report {
+        tables: reports,
+        position,
+        queries,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        settle_seconds: opts.settle.as_secs_f64(),
+    })
+}
+
+/// The live state of `database.table`: key → (digest, state).
+async fn read_state(
+    sink: &Arc<dyn Sink>,
+    database: &str,
+    table: &str,
+) -> Result<HashMap<String, (u128, RowState)>, ReconcileError> {
+    let mut out = HashMap::new();
+    let mut cursor = None;
+    loop {
+        let (rows, next) = sink
+            .state_page(database, table, cursor, STATE_PAGE)
+            .await
+            .map_err(|e| ReconcileError::State(e.to_string()))?;
+        for (key, state) in rows {
+            out.insert(key, (digest(&state.data), state));
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Reads, compares, re-checks and (with `repair`) repairs one table.
+async fn compare_table(
+    scan: &mut Scan<'_>,
+    t: usize,
+    database: &str,
+    table: &str,
+    sink: &Arc<dyn Sink>,
+    masker: Option<&Masker>,
+    opts: &Options,
+) -> Result<TableReport, ReconcileError> {
+    let mut state = read_state(sink, database, table).await?;
+    let mut compared = 0u64;
+    // Differing rows seen in the database: key → the row.
+    let mut differ: HashMap<String, Seen> = HashMap::new();
+    let mut after: Option<ScanKey> = None;
+    let limiter = Instant::now();
+    loop {
+        let chunk = scan.chunk(t, after.as_ref(), opts.chunk_rows).await?;
+        for (mut event, key) in chunk.rows {
+            if let Some(m) = masker {
+                m.mask_event(&mut event);
+            }
+            compared += 1;
+            let values = RowKey::of(database, table, &event.pk, &event.data).values;
+            let d = row_digest(&event.data);
+            match state.remove(&values) {
+                Some((s, _)) if s == d => {}
+                _ => {
+                    differ.insert(
+                        values,
+                        Seen {
+                            digest: d,
+                            event,
+                            key,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(limit) = opts.max_rows_per_sec.filter(|l| *l > 0) {
+            let due = Duration::from_secs_f64(compared as f64 / limit as f64);
+            if let Some(wait) = due.checked_sub(limiter.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        match chunk.next {
+            Some(k) => after = Some(k),
+            None => break,
+        }
+    }
+    // What is left of the state is gone from the database (or in flight).
+    let mut extra: HashMap<String, RowState> =
+        state.into_iter().map(|(k, (_, s))| (k, s)).collect();
+    let first = differ.len() + extra.len();
+    let deadline = Instant::now() + opts.settle;
+    while !(differ.is_empty() && extra.is_empty()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        recheck(
+            scan,
+            t,
+            database,
+            table,
+            sink,
+            masker,
+            &mut differ,
+            &mut extra,
+        )
+        .await?;
+    }
+    let mut report = TableReport {
+        database: database.to_owned(),
+        table: table.to_owned(),
+        compared,
+        missing: Diff::default(),
+        extra: Diff::default(),
+        changed: Diff::default(),
+        settled: (first - differ.len() - extra.len()) as u64,
+        repaired: 0,
+    };
+    // Sorted, so the samples are stable run to run.
+    let mut keys: Vec<&String> = differ.keys().collect();
+    keys.sort();
+    let mut fixes = Vec::new();
+    for key in keys {
+        let seen = &differ[key];
+        let in_state = sink
+            .row(&RowKey {
+                database: database.to_owned(),
+                table: table.to_owned(),
+                values: key.clone(),
+            })
+            .await
+            .map_err(|e| ReconcileError::State(e.to_string()))?
+            .is_some_and(|s| !s.deleted);
+        let reason = if in_state {
+            report.changed.add(key, opts.samples);
+            "reconcile: changed"
+        } else {
+            report.missing.add(key, opts.samples);
+            "reconcile: missing"
+        };
+        let mut fix = seen.event.clone();
+        fix.reason = Some(reason.to_owned());
+        fixes.push(fix);
+    }
+    let mut keys: Vec<&String> = extra.keys().collect();
+    keys.sort();
+    let at = scan.position().clone();
+    for key in keys {
+        report.extra.add(key, opts.samples);
+        fixes.push(deletion(&extra[key], &at));
+    }
+    if opts.repair && !fixes.is_empty() {
+        let n = fixes.len() as u64;
+        write_fixes(sink, fixes).await?;
+        report.repaired = n;
+    }
+    Ok(report)
+}
+
+/// Reads the differing rows again on both sides; drops those that agree now.
+#[allow(clippy::too_many_arguments)]
+async fn recheck(
+    scan: &mut Scan<'_>,
+    t: usize,
+    database: &str,
+    table: &str,
+    sink: &Arc<dyn Sink>,
+    masker: Option<&Masker>,
+    differ: &mut HashMap<String, Seen>,
+    extra: &mut HashMap<String, RowState>,
+) -> Result<(), ReconcileError> {
+    scan.refresh().await?;
+    let mut keys: Vec<ScanKey> = differ.values().map(|s| s.key.clone()).collect();
+    for values in extra.keys() {
+        // The key text is the key's values in key order, as rendered.
+        let values: Vec<serde_json::Value> = serde_json::from_str(values).unwrap_or_default();
+        keys.push(ScanKey::from_rendered(&values));
+    }
+    let mut now: HashMap<String, Seen> = HashMap::new();
+    for (mut event, key) in scan.rows_by_key(t, &keys).await? {
+        if let Some(m) = masker {
+            m.mask_event(&mut event);
+        }
+        let values = RowKey::of(database, table, &event.pk, &event.data).values;
+        let d = row_digest(&event.data);
+        now.insert(
+            values,
+            Seen {
+                digest: d,
+                event,
+                key,
+            },
+        );
+    }
+    let mut still_differ = HashMap::new();
+    let mut still_extra = HashMap::new();
+    let candidates: Vec<String> = differ.keys().chain(extra.keys()).cloned().collect();
+    for values in candidates {
+        let key = RowKey {
+            database: database.to_owned(),
+            table: table.to_owned(),
+            values: values.clone(),
+        };
+        let state = sink
+            .row(&key)
+            .await
+            .map_err(|e| ReconcileError::State(e.to_string()))?
+            .filter(|s| !s.deleted);
+        match (now.remove(&values), state) {
+            (None, None) => {}
+            (Some(seen), Some(s)) if seen.digest == digest(&s.data) => {}
+            (Some(seen), _) => {
+                still_differ.insert(values, seen);
+            }
+            (None, Some(s)) => {
+                still_extra.insert(values, s);
+            }
+        }
+    }
+    *differ = still_differ;
+    *extra = still_extra;
+    Ok(())
+}
+
+/// The delete that removes an extra row from the state.
+fn deletion(state: &RowState, at: &BinlogPosition) -> ChangeEvent {
+    let row = |v: &serde_json::Value| {
+        Row::from_values(
+            v.as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.as_str(), v.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+    };
+    ChangeEvent {
+        database: state.database.clone(),
+        table: state.table.clone(),
+        op: Op::Delete,
+        pk: row(&state.pk),
+        data: row(&state.data),
+        old: None,
+        commit_time_ms: crate::clock::now_millis(),
+        commit_ts: Some(BinlogPosition::change_number(&at.file, at.pos, 0)),
+        sql: None,
+        mysql_types: None,
+        large_message: None,
+        reason: Some("reconcile: extra".into()),
+        position: SourcePosition::Binlog {
+            file: Arc::from(at.file.as_str()),
+            pos: at.pos,
+        },
+    }
+}
+
+/// Writes the corrective events through the sink, in batches.
+async fn write_fixes(sink: &Arc<dyn Sink>, fixes: Vec<ChangeEvent>) -> Result<(), ReconcileError> {
+    let abort = CancellationToken::new();
+    for batch in fixes.chunks(1_000) {
+        let rejected = sink
+            .write(WriteBatch::events(batch), &abort)
+            .await
+            .map_err(|e| ReconcileError::Repair(e.to_string()))?;
+        if let Some(r) = rejected.first() {
+            return Err(ReconcileError::Repair(format!(
+                "the sink refused a corrective event: {}",
+                r.reason
+            )));
+        }
+    }
+    Ok(())
+}
