@@ -21,4 +21,5 @@ mod safe_writes;
 mod security;
 mod snapshot;
 mod store;
+mod store_retention;
 mod tls;
