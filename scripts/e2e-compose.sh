@@ -11,7 +11,8 @@
 #      reports cdc_events_total for it;
 #   4. docker compose down -v (on any exit; E2E_KEEP=1 keeps the stack up).
 #
-# Only the consumer (/readyz, /metrics), Kibana and Grafana are published on
+# Only the consumer (/readyz, /metrics; through the `dashboard` proxy, which
+# reaches one of its instances), Kibana and Grafana are published on
 # 127.0.0.1. TiCDC, Elasticsearch (https, as `elastic`) and Prometheus are
 # reached inside the compose network through the `curl` service of the
 # `tools` profile, which trusts the stack's CA: the same way docs/runbook.md

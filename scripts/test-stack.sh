@@ -126,7 +126,7 @@ svcs = cfg["services"]
 errs = []
 
 want = {"pd", "tikv", "tidb", "ticdc", "kafka", "elasticsearch", "kibana", "prometheus",
-        "grafana", "db-init", "cdc-task", "consumer", "kibana-setup", "mysql-client",
+        "grafana", "dashboard", "db-init", "cdc-task", "consumer", "kibana-setup", "mysql-client",
         "secrets-init", "es-certs", "es-setup", "kafka-init", "kafka-cli", "curl"}
 missing = want - set(svcs)
 if missing:
@@ -212,8 +212,9 @@ for name, s in svcs.items():
     if one_shot(name, s) and not s.get("profiles") and name not in adopted:
         errs.append(f"{name}: one-shot not adopted by any long-running service (breaks up --wait)")
 
-# Published ports (issue 13): only the two UIs and the consumer's dashboard,
-# each on 127.0.0.1; everything else is reached inside the network.
+# Published ports (issue 13): only the two UIs and the consumer's dashboard
+# (through the `dashboard` proxy, so the consumer can scale), each on
+# 127.0.0.1; everything else is reached inside the network.
 ports = {}
 for name, s in svcs.items():
     for p in s.get("ports", []):
@@ -225,7 +226,7 @@ for name, s in svcs.items():
         if host_ip != "127.0.0.1":
             errs.append(f"{name}: port {p} is not bound to 127.0.0.1")
         ports[published] = name
-expected = {5601: "kibana", 3001: "grafana", 3000: "consumer"}
+expected = {5601: "kibana", 3001: "grafana", 3000: "dashboard"}
 if ports != expected:
     errs.append(f"published ports {ports}, want exactly {expected}")
 
@@ -337,7 +338,9 @@ for name, key in [("consumer", "CDC_ES_URL"), ("kibana", "ELASTICSEARCH_HOSTS"),
         errs.append(f"{name}: {key} is {env(name).get(key)}, want https://")
 
 # The consumer: a non-superuser, secrets from files, a token on its 0.0.0.0
-# bind, and a Host allowlist that admits Prometheus' `consumer:3000`.
+# bind. Its Host check is off ("*") only because it publishes no port and
+# Prometheus scrapes its instances by IP: the published `dashboard` proxy
+# refuses (421) any Host but 127.0.0.1 and localhost instead.
 c = env("consumer")
 if c.get("CDC_ES_USERNAME") in (None, "", "elastic") or c.get("CDC_ES_USERNAME") != "cdc_writer":
     errs.append(f"consumer: CDC_ES_USERNAME is {c.get('CDC_ES_USERNAME')}, want cdc_writer (not a superuser)")
@@ -349,10 +352,14 @@ for k in ("CDC_ES_PASSWORD", "CDC_HTTP_TOKEN", "CDC_METRICS_TOKEN"):
     if not c.get(f"{k}_FILE"):
         errs.append(f"consumer: {k}_FILE unset")
 if c.get("CDC_HTTP_ADDR") != "0.0.0.0:3000":
-    errs.append(f"consumer: CDC_HTTP_ADDR is {c.get('CDC_HTTP_ADDR')}, want 0.0.0.0:3000 (published port, Prometheus)")
+    errs.append(f"consumer: CDC_HTTP_ADDR is {c.get('CDC_HTTP_ADDR')}, want 0.0.0.0:3000 (dashboard proxy, Prometheus)")
 hosts = [h.strip() for h in str(c.get("CDC_HTTP_ALLOWED_HOSTS", "")).split(",")]
-if "consumer" not in hosts or "*" in hosts or any(":" in h for h in hosts):
-    errs.append(f"consumer: CDC_HTTP_ALLOWED_HOSTS {hosts} must name `consumer`, no ports, no *")
+# (The proxy's 421 is checked with the scaling, below.)
+if "*" in hosts:
+    if svcs.get("consumer", {}).get("ports"):
+        errs.append("consumer: CDC_HTTP_ALLOWED_HOSTS is * on a published port (DNS rebinding)")
+elif "consumer" not in hosts or any(":" in h for h in hosts):
+    errs.append(f"consumer: CDC_HTTP_ALLOWED_HOSTS {hosts} must name `consumer`, no ports")
 if not c.get("CDC_ES_CA_FILE"):
     errs.append("consumer: CDC_ES_CA_FILE unset")
 
@@ -665,8 +672,9 @@ for host in set(re.findall(r"https?://([a-z][a-z0-9-]*):\d+", text)) - {"localho
         errs.append(f"{host}: no such service")
 if re.search(r"http://elasticsearch\b", text):
     errs.append("http://elasticsearch: Elasticsearch serves https only")
+# The consumer's port is published by the `dashboard` proxy.
 consumer_ports = {int(p["published"]) if isinstance(p, dict) else int(str(p).split("/")[0].split(":")[-2])
-                  for p in svcs.get("consumer", {}).get("ports", [])}
+                  for p in svcs.get("dashboard", {}).get("ports", [])}
 for line in text.splitlines():
     if any(re.search(rf"(localhost|127\.0\.0\.1):{port}/metrics", line) for port in consumer_ports) \
             and 'Authorization: Bearer $CDC_METRICS_TOKEN' not in line:
@@ -819,6 +827,184 @@ if unknown:
 PY
 }
 check "metric names in alerts and dashboard are the consumer's documented ones" metric_names_known
+
+# --- scaling: `docker compose up --scale consumer=N` (issue 16) ----------------------
+# The consumer service must run as N identical instances: nothing on it that
+# only one container can have, the dashboard published by one proxy that
+# finds every instance, Prometheus scraping each one, the partition count
+# (the ceiling of useful instances) set in one place, and every consumer
+# panel in Grafana adding the instances up.
+consumer_scales() {
+  python3 - "$WORK/compose.resolved.yml" "$ROOT" <<'PY'
+import re, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or sys.exit("no resolved compose file")
+root = sys.argv[2]
+svcs = cfg["services"]
+c = svcs.get("consumer", {})
+errs = []
+# A host port or a container name exists once per host: the second
+# instance would fail to start.
+for key in ("ports", "container_name", "hostname"):
+    if c.get(key):
+        errs.append(f"consumer: {key} {c[key]} (one per host; --scale needs none)")
+if (c.get("deploy") or {}).get("replicas") not in (None, 1):
+    errs.append("consumer: deploy.replicas set; scale with --scale instead")
+example = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", open(f"{root}/.env.example").read(), re.M))
+if example.get("CDC_KAFKA_INSTANCE_ID", ""):
+    errs.append("CDC_KAFKA_INSTANCE_ID is set in .env.example: scaled instances would share one static member id")
+if (c.get("environment") or {}).get("CDC_KAFKA_INSTANCE_ID"):
+    errs.append("consumer: CDC_KAFKA_INSTANCE_ID resolves non-empty")
+# The dashboard proxy: published, waits for the consumers, re-resolves them.
+d = svcs.get("dashboard", {})
+if ((d.get("depends_on") or {}).get("consumer") or {}).get("condition") != "service_healthy":
+    errs.append("dashboard: should depend on consumer with service_healthy")
+if not d.get("ports"):
+    errs.append("dashboard: publishes no port")
+conf_path = next((str(v).split(":")[0] for v in d.get("volumes", [])
+                  if str(v).split(":")[1:2] == ["/etc/nginx/conf.d/default.conf"]), None)
+conf = open(conf_path).read() if conf_path else ""
+port = str((c.get("environment") or {}).get("CDC_HTTP_ADDR", "")).rsplit(":", 1)[-1]
+# A literal proxy_pass host is resolved once at start: instances added later
+# would never get a request. A variable is resolved per request.
+if not re.search(r"resolver\s+127\.0\.0\.11\b", conf) \
+        or not re.search(rf"set\s+\$(\w+)\s+http://consumer:{port};", conf) \
+        or not re.search(r"proxy_pass\s+\$\w+;", conf):
+    errs.append(f"dashboard: {conf_path} does not proxy to http://consumer:{port} through a variable "
+                "with Docker's resolver (127.0.0.11)")
+# The guard against DNS rebinding that the consumer leaves to the proxy.
+names = re.findall(r"^\s*server_name\s+([^;]*);", conf, re.M)
+if not re.search(r"listen\s+\d+\s+default_server;\s*server_name\s+_;\s*return\s+421;", conf) \
+        or sorted(n.split() for n in names) != [["127.0.0.1", "localhost"], ["_"]]:
+    errs.append(f"dashboard: {conf_path} does not answer 421 to Hosts other than 127.0.0.1 and localhost "
+                f"(server_name {names})")
+listen = re.findall(r"listen\s+(\d+)", conf)
+published = [str(p["target"]) if isinstance(p, dict) else str(p).split("/")[0].split(":")[-1] for p in d.get("ports", [])]
+if not listen or any(p not in listen for p in published):
+    errs.append(f"dashboard: publishes {published}, nginx listens on {listen}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "scaling: consumer has no ports/container_name/instance id; dashboard proxy publishes it, re-resolves consumer, 421 to other Hosts" consumer_scales
+
+prometheus_discovers_instances() {
+  python3 - "$WORK/compose.resolved.yml" "$ROOT" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or sys.exit("no resolved compose file")
+root = sys.argv[2]
+prom = yaml.safe_load(open(f"{root}/deploy/prometheus/prometheus.yml"))
+errs = []
+job = next((j for j in prom["scrape_configs"] if j["job_name"] == "cdc-monitor"), None)
+if job is None:
+    sys.exit("no cdc-monitor job")
+port = int(str(cfg["services"]["consumer"]["environment"]["CDC_HTTP_ADDR"]).rsplit(":", 1)[-1])
+if job.get("static_configs"):
+    errs.append(f"cdc-monitor job has static_configs {job['static_configs']}: finds one instance only")
+sd = job.get("dns_sd_configs") or []
+if not any("consumer" in (s.get("names") or []) and s.get("type", "SRV") == "A" and s.get("port") == port
+           for s in sd):
+    errs.append(f"cdc-monitor job: want dns_sd_configs names [consumer], type A, port {port}; have {sd}")
+if "consumer" not in cfg["services"]:
+    errs.append("no consumer service for the DNS name")
+if not (job.get("authorization") or {}).get("credentials_file"):
+    errs.append("cdc-monitor job: no scrape token (authorization.credentials_file)")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "scaling: Prometheus finds every consumer instance (dns_sd_configs on the service name, type A, its port, with the token)" prometheus_discovers_instances
+
+partitions_set_once() {
+  python3 - "$WORK/compose.resolved.yml" "$ROOT" <<'PY'
+import re, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or sys.exit("no resolved compose file")
+root = sys.argv[2]
+raw = open(f"{root}/docker-compose.yml").read()
+example = open(f"{root}/.env.example").read()
+errs = []
+# One variable sets it, used by topic creation...
+if len(re.findall(r"\$\{CDC_TOPIC_PARTITIONS\b", raw)) != 1:
+    errs.append("CDC_TOPIC_PARTITIONS should be read once in docker-compose.yml (kafka-init)")
+ki = cfg["services"].get("kafka-init", {})
+if "--partitions" not in " ".join(ki.get("command") or []) or "$CDC_TOPIC_PARTITIONS" not in " ".join(ki.get("command") or []):
+    errs.append("kafka-init does not create the topics with --partitions \"$CDC_TOPIC_PARTITIONS\"")
+if not re.fullmatch(r"[1-9][0-9]*", str((ki.get("environment") or {}).get("CDC_TOPIC_PARTITIONS", ""))):
+    errs.append(f"kafka-init: CDC_TOPIC_PARTITIONS resolves to {(ki.get('environment') or {}).get('CDC_TOPIC_PARTITIONS')!r}")
+# ...and nowhere else: no second count that could disagree with it.
+for name, text in [("docker-compose.yml", raw), (".env.example", example)]:
+    for m in re.finditer(r"partition-num=\d+|--partitions[ =]+\d+|num\.partitions", text):
+        errs.append(f"{name}: {m.group(0)} (a second partition count; TiCDC takes the topic's)")
+# ...and documented as the ceiling of useful consumer instances.
+doc = re.search(r"((?:^#.*\n)+)CDC_TOPIC_PARTITIONS=", example, re.M)
+if not doc or not re.search(r"--scale consumer", doc.group(1)):
+    errs.append(".env.example: CDC_TOPIC_PARTITIONS is not documented as the ceiling of --scale consumer=N")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "scaling: the partition count is set once (CDC_TOPIC_PARTITIONS, kafka-init), documented as the ceiling of consumers" partitions_set_once
+
+# Each instance exports its own series; a panel that does not aggregate would
+# show one line per instance, or whichever instance came first.
+grafana_sums_instances() {
+  python3 - "$WORK/exprs.txt" <<'PY'
+import re, sys
+agg = r"(?:sum|max|min|avg|count|topk|bottomk|quantile)"
+head = re.compile(rf"^\s*(?:histogram_quantile\(\s*[0-9.]+\s*,\s*)?{agg}\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(")
+errs = []
+exprs = [e for e in open(sys.argv[1]).read().splitlines() if e.strip()]
+consumer = [e for e in exprs if re.search(r'\bcdc_[a-z0-9_]+|job="cdc-monitor"', e)]
+if not consumer:
+    errs.append("no consumer queries found")
+for e in consumer:
+    # Every part of an `or`/`and` must aggregate; vector(0) is a constant.
+    for part in re.split(r"\s+(?:or|and|unless)\s+", e):
+        if part.strip().startswith("vector("):
+            continue
+        if not head.match(part):
+            errs.append(f"not aggregated over instances: {e}")
+            break
+    if re.search(r"\bby\s*\([^)]*\binstance\b", e) and "cdc_binlog_" not in e:
+        errs.append(f"split by instance: {e}")
+print(f"{len(consumer)} consumer queries")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "scaling: every Grafana query on consumer metrics aggregates over instances (sum/max/... by)" grafana_sums_instances
+
+es_index_followed() {
+  python3 - "$WORK/compose.resolved.yml" "$ROOT" <<'PY'
+import fnmatch, re, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1])) or sys.exit("no resolved compose file")
+root = sys.argv[2]
+svcs = cfg["services"]
+env = lambda n: svcs.get(n, {}).get("environment") or {}
+c = env("consumer")
+errs = []
+if c.get("CDC_ES_MODE") != "data_stream":
+    errs.append(f"consumer: CDC_ES_MODE is {c.get('CDC_ES_MODE')!r}, want data_stream")
+if c.get("CDC_ES_STATE_INDEX") != "cdc-state":
+    errs.append(f"consumer: CDC_ES_STATE_INDEX is {c.get('CDC_ES_STATE_INDEX')!r}, want cdc-state")
+# The jobs that grant and view the events and the state get the consumer's names.
+for name, key in [("es-setup", "CDC_ES_INDEX"), ("kibana-setup", "CDC_ES_INDEX"), ("es-setup", "CDC_ES_STATE_INDEX")]:
+    if env(name).get(key) != c.get(key):
+        errs.append(f"{name}: {key} is {env(name).get(key)!r}, the consumer's is {c.get(key)!r}")
+# Grafana's literal index pattern covers the data stream (or the routed
+# indices: each placeholder of the template a `*`).
+ds = yaml.safe_load(open(f"{root}/deploy/grafana/provisioning/datasources/datasources.yml"))
+es = next(d for d in ds["datasources"] if d["uid"] == "elasticsearch")
+pattern = es["jsonData"]["index"]
+events = re.sub(r"\{[^}]*\}", "*", c.get("CDC_ES_INDEX", ""))
+if not fnmatch.fnmatchcase(events, pattern) and events != pattern:
+    errs.append(f"Grafana's index {pattern} does not cover the consumer's {events}")
+if fnmatch.fnmatchcase(c.get("CDC_ES_STATE_INDEX", ""), pattern):
+    errs.append(f"Grafana's index {pattern} also matches the state index {c.get('CDC_ES_STATE_INDEX')}")
+print("\n".join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "elasticsearch: consumer in data_stream mode with state index cdc-state; es-setup, Kibana and Grafana follow its index" es_index_followed
 
 # --- db/init.sql on MariaDB ---------------------------------------------------------------
 free_port() {
@@ -1054,7 +1240,7 @@ es_setup_users() {
   : >"$log"
   # A quote and a backslash in a password must arrive intact in the JSON.
   ES_URL="http://127.0.0.1:$KIBANA_STUB_PORT" ES_SETUP_TIMEOUT=10 ELASTIC_PASSWORD=el-pw KIBANA_SYSTEM_PASSWORD=kib-pw \
-    CDC_ES_WRITER_PASSWORD='wr"it\er' CDC_ES_READER_PASSWORD=rd-pw CDC_ES_INDEX=cdc-events \
+    CDC_ES_WRITER_PASSWORD='wr"it\er' CDC_ES_READER_PASSWORD=rd-pw CDC_ES_INDEX=cdc-events CDC_ES_STATE_INDEX=cdc-state \
     bash "$ROOT/deploy/elasticsearch/setup.sh" || return 1
   python3 - "$log" "Basic $(printf 'elastic:el-pw' | base64)" <<'PY'
 import json, re, sys
@@ -1075,15 +1261,25 @@ def get(m, p):
 if get("POST", "/_security/user/kibana_system/_password").get("password") != "kib-pw":
     errs.append("kibana_system password not set")
 w = get("PUT", "/_security/role/cdc_writer")
-if set(w.get("cluster", [])) != {"monitor", "manage_index_templates"}:
+# manage_ilm: the data-stream mode's ILM policy.
+if set(w.get("cluster", [])) != {"monitor", "manage_index_templates", "manage_ilm"}:
     errs.append(f"cdc_writer cluster privileges {w.get('cluster')}")
 wi = (w.get("indices") or [{}])[0]
 if set(wi.get("names", [])) != {"cdc-events", "cdc-events-*"} or set(wi.get("privileges", [])) != {"create_doc", "create_index", "read"}:
     errs.append(f"cdc_writer index privileges {wi}")
+# The state index is indexed into and deleted from, one document per row.
+ws = (w.get("indices") or [{}, {}])[1:2] or [{}]
+if ws[0].get("names") != ["cdc-state"] or set(ws[0].get("privileges", [])) != {"index", "delete", "create_index", "read"}:
+    errs.append(f"cdc_writer state index privileges {ws[0]}")
+if len(w.get("indices") or []) != 2:
+    errs.append(f"cdc_writer has {len(w.get('indices') or [])} index entries, want events and state")
 r = get("PUT", "/_security/role/cdc_reader")
 ri = (r.get("indices") or [{}])[0]
 if set(r.get("cluster", [])) != {"monitor"} or set(ri.get("privileges", [])) != {"read", "view_index_metadata"}:
     errs.append(f"cdc_reader is not read-only: {r}")
+rs = (r.get("indices") or [{}, {}])[1:2] or [{}]
+if rs[0].get("names") != ["cdc-state"] or set(rs[0].get("privileges", [])) != {"read", "view_index_metadata"}:
+    errs.append(f"cdc_reader state index privileges {rs[0]}")
 if any(p not in ("read",) for a in r.get("applications", []) for p in a.get("privileges", [])):
     errs.append(f"cdc_reader has more than read in Kibana: {r.get('applications')}")
 u = get("PUT", "/_security/user/cdc_writer")

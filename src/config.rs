@@ -63,7 +63,7 @@ keys! {
     mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "Binlog source: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
     mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "Binlog source: PEM private key of CDC_MYSQL_SSL_CERT";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
-    store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted beyond this size";
+    store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted so that events.db and its WAL stay within this size on disk";
     state_tombstone_retention => "state.tombstone_retention", "CDC_STATE_TOMBSTONE_RETENTION", ["7d"], "Current state: how long a deleted row's tombstone (its version) is kept, so a late replay of an older change cannot bring it back";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
     kafka_topics => "kafka.topics", "CDC_KAFKA_TOPICS", ["tidb-cdc"], "Topics to consume, comma-separated";

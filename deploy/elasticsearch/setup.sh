@@ -2,11 +2,14 @@
 # One-shot (compose service es-setup), as `elastic`:
 #   - gives the built-in kibana_system user the password KIBANA_SYSTEM_PASSWORD
 #     (Kibana 8 refuses to log in to Elasticsearch as the `elastic` superuser);
-#   - role and user cdc_writer, for the consumer: install its index template,
-#     create the index and documents, search them (the consumer's API). It
-#     writes with bulk `create` only, so it may not overwrite or delete;
+#   - role and user cdc_writer, for the consumer: install its index template
+#     and ILM policy (data-stream mode), create the index or data stream and
+#     documents, search them (the consumer's API). It writes events with bulk
+#     `create` only, so it may not overwrite or delete them; the current-state
+#     index (CDC_ES_STATE_INDEX, when set) it also indexes into and deletes
+#     from, one document per row;
 #   - role and user cdc_reader, for Grafana's data source and for people in
-#     Kibana: read the index, read-only in Kibana.
+#     Kibana: read the events and the state, read-only in Kibana.
 # Each request sends the whole state (PUT role, PUT user with password), so
 # re-running is safe and applies a changed password from .env.
 set -euo pipefail
@@ -15,6 +18,7 @@ set -euo pipefail
 : "${ES_CA_FILE:=}"
 : "${ES_SETUP_TIMEOUT:=120}"
 : "${CDC_ES_INDEX:=cdc-events}"
+: "${CDC_ES_STATE_INDEX:=}"
 : "${ELASTIC_PASSWORD:?ELASTIC_PASSWORD is required}"
 : "${KIBANA_SYSTEM_PASSWORD:?KIBANA_SYSTEM_PASSWORD is required}"
 : "${CDC_ES_WRITER_PASSWORD:?CDC_ES_WRITER_PASSWORD is required}"
@@ -54,13 +58,20 @@ while [[ $index_pattern =~ \{[^}]*\} ]]; do
 done
 index=$(json_string "$index_pattern")
 pattern=$(json_string "$index_pattern-*")
+# The state index, when there is one: a second entry in each role.
+writer_state='' reader_state=''
+if [[ -n "$CDC_ES_STATE_INDEX" ]]; then
+  state=$(json_string "$CDC_ES_STATE_INDEX")
+  writer_state=", {\"names\": [$state], \"privileges\": [\"index\", \"delete\", \"create_index\", \"read\"]}"
+  reader_state=", {\"names\": [$state], \"privileges\": [\"read\", \"view_index_metadata\"]}"
+fi
 
 es POST /_security/user/kibana_system/_password \
   "{\"password\": $(json_string "$KIBANA_SYSTEM_PASSWORD")}"
 
 es PUT /_security/role/cdc_writer "{
-  \"cluster\": [\"monitor\", \"manage_index_templates\"],
-  \"indices\": [{\"names\": [$index, $pattern], \"privileges\": [\"create_doc\", \"create_index\", \"read\"]}]
+  \"cluster\": [\"monitor\", \"manage_index_templates\", \"manage_ilm\"],
+  \"indices\": [{\"names\": [$index, $pattern], \"privileges\": [\"create_doc\", \"create_index\", \"read\"]}$writer_state]
 }"
 es PUT /_security/user/cdc_writer "{
   \"password\": $(json_string "$CDC_ES_WRITER_PASSWORD"),
@@ -69,7 +80,7 @@ es PUT /_security/user/cdc_writer "{
 
 es PUT /_security/role/cdc_reader "{
   \"cluster\": [\"monitor\"],
-  \"indices\": [{\"names\": [$index, $pattern], \"privileges\": [\"read\", \"view_index_metadata\"]}],
+  \"indices\": [{\"names\": [$index, $pattern], \"privileges\": [\"read\", \"view_index_metadata\"]}$reader_state],
   \"applications\": [{\"application\": \"kibana-.kibana\", \"privileges\": [\"read\"], \"resources\": [\"*\"]}]
 }"
 es PUT /_security/user/cdc_reader "{

@@ -23,4 +23,5 @@ mod security;
 mod snapshot;
 mod state;
 mod store;
+mod store_retention;
 mod tls;

@@ -120,6 +120,9 @@ impl SqliteSink {
             .map_err(|e| SinkError::Config(format!("cannot create {}: {e}", path.display())))?;
         let writer = schema::open_writer(&path, tuning.busy_timeout)
             .map_err(|e| permanent(&path, "opening", &e))?;
+        retention::DiskBudget::new(cfg.max_bytes)
+            .bound_wal(&writer)
+            .map_err(|e| permanent(&path, "opening", &e))?;
         let reader = schema::open_reader(&path, tuning.busy_timeout)
             .map_err(|e| permanent(&path, "opening", &e))?;
         Ok(SqliteSink {
@@ -156,7 +159,7 @@ impl SqliteSink {
             })
     }
 
-    /// Enforces retention until `stop` fires: deletes events older than cfg.retention (by commit time) and the oldest events while the stored documents exceed cfg.max_bytes; checks every few seconds, deleting in small chunks so writers are never blocked long.
+    /// Enforces retention until `stop` fires: deletes events older than cfg.retention (by commit time) and the oldest events while the files would exceed cfg.max_bytes; checks every few seconds, deleting in small chunks so writers are never blocked long.
     pub async fn run_retention(self: Arc<Self>, stop: CancellationToken) {
         retention::run(self.store.clone(), stop).await
     }
@@ -512,9 +515,12 @@ impl Sink for SqliteSink {
                 let started = Instant::now();
                 // The attempt runs to its end even when `abort` fires meanwhile:
                 // it is short, and its outcome (committed or rolled back) is then known.
-                let result = tokio::task::spawn_blocking(move || store.store_batch(&b))
-                    .await
-                    .map_err(|e| SinkError::Response(format!("write task failed: {e}")))?;
+                // Room first, so the batch cannot take the store over its size limit.
+                let result = tokio::task::spawn_blocking(move || {
+                    store.make_room(&b).and_then(|_| store.store_batch(&b))
+                })
+                .await
+                .map_err(|e| SinkError::Response(format!("write task failed: {e}")))?;
                 let elapsed = started.elapsed().as_secs_f64();
                 match result {
                     Ok(stored) => {
