@@ -1,4 +1,4 @@
-//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`.
+//! Command line: `run`, `setup`, `quickstart`, `changefeed ensure`, `bench`.
 //!
 //! Configuration flags double as `CDC_*` environment variables (clap's `env`);
 //! both are layered over the TOML file in `config::Layers`.
@@ -39,6 +39,9 @@ pub enum Command {
     },
     /// Measure throughput and latency; prints numbers.
     Bench(BenchArgs),
+    /// Install what the sink needs (Elasticsearch: ILM policy and index
+    /// templates, each unless present), then exit; takes `run`'s settings.
+    Setup(Box<RunArgs>),
 }
 
 /// `run` options.

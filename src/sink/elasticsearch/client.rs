@@ -202,27 +202,30 @@ impl EsClient {
         json_reply(resp, "search reply").await
     }
 
-    /// Installs the index template for `index` unless one exists; true when created.
-    pub async fn ensure_template(&self, index: &IndexRoute) -> Result<bool, SinkError> {
-        let path = format!("_index_template/{}", template_name(index));
-        let head = self.send(|base| self.http.head(join(base, &path))).await?;
-        match head.status().as_u16() {
+    /// Installs `body` at `path` (an index template, an ILM policy) unless
+    /// something is there already; true when created. Existing ones are
+    /// left as they are: an operator's edits survive restarts.
+    pub async fn ensure(&self, path: &str, body: &serde_json::Value) -> Result<bool, SinkError> {
+        // `_ilm/policy` answers GET only; templates answer HEAD too, but
+        // GET works for both (404 when missing).
+        let probe = self.send(|base| self.http.get(join(base, path))).await?;
+        match probe.status().as_u16() {
             200 => return Ok(false),
             404 => {}
             status => {
                 return Err(SinkError::Status {
                     status,
-                    body: "HEAD _index_template".into(),
+                    body: format!("GET {path}"),
                 })
             }
         }
-        let template = index_template(index).to_string();
+        let body = body.to_string();
         let resp = self
             .send(|base| {
                 self.http
-                    .put(join(base, &path))
+                    .put(join(base, path))
                     .header(CONTENT_TYPE, "application/json")
-                    .body(template.clone())
+                    .body(body.clone())
             })
             .await?;
         let status = resp.status();
@@ -234,6 +237,22 @@ impl EsClient {
             });
         }
         Ok(true)
+    }
+
+    /// The `_source` of document `id` in `index` (realtime GET); `None` when
+    /// the document or the index does not exist.
+    pub async fn get_source(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, SinkError> {
+        let path = format!("{index}/_doc/{id}");
+        let resp = self.send(|base| self.http.get(join(base, &path))).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let mut doc: serde_json::Value = json_reply(resp, "get reply").await?;
+        Ok(Some(doc["_source"].take()))
     }
 
     /// Asks every node; succeeds when one answers, else names each failure.

@@ -1,7 +1,9 @@
 //! Elasticsearch sink on the Bulk API.
 //!
 //! `bulk` encodes documents, `client` speaks HTTP, `response` sorts a bulk
-//! reply into done, retry and rejected items; `search` answers `/api/*`.
+//! reply into done, retry and rejected items; `search` answers `/api/*`;
+//! `state_index` keeps each row's current state beside the events, and
+//! `data_stream` the lifecycle of data-stream mode.
 //!
 //! A request refused as a whole (400, 413) says only that something in it is
 //! wrong; `send_splitting` halves it until the refused documents stand alone,
@@ -10,8 +12,10 @@
 
 pub mod bulk;
 pub mod client;
+pub mod data_stream;
 pub mod response;
 pub mod search;
+pub mod state_index;
 
 use std::future::Future;
 use std::ops::Range;
@@ -24,19 +28,24 @@ use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
 use crate::checkpoint::Checkpoint;
-use crate::config::{EsConfig, PipelineConfig};
+use crate::config::{EsConfig, EsMode, PipelineConfig};
 use crate::event::ChangeEvent;
 use crate::index_route::IndexRoute;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::{BulkReply, EsClient};
-use crate::sink::elasticsearch::response::{classify, ItemOutcome};
+use crate::sink::elasticsearch::response::{classify, merge_state_items, ItemOutcome};
 use crate::sink::query::{EventFilter, EventPage, Stats};
+use crate::sink::state::{RowKey, RowState};
 use crate::sink::{Answer, Rejected, Sink, SinkError, WriteBatch, Written};
 
 /// Writes change events to one index, or each to the index its route names.
 pub struct ElasticsearchSink {
     client: EsClient,
     index: IndexRoute,
+    /// `CDC_ES_STATE_INDEX`: each row's current state; `None`: off.
+    state_index: Option<String>,
+    tombstone_retention: Duration,
+    mode: EsMode,
     backoff: Backoff,
     /// Bulk requests in flight at once.
     concurrency: usize,
@@ -53,6 +62,9 @@ impl ElasticsearchSink {
         Ok(ElasticsearchSink {
             client: EsClient::new(es, Some(metrics.clone()))?,
             index: es.index.clone(),
+            state_index: es.state_index.clone(),
+            tombstone_retention: es.tombstone_retention,
+            mode: es.mode.clone(),
             backoff: Backoff::new(pipeline.retry_initial_backoff, pipeline.retry_max_backoff),
             concurrency: pipeline.concurrency,
             metrics,
@@ -84,8 +96,25 @@ impl ElasticsearchSink {
                 .index_for(&e.database, &e.table, e.commit_time_ms);
             bulk::encode(&mut body, &index, e, ingested_at);
         }
+        // After the events' actions, each event's state actions; their
+        // items fold back into the event's (see `merge_state_items`).
+        let mut state_counts = Vec::new();
+        if let Some(state_index) = &self.state_index {
+            state_counts = indices
+                .iter()
+                .map(|&i| state_index::encode(&mut body, state_index, &events[i]))
+                .collect();
+        }
         let started = Instant::now();
-        let result = self.client.bulk(body).await;
+        let mut result = self.client.bulk(body).await;
+        if self.state_index.is_some() {
+            result = result.and_then(|reply| match reply {
+                BulkReply::Items(r) => merge_state_items(r, &state_counts)
+                    .map(BulkReply::Items)
+                    .map_err(SinkError::Response),
+                refused => Ok(refused),
+            });
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let label = match &result {
             Ok(BulkReply::Items(r)) if r.all_stored() => "ok",
@@ -112,22 +141,65 @@ impl ElasticsearchSink {
 }
 
 impl ElasticsearchSink {
-    /// Installs the index template, waiting for Elasticsearch to answer.
+    /// Installs what the writes need (the ILM policy in data-stream mode,
+    /// the events' template, the state index's template), each unless it
+    /// exists, waiting for Elasticsearch to answer.
     pub async fn prepare(&self) -> Result<(), SinkError> {
+        let events_template = format!("_index_template/{}", client::template_name(&self.index));
+        let mut installs = Vec::new();
+        match &self.mode {
+            EsMode::Index => installs.push((
+                "index template",
+                events_template,
+                client::index_template(&self.index),
+            )),
+            EsMode::DataStream(lifecycle) => {
+                // The policy first: the template names it.
+                installs.push((
+                    "ILM policy",
+                    format!("_ilm/policy/{}", data_stream::policy_name(&self.index)),
+                    data_stream::policy(lifecycle),
+                ));
+                installs.push((
+                    "data stream template",
+                    events_template,
+                    data_stream::template(&self.index),
+                ));
+            }
+        }
+        if let Some(state) = &self.state_index {
+            installs.push((
+                "state index template",
+                format!("_index_template/{state}"),
+                state_index::template(state, self.tombstone_retention),
+            ));
+        }
+        for (what, path, body) in &installs {
+            self.install(what, path, body).await?;
+        }
+        Ok(())
+    }
+
+    async fn install(
+        &self,
+        what: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), SinkError> {
         // Elasticsearch may still be starting: wait for it like for any
         // outage; the caller races this with shutdown.
         let abort = CancellationToken::new();
         let mut attempt = 0;
         loop {
-            match self.client.ensure_template(&self.index).await {
+            match self.client.ensure(path, body).await {
                 Ok(created) => {
                     if created {
-                        tracing::info!(index = %self.index, "index template installed");
+                        tracing::info!(index = %self.index, path, "{what} installed");
                     }
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() => {
-                    warn!(index = %self.index, attempt, error = %e, "cannot install index template yet");
+                    warn!(index = %self.index, path, attempt, error = %e, "cannot install {what} yet");
                     attempt = (attempt + 1).min(16);
                     self.pause(attempt, &abort).await?;
                 }
@@ -234,6 +306,14 @@ impl Sink for ElasticsearchSink {
 
     fn events<'a>(&'a self, filter: &'a EventFilter) -> Answer<'a, EventPage> {
         Box::pin(ElasticsearchSink::events(self, filter))
+    }
+
+    fn row<'a>(&'a self, key: &'a RowKey) -> Answer<'a, Option<RowState>> {
+        Box::pin(ElasticsearchSink::row(self, key))
+    }
+
+    fn row_history<'a>(&'a self, key: &'a RowKey, limit: usize) -> Answer<'a, EventPage> {
+        Box::pin(ElasticsearchSink::row_history(self, key, limit))
     }
 
     fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {
