@@ -10,6 +10,7 @@ mod dashboard;
 mod es_faults;
 mod es_nodes;
 mod es_routing;
+mod es_state;
 mod faults;
 mod fidelity;
 mod flow;
