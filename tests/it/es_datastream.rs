@@ -118,6 +118,14 @@ async fn setup_installs_the_policy_and_template_once_and_events_land_with_create
     })
     .await;
     assert!(landed, "log:\n{}", consumer.log_tail());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The kill left offsets uncommitted: those events came again, after the
+    // rollover, and were found in the old backing index instead of stored twice.
+    assert_eq!(
+        stored_ids(&stub, &p.index).len(),
+        200,
+        "stored twice across the rollover"
+    );
     let in_new: HashSet<String> = stub
         .docs_in(&p.index)
         .into_iter()

@@ -30,10 +30,13 @@ fn change(seq: usize, kind: &str, id: u64, name: &str, old: Value) -> Vec<u8> {
     .unwrap()
 }
 
-/// The changes, in commit order, and the rows they leave: id → (name, version).
-fn script() -> (Vec<Vec<u8>>, BTreeMap<u64, (String, u64)>) {
+/// Rows by id: (name, version).
+type Rows = BTreeMap<u64, (String, u64)>;
+
+/// The changes, in commit order, and the rows they leave.
+fn script() -> (Vec<Vec<u8>>, Rows) {
     let mut msgs = Vec::new();
-    let mut rows: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+    let mut rows = Rows::new();
     let mut push = |kind: &str, id: u64, name: String, old: Value, gone: Option<u64>| {
         let seq = msgs.len();
         msgs.push(change(seq, kind, id, &name, old));
@@ -111,12 +114,7 @@ async fn state_docs(es: &EsTarget, index: &str) -> HashMap<String, Value> {
 }
 
 /// Checks the state index holds exactly `rows`.
-async fn assert_state(
-    es: &EsTarget,
-    index: &str,
-    rows: &BTreeMap<u64, (String, u64)>,
-    consumer: &impl Consumer,
-) {
+async fn assert_state(es: &EsTarget, index: &str, rows: &Rows, consumer: &impl Consumer) {
     let expected: HashMap<String, (String, u64)> = rows
         .iter()
         .map(|(id, v)| (state_id(*id), v.clone()))

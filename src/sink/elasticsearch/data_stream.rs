@@ -5,9 +5,16 @@
 //!
 //! Events are written with `create` in both modes (the only op a data stream
 //! accepts), so the bulk bodies are the same; a 409 is a replay meeting its
-//! first copy in the same backing index. A replay into a newer backing index
-//! than its first copy's is not caught by Elasticsearch: see the README,
-//! "Data streams and retention".
+//! first copy in the same backing index. A `create` only sees the write
+//! index, so a replay after a rollover would be stored again: before each
+//! round of writes the sink looks up the backing indices (`GET
+//! _data_stream`) and, for each event committed before the write index was
+//! created, asks the older backing indices that were written after its
+//! commit (`earlier_copies`) whether they hold its id (realtime `_mget`).
+//! Those events are not created again. An event cannot have been written
+//! before it was committed, which bounds the lookups to events in flight
+//! around a rollover, or replayed after one. See the README, "Data streams
+//! and retention", for what remains.
 //! <https://www.elastic.co/guide/en/elasticsearch/reference/current/data-streams.html>
 
 use serde_json::{json, Value};
@@ -51,10 +58,51 @@ pub fn template(index: &IndexRoute) -> Value {
     t
 }
 
+/// How far the database's clock (commit times) and Elasticsearch's
+/// (creation dates) may disagree without a replay slipping through.
+pub const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
+/// The backing indices, besides the write index, that may already hold an
+/// event committed at `commit_ms`: those still taking writes after it was
+/// committed. `backing` is the stream's indices with their creation times,
+/// oldest first; the last is the write index. Index `j` took writes until
+/// index `j + 1` was created.
+pub fn earlier_copies(backing: &[(String, i64)], commit_ms: i64) -> Vec<&str> {
+    let earliest = commit_ms.saturating_sub(CLOCK_SKEW_MS);
+    backing
+        .windows(2)
+        .filter(|w| w[1].1 > earliest)
+        .map(|w| w[0].0.as_str())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn only_indices_written_after_the_commit_may_hold_an_earlier_copy() {
+        let hour = 3_600_000;
+        let backing: Vec<(String, i64)> = [
+            (".ds-a-1", 0),
+            (".ds-a-2", 10 * hour),
+            (".ds-a-3", 20 * hour),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_owned(), t))
+        .collect();
+        // Committed after the write index was created (beyond the skew): nowhere else.
+        assert!(earlier_copies(&backing, 21 * hour).is_empty());
+        // Committed while 2 took writes: 2 (and not 1, which had rolled over).
+        assert_eq!(earlier_copies(&backing, 15 * hour), [".ds-a-2"]);
+        // Committed long ago (a backfill): every older index.
+        assert_eq!(earlier_copies(&backing, hour), [".ds-a-1", ".ds-a-2"]);
+        // Just after a rollover, within the clock skew: the previous index too.
+        assert_eq!(earlier_copies(&backing, 20 * hour + 1000), [".ds-a-2"]);
+        // One backing index: nothing to look up.
+        assert!(earlier_copies(&backing[..1], 0).is_empty());
+    }
 
     #[test]
     fn the_policy_rolls_over_and_deletes_after_the_retention() {

@@ -17,8 +17,10 @@ pub mod response;
 pub mod search;
 pub mod state_index;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::ops::Range;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -33,7 +35,9 @@ use crate::event::ChangeEvent;
 use crate::index_route::IndexRoute;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::{BulkReply, EsClient};
-use crate::sink::elasticsearch::response::{classify, merge_state_items, ItemOutcome};
+use crate::sink::elasticsearch::response::{
+    classify, merge_state_items, with_known_duplicates, BulkResponse, ItemOutcome,
+};
 use crate::sink::query::{EventFilter, EventPage, Stats};
 use crate::sink::state::{RowKey, RowState};
 use crate::sink::{Answer, Rejected, Sink, SinkError, WriteBatch, Written};
@@ -46,6 +50,8 @@ pub struct ElasticsearchSink {
     state_index: Option<String>,
     tombstone_retention: Duration,
     mode: EsMode,
+    /// Data-stream mode: backing indices' creation times, Unix ms (they never change).
+    created: Mutex<HashMap<String, i64>>,
     backoff: Backoff,
     /// Bulk requests in flight at once.
     concurrency: usize,
@@ -65,6 +71,7 @@ impl ElasticsearchSink {
             state_index: es.state_index.clone(),
             tombstone_retention: es.tombstone_retention,
             mode: es.mode.clone(),
+            created: Mutex::default(),
             backoff: Backoff::new(pipeline.retry_initial_backoff, pipeline.retry_max_backoff),
             concurrency: pipeline.concurrency,
             metrics,
@@ -80,15 +87,18 @@ impl ElasticsearchSink {
         }
     }
 
-    /// Sends `events[i]` for each `i` in `indices` as one bulk request, and counts it.
+    /// Sends `events[i]` for each `i` in `indices` as one bulk request, and
+    /// counts it; the `create` of an event in `stored` is not sent (it is
+    /// in an older backing index), its state actions are.
     async fn send_bulk(
         &self,
         events: &[ChangeEvent],
         indices: &[usize],
+        stored: &HashSet<usize>,
         ingested_at: &str,
     ) -> Result<BulkReply, SinkError> {
         let mut body = Vec::with_capacity(indices.len() * 512);
-        for &i in indices {
+        for &i in indices.iter().filter(|i| !stored.contains(i)) {
             let e = &events[i];
             // From the event alone, never the clock: a replay meets its first copy.
             let index = self
@@ -106,7 +116,23 @@ impl ElasticsearchSink {
                 .collect();
         }
         let started = Instant::now();
-        let mut result = self.client.bulk(body).await;
+        let mut result = if body.is_empty() {
+            Ok(BulkReply::Items(BulkResponse {
+                errors: false,
+                items: Vec::new(),
+            }))
+        } else {
+            self.client.bulk(body).await
+        };
+        if indices.iter().any(|i| stored.contains(i)) {
+            let skipped: Vec<bool> = indices.iter().map(|i| stored.contains(i)).collect();
+            result = result.and_then(|reply| match reply {
+                BulkReply::Items(r) => with_known_duplicates(r, &skipped)
+                    .map(BulkReply::Items)
+                    .map_err(SinkError::Response),
+                refused => Ok(refused),
+            });
+        }
         if self.state_index.is_some() {
             result = result.and_then(|reply| match reply {
                 BulkReply::Items(r) => merge_state_items(r, &state_counts)
@@ -224,11 +250,29 @@ impl ElasticsearchSink {
         let mut split = false;
         let mut attempt = 0u32;
         while !pending.is_empty() {
+            let stored = match self.stored_before_rollover(events, &pending).await {
+                Ok(stored) => stored,
+                Err(e) if e.is_retryable() => {
+                    attempt += 1;
+                    let error = format!("looking up earlier copies: {e}");
+                    self.metrics.sink_retry(
+                        "elasticsearch",
+                        failure_label(&e),
+                        pending.len(),
+                        attempt,
+                        &error,
+                    );
+                    self.pause(attempt, abort).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let round = {
                 let pending = &pending;
+                let stored = &stored;
                 let ingested_at = ingested_at.as_str();
                 send_splitting(pending.len(), |range| {
-                    self.send_bulk(events, &pending[range], ingested_at)
+                    self.send_bulk(events, &pending[range], stored, ingested_at)
                 })
                 .await
             };
@@ -266,6 +310,94 @@ impl ElasticsearchSink {
             return Err(everything_refused(&rejected));
         }
         Ok(rejected)
+    }
+
+    /// Data-stream mode: which of the `pending` events an older backing
+    /// index already holds (a replay across a rollover, which `create` into
+    /// the write index would store twice); see `data_stream`. Empty in
+    /// index mode, and while no stream has rolled over.
+    async fn stored_before_rollover(
+        &self,
+        events: &[ChangeEvent],
+        pending: &[usize],
+    ) -> Result<HashSet<usize>, SinkError> {
+        if self.mode == EsMode::Index {
+            return Ok(HashSet::new());
+        }
+        let streams: HashMap<String, Vec<String>> = self
+            .client
+            .data_streams(&self.index.pattern())
+            .await?
+            .into_iter()
+            .filter(|(_, backing)| backing.len() > 1)
+            .collect();
+        if streams.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let unknown: Vec<String> = {
+            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            streams
+                .values()
+                .flatten()
+                .filter(|i| !created.contains_key(*i))
+                .cloned()
+                .collect()
+        };
+        if !unknown.is_empty() {
+            let dates = self.client.creation_dates(&unknown).await?;
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            created.extend(dates);
+        }
+        let backing: HashMap<&str, Vec<(String, i64)>> = {
+            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            let mut backing = HashMap::new();
+            for (name, indices) in &streams {
+                let mut dated = Vec::with_capacity(indices.len());
+                for index in indices {
+                    let Some(&date) = created.get(index) else {
+                        return Err(SinkError::Response(format!(
+                            "no creation date for backing index {index}"
+                        )));
+                    };
+                    dated.push((index.clone(), date));
+                }
+                backing.insert(name.as_str(), dated);
+            }
+            backing
+        };
+        let mut lookups: Vec<(String, String)> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        for &i in pending {
+            let e = &events[i];
+            let stream = self
+                .index
+                .index_for(&e.database, &e.table, e.commit_time_ms);
+            let Some(indices) = backing.get(stream.as_str()) else {
+                continue;
+            };
+            let id = e.document_id().to_string();
+            for index in data_stream::earlier_copies(indices, e.commit_time_ms) {
+                lookups.push((index.to_owned(), id.clone()));
+                owners.push(i);
+            }
+        }
+        if lookups.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let found = self.client.exists(&lookups).await?;
+        let stored: HashSet<usize> = owners
+            .into_iter()
+            .zip(found)
+            .filter_map(|(i, found)| found.then_some(i))
+            .collect();
+        if !stored.is_empty() {
+            tracing::info!(
+                events = stored.len(),
+                looked_up = lookups.len(),
+                "events already stored in an older backing index: not created again"
+            );
+        }
+        Ok(stored)
     }
 
     /// Succeeds when the cluster answers.

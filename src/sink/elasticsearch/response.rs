@@ -153,6 +153,42 @@ pub fn merge_state_items(
     Ok(response)
 }
 
+/// The reply with a 409 (already stored) item put back for each event of
+/// the request that was `skipped` (its `create` not sent: the event is
+/// known to be stored), so that items line up with events again. Items past
+/// the sent events' own (state actions) follow unchanged.
+pub fn with_known_duplicates(
+    mut response: BulkResponse,
+    skipped: &[bool],
+) -> Result<BulkResponse, String> {
+    let sent = skipped.iter().filter(|s| !**s).count();
+    if response.items.len() < sent {
+        return Err(format!(
+            "bulk reply has {} items for {sent} actions",
+            response.items.len()
+        ));
+    }
+    let rest = response.items.split_off(sent);
+    let mut own = std::mem::take(&mut response.items).into_iter();
+    response.items = skipped
+        .iter()
+        .map(|&skip| match skip {
+            true => HashMap::from([(
+                "create".to_owned(),
+                BulkItem {
+                    status: 409,
+                    error: None,
+                    result: None,
+                },
+            )]),
+            // `sent` items are there, one per event not skipped.
+            false => own.next().unwrap_or_default(),
+        })
+        .chain(rest)
+        .collect();
+    Ok(response)
+}
+
 /// Why Elasticsearch refused a whole bulk request (400 or 413), from its
 /// error body: `{"error": {"type", "reason"}, "status"}`, a bare string, or
 /// nothing (a 413 from the HTTP layer or a proxy has no JSON body).
@@ -298,6 +334,32 @@ mod tests {
         // A state item missing from the reply is an error, not a success.
         let r = parse(r#"{"errors":false,"items":[{"create":{"status":201}}]}"#);
         assert!(merge_state_items(r, &[1]).is_err());
+    }
+
+    #[test]
+    fn skipped_events_get_a_duplicate_item_in_their_place() {
+        let r = parse(
+            r#"{"errors":false,"items":[{"create":{"status":201}},{"index":{"status":200}}]}"#,
+        );
+        let r = with_known_duplicates(r, &[true, false, true]).unwrap();
+        assert_eq!(r.items.len(), 4);
+        assert_eq!(
+            classify(
+                &BulkResponse {
+                    errors: false,
+                    items: r.items.into_iter().take(3).collect()
+                },
+                3
+            )
+            .unwrap(),
+            [
+                ItemOutcome::Duplicate,
+                ItemOutcome::Stored,
+                ItemOutcome::Duplicate
+            ]
+        );
+        let short = parse(r#"{"errors":false,"items":[]}"#);
+        assert!(with_known_duplicates(short, &[false]).is_err());
     }
 
     #[test]

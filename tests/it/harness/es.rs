@@ -78,6 +78,10 @@ struct StubState {
     policy_puts: u64,
     policies: HashMap<String, Value>,
     data_streams: HashMap<String, DataStream>,
+    /// Creation time (Unix ms) of each backing index.
+    created: HashMap<String, i64>,
+    /// `_mget` requests received.
+    mgets: u64,
     faults: Faults,
     /// Items ever received per id (duplicates show up here, not in docs).
     attempts: HashMap<String, u32>,
@@ -242,6 +246,11 @@ impl EsStub {
             .collect()
     }
 
+    /// `_mget` requests received.
+    pub fn mgets(&self) -> u64 {
+        self.state.lock().unwrap().mgets
+    }
+
     /// PUTs of index templates and of ILM policies received.
     pub fn puts(&self) -> (u64, u64) {
         let st = self.state.lock().unwrap();
@@ -317,6 +326,8 @@ fn serve(
             get(get_data_stream).put(put_data_stream),
         )
         .route("/{index}/_rollover", post(rollover))
+        .route("/{index}/_settings/{setting}", get(get_settings))
+        .route("/_mget", post(mget))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", post(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
@@ -440,19 +451,75 @@ fn backing_index(stream: &str, generation: usize) -> String {
     )
 }
 
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 fn create_stream(st: &mut StubState, name: &str) {
-    st.data_streams
-        .entry(name.to_owned())
-        .or_insert_with(|| DataStream {
-            indices: vec![backing_index(name, 1)],
-        });
+    if st.data_streams.contains_key(name) {
+        return;
+    }
+    let first = backing_index(name, 1);
+    st.created.insert(first.clone(), now_ms());
+    st.data_streams.insert(
+        name.to_owned(),
+        DataStream {
+            indices: vec![first],
+        },
+    );
 }
 
 fn rollover_stream(st: &mut StubState, name: &str) -> Option<String> {
     let ds = st.data_streams.get_mut(name)?;
     let next = backing_index(name, ds.indices.len() + 1);
     ds.indices.push(next.clone());
+    st.created.insert(next.clone(), now_ms());
     Some(next)
+}
+
+/// `GET /{indices}/_settings/index.creation_date` for backing indices.
+async fn get_settings(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path((indices, setting)): Path<(String, String)>,
+) -> Response {
+    if setting != "index.creation_date" {
+        return (StatusCode::BAD_REQUEST, format!("stub: setting {setting}")).into_response();
+    }
+    let st = s.lock().unwrap();
+    let mut out = serde_json::Map::new();
+    for index in indices.split(',') {
+        let Some(t) = st.created.get(index) else {
+            return index_missing(index);
+        };
+        out.insert(
+            index.to_owned(),
+            json!({"settings": {"index": {"creation_date": t.to_string()}}}),
+        );
+    }
+    Json(Value::Object(out)).into_response()
+}
+
+/// `POST /_mget` with `docs` of `_index` and `_id`: realtime, per concrete index.
+async fn mget(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad json").into_response();
+    };
+    let mut st = s.lock().unwrap();
+    st.mgets += 1;
+    let docs: Vec<Value> = req["docs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let (index, id) = (d["_index"].as_str().unwrap_or(""), d["_id"].as_str().unwrap_or(""));
+            match st.indices.get(index) {
+                Some(i) => json!({"_index": index, "_id": id, "found": i.docs.contains_key(id)}),
+                None => json!({"_index": index, "_id": id, "error": {"type": "index_not_found_exception", "reason": format!("no such index [{index}]")}}),
+            }
+        })
+        .collect();
+    Json(json!({"docs": docs})).into_response()
 }
 
 async fn put_data_stream(
