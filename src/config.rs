@@ -1758,6 +1758,56 @@ mod tests {
     }
 
     #[test]
+    fn the_state_index_and_data_stream_mode_are_read_and_checked() {
+        let es_with = |pairs: &[(&'static str, &str, &'static str)]| {
+            let mut layers = vec![("es.url", "http://es:9200", Origin::Env("CDC_ES_URL"))];
+            layers.extend(pairs.iter().map(|(k, v, env)| (*k, *v, Origin::Env(env))));
+            load("", &layers).map(|c| match c.sink {
+                SinkConfig::Elasticsearch(es) => *es,
+                other => panic!("{other:?}"),
+            })
+        };
+        let es = es_with(&[]).unwrap();
+        assert_eq!((es.state_index, es.mode), (None, EsMode::Index));
+        assert_eq!(es.tombstone_retention, Duration::from_secs(7 * 86_400));
+        let es = es_with(&[
+            ("es.state_index", "cdc-state", "CDC_ES_STATE_INDEX"),
+            ("es.mode", "data_stream", "CDC_ES_MODE"),
+        ])
+        .unwrap();
+        assert_eq!(es.state_index.as_deref(), Some("cdc-state"));
+        assert_eq!(
+            es.mode,
+            EsMode::DataStream(Lifecycle {
+                rollover_size: 50_000_000_000,
+                rollover_age: Duration::from_secs(86_400),
+                retention: Duration::from_secs(30 * 86_400),
+            })
+        );
+        let err = |pairs| es_with(pairs).unwrap_err().to_string();
+        let e = err(&[
+            ("es.index", "cdc-{yyyy.MM.dd}", "CDC_ES_INDEX"),
+            ("es.mode", "data_stream", "CDC_ES_MODE"),
+        ]);
+        assert!(
+            e.contains("CDC_ES_INDEX") && e.contains("CDC_ES_MODE"),
+            "{e}"
+        );
+        let e = err(&[("es.state_index", "cdc-events-state", "CDC_ES_STATE_INDEX")]);
+        assert!(
+            e.contains("CDC_ES_STATE_INDEX") && e.contains("pattern"),
+            "{e}"
+        );
+        let e = err(&[("es.state_index", "State", "CDC_ES_STATE_INDEX")]);
+        assert!(e.contains("CDC_ES_STATE_INDEX"), "{e}");
+        let e = err(&[("es.mode", "stream", "CDC_ES_MODE")]);
+        assert!(
+            e.contains("CDC_ES_MODE") && e.contains("data_stream"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_value() {
         let err = load("", &[("es.url", "htp:/x y", Origin::Env("CDC_ES_URL"))])
             .unwrap_err()

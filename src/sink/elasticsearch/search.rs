@@ -631,6 +631,59 @@ mod tests {
     }
 
     #[test]
+    fn a_rows_history_asks_for_its_key_values_oldest_first() {
+        let pk = Row::from_values([("a", json!("1")), ("b", json!(null))]);
+        let key = RowKey::of("appdb", "users", &pk, &pk);
+        let values: Vec<Value> = serde_json::from_str(&key.values).unwrap();
+        let body = history_request(&key, &values, 50);
+        assert_eq!(body["size"], 50);
+        let filter = body["query"]["bool"]["filter"].as_array().unwrap();
+        assert_eq!(filter[0], json!({"term": {"database": "appdb"}}));
+        assert_eq!(filter[1], json!({"term": {"table": "users"}}));
+        // One clause for "1"; a null is no term (the post-filter checks it).
+        assert_eq!(filter.len(), 3);
+        assert_eq!(filter[2]["bool"]["should"][0], json!({"term": {"pk": "1"}}));
+        assert_eq!(
+            filter[2]["bool"]["should"][1]["bool"]["filter"],
+            json!({"term": {"data": "1"}})
+        );
+        assert_eq!(body["sort"][0]["commit_ts"]["order"], "asc");
+        assert_eq!(body["sort"][1]["@timestamp"]["order"], "asc");
+    }
+
+    #[test]
+    fn a_rows_history_keeps_only_its_exact_key() {
+        let doc = |id: &str, pk: Value, data: Value| {
+            json!({"_index": "cdc-events", "_id": id, "_score": null, "sort": [1, 1],
+                   "_source": {"database": "appdb", "table": "users", "op": "insert", "pk": pk, "data": data}})
+        };
+        let r = reply(vec![
+            doc(
+                "mine",
+                json!({"a": "1", "b": "2"}),
+                json!({"a": "1", "b": "2"}),
+            ),
+            // The same values under other columns: a term hit, not this row.
+            doc(
+                "swapped",
+                json!({"a": "2", "b": "1"}),
+                json!({"a": "2", "b": "1"}),
+            ),
+        ]);
+        let pk = Row::from_values([("a", json!("1")), ("b", json!("2"))]);
+        let key = RowKey::of("appdb", "users", &pk, &pk);
+        let page = history_from_reply(r, &key).unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert!(page.events[0].get().starts_with(r#"{"id":"mine","#));
+        assert!(page.next_cursor.is_none());
+        // A keyless table: the whole row is the key.
+        let data = Row::from_values([("x", json!("7")), ("y", json!(null))]);
+        let keyless = RowKey::of("appdb", "users", &Row::default(), &data);
+        let r = reply(vec![doc("k", json!({}), json!({"x": "7", "y": null}))]);
+        assert_eq!(history_from_reply(r, &keyless).unwrap().events.len(), 1);
+    }
+
+    #[test]
     fn stats_request_counts_by_op_and_table_and_histograms_recent_ingestion() {
         let body = stats_request(1_700_000_000_000, 10_000);
         assert_eq!(body["size"], 0);
