@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::harness::canal::BASE_TS;
 use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
-use crate::harness::es::EsTarget;
+use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
 
@@ -244,6 +244,48 @@ async fn the_state_index_holds_each_rows_latest_change_and_replayed_older_change
         .collect();
     // 27: inserted, updated (27 % 3 == 0), deleted (27 % 5 == 2), inserted again (27 % 25 == 2).
     assert_eq!(ops, ["insert", "update", "delete", "insert"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_action_refused_for_good_dead_letters_its_event_and_the_rest_flows() {
+    let es = EsTarget::stub().await;
+    let stub = es.stub.clone().unwrap();
+    // Row 5's state document is refused, whatever the change.
+    stub.set_faults(Faults {
+        refused_item_ids: [state_id(5)].into_iter().collect(),
+        ..Faults::default()
+    });
+    let p = Pipeline::new("esstatebad", &broker().bootstrap, &es.url, 1);
+    broker().create_topic(&p.topic, p.partitions).await;
+    broker().create_topic(&p.dlq, 1).await;
+    let state_index = p.index.replace("-events", "-state");
+    let mut env = p.env();
+    env.push(("CDC_ES_STATE_INDEX".into(), state_index.clone()));
+    let consumer = ConsumerProcess::spawn(&env);
+    consumer.wait_healthy().await;
+    let mut msgs: Vec<Vec<u8>> = (0..20)
+        .map(|k| change(k, "INSERT", k as u64, &format!("n{k}"), Value::Null))
+        .collect();
+    msgs.push(change(20, "UPDATE", 5, "u5", json!([{"name": "n5"}])));
+    broker()
+        .produce(&p.topic, p.partitions, msgs.iter().cloned())
+        .await;
+
+    assert!(
+        committed_all(&p, msgs.len()).await,
+        "log:\n{}",
+        consumer.log_tail()
+    );
+    let letters = broker().read_all(&p.dlq, 2, Duration::from_secs(30));
+    let payloads: Vec<&[u8]> = letters.iter().map(|(p, _)| p.as_slice()).collect();
+    assert_eq!(
+        payloads,
+        [msgs[5].as_slice(), msgs[20].as_slice()],
+        "dead letters"
+    );
+    let docs = stub.docs(&state_index);
+    assert_eq!(docs.len(), 19, "every other row's state is there");
+    assert!(!docs.contains_key(&state_id(5)));
 }
 
 /// The Elasticsearch sink the binary ran, built in this process.

@@ -54,6 +54,8 @@ pub struct Faults {
     pub max_body_bytes: Option<usize>,
     /// Fail every item with 403 `cluster_block_exception` until then.
     pub blocked_until: Option<Instant>,
+    /// Refuse every item with one of these ids, for good (400 `document_parsing_exception`).
+    pub refused_item_ids: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -960,6 +962,11 @@ async fn bulk(
                 items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}}}));
                 continue;
             }
+        }
+        if st.faults.refused_item_ids.contains(&id) {
+            errors = true;
+            items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": "stub: refused item"}}}));
+            continue;
         }
         if blocked {
             errors = true;
