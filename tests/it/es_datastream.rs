@@ -135,6 +135,24 @@ async fn setup_installs_the_policy_and_template_once_and_events_land_with_create
     assert_eq!(in_new, (100..200).map(expected_id).collect::<HashSet<_>>());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_stream_mode_over_an_index_mode_template_fails_naming_the_mode() {
+    let es = EsTarget::stub().await;
+    let (p, env) = pipeline("esdsswitch", &es, 1).await;
+    let index_mode: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "CDC_ES_MODE")
+        .cloned()
+        .collect();
+    assert_eq!(cdc_monitor(&["setup"], &index_mode).0, Some(0));
+    let (code, stderr) = cdc_monitor(&["setup"], &env);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CDC_ES_MODE") && stderr.contains(&p.index),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_date_placeholder_with_data_stream_mode_is_refused_naming_both_keys() {
     let env: Vec<(String, String)> = [

@@ -239,6 +239,15 @@ impl EsClient {
         Ok(true)
     }
 
+    /// The JSON at `path` (GET); `None` on 404.
+    pub async fn get_json(&self, path: &str) -> Result<Option<serde_json::Value>, SinkError> {
+        let resp = self.send(|base| self.http.get(join(base, path))).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        json_reply(resp, path).await.map(Some)
+    }
+
     /// The `_source` of document `id` in `index` (realtime GET); `None` when
     /// the document or the index does not exist.
     pub async fn get_source(

@@ -176,7 +176,7 @@ impl ElasticsearchSink {
         match &self.mode {
             EsMode::Index => installs.push((
                 "index template",
-                events_template,
+                events_template.clone(),
                 client::index_template(&self.index),
             )),
             EsMode::DataStream(lifecycle) => {
@@ -188,7 +188,7 @@ impl ElasticsearchSink {
                 ));
                 installs.push((
                     "data stream template",
-                    events_template,
+                    events_template.clone(),
                     data_stream::template(&self.index),
                 ));
             }
@@ -203,7 +203,29 @@ impl ElasticsearchSink {
         for (what, path, body) in &installs {
             self.install(what, path, body).await?;
         }
+        if self.mode != EsMode::Index {
+            self.check_data_stream_template(&events_template).await?;
+        }
         Ok(())
+    }
+
+    /// Fails when the events' template was there already but declares no
+    /// data stream (installed in index mode): writes would go to plain
+    /// indices, growing without the lifecycle, while the mode says otherwise.
+    async fn check_data_stream_template(&self, path: &str) -> Result<(), SinkError> {
+        let Some(reply) = self.client.get_json(path).await? else {
+            return Ok(());
+        };
+        let declares = reply["index_templates"].as_array().is_some_and(|ts| {
+            ts.iter()
+                .all(|t| t["index_template"].get("data_stream").is_some())
+        });
+        if declares {
+            return Ok(());
+        }
+        Err(SinkError::Config(format!(
+            "CDC_ES_MODE=data_stream, but the index template {path} exists without a data stream (installed with CDC_ES_MODE=index?): delete it, or set another CDC_ES_INDEX"
+        )))
     }
 
     async fn install(
