@@ -890,8 +890,9 @@ async fn bulk(
         Ok(t) => t,
         Err(_) => return (StatusCode::BAD_REQUEST, "not utf-8").into_response(),
     };
+    // Every line: a `delete` has no document line, so actions are not every other one.
     let poisoned = !st.faults.poisoned_ids.is_empty()
-        && text.lines().step_by(2).any(|action| {
+        && text.lines().any(|action| {
             serde_json::from_str::<Value>(action).is_ok_and(|a| {
                 a.as_object()
                     .and_then(|o| o.values().next())
