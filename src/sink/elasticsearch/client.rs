@@ -231,6 +231,10 @@ impl EsClient {
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
+            if status.as_u16() == 400 && body.contains("resource_already_exists_exception") {
+                // Another instance created it between our GET and PUT.
+                return Ok(false);
+            }
             return Err(SinkError::Status {
                 status: status.as_u16(),
                 body,

@@ -199,6 +199,9 @@ impl ElasticsearchSink {
                 format!("_index_template/{state}"),
                 state_index::template(state, self.tombstone_retention),
             ));
+            // Created now rather than by the first write: a bulk whose state
+            // actions are all deletes need not rely on a delete creating it.
+            installs.push(("state index", state.clone(), serde_json::json!({})));
         }
         for (what, path, body) in &installs {
             self.install(what, path, body).await?;

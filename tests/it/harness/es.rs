@@ -330,6 +330,7 @@ fn serve(
         .route("/{index}/_rollover", post(rollover))
         .route("/{index}/_settings/{setting}", get(get_settings))
         .route("/_mget", post(mget))
+        .route("/{index}", get(get_index).put(put_index))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", post(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
@@ -477,6 +478,24 @@ fn rollover_stream(st: &mut StubState, name: &str) -> Option<String> {
     ds.indices.push(next.clone());
     st.created.insert(next.clone(), now_ms());
     Some(next)
+}
+
+async fn get_index(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
+    match s.lock().unwrap().indices.contains_key(&index) {
+        true => {
+            Json(json!({index: {"aliases": {}, "mappings": {}, "settings": {}}})).into_response()
+        }
+        false => index_missing(&index),
+    }
+}
+
+async fn put_index(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
+    let mut st = s.lock().unwrap();
+    if st.indices.contains_key(&index) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "resource_already_exists_exception", "reason": format!("index [{index}] already exists")}, "status": 400}))).into_response();
+    }
+    st.indices.insert(index.clone(), Index::default());
+    Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": index})).into_response()
 }
 
 /// `GET /{indices}/_settings/index.creation_date` for backing indices.
