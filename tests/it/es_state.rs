@@ -210,7 +210,7 @@ async fn the_state_index_holds_each_rows_latest_change_and_replayed_older_change
     );
 
     // The sink answers `row` and `row_history` from what the binary wrote.
-    let sink = sink_for(&es, &p.index, &state_index);
+    let sink = sink_for(&es, &p.index, Some(&state_index));
     let key = |id: u64| {
         let pk = Row::from_values([("id", json!(id.to_string()))]);
         RowKey::of("appdb", "accounts", &pk, &pk)
@@ -288,8 +288,21 @@ async fn a_state_action_refused_for_good_dead_letters_its_event_and_the_rest_flo
     assert!(!docs.contains_key(&state_id(5)));
 }
 
+#[tokio::test]
+async fn without_a_state_index_row_names_the_key_to_set() {
+    let es = EsTarget::stub().await;
+    let sink = sink_for(&es, "cdc-events", None);
+    let pk = Row::from_values([("id", json!("1"))]);
+    let err = sink
+        .row(&RowKey::of("appdb", "accounts", &pk, &pk))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("CDC_ES_STATE_INDEX"), "{err}");
+}
+
 /// The Elasticsearch sink the binary ran, built in this process.
-fn sink_for(es: &EsTarget, index: &str, state_index: &str) -> ElasticsearchSink {
+fn sink_for(es: &EsTarget, index: &str, state_index: Option<&str>) -> ElasticsearchSink {
     let cfg = EsConfig {
         urls: vec![es.url.parse().unwrap()],
         index: cdc_monitor::index_route::IndexRoute::parse(index).unwrap(),
@@ -301,7 +314,7 @@ fn sink_for(es: &EsTarget, index: &str, state_index: &str) -> ElasticsearchSink 
         client_key: None,
         timeout: Duration::from_secs(10),
         compression: EsCompression::None,
-        state_index: Some(state_index.to_owned()),
+        state_index: state_index.map(str::to_owned),
         tombstone_retention: Duration::from_secs(7 * 86_400),
         mode: EsMode::Index,
     };
