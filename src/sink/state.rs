@@ -99,7 +99,10 @@ pub fn changes(event: &ChangeEvent) -> Vec<StateChange<'_>> {
     }
     let key = RowKey::of(&event.database, &event.table, &event.pk, &event.data);
     match event.op {
-        Op::Delete => vec![StateChange::Delete { key, pk: &event.pk }],
+        Op::Delete => vec![StateChange::Delete {
+            key,
+            pk: &event.pk,
+        }],
         Op::Update => {
             let mut out = Vec::with_capacity(2);
             if let Some(old) = &event.old {
