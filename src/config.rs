@@ -547,6 +547,7 @@ pub enum EsMode {
 pub struct Lifecycle {
     /// Rollover at this primary shard size, in bytes.
     pub rollover_size: u64,
+    /// Rollover at this age of the write index.
     pub rollover_age: Duration,
     /// A backing index is deleted this long after its rollover.
     pub retention: Duration,
