@@ -62,6 +62,14 @@ impl From<SinkError> for AppError {
     }
 }
 
+/// `cdc-monitor setup`: prepares the sink (Elasticsearch: the ILM policy and
+/// templates, each unless present) and returns; nothing is read or written.
+pub async fn setup(cfg: &Config) -> Result<(), AppError> {
+    let sink = sink::build(cfg, &Metrics::new())?;
+    sink.prepare().await?;
+    Ok(())
+}
+
 /// A built, not yet running, pipeline.
 pub struct App {
     parts: Parts,

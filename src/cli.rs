@@ -1,4 +1,5 @@
-//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`, `snapshot`.
+//! Command line: `run`, `setup`, `quickstart`, `changefeed ensure`, `bench`,
+//! `snapshot`, `reconcile`.
 //!
 //! Configuration flags double as `CDC_*` environment variables (clap's `env`);
 //! both are layered over the TOML file in `config::Layers`.
@@ -51,6 +52,9 @@ pub enum Command {
     /// per table the rows missing, changed and extra. Takes the same
     /// configuration as `run`. Exit 0 equal, 1 differences, 2 error.
     Reconcile(Box<ReconcileArgs>),
+    /// Install what the sink needs (Elasticsearch: ILM policy and index
+    /// templates, each unless present), then exit; takes `run`'s settings.
+    Setup(Box<RunArgs>),
 }
 
 /// `reconcile` options, beside `run`'s configuration.

@@ -99,6 +99,11 @@ keys! {
     es_client_key => "es.client_key", "CDC_ES_CLIENT_KEY", [], "PEM PKCS#8 private key of CDC_ES_CLIENT_CERT (unencrypted: keep the file owner-only)";
     es_timeout => "es.timeout", "CDC_ES_TIMEOUT", ["30s"], "Timeout of one Elasticsearch request";
     es_compression => "es.compression", "CDC_ES_COMPRESSION", ["gzip"], "Compression of Elasticsearch request bodies: gzip or none";
+    es_state_index => "es.state_index", "CDC_ES_STATE_INDEX", [], "Elasticsearch index keeping each row's current state (one document per row, external versions, deletes delete); off when unset";
+    es_mode => "es.mode", "CDC_ES_MODE", ["index"], "How events are kept in Elasticsearch: index (plain indices) or data_stream (a data stream with an ILM policy: rollover and retention)";
+    es_rollover_size => "es.rollover_size", "CDC_ES_ROLLOVER_SIZE", ["50GB"], "Data-stream mode: roll over to a new backing index when a primary shard reaches this size";
+    es_rollover_age => "es.rollover_age", "CDC_ES_ROLLOVER_AGE", ["1d"], "Data-stream mode: roll over to a new backing index at this age";
+    es_retention => "es.retention", "CDC_ES_RETENTION", ["30d"], "Data-stream mode: delete a backing index this long after its rollover";
     batch_max_events => "batch.max_events", "CDC_BATCH_MAX_EVENTS", ["2000"], "Most events in one bulk request";
     batch_max_bytes => "batch.max_bytes", "CDC_BATCH_MAX_BYTES", ["5MiB"], "Most bytes in one bulk request (e.g. 5MiB)";
     batch_linger => "batch.linger", "CDC_BATCH_LINGER", ["5ms"], "Longest wait to fill a batch";
@@ -520,6 +525,32 @@ pub struct EsConfig {
     pub client_key: Option<PathBuf>,
     pub timeout: Duration,
     pub compression: EsCompression,
+    /// The current-state index (`CDC_ES_STATE_INDEX`); `None`: off.
+    pub state_index: Option<String>,
+    /// How long the state index keeps a deleted row's version (`index.gc_deletes`).
+    pub tombstone_retention: Duration,
+    /// Plain indices or a data stream with its lifecycle.
+    pub mode: EsMode,
+}
+
+/// How events are kept in Elasticsearch (`CDC_ES_MODE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EsMode {
+    /// Plain indices that grow until someone deletes them.
+    Index,
+    /// A data stream whose ILM policy rolls it over and deletes old backing indices.
+    DataStream(Lifecycle),
+}
+
+/// The ILM policy of data-stream mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Rollover at this primary shard size, in bytes.
+    pub rollover_size: u64,
+    /// Rollover at this age of the write index.
+    pub rollover_age: Duration,
+    /// A backing index is deleted this long after its rollover.
+    pub retention: Duration,
 }
 
 /// How Elasticsearch request bodies are encoded on the wire.
@@ -1362,7 +1393,34 @@ fn es_section(l: &Layers, mut urls: Vec<Url>) -> Result<EsConfig, ConfigError> {
             "none" => Ok(EsCompression::None),
             _ => Err("must be gzip or none".into()),
         })?,
+        state_index: l.opt("es.state_index", |s| {
+            let name = text(s)?;
+            // A fixed name: the same rules as a fixed CDC_ES_INDEX.
+            let route = IndexRoute::parse(&name)?;
+            if !route.is_fixed() {
+                return Err("must be a fixed index name, without placeholders".into());
+            }
+            Ok(name)
+        })?,
+        tombstone_retention: l.get("state.tombstone_retention", parse_duration)?,
+        mode: es_mode(l)?,
     };
+    if let Some(state) = &es.state_index {
+        if index_pattern_matches(&es.index, state) {
+            return Err(invalid(
+                &l.name("es.state_index"),
+                state,
+                "is covered by CDC_ES_INDEX's own index pattern: name the state index apart (e.g. cdc-state)",
+            ));
+        }
+    }
+    if es.mode != EsMode::Index && es.index.has_date() {
+        return Err(invalid(
+            &l.name("es.index"),
+            &es.index.to_string(),
+            "a date placeholder makes no sense with CDC_ES_MODE=data_stream: the data stream rolls over by itself; drop {yyyy.MM.dd} or {yyyy.MM}, or set CDC_ES_MODE=index",
+        ));
+    }
     if let Some((user, password)) = in_url {
         if es.username.is_some() || es.password.is_some() {
             return Err(invalid(
@@ -1399,6 +1457,47 @@ fn es_section(l: &Layers, mut urls: Vec<Url>) -> Result<EsConfig, ConfigError> {
         ));
     }
     Ok(es)
+}
+
+/// `es.mode` and, for a data stream, its lifecycle.
+fn es_mode(l: &Layers) -> Result<EsMode, ConfigError> {
+    let data_stream = l.get("es.mode", |s| match s.trim() {
+        "index" => Ok(false),
+        "data_stream" => Ok(true),
+        _ => Err("must be index or data_stream".into()),
+    })?;
+    if !data_stream {
+        return Ok(EsMode::Index);
+    }
+    let nonzero = |s: &str| {
+        let d = parse_duration(s)?;
+        if d < Duration::from_secs(1) {
+            return Err("must be at least 1s".to_owned());
+        }
+        Ok(d)
+    };
+    Ok(EsMode::DataStream(Lifecycle {
+        rollover_size: l.get("es.rollover_size", |s| {
+            let n = parse_bytes(s)?;
+            if n < (1 << 20) {
+                return Err("must be at least 1MiB".into());
+            }
+            Ok(n as u64)
+        })?,
+        rollover_age: l.get("es.rollover_age", nonzero)?,
+        retention: l.get("es.retention", nonzero)?,
+    }))
+}
+
+/// True when `name` falls under the index patterns of `route`'s template.
+fn index_pattern_matches(route: &IndexRoute, name: &str) -> bool {
+    let pattern = route.pattern();
+    if route.is_fixed() {
+        return name == pattern || name.starts_with(&format!("{pattern}-"));
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    name.starts_with(first) && name.len() >= first.len() + last.len() && name.ends_with(last)
 }
 
 /// `[store]`: the embedded store.
@@ -1669,6 +1768,56 @@ mod tests {
         assert!(
             err.contains("CDC_ES_INDEX") && err.contains("fixed prefix"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_state_index_and_data_stream_mode_are_read_and_checked() {
+        let es_with = |pairs: &[(&'static str, &str, &'static str)]| {
+            let mut layers = vec![("es.url", "http://es:9200", Origin::Env("CDC_ES_URL"))];
+            layers.extend(pairs.iter().map(|(k, v, env)| (*k, *v, Origin::Env(env))));
+            load("", &layers).map(|c| match c.sink {
+                SinkConfig::Elasticsearch(es) => *es,
+                other => panic!("{other:?}"),
+            })
+        };
+        let es = es_with(&[]).unwrap();
+        assert_eq!((es.state_index, es.mode), (None, EsMode::Index));
+        assert_eq!(es.tombstone_retention, Duration::from_secs(7 * 86_400));
+        let es = es_with(&[
+            ("es.state_index", "cdc-state", "CDC_ES_STATE_INDEX"),
+            ("es.mode", "data_stream", "CDC_ES_MODE"),
+        ])
+        .unwrap();
+        assert_eq!(es.state_index.as_deref(), Some("cdc-state"));
+        assert_eq!(
+            es.mode,
+            EsMode::DataStream(Lifecycle {
+                rollover_size: 50_000_000_000,
+                rollover_age: Duration::from_secs(86_400),
+                retention: Duration::from_secs(30 * 86_400),
+            })
+        );
+        let err = |pairs| es_with(pairs).unwrap_err().to_string();
+        let e = err(&[
+            ("es.index", "cdc-{yyyy.MM.dd}", "CDC_ES_INDEX"),
+            ("es.mode", "data_stream", "CDC_ES_MODE"),
+        ]);
+        assert!(
+            e.contains("CDC_ES_INDEX") && e.contains("CDC_ES_MODE"),
+            "{e}"
+        );
+        let e = err(&[("es.state_index", "cdc-events-state", "CDC_ES_STATE_INDEX")]);
+        assert!(
+            e.contains("CDC_ES_STATE_INDEX") && e.contains("pattern"),
+            "{e}"
+        );
+        let e = err(&[("es.state_index", "State", "CDC_ES_STATE_INDEX")]);
+        assert!(e.contains("CDC_ES_STATE_INDEX"), "{e}");
+        let e = err(&[("es.mode", "stream", "CDC_ES_MODE")]);
+        assert!(
+            e.contains("CDC_ES_MODE") && e.contains("data_stream"),
+            "{e}"
         );
     }
 

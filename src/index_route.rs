@@ -112,6 +112,13 @@ impl IndexRoute {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
+    /// True when the route holds a date placeholder (`{yyyy.MM.dd}`, `{yyyy.MM}`).
+    pub fn has_date(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Day | Part::Month))
+    }
+
     /// The index of an event of `database`.`table` committed at `commit_time_ms`.
     pub fn index_for(&self, database: &str, table: &str, commit_time_ms: i64) -> String {
         let mut out = String::with_capacity(self.text.len() + 32);

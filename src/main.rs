@@ -42,6 +42,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Setup(args) => {
+            let setup_matches = matches
+                .subcommand_matches("setup")
+                .expect("setup was parsed");
+            let cfg = match cli::run_config(&args, setup_matches) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init(cfg.log_format, &cfg.log_level);
+            match runtime.block_on(cdc_monitor::app::setup(&cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "setup failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Quickstart(args) => {
             telemetry::init(LogFormat::Text, "info");
             let ready = |r: &cdc_monitor::quickstart::Ready| println!("{r}");

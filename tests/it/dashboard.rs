@@ -1099,6 +1099,9 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         client_key: None,
         timeout: Duration::from_secs(5),
         compression: EsCompression::Gzip,
+        state_index: None,
+        tombstone_retention: Duration::from_secs(7 * 86_400),
+        mode: cdc_monitor::config::EsMode::Index,
     };
     let sink_cfg = PipelineConfig {
         max_events: 100,

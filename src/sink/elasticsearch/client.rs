@@ -202,38 +202,167 @@ impl EsClient {
         json_reply(resp, "search reply").await
     }
 
-    /// Installs the index template for `index` unless one exists; true when created.
-    pub async fn ensure_template(&self, index: &IndexRoute) -> Result<bool, SinkError> {
-        let path = format!("_index_template/{}", template_name(index));
-        let head = self.send(|base| self.http.head(join(base, &path))).await?;
-        match head.status().as_u16() {
+    /// Installs `body` at `path` (an index template, an ILM policy) unless
+    /// something is there already; true when created. Existing ones are
+    /// left as they are: an operator's edits survive restarts.
+    pub async fn ensure(&self, path: &str, body: &serde_json::Value) -> Result<bool, SinkError> {
+        // `_ilm/policy` answers GET only; templates answer HEAD too, but
+        // GET works for both (404 when missing).
+        let probe = self.send(|base| self.http.get(join(base, path))).await?;
+        match probe.status().as_u16() {
             200 => return Ok(false),
             404 => {}
             status => {
                 return Err(SinkError::Status {
                     status,
-                    body: "HEAD _index_template".into(),
+                    body: format!("GET {path}"),
                 })
             }
         }
-        let template = index_template(index).to_string();
+        let body = body.to_string();
         let resp = self
             .send(|base| {
                 self.http
-                    .put(join(base, &path))
+                    .put(join(base, path))
                     .header(CONTENT_TYPE, "application/json")
-                    .body(template.clone())
+                    .body(body.clone())
             })
             .await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
+            if status.as_u16() == 400 && body.contains("resource_already_exists_exception") {
+                // Another instance created it between our GET and PUT.
+                return Ok(false);
+            }
             return Err(SinkError::Status {
                 status: status.as_u16(),
                 body,
             });
         }
         Ok(true)
+    }
+
+    /// The JSON at `path` (GET); `None` on 404.
+    pub async fn get_json(&self, path: &str) -> Result<Option<serde_json::Value>, SinkError> {
+        let resp = self.send(|base| self.http.get(join(base, path))).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        json_reply(resp, path).await.map(Some)
+    }
+
+    /// The `_source` of document `id` in `index` (realtime GET); `None` when
+    /// the document or the index does not exist.
+    pub async fn get_source(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, SinkError> {
+        let path = format!("{index}/_doc/{id}");
+        let resp = self.send(|base| self.http.get(join(base, &path))).await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let mut doc: serde_json::Value = json_reply(resp, "get reply").await?;
+        Ok(Some(doc["_source"].take()))
+    }
+
+    /// The data streams `pattern` names, each with its backing indices,
+    /// oldest first (the last is the write index).
+    pub async fn data_streams(
+        &self,
+        pattern: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, SinkError> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            data_streams: Vec<Stream>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Stream {
+            name: String,
+            indices: Vec<Backing>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Backing {
+            index_name: String,
+        }
+        let path = format!("_data_stream/{pattern}");
+        let resp = self.send(|base| self.http.get(join(base, &path))).await?;
+        if resp.status().as_u16() == 404 {
+            // A fixed name before its first document: no stream yet.
+            return Ok(Vec::new());
+        }
+        let reply: Reply = json_reply(resp, "data stream reply").await?;
+        Ok(reply
+            .data_streams
+            .into_iter()
+            .map(|s| {
+                (
+                    s.name,
+                    s.indices.into_iter().map(|i| i.index_name).collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// Each of `indices`' creation time, Unix milliseconds (`index.creation_date`).
+    pub async fn creation_dates(
+        &self,
+        indices: &[String],
+    ) -> Result<Vec<(String, i64)>, SinkError> {
+        let path = format!("{}/_settings/index.creation_date", indices.join(","));
+        let resp = self.send(|base| self.http.get(join(base, &path))).await?;
+        let reply: serde_json::Map<String, serde_json::Value> =
+            json_reply(resp, "settings reply").await?;
+        reply
+            .into_iter()
+            .map(|(index, v)| {
+                let date = v["settings"]["index"]["creation_date"]
+                    .as_str()
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| {
+                        SinkError::Response(format!("{index} has no index.creation_date"))
+                    })?;
+                Ok((index, date))
+            })
+            .collect()
+    }
+
+    /// Which of the (index, id) pairs exist, by realtime multi-get.
+    pub async fn exists(&self, docs: &[(String, String)]) -> Result<Vec<bool>, SinkError> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            docs: Vec<Doc>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            found: bool,
+        }
+        let body = serde_json::json!({
+            "docs": docs.iter().map(|(index, id)| serde_json::json!({"_index": index, "_id": id})).collect::<Vec<_>>()
+        })
+        .to_string();
+        let resp = self
+            .send(|base| {
+                let mut url = join(base, "_mget");
+                url.query_pairs_mut().append_pair("_source", "false");
+                self.http
+                    .post(url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        let reply: Reply = json_reply(resp, "mget reply").await?;
+        if reply.docs.len() != docs.len() {
+            return Err(SinkError::Response(format!(
+                "mget reply has {} docs for {}",
+                reply.docs.len(),
+                docs.len()
+            )));
+        }
+        Ok(reply.docs.into_iter().map(|d| d.found).collect())
     }
 
     /// Asks every node; succeeds when one answers, else names each failure.

@@ -1,7 +1,9 @@
 //! Elasticsearch sink on the Bulk API.
 //!
 //! `bulk` encodes documents, `client` speaks HTTP, `response` sorts a bulk
-//! reply into done, retry and rejected items; `search` answers `/api/*`.
+//! reply into done, retry and rejected items; `search` answers `/api/*`;
+//! `state_index` keeps each row's current state beside the events, and
+//! `data_stream` the lifecycle of data-stream mode.
 //!
 //! A request refused as a whole (400, 413) says only that something in it is
 //! wrong; `send_splitting` halves it until the refused documents stand alone,
@@ -10,11 +12,15 @@
 
 pub mod bulk;
 pub mod client;
+pub mod data_stream;
 pub mod response;
 pub mod search;
+pub mod state_index;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::ops::Range;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -24,19 +30,28 @@ use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
 use crate::checkpoint::Checkpoint;
-use crate::config::{EsConfig, PipelineConfig};
+use crate::config::{EsConfig, EsMode, PipelineConfig};
 use crate::event::ChangeEvent;
 use crate::index_route::IndexRoute;
 use crate::metrics::Metrics;
 use crate::sink::elasticsearch::client::{BulkReply, EsClient};
-use crate::sink::elasticsearch::response::{classify, ItemOutcome};
+use crate::sink::elasticsearch::response::{
+    classify, merge_state_items, with_known_duplicates, BulkResponse, ItemOutcome,
+};
 use crate::sink::query::{EventFilter, EventPage, Stats};
+use crate::sink::state::{RowKey, RowState};
 use crate::sink::{Answer, Rejected, Sink, SinkError, WriteBatch, Written};
 
 /// Writes change events to one index, or each to the index its route names.
 pub struct ElasticsearchSink {
     client: EsClient,
     index: IndexRoute,
+    /// `CDC_ES_STATE_INDEX`: each row's current state; `None`: off.
+    state_index: Option<String>,
+    tombstone_retention: Duration,
+    mode: EsMode,
+    /// Data-stream mode: backing indices' creation times, Unix ms (they never change).
+    created: Mutex<HashMap<String, i64>>,
     backoff: Backoff,
     /// Bulk requests in flight at once.
     concurrency: usize,
@@ -53,6 +68,10 @@ impl ElasticsearchSink {
         Ok(ElasticsearchSink {
             client: EsClient::new(es, Some(metrics.clone()))?,
             index: es.index.clone(),
+            state_index: es.state_index.clone(),
+            tombstone_retention: es.tombstone_retention,
+            mode: es.mode.clone(),
+            created: Mutex::default(),
             backoff: Backoff::new(pipeline.retry_initial_backoff, pipeline.retry_max_backoff),
             concurrency: pipeline.concurrency,
             metrics,
@@ -68,15 +87,18 @@ impl ElasticsearchSink {
         }
     }
 
-    /// Sends `events[i]` for each `i` in `indices` as one bulk request, and counts it.
+    /// Sends `events[i]` for each `i` in `indices` as one bulk request, and
+    /// counts it; the `create` of an event in `stored` is not sent (it is
+    /// in an older backing index), its state actions are.
     async fn send_bulk(
         &self,
         events: &[ChangeEvent],
         indices: &[usize],
+        stored: &HashSet<usize>,
         ingested_at: &str,
     ) -> Result<BulkReply, SinkError> {
         let mut body = Vec::with_capacity(indices.len() * 512);
-        for &i in indices {
+        for &i in indices.iter().filter(|i| !stored.contains(i)) {
             let e = &events[i];
             // From the event alone, never the clock: a replay meets its first copy.
             let index = self
@@ -84,8 +106,41 @@ impl ElasticsearchSink {
                 .index_for(&e.database, &e.table, e.commit_time_ms);
             bulk::encode(&mut body, &index, e, ingested_at);
         }
+        // After the events' actions, each event's state actions; their
+        // items fold back into the event's (see `merge_state_items`).
+        let mut state_counts = Vec::new();
+        if let Some(state_index) = &self.state_index {
+            state_counts = indices
+                .iter()
+                .map(|&i| state_index::encode(&mut body, state_index, &events[i]))
+                .collect();
+        }
         let started = Instant::now();
-        let result = self.client.bulk(body).await;
+        let mut result = if body.is_empty() {
+            Ok(BulkReply::Items(BulkResponse {
+                errors: false,
+                items: Vec::new(),
+            }))
+        } else {
+            self.client.bulk(body).await
+        };
+        if indices.iter().any(|i| stored.contains(i)) {
+            let skipped: Vec<bool> = indices.iter().map(|i| stored.contains(i)).collect();
+            result = result.and_then(|reply| match reply {
+                BulkReply::Items(r) => with_known_duplicates(r, &skipped)
+                    .map(BulkReply::Items)
+                    .map_err(SinkError::Response),
+                refused => Ok(refused),
+            });
+        }
+        if self.state_index.is_some() {
+            result = result.and_then(|reply| match reply {
+                BulkReply::Items(r) => merge_state_items(r, &state_counts)
+                    .map(BulkReply::Items)
+                    .map_err(SinkError::Response),
+                refused => Ok(refused),
+            });
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let label = match &result {
             Ok(BulkReply::Items(r)) if r.all_stored() => "ok",
@@ -112,22 +167,90 @@ impl ElasticsearchSink {
 }
 
 impl ElasticsearchSink {
-    /// Installs the index template, waiting for Elasticsearch to answer.
+    /// Installs what the writes need (the ILM policy in data-stream mode,
+    /// the events' template, the state index's template), each unless it
+    /// exists, waiting for Elasticsearch to answer.
     pub async fn prepare(&self) -> Result<(), SinkError> {
+        let events_template = format!("_index_template/{}", client::template_name(&self.index));
+        let mut installs = Vec::new();
+        match &self.mode {
+            EsMode::Index => installs.push((
+                "index template",
+                events_template.clone(),
+                client::index_template(&self.index),
+            )),
+            EsMode::DataStream(lifecycle) => {
+                // The policy first: the template names it.
+                installs.push((
+                    "ILM policy",
+                    format!("_ilm/policy/{}", data_stream::policy_name(&self.index)),
+                    data_stream::policy(lifecycle),
+                ));
+                installs.push((
+                    "data stream template",
+                    events_template.clone(),
+                    data_stream::template(&self.index),
+                ));
+            }
+        }
+        if let Some(state) = &self.state_index {
+            installs.push((
+                "state index template",
+                format!("_index_template/{state}"),
+                state_index::template(state, self.tombstone_retention),
+            ));
+            // Created now rather than by the first write: a bulk whose state
+            // actions are all deletes need not rely on a delete creating it.
+            installs.push(("state index", state.clone(), serde_json::json!({})));
+        }
+        for (what, path, body) in &installs {
+            self.install(what, path, body).await?;
+        }
+        if self.mode != EsMode::Index {
+            self.check_data_stream_template(&events_template).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails when the events' template was there already but declares no
+    /// data stream (installed in index mode): writes would go to plain
+    /// indices, growing without the lifecycle, while the mode says otherwise.
+    async fn check_data_stream_template(&self, path: &str) -> Result<(), SinkError> {
+        let Some(reply) = self.client.get_json(path).await? else {
+            return Ok(());
+        };
+        let declares = reply["index_templates"].as_array().is_some_and(|ts| {
+            ts.iter()
+                .all(|t| t["index_template"].get("data_stream").is_some())
+        });
+        if declares {
+            return Ok(());
+        }
+        Err(SinkError::Config(format!(
+            "CDC_ES_MODE=data_stream, but the index template {path} exists without a data stream (installed with CDC_ES_MODE=index?): delete it, or set another CDC_ES_INDEX"
+        )))
+    }
+
+    async fn install(
+        &self,
+        what: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), SinkError> {
         // Elasticsearch may still be starting: wait for it like for any
         // outage; the caller races this with shutdown.
         let abort = CancellationToken::new();
         let mut attempt = 0;
         loop {
-            match self.client.ensure_template(&self.index).await {
+            match self.client.ensure(path, body).await {
                 Ok(created) => {
                     if created {
-                        tracing::info!(index = %self.index, "index template installed");
+                        tracing::info!(index = %self.index, path, "{what} installed");
                     }
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() => {
-                    warn!(index = %self.index, attempt, error = %e, "cannot install index template yet");
+                    warn!(index = %self.index, path, attempt, error = %e, "cannot install {what} yet");
                     attempt = (attempt + 1).min(16);
                     self.pause(attempt, &abort).await?;
                 }
@@ -152,11 +275,29 @@ impl ElasticsearchSink {
         let mut split = false;
         let mut attempt = 0u32;
         while !pending.is_empty() {
+            let stored = match self.stored_before_rollover(events, &pending).await {
+                Ok(stored) => stored,
+                Err(e) if e.is_retryable() => {
+                    attempt += 1;
+                    let error = format!("looking up earlier copies: {e}");
+                    self.metrics.sink_retry(
+                        "elasticsearch",
+                        failure_label(&e),
+                        pending.len(),
+                        attempt,
+                        &error,
+                    );
+                    self.pause(attempt, abort).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let round = {
                 let pending = &pending;
+                let stored = &stored;
                 let ingested_at = ingested_at.as_str();
                 send_splitting(pending.len(), |range| {
-                    self.send_bulk(events, &pending[range], ingested_at)
+                    self.send_bulk(events, &pending[range], stored, ingested_at)
                 })
                 .await
             };
@@ -194,6 +335,94 @@ impl ElasticsearchSink {
             return Err(everything_refused(&rejected));
         }
         Ok(rejected)
+    }
+
+    /// Data-stream mode: which of the `pending` events an older backing
+    /// index already holds (a replay across a rollover, which `create` into
+    /// the write index would store twice); see `data_stream`. Empty in
+    /// index mode, and while no stream has rolled over.
+    async fn stored_before_rollover(
+        &self,
+        events: &[ChangeEvent],
+        pending: &[usize],
+    ) -> Result<HashSet<usize>, SinkError> {
+        if self.mode == EsMode::Index {
+            return Ok(HashSet::new());
+        }
+        let streams: HashMap<String, Vec<String>> = self
+            .client
+            .data_streams(&self.index.pattern())
+            .await?
+            .into_iter()
+            .filter(|(_, backing)| backing.len() > 1)
+            .collect();
+        if streams.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let unknown: Vec<String> = {
+            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            streams
+                .values()
+                .flatten()
+                .filter(|i| !created.contains_key(*i))
+                .cloned()
+                .collect()
+        };
+        if !unknown.is_empty() {
+            let dates = self.client.creation_dates(&unknown).await?;
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            created.extend(dates);
+        }
+        let backing: HashMap<&str, Vec<(String, i64)>> = {
+            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            let mut backing = HashMap::new();
+            for (name, indices) in &streams {
+                let mut dated = Vec::with_capacity(indices.len());
+                for index in indices {
+                    let Some(&date) = created.get(index) else {
+                        return Err(SinkError::Response(format!(
+                            "no creation date for backing index {index}"
+                        )));
+                    };
+                    dated.push((index.clone(), date));
+                }
+                backing.insert(name.as_str(), dated);
+            }
+            backing
+        };
+        let mut lookups: Vec<(String, String)> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        for &i in pending {
+            let e = &events[i];
+            let stream = self
+                .index
+                .index_for(&e.database, &e.table, e.commit_time_ms);
+            let Some(indices) = backing.get(stream.as_str()) else {
+                continue;
+            };
+            let id = e.document_id().to_string();
+            for index in data_stream::earlier_copies(indices, e.commit_time_ms) {
+                lookups.push((index.to_owned(), id.clone()));
+                owners.push(i);
+            }
+        }
+        if lookups.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let found = self.client.exists(&lookups).await?;
+        let stored: HashSet<usize> = owners
+            .into_iter()
+            .zip(found)
+            .filter_map(|(i, found)| found.then_some(i))
+            .collect();
+        if !stored.is_empty() {
+            tracing::info!(
+                events = stored.len(),
+                looked_up = lookups.len(),
+                "events already stored in an older backing index: not created again"
+            );
+        }
+        Ok(stored)
     }
 
     /// Succeeds when the cluster answers.
@@ -234,6 +463,14 @@ impl Sink for ElasticsearchSink {
 
     fn events<'a>(&'a self, filter: &'a EventFilter) -> Answer<'a, EventPage> {
         Box::pin(ElasticsearchSink::events(self, filter))
+    }
+
+    fn row<'a>(&'a self, key: &'a RowKey) -> Answer<'a, Option<RowState>> {
+        Box::pin(ElasticsearchSink::row(self, key))
+    }
+
+    fn row_history<'a>(&'a self, key: &'a RowKey, limit: usize) -> Answer<'a, EventPage> {
+        Box::pin(ElasticsearchSink::row_history(self, key, limit))
     }
 
     fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {

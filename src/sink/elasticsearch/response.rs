@@ -40,6 +40,9 @@ pub struct BulkItem {
     pub status: u16,
     #[serde(default)]
     pub error: Option<serde_json::Value>,
+    /// `created`, `updated`, `deleted`, `not_found`, `noop`.
+    #[serde(default)]
+    pub result: Option<String>,
 }
 
 /// What happened to one item.
@@ -70,31 +73,120 @@ pub fn classify(response: &BulkResponse, expected: usize) -> Result<Vec<ItemOutc
     Ok(response
         .items
         .iter()
-        .map(|item| {
-            let Some(item) = item.values().next() else {
-                return ItemOutcome::Retry {
-                    label: "malformed_item",
-                    reason: "bulk reply item has no action".into(),
-                };
-            };
-            let error = item.error.as_ref();
-            let retry = |label| ItemOutcome::Retry {
-                label,
-                reason: reason(item.status, error),
-            };
-            match item.status {
-                200..=299 => ItemOutcome::Stored,
-                409 => ItemOutcome::Duplicate,
-                429 => retry("too_many_requests"),
-                500..=599 => retry("server_error"),
-                404 => retry("index_not_found"),
-                403 if error_type(error) == Some("cluster_block_exception") => {
-                    retry("cluster_block")
-                }
-                status => ItemOutcome::Rejected(reason(status, error)),
-            }
+        .map(|item| match item.values().next() {
+            Some(item) => classify_one(item),
+            None => ItemOutcome::Retry {
+                label: "malformed_item",
+                reason: "bulk reply item has no action".into(),
+            },
         })
         .collect())
+}
+
+fn classify_one(item: &BulkItem) -> ItemOutcome {
+    let error = item.error.as_ref();
+    let retry = |label| ItemOutcome::Retry {
+        label,
+        reason: reason(item.status, error),
+    };
+    match item.status {
+        200..=299 => ItemOutcome::Stored,
+        409 => ItemOutcome::Duplicate,
+        429 => retry("too_many_requests"),
+        500..=599 => retry("server_error"),
+        404 => retry("index_not_found"),
+        403 if error_type(error) == Some("cluster_block_exception") => retry("cluster_block"),
+        status => ItemOutcome::Rejected(reason(status, error)),
+    }
+}
+
+/// Folds a reply to events that carried current-state actions into one
+/// item per event. The request held the `state_counts.len()` events' own
+/// actions first, then each event's `state_counts[i]` state actions, in
+/// order. A state action's 409 (`version_conflict_engine_exception`: the
+/// state already holds a newer change) and a state delete's `not_found` are
+/// successes; otherwise an event takes the worst outcome of its items, so a
+/// state action that fails for good rejects its event (dead-lettered) and a
+/// transient one retries it (its own `create` then meets 409).
+pub fn merge_state_items(
+    mut response: BulkResponse,
+    state_counts: &[usize],
+) -> Result<BulkResponse, String> {
+    let events = state_counts.len();
+    let expected = events + state_counts.iter().sum::<usize>();
+    if response.items.len() != expected {
+        return Err(format!(
+            "bulk reply has {} items for {expected} actions",
+            response.items.len()
+        ));
+    }
+    for item in response.items[events..]
+        .iter_mut()
+        .flat_map(|i| i.values_mut())
+    {
+        let older = item.status == 409;
+        let already_gone = item.status == 404 && item.result.as_deref() == Some("not_found");
+        if older || already_gone {
+            item.status = 200;
+            item.error = None;
+        }
+    }
+    // Every item is sorted the way `classify` sorts it, then ranked.
+    let rank = |item: &HashMap<String, BulkItem>| {
+        let Some(item) = item.values().next() else {
+            return 1;
+        };
+        match classify_one(item) {
+            ItemOutcome::Stored | ItemOutcome::Duplicate => 0,
+            ItemOutcome::Retry { .. } => 1,
+            ItemOutcome::Rejected(_) => 2,
+        }
+    };
+    let mut state = response.items.split_off(events).into_iter();
+    for (own, &count) in response.items.iter_mut().zip(state_counts) {
+        for item in state.by_ref().take(count) {
+            if rank(&item) > rank(own) {
+                *own = item;
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// The reply with a 409 (already stored) item put back for each event of
+/// the request that was `skipped` (its `create` not sent: the event is
+/// known to be stored), so that items line up with events again. Items past
+/// the sent events' own (state actions) follow unchanged.
+pub fn with_known_duplicates(
+    mut response: BulkResponse,
+    skipped: &[bool],
+) -> Result<BulkResponse, String> {
+    let sent = skipped.iter().filter(|s| !**s).count();
+    if response.items.len() < sent {
+        return Err(format!(
+            "bulk reply has {} items for {sent} actions",
+            response.items.len()
+        ));
+    }
+    let rest = response.items.split_off(sent);
+    let mut own = std::mem::take(&mut response.items).into_iter();
+    response.items = skipped
+        .iter()
+        .map(|&skip| match skip {
+            true => HashMap::from([(
+                "create".to_owned(),
+                BulkItem {
+                    status: 409,
+                    error: None,
+                    result: None,
+                },
+            )]),
+            // `sent` items are there, one per event not skipped.
+            false => own.next().unwrap_or_default(),
+        })
+        .chain(rest)
+        .collect();
+    Ok(response)
 }
 
 /// Why Elasticsearch refused a whole bulk request (400 or 413), from its
@@ -193,6 +285,81 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn state_items_fold_into_their_events_older_changes_and_gone_rows_being_success() {
+        // Events a, b, c, d; a has 2 state actions, b 1, c 0, d 1.
+        let r = parse(
+            r#"{"errors":true,"items":[
+            {"create":{"status":201}},
+            {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"exists"}}},
+            {"create":{"status":201}},
+            {"create":{"status":201}},
+            {"delete":{"status":404,"result":"not_found","_version":7}},
+            {"index":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"current version [9] is higher than [7]"}}},
+            {"index":{"status":400,"error":{"type":"document_parsing_exception","reason":"bad state"}}},
+            {"index":{"status":429,"error":{"type":"es_rejected_execution_exception","reason":"queue full"}}}
+        ]}"#,
+        );
+        let merged = merge_state_items(r, &[2, 1, 0, 1]).unwrap();
+        let out = classify(&merged, 4).unwrap();
+        assert_eq!(out[0], ItemOutcome::Stored);
+        assert!(
+            matches!(&out[1], ItemOutcome::Rejected(r) if r.contains("bad state")),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(out[2], ItemOutcome::Stored);
+        assert!(matches!(
+            &out[3],
+            ItemOutcome::Retry {
+                label: "too_many_requests",
+                ..
+            }
+        ));
+        // A missing state index is not a gone row: retried.
+        let r = parse(
+            r#"{"errors":true,"items":[{"create":{"status":201}},
+            {"delete":{"status":404,"error":{"type":"index_not_found_exception","reason":"no such index [cdc-state]"}}}]}"#,
+        );
+        let out = classify(&merge_state_items(r, &[1]).unwrap(), 1).unwrap();
+        assert!(matches!(
+            &out[0],
+            ItemOutcome::Retry {
+                label: "index_not_found",
+                ..
+            }
+        ));
+        // A state item missing from the reply is an error, not a success.
+        let r = parse(r#"{"errors":false,"items":[{"create":{"status":201}}]}"#);
+        assert!(merge_state_items(r, &[1]).is_err());
+    }
+
+    #[test]
+    fn skipped_events_get_a_duplicate_item_in_their_place() {
+        let r = parse(
+            r#"{"errors":false,"items":[{"create":{"status":201}},{"index":{"status":200}}]}"#,
+        );
+        let r = with_known_duplicates(r, &[true, false, true]).unwrap();
+        assert_eq!(r.items.len(), 4);
+        assert_eq!(
+            classify(
+                &BulkResponse {
+                    errors: false,
+                    items: r.items.into_iter().take(3).collect()
+                },
+                3
+            )
+            .unwrap(),
+            [
+                ItemOutcome::Duplicate,
+                ItemOutcome::Stored,
+                ItemOutcome::Duplicate
+            ]
+        );
+        let short = parse(r#"{"errors":false,"items":[]}"#);
+        assert!(with_known_duplicates(short, &[false]).is_err());
     }
 
     #[test]

@@ -23,8 +23,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::clock::now_millis;
-use crate::sink::elasticsearch::ElasticsearchSink;
+use crate::event::Row;
+use crate::sink::elasticsearch::{state_index, ElasticsearchSink};
 use crate::sink::query::{EventFilter, EventPage, QueryError, RateSeries, Stats};
+use crate::sink::state::{RowKey, RowState};
 
 /// Row fields `q` searches: `pk`, `data` and `old` are `flattened` (every
 /// leaf value is a keyword), `sql` is text.
@@ -54,6 +56,39 @@ impl ElasticsearchSink {
             .await
             .map_err(|e| QueryError::Unavailable(e.to_string()))?;
         page_from_reply(reply, f.limit)
+    }
+
+    /// The current state of the row `key` from the state index; `None`
+    /// when it holds no document (never seen, or deleted).
+    pub async fn row(&self, key: &RowKey) -> Result<Option<RowState>, QueryError> {
+        let Some(index) = &self.state_index else {
+            return Err(QueryError::Unavailable(
+                "no current-state index: set CDC_ES_STATE_INDEX (es.state_index)".into(),
+            ));
+        };
+        let id = key.id().to_string();
+        let source = self
+            .client
+            .get_source(index, &id)
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        source
+            .map(|s| state_index::row_state(&s))
+            .transpose()
+            .map_err(|e| QueryError::Unavailable(format!("state document {id}: {e}")))
+    }
+
+    /// The stored events of the row `key`, oldest first, at most `limit`.
+    pub async fn row_history(&self, key: &RowKey, limit: usize) -> Result<EventPage, QueryError> {
+        let values: Vec<Value> = serde_json::from_str(&key.values)
+            .map_err(|e| QueryError::Unavailable(format!("row key {}: {e}", key.values)))?;
+        let body = history_request(key, &values, limit);
+        let reply: SearchReply = self
+            .client
+            .search(&self.index.pattern(), &body)
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        history_from_reply(reply, key)
     }
 
     /// Counts over every event, and the rate by table over the last `window`.
@@ -140,6 +175,70 @@ fn events_request(f: &EventFilter, search_after: Option<&[Value]>) -> Value {
         body["search_after"] = Value::Array(after.to_vec());
     }
     body
+}
+
+/// The `_search` body for a row's events, oldest first: database and table,
+/// and each key value as a term on the flattened `pk` (every leaf is a
+/// keyword), or on `data` for a keyless table, whose key is the whole row.
+/// A term matches the value under any column, so `history_from_reply`
+/// keeps only the exact matches. Nulls cannot be terms: the filter keeps them.
+fn history_request(key: &RowKey, values: &[Value], limit: usize) -> Value {
+    let mut filter = vec![
+        json!({"term": {"database": key.database}}),
+        json!({"term": {"table": key.table}}),
+    ];
+    // Which of the two the key came from is not in the key; a keyless
+    // table's events have an empty `pk`, so asking `pk` first would miss
+    // them: match either.
+    for v in values.iter().filter(|v| !v.is_null()) {
+        let term = match v {
+            Value::String(s) => Value::String(s.clone()),
+            other => Value::String(other.to_string()),
+        };
+        filter.push(json!({"bool": {"should": [
+            {"term": {"pk": term}},
+            {"bool": {
+                "must_not": {"exists": {"field": "pk"}},
+                "filter": {"term": {"data": term}}
+            }}
+        ], "minimum_should_match": 1}}));
+    }
+    json!({
+        "size": limit,
+        "timeout": SEARCH_TIMEOUT,
+        "track_total_hits": false,
+        "query": {"bool": {"filter": filter}},
+        "sort": [
+            {"commit_ts": {"order": "asc", "missing": "_last"}},
+            {"@timestamp": {"order": "asc"}}
+        ],
+    })
+}
+
+/// The hits that are events of `key` exactly, oldest first.
+fn history_from_reply(reply: SearchReply, key: &RowKey) -> Result<EventPage, QueryError> {
+    #[derive(Deserialize)]
+    struct RowOf {
+        database: String,
+        table: String,
+        #[serde(default)]
+        pk: Option<Row>,
+        #[serde(default)]
+        data: Option<Row>,
+    }
+    let mut events = Vec::new();
+    for hit in &reply.hits.hits {
+        let r: RowOf = serde_json::from_str(hit.source.get())
+            .map_err(|e| QueryError::Unavailable(format!("document {}: {e}", hit.id)))?;
+        let (pk, data) = (r.pk.unwrap_or_default(), r.data.unwrap_or_default());
+        if RowKey::of(&r.database, &r.table, &pk, &data) == *key {
+            events.push(with_id(&hit.id, &hit.source)?);
+        }
+    }
+    Ok(EventPage {
+        events,
+        next_cursor: None,
+    })
 }
 
 /// The `_search` body for the stats: counts by op and table over
@@ -529,6 +628,59 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_rows_history_asks_for_its_key_values_oldest_first() {
+        let pk = Row::from_values([("a", json!("1")), ("b", json!(null))]);
+        let key = RowKey::of("appdb", "users", &pk, &pk);
+        let values: Vec<Value> = serde_json::from_str(&key.values).unwrap();
+        let body = history_request(&key, &values, 50);
+        assert_eq!(body["size"], 50);
+        let filter = body["query"]["bool"]["filter"].as_array().unwrap();
+        assert_eq!(filter[0], json!({"term": {"database": "appdb"}}));
+        assert_eq!(filter[1], json!({"term": {"table": "users"}}));
+        // One clause for "1"; a null is no term (the post-filter checks it).
+        assert_eq!(filter.len(), 3);
+        assert_eq!(filter[2]["bool"]["should"][0], json!({"term": {"pk": "1"}}));
+        assert_eq!(
+            filter[2]["bool"]["should"][1]["bool"]["filter"],
+            json!({"term": {"data": "1"}})
+        );
+        assert_eq!(body["sort"][0]["commit_ts"]["order"], "asc");
+        assert_eq!(body["sort"][1]["@timestamp"]["order"], "asc");
+    }
+
+    #[test]
+    fn a_rows_history_keeps_only_its_exact_key() {
+        let doc = |id: &str, pk: Value, data: Value| {
+            json!({"_index": "cdc-events", "_id": id, "_score": null, "sort": [1, 1],
+                   "_source": {"database": "appdb", "table": "users", "op": "insert", "pk": pk, "data": data}})
+        };
+        let r = reply(vec![
+            doc(
+                "mine",
+                json!({"a": "1", "b": "2"}),
+                json!({"a": "1", "b": "2"}),
+            ),
+            // The same values under other columns: a term hit, not this row.
+            doc(
+                "swapped",
+                json!({"a": "2", "b": "1"}),
+                json!({"a": "2", "b": "1"}),
+            ),
+        ]);
+        let pk = Row::from_values([("a", json!("1")), ("b", json!("2"))]);
+        let key = RowKey::of("appdb", "users", &pk, &pk);
+        let page = history_from_reply(r, &key).unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert!(page.events[0].get().starts_with(r#"{"id":"mine","#));
+        assert!(page.next_cursor.is_none());
+        // A keyless table: the whole row is the key.
+        let data = Row::from_values([("x", json!("7")), ("y", json!(null))]);
+        let keyless = RowKey::of("appdb", "users", &Row::default(), &data);
+        let r = reply(vec![doc("k", json!({}), json!({"x": "7", "y": null}))]);
+        assert_eq!(history_from_reply(r, &keyless).unwrap().events.len(), 1);
     }
 
     #[test]

@@ -2,10 +2,18 @@
 //! a real Elasticsearch when `CDC_TEST_ES_URL` is set.
 //!
 //! The stub implements what the consumer and these tests use: `GET /`,
-//! `HEAD/PUT/GET /_index_template/{name}`, `POST /_bulk` with per-item
-//! statuses and the `errors` flag (201 created, 409 on a `create` whose id
-//! exists, 400 document_parsing_exception for a flattened field deeper than
-//! 20 levels, as Elasticsearch does), `/{index}/_count`, `/{index}/_doc/{id}`
+//! `HEAD/PUT/GET /_index_template/{name}`, `GET/PUT /_ilm/policy/{name}`,
+//! `GET/PUT /_data_stream/{name}`, `POST /{stream}/_rollover`, `POST /_bulk`
+//! with per-item statuses and the `errors` flag (201 created, 409 on a
+//! `create` whose id exists, `delete` (404 `not_found` when absent),
+//! `version`/`version_type` `external` and `external_gte` with 409
+//! `version_conflict_engine_exception` for an older version and deleted
+//! documents' versions kept (as `index.gc_deletes` does, here for ever), 400
+//! document_parsing_exception for a flattened field deeper than 20 levels,
+//! as Elasticsearch does), data streams (a name matching a template with
+//! `data_stream` becomes one on its first write, `.ds-<name>-<yyyy.MM.dd>-
+//! 00000N` backing indices, `create` only, into the write index),
+//! `/{index}/_count`, `/{index}/_doc/{id}`
 //! and `/{index}/_refresh`, `/{index}/_search` (see `search`), plus fault injection: whole-request 429 or 503
 //! for a while, per-item 429 for a share of items, whole-request 400 for any
 //! request holding a poisoned document, whole-request 413 for large bodies,
@@ -46,17 +54,36 @@ pub struct Faults {
     pub max_body_bytes: Option<usize>,
     /// Fail every item with 403 `cluster_block_exception` until then.
     pub blocked_until: Option<Instant>,
+    /// Refuse every item with one of these ids, for good (400 `document_parsing_exception`).
+    pub refused_item_ids: HashSet<String>,
 }
 
 #[derive(Default)]
 struct Index {
     docs: HashMap<String, Value>,
+    /// External versions of documents, and of deleted ones (tombstones).
+    versions: HashMap<String, u64>,
+}
+
+/// A data stream: its backing indices, oldest first; the last one takes writes.
+#[derive(Debug, Clone, Default)]
+struct DataStream {
+    indices: Vec<String>,
 }
 
 #[derive(Default)]
 struct StubState {
     indices: HashMap<String, Index>,
     templates: HashMap<String, Value>,
+    /// PUTs of index templates and ILM policies received.
+    template_puts: u64,
+    policy_puts: u64,
+    policies: HashMap<String, Value>,
+    data_streams: HashMap<String, DataStream>,
+    /// Creation time (Unix ms) of each backing index.
+    created: HashMap<String, i64>,
+    /// `_mget` requests received.
+    mgets: u64,
     faults: Faults,
     /// Items ever received per id (duplicates show up here, not in docs).
     attempts: HashMap<String, u32>,
@@ -221,6 +248,55 @@ impl EsStub {
             .collect()
     }
 
+    /// `_mget` requests received.
+    pub fn mgets(&self) -> u64 {
+        self.state.lock().unwrap().mgets
+    }
+
+    /// PUTs of index templates and of ILM policies received.
+    pub fn puts(&self) -> (u64, u64) {
+        let st = self.state.lock().unwrap();
+        (st.template_puts, st.policy_puts)
+    }
+
+    /// The installed ILM policy `name`.
+    pub fn policy(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().policies.get(name).cloned()
+    }
+
+    /// The backing indices of data stream `name`, oldest first (empty when none).
+    pub fn backing_indices(&self, name: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .data_streams
+            .get(name)
+            .map(|d| d.indices.clone())
+            .unwrap_or_default()
+    }
+
+    /// Rolls data stream `name` over, as `POST /{name}/_rollover` does.
+    pub fn rollover(&self, name: &str) -> Option<String> {
+        rollover_stream(&mut self.state.lock().unwrap(), name)
+    }
+
+    /// Every document of `expr` (an index, a data stream, wildcards), by
+    /// index then id; a data stream's backing indices each count.
+    pub fn docs_in(&self, expr: &str) -> Vec<(String, String, Value)> {
+        let st = self.state.lock().unwrap();
+        let mut out = Vec::new();
+        for name in resolve(&st, expr) {
+            if let Some(i) = st.indices.get(&name) {
+                out.extend(
+                    i.docs
+                        .iter()
+                        .map(|(id, d)| (name.clone(), id.clone(), d.clone())),
+                );
+            }
+        }
+        out
+    }
+
     /// Number of ids that were sent more than once (replays), for reporting.
     pub fn replayed_ids(&self) -> usize {
         self.state
@@ -246,6 +322,15 @@ fn serve(
             "/_index_template/{name}",
             get(get_template).head(head_template).put(put_template),
         )
+        .route("/_ilm/policy/{name}", get(get_policy).put(put_policy))
+        .route(
+            "/_data_stream/{name}",
+            get(get_data_stream).put(put_data_stream),
+        )
+        .route("/{index}/_rollover", post(rollover))
+        .route("/{index}/_settings/{setting}", get(get_settings))
+        .route("/_mget", post(mget))
+        .route("/{index}", get(get_index).put(put_index))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", post(search))
         .route("/{index}/_refresh", post(refresh).get(refresh))
@@ -309,15 +394,233 @@ async fn put_template(
     if v.get("index_patterns").is_none() {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "action_request_validation_exception", "reason": "index patterns are missing"}, "status": 400}))).into_response();
     }
-    s.lock().unwrap().templates.insert(name, v);
+    let mut st = s.lock().unwrap();
+    st.template_puts += 1;
+    st.templates.insert(name, v);
     Json(json!({"acknowledged": true})).into_response()
 }
 
-async fn count(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
-    match s.lock().unwrap().indices.get(&index) {
-        Some(i) => Json(json!({"count": i.docs.len()})).into_response(),
-        None => index_missing(&index),
+async fn get_policy(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>) -> Response {
+    match s.lock().unwrap().policies.get(&name) {
+        Some(p) => Json(json!({name: {"version": 1, "policy": p["policy"]}})).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"type": "resource_not_found_exception", "reason": format!("Lifecycle policy not found: {name}")}, "status": 404})),
+        )
+            .into_response(),
     }
+}
+
+async fn put_policy(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad json").into_response();
+    };
+    if v["policy"]["phases"].as_object().is_none() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "x_content_parse_exception", "reason": "required [phases]"}, "status": 400}))).into_response();
+    }
+    let mut st = s.lock().unwrap();
+    st.policy_puts += 1;
+    st.policies.insert(name, v);
+    Json(json!({"acknowledged": true})).into_response()
+}
+
+/// The data-stream template matching `name`, if any: the highest priority
+/// template whose patterns match decides, as in Elasticsearch.
+fn data_stream_template(st: &StubState, name: &str) -> bool {
+    st.templates
+        .values()
+        .filter(|t| {
+            t["index_patterns"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p.as_str().is_some_and(|p| index_matches(p, name)))
+            })
+        })
+        .max_by_key(|t| t["priority"].as_u64().unwrap_or(0))
+        .is_some_and(|t| t.get("data_stream").is_some())
+}
+
+/// A backing index name: `.ds-<stream>-<yyyy.MM.dd>-<generation, 6 digits>`.
+fn backing_index(stream: &str, generation: usize) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        ".ds-{stream}-{:04}.{:02}.{:02}-{generation:06}",
+        now.year(),
+        now.month() as u8,
+        now.day()
+    )
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn create_stream(st: &mut StubState, name: &str) {
+    if st.data_streams.contains_key(name) {
+        return;
+    }
+    let first = backing_index(name, 1);
+    st.created.insert(first.clone(), now_ms());
+    st.data_streams.insert(
+        name.to_owned(),
+        DataStream {
+            indices: vec![first],
+        },
+    );
+}
+
+fn rollover_stream(st: &mut StubState, name: &str) -> Option<String> {
+    let ds = st.data_streams.get_mut(name)?;
+    let next = backing_index(name, ds.indices.len() + 1);
+    ds.indices.push(next.clone());
+    st.created.insert(next.clone(), now_ms());
+    Some(next)
+}
+
+async fn get_index(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
+    match s.lock().unwrap().indices.contains_key(&index) {
+        true => {
+            Json(json!({index: {"aliases": {}, "mappings": {}, "settings": {}}})).into_response()
+        }
+        false => index_missing(&index),
+    }
+}
+
+async fn put_index(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
+    let mut st = s.lock().unwrap();
+    if st.indices.contains_key(&index) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "resource_already_exists_exception", "reason": format!("index [{index}] already exists")}, "status": 400}))).into_response();
+    }
+    st.indices.insert(index.clone(), Index::default());
+    Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": index})).into_response()
+}
+
+/// `GET /{indices}/_settings/index.creation_date` for backing indices.
+async fn get_settings(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path((indices, setting)): Path<(String, String)>,
+) -> Response {
+    if setting != "index.creation_date" {
+        return (StatusCode::BAD_REQUEST, format!("stub: setting {setting}")).into_response();
+    }
+    let st = s.lock().unwrap();
+    let mut out = serde_json::Map::new();
+    for index in indices.split(',') {
+        let Some(t) = st.created.get(index) else {
+            return index_missing(index);
+        };
+        out.insert(
+            index.to_owned(),
+            json!({"settings": {"index": {"creation_date": t.to_string()}}}),
+        );
+    }
+    Json(Value::Object(out)).into_response()
+}
+
+/// `POST /_mget` with `docs` of `_index` and `_id`: realtime, per concrete index.
+async fn mget(State(s): State<Arc<Mutex<StubState>>>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad json").into_response();
+    };
+    let mut st = s.lock().unwrap();
+    st.mgets += 1;
+    let docs: Vec<Value> = req["docs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let (index, id) = (d["_index"].as_str().unwrap_or(""), d["_id"].as_str().unwrap_or(""));
+            match st.indices.get(index) {
+                Some(i) => json!({"_index": index, "_id": id, "found": i.docs.contains_key(id)}),
+                None => json!({"_index": index, "_id": id, "error": {"type": "index_not_found_exception", "reason": format!("no such index [{index}]")}}),
+            }
+        })
+        .collect();
+    Json(json!({"docs": docs})).into_response()
+}
+
+async fn put_data_stream(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(name): Path<String>,
+) -> Response {
+    let mut st = s.lock().unwrap();
+    if st.data_streams.contains_key(&name) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "resource_already_exists_exception", "reason": format!("data_stream [{name}] already exists")}, "status": 400}))).into_response();
+    }
+    if !data_stream_template(&st, &name) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "illegal_argument_exception", "reason": format!("no matching index template found for data stream [{name}]")}, "status": 400}))).into_response();
+    }
+    create_stream(&mut st, &name);
+    Json(json!({"acknowledged": true})).into_response()
+}
+
+async fn get_data_stream(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(name): Path<String>,
+) -> Response {
+    let st = s.lock().unwrap();
+    let streams: Vec<Value> = st
+        .data_streams
+        .iter()
+        .filter(|(n, _)| index_matches(&name, n))
+        .map(|(n, d)| {
+            json!({"name": n, "timestamp_field": {"name": "@timestamp"}, "generation": d.indices.len(),
+                   "indices": d.indices.iter().map(|i| json!({"index_name": i})).collect::<Vec<_>>()})
+        })
+        .collect();
+    if streams.is_empty() && !name.contains('*') {
+        return index_missing(&name);
+    }
+    Json(json!({"data_streams": streams})).into_response()
+}
+
+async fn rollover(State(s): State<Arc<Mutex<StubState>>>, Path(name): Path<String>) -> Response {
+    let mut st = s.lock().unwrap();
+    let old = st
+        .data_streams
+        .get(&name)
+        .and_then(|d| d.indices.last().cloned());
+    match rollover_stream(&mut st, &name) {
+        Some(new) => Json(json!({"acknowledged": true, "shards_acknowledged": true, "old_index": old, "new_index": new, "rolled_over": true, "dry_run": false, "conditions": {}})).into_response(),
+        None => index_missing(&name),
+    }
+}
+
+/// The concrete indices an index expression names: data streams (by name
+/// or wildcard) become their backing indices.
+fn resolve(st: &StubState, expr: &str) -> Vec<String> {
+    let mut out: Vec<String> = st
+        .indices
+        .keys()
+        .filter(|n| !n.starts_with(".ds-") && index_matches(expr, n))
+        .cloned()
+        .collect();
+    for (name, ds) in &st.data_streams {
+        if index_matches(expr, name) {
+            out.extend(ds.indices.iter().cloned());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+async fn count(State(s): State<Arc<Mutex<StubState>>>, Path(index): Path<String>) -> Response {
+    let st = s.lock().unwrap();
+    let names = resolve(&st, &index);
+    if names.is_empty() && !st.data_streams.contains_key(&index) {
+        return index_missing(&index);
+    }
+    let n: usize = names
+        .iter()
+        .filter_map(|n| st.indices.get(n))
+        .map(|i| i.docs.len())
+        .sum();
+    Json(json!({"count": n})).into_response()
 }
 
 async fn refresh(Path(_index): Path<String>) -> Json<Value> {
@@ -440,28 +743,18 @@ async fn search(
     };
     let st = s.lock().unwrap();
     let mut hits: Vec<(String, String, Value, Vec<Value>)> = Vec::new();
-    for (name, idx) in &st.indices {
-        if !index_matches(&index, name) {
+    for name in resolve(&st, &index) {
+        let Some(idx) = st.indices.get(&name) else {
             continue;
-        }
-        'doc: for (id, doc) in &idx.docs {
-            for f in &filters {
-                if let Some(term) = f.get("term").and_then(Value::as_object) {
-                    for (k, v) in term {
-                        if field(doc, k) != Some(v) {
-                            continue 'doc;
-                        }
-                    }
-                } else if let Some(range) = f.get("range").and_then(|r| r.get("@timestamp")) {
-                    let ts = sort_value(doc, "@timestamp").as_i64().unwrap_or(i64::MIN);
-                    if range["gte"].as_i64().is_some_and(|g| ts < g)
-                        || range["lte"].as_i64().is_some_and(|l| ts > l)
-                    {
-                        continue 'doc;
-                    }
-                } else {
-                    return unsupported(format!("filter {f}"));
-                }
+        };
+        for (id, doc) in &idx.docs {
+            match filters
+                .iter()
+                .try_fold(true, |all, f| Ok::<_, String>(all && matches(doc, f)?))
+            {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(what) => return unsupported(what),
             }
             let key: Vec<Value> = sort.iter().map(|(f, _)| sort_value(doc, f)).collect();
             hits.push((name.clone(), id.clone(), doc.clone(), key));
@@ -481,6 +774,77 @@ async fn search(
         })
         .collect();
     Json(json!({"took": 1, "timed_out": false, "hits": {"hits": hits}})).into_response()
+}
+
+/// Whether `doc` matches the query clause `q`: `term` (on a `flattened`
+/// field's root, any leaf), `@timestamp` `range`, `exists`, and `bool` with
+/// `filter`, `must`, `must_not`, `should` and `minimum_should_match`; any
+/// other clause is an error rather than a wrong answer.
+fn matches(doc: &Value, q: &Value) -> Result<bool, String> {
+    fn leaves(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Object(m) => m.values().for_each(|v| leaves(v, out)),
+            Value::Array(a) => a.iter().for_each(|v| leaves(v, out)),
+            Value::Null => {}
+            other => out.push(other.clone()),
+        }
+    }
+    let clauses = |v: &Value| -> Vec<Value> {
+        match v {
+            Value::Array(a) => a.clone(),
+            Value::Null => Vec::new(),
+            one => vec![one.clone()],
+        }
+    };
+    if let Some(term) = q.get("term").and_then(Value::as_object) {
+        for (k, v) in term {
+            let ok = match field(doc, k) {
+                Some(Value::Object(_)) => {
+                    let mut all = Vec::new();
+                    leaves(field(doc, k).unwrap(), &mut all);
+                    all.contains(v)
+                }
+                other => other == Some(v),
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    } else if let Some(range) = q.get("range").and_then(|r| r.get("@timestamp")) {
+        let ts = sort_value(doc, "@timestamp").as_i64().unwrap_or(i64::MIN);
+        Ok(!(range["gte"].as_i64().is_some_and(|g| ts < g)
+            || range["lte"].as_i64().is_some_and(|l| ts > l)))
+    } else if let Some(f) = q.get("exists").and_then(|e| e["field"].as_str()) {
+        Ok(match field(doc, f) {
+            Some(Value::Object(m)) => !m.is_empty(),
+            Some(_) => true,
+            None => false,
+        })
+    } else if let Some(b) = q.get("bool") {
+        for c in clauses(&b["filter"]).iter().chain(&clauses(&b["must"])) {
+            if !matches(doc, c)? {
+                return Ok(false);
+            }
+        }
+        for c in &clauses(&b["must_not"]) {
+            if matches(doc, c)? {
+                return Ok(false);
+            }
+        }
+        let should = clauses(&b["should"]);
+        if !should.is_empty() {
+            let min = b["minimum_should_match"].as_u64().unwrap_or(1) as usize;
+            let mut n = 0;
+            for c in &should {
+                n += usize::from(matches(doc, c)?);
+            }
+            return Ok(n >= min);
+        }
+        Ok(true)
+    } else {
+        Err(format!("query clause {q}"))
+    }
 }
 
 fn index_missing(index: &str) -> Response {
@@ -545,8 +909,9 @@ async fn bulk(
         Ok(t) => t,
         Err(_) => return (StatusCode::BAD_REQUEST, "not utf-8").into_response(),
     };
+    // Every line: a `delete` has no document line, so actions are not every other one.
     let poisoned = !st.faults.poisoned_ids.is_empty()
-        && text.lines().step_by(2).any(|action| {
+        && text.lines().any(|action| {
             serde_json::from_str::<Value>(action).is_ok_and(|a| {
                 a.as_object()
                     .and_then(|o| o.values().next())
@@ -591,15 +956,20 @@ async fn bulk(
         let op = op.clone();
         let index = meta["_index"].as_str().unwrap_or("").to_owned();
         let id = meta["_id"].as_str().unwrap_or("").to_owned();
-        let Some(source_line) = lines.next() else {
-            return (StatusCode::BAD_REQUEST, "missing source line").into_response();
-        };
-        let source: Value = match serde_json::from_str(source_line) {
-            Ok(v) => v,
-            Err(e) => {
-                errors = true;
-                items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": format!("failed to parse: {e}")}}}));
-                continue;
+        // `delete` alone has no document line.
+        let source = if op == "delete" {
+            Value::Null
+        } else {
+            let Some(source_line) = lines.next() else {
+                return (StatusCode::BAD_REQUEST, "missing source line").into_response();
+            };
+            match serde_json::from_str(source_line) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors = true;
+                    items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": format!("failed to parse: {e}")}}}));
+                    continue;
+                }
             }
         };
         *st.attempts.entry(id.clone()).or_default() += 1;
@@ -612,6 +982,11 @@ async fn bulk(
                 items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}}}));
                 continue;
             }
+        }
+        if st.faults.refused_item_ids.contains(&id) {
+            errors = true;
+            items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": "stub: refused item"}}}));
+            continue;
         }
         if blocked {
             errors = true;
@@ -626,15 +1001,62 @@ async fn bulk(
             items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "document_parsing_exception", "reason": "[1:2] the provided [flattened] field [data] exceeds the maximum depth limit of [20]"}}}));
             continue;
         }
-        let docs = &mut st.indices.entry(index.clone()).or_default().docs;
-        if op == "create" && docs.contains_key(&id) {
+        // A data stream (existing, or created by this first write) takes
+        // `create` only, into its write index.
+        let mut target = index.clone();
+        if st.data_streams.contains_key(&index) || data_stream_template(&st, &index) {
+            if op != "create" {
+                errors = true;
+                items.push(json!({op.clone(): {"_index": index, "_id": id, "status": 400, "error": {"type": "illegal_argument_exception", "reason": format!("only write ops with an op_type of create are allowed in data streams")}}}));
+                continue;
+            }
+            create_stream(&mut st, &index);
+            target = st.data_streams[&index].indices.last().cloned().unwrap();
+        }
+        let version_type = meta["version_type"].as_str().unwrap_or("internal");
+        let version = meta["version"].as_u64();
+        let idx = st.indices.entry(target.clone()).or_default();
+        if let (Some(v), "external" | "external_gte") = (version, version_type) {
+            if let Some(&current) = idx.versions.get(&id) {
+                let conflict = if version_type == "external" {
+                    current >= v
+                } else {
+                    current > v
+                };
+                if conflict {
+                    let how = if version_type == "external" {
+                        "higher or equal to"
+                    } else {
+                        "higher than"
+                    };
+                    errors = true;
+                    items.push(json!({op.clone(): {"_index": target, "_id": id, "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, current version [{current}] is {how} the one provided [{v}]")}}}));
+                    continue;
+                }
+            }
+        }
+        if op == "create" && idx.docs.contains_key(&id) {
             errors = true;
-            items.push(json!({"create": {"_index": index, "_id": id, "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")}}}));
+            items.push(json!({"create": {"_index": target, "_id": id, "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")}}}));
             continue;
         }
-        let existed = docs.insert(id.clone(), source).is_some();
+        if let Some(v) = version {
+            // Kept for deleted documents too (Elasticsearch: for index.gc_deletes).
+            idx.versions.insert(id.clone(), v);
+        }
+        let version = version.unwrap_or(1);
+        if op == "delete" {
+            // Not an error: the item says `not_found` with 404.
+            let (result, status) = match idx.docs.remove(&id) {
+                Some(_) => ("deleted", 200),
+                None => ("not_found", 404),
+            };
+            items.push(json!({"delete": {"_index": target, "_id": id, "_version": version, "result": result, "status": status}}));
+            continue;
+        }
+        let existed = idx.docs.insert(id.clone(), source).is_some();
         let status = if existed { 200 } else { 201 };
-        items.push(json!({op: {"_index": index, "_id": id, "_version": 1, "result": if existed {"updated"} else {"created"}, "status": status}}));
+        items.push(json!({op: {"_index": target, "_id": id, "_version": version, "result": if existed {"updated"} else {"created"}, "status": status}}));
     }
     let took = started.elapsed().as_millis() as u64;
     Json(json!({"took": took, "errors": errors, "items": items})).into_response()
