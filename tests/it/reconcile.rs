@@ -280,3 +280,60 @@ async fn reconcile_finds_exactly_the_seeded_damage_and_repairs_it() {
     );
     assert_eq!(code, 0, "false differences with a writer running: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_against_the_elasticsearch_state_index() {
+    let es = crate::harness::es::EsTarget::start().await;
+    let db = MariaDb::start().await;
+    let d = db.create_database("reconces").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = db.capture_env(&format!("{d}.*"), dir.path());
+    let index = crate::harness::unique("recon").to_lowercase();
+    env.extend([
+        ("CDC_ES_URL".to_owned(), es.url.clone()),
+        ("CDC_ES_INDEX".to_owned(), format!("{index}-events")),
+        ("CDC_ES_STATE_INDEX".to_owned(), format!("{index}-state")),
+    ]);
+    let p = ConsumerProcess::spawn(&env);
+    p.wait_healthy().await;
+    fill(&db, &d).await;
+    db.exec(&format!(
+        "INSERT INTO {d}.t (id, v) VALUES (1000000, 'marker')"
+    ))
+    .await;
+    // 50,000 changes, the CREATE TABLE and the marker.
+    let all = eventually(Duration::from_secs(180), || async {
+        p.metric("cdc_events_total", &[]).await >= 50_002.0
+    })
+    .await;
+    assert!(all, "log:\n{}", p.log_tail());
+    let tables = format!("{d}.*");
+    let (code, report, out) = reconcile(&env, &["--tables", &tables, "--settle-seconds", "10"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        report["tables"][0]["compared"],
+        (ROWS - ROWS.div_ceil(6) + 1) as u64
+    );
+    // A row changed behind the capture's back is found in the index too.
+    db.exec(&format!(
+        "SET SESSION sql_log_bin = 0; UPDATE {d}.t SET v = 'silent' WHERE id = 4"
+    ))
+    .await;
+    let (code, report, out) = reconcile(&env, &["--tables", &tables, "--settle-seconds", "2"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        keys(&report, "changed"),
+        [key(4)].into_iter().collect(),
+        "{out}"
+    );
+    let (code, _, out) = reconcile(
+        &env,
+        &["--tables", &tables, "--repair", "--settle-seconds", "2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let fixed = eventually(Duration::from_secs(30), || async {
+        reconcile(&env, &["--tables", &tables, "--settle-seconds", "2"]).0 == 0
+    })
+    .await;
+    assert!(fixed, "the repair never showed in the state index");
+}

@@ -473,6 +473,18 @@ impl Sink for ElasticsearchSink {
         Box::pin(ElasticsearchSink::row_history(self, key, limit))
     }
 
+    fn state_page<'a>(
+        &'a self,
+        database: &'a str,
+        table: &'a str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Answer<'a, crate::sink::StatePage> {
+        Box::pin(ElasticsearchSink::state_page(
+            self, database, table, cursor, limit,
+        ))
+    }
+
     fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {
         Box::pin(ElasticsearchSink::stats(self, window, bucket))
     }

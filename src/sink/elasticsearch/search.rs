@@ -78,6 +78,51 @@ impl ElasticsearchSink {
             .map_err(|e| QueryError::Unavailable(format!("state document {id}: {e}")))
     }
 
+    /// One page of `database.table`'s rows in the state index, by event id,
+    /// after `cursor` (the last event id of the page before).
+    pub async fn state_page(
+        &self,
+        database: &str,
+        table: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<crate::sink::StatePage, QueryError> {
+        let Some(index) = &self.state_index else {
+            return Err(QueryError::Unavailable(
+                "no current-state index: set CDC_ES_STATE_INDEX (es.state_index)".into(),
+            ));
+        };
+        let mut body = json!({
+            "size": limit,
+            "query": {"bool": {"filter": [
+                {"term": {"database": database}},
+                {"term": {"table": table}}
+            ]}},
+            // Unique among live rows: one event sets at most one row.
+            "sort": [{"event_id": {"order": "asc"}}]
+        });
+        if let Some(after) = cursor {
+            body["search_after"] = json!([after]);
+        }
+        let reply: SearchReply = self
+            .client
+            .search(index, &body)
+            .await
+            .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let full = reply.hits.hits.len() == limit;
+        let mut rows = Vec::with_capacity(reply.hits.hits.len());
+        let mut last = None;
+        for hit in reply.hits.hits {
+            let source: Value = serde_json::from_str(hit.source.get())
+                .map_err(|e| QueryError::Unavailable(format!("state document {}: {e}", hit.id)))?;
+            let (key, state) = state_index::keyed_row_state(&source)
+                .map_err(|e| QueryError::Unavailable(format!("state document {}: {e}", hit.id)))?;
+            last = hit.sort.first().and_then(|v| v.as_str().map(str::to_owned));
+            rows.push((key, state));
+        }
+        Ok((rows, if full { last } else { None }))
+    }
+
     /// The stored events of the row `key`, oldest first, at most `limit`.
     pub async fn row_history(&self, key: &RowKey, limit: usize) -> Result<EventPage, QueryError> {
         let values: Vec<Value> = serde_json::from_str(&key.values)

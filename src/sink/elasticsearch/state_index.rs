@@ -43,6 +43,9 @@ struct Meta<'a> {
 struct StateDoc<'a> {
     database: &'a str,
     table: &'a str,
+    /// The row's key values in key order (`RowKey::values`): what
+    /// `reconcile` pairs rows by, whatever order `_source` comes back in.
+    key: &'a str,
     pk: &'a Row,
     data: &'a Row,
     op: &'static str,
@@ -65,12 +68,13 @@ pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent) -> usize {
         };
         // Serialising these borrowed structs into a Vec cannot fail: every key is a string.
         match change {
-            StateChange::Set { pk, data, .. } => {
+            StateChange::Set { key, pk, data } => {
                 serde_json::to_writer(&mut *buf, &Action::Index(meta)).expect("action serialises");
                 buf.push(b'\n');
                 let doc = StateDoc {
                     database: &event.database,
                     table: &event.table,
+                    key: &key.values,
                     pk,
                     data,
                     op: event.op.as_str(),
@@ -93,6 +97,8 @@ pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent) -> usize {
 /// A state document as `GET _doc` returns its `_source`.
 #[derive(Deserialize)]
 struct StoredDoc {
+    #[serde(default)]
+    key: String,
     database: String,
     table: String,
     #[serde(default)]
@@ -109,18 +115,28 @@ struct StoredDoc {
 
 /// The row state held by a stored state document's `_source`.
 pub fn row_state(source: &serde_json::Value) -> Result<RowState, serde_json::Error> {
+    keyed_row_state(source).map(|(_, state)| state)
+}
+
+/// The row's key values (`RowKey::values`) and state of a stored state document.
+pub fn keyed_row_state(
+    source: &serde_json::Value,
+) -> Result<(String, RowState), serde_json::Error> {
     let d = StoredDoc::deserialize(source)?;
-    Ok(RowState {
-        database: d.database,
-        table: d.table,
-        pk: d.pk,
-        data: d.data,
-        deleted: false,
-        op: d.op,
-        version: d.version,
-        changed_at: d.timestamp,
-        event_id: d.event_id,
-    })
+    Ok((
+        d.key,
+        RowState {
+            database: d.database,
+            table: d.table,
+            pk: d.pk,
+            data: d.data,
+            deleted: false,
+            op: d.op,
+            version: d.version,
+            changed_at: d.timestamp,
+            event_id: d.event_id,
+        },
+    ))
 }
 
 /// The state index's template: its mapping, and `index.gc_deletes` of the
@@ -213,7 +229,7 @@ mod tests {
         assert_eq!(l[1]["index"]["version"], 445_318_436_578_918_401u64);
         assert_eq!(
             l[2],
-            json!({"database": "appdb", "table": "users", "pk": {"id": "2"}, "data": {"id": "2", "n": "a"},
+            json!({"database": "appdb", "table": "users", "key": "[\"2\"]", "pk": {"id": "2"}, "data": {"id": "2", "n": "a"},
                    "op": "update", "version": 445_318_436_578_918_401u64, "@timestamp": "2023-11-14T22:13:20.000Z",
                    "event_id": e.document_id().to_string()})
         );
