@@ -1265,7 +1265,7 @@ w = get("PUT", "/_security/role/cdc_writer")
 if set(w.get("cluster", [])) != {"monitor", "manage_index_templates", "manage_ilm"}:
     errs.append(f"cdc_writer cluster privileges {w.get('cluster')}")
 wi = (w.get("indices") or [{}])[0]
-if set(wi.get("names", [])) != {"cdc-events", "cdc-events-*"} or set(wi.get("privileges", [])) != {"create_doc", "create_index", "read"}:
+if set(wi.get("names", [])) != {"cdc-events", "cdc-events-*"} or set(wi.get("privileges", [])) != {"create_doc", "create_index", "auto_configure", "read", "view_index_metadata"}:
     errs.append(f"cdc_writer index privileges {wi}")
 # The state index is indexed into and deleted from, one document per row.
 ws = (w.get("indices") or [{}, {}])[1:2] or [{}]

@@ -71,7 +71,7 @@ es POST /_security/user/kibana_system/_password \
 
 es PUT /_security/role/cdc_writer "{
   \"cluster\": [\"monitor\", \"manage_index_templates\", \"manage_ilm\"],
-  \"indices\": [{\"names\": [$index, $pattern], \"privileges\": [\"create_doc\", \"create_index\", \"read\"]}$writer_state]
+  \"indices\": [{\"names\": [$index, $pattern], \"privileges\": [\"create_doc\", \"create_index\", \"auto_configure\", \"read\", \"view_index_metadata\"]}$writer_state]
 }"
 es PUT /_security/user/cdc_writer "{
   \"password\": $(json_string "$CDC_ES_WRITER_PASSWORD"),
