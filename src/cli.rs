@@ -1,4 +1,4 @@
-//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`, `snapshot`.
+//! Command line: `run`, `quickstart`, `changefeed ensure`, `bench`, `snapshot`, `doctor`.
 //!
 //! Configuration flags double as `CDC_*` environment variables (clap's `env`);
 //! both are layered over the TOML file in `config::Layers`.
@@ -44,6 +44,53 @@ pub enum Command {
     /// Their rows arrive as `snapshot` events and set the current state
     /// where no newer change did. Returns once the snapshot started.
     Snapshot(SnapshotArgs),
+    /// Check each hop of the pipeline `run` would build and name the first broken one.
+    ///
+    /// Takes `run`'s settings (flags, CDC_* variables, --config). In order:
+    /// configuration, source (Kafka brokers, topics, group lag; or the binlog
+    /// preflight), the TiCDC changefeed when CDC_TICDC_URL is set, the sink
+    /// (Elasticsearch health, write blocks, disk; or the embedded store's
+    /// directory, file and free space), and a running instance with --url.
+    /// Exit 0 healthy, 1 a hop broken, 2 the configuration does not load.
+    Doctor(Box<DoctorArgs>),
+}
+
+/// `doctor` options, besides `run`'s.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Print `{"healthy": bool, "hops": [{"hop", "ok", "detail", "fix"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// A running instance to check too (its /readyz and /metrics), e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<url::Url>,
+    /// Longest wait for each server.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+impl DoctorArgs {
+    /// What doctor checks besides the configuration; the changefeed from
+    /// the same CDC_TICDC_* / CDC_CHANGEFEED_* variables as `changefeed
+    /// ensure`, when CDC_TICDC_URL is set.
+    pub fn options(&self) -> Result<crate::doctor::Options, clap::Error> {
+        #[derive(Parser)]
+        struct TicdcEnv {
+            #[command(flatten)]
+            args: ChangefeedArgs,
+        }
+        let ticdc = match std::env::var_os("CDC_TICDC_URL") {
+            Some(_) => Some(TicdcEnv::try_parse_from(["doctor"])?.args),
+            None => None,
+        };
+        Ok(crate::doctor::Options {
+            url: self.url.clone(),
+            ticdc,
+            timeout: self.timeout,
+        })
+    }
 }
 
 /// `snapshot` options.
