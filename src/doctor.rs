@@ -22,7 +22,8 @@ use crate::config::{
 use crate::kafka_client::{client_config, LogContext};
 use crate::sink::elasticsearch::client::{template_name, EsClient};
 use crate::sink::SinkError;
-use crate::source::binlog::{preflight, tls::with_tls};
+use crate::source::binlog::preflight;
+use crate::source::binlog::tls::{self, with_tls};
 use crate::ticdc::{self, ChangefeedArgs};
 use crate::tls::error_chain;
 
@@ -308,19 +309,25 @@ async fn binlog(cfg: &MysqlConfig, timeout: Duration) -> Result<String, Broken> 
     })?;
     let at = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
     let user = opts.user().unwrap_or_default().to_owned();
-    let connect = mysql_async::Conn::new(with_tls(opts, &cfg.tls));
-    let mut conn = match tokio::time::timeout(timeout, connect).await {
+    let (connected, _) = tls::connect(&with_tls(opts, &cfg.tls), cfg.tls.mode, timeout).await;
+    let mut conn = match connected {
         Ok(Ok(conn)) => conn,
-        Ok(Err(mysql_async::Error::Server(e))) if e.code == 1045 => {
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == 1045 || e.code == 1044 => {
             return Err(broken(
                 format!("mysql {at} refuses user {user}: {}", e.message),
                 "correct the user and password in CDC_MYSQL_URL",
             ))
         }
+        Ok(Err(e)) if tls::is_tls_failure(&e) => {
+            return Err(broken(
+                format!("TLS to mysql {at} fails: {e}"),
+                tls::failure_hint(cfg.tls.mode),
+            ))
+        }
         Ok(Err(e)) => {
             return Err(broken(
                 format!("cannot connect to mysql {at}: {e}"),
-                "check that the server runs and CDC_MYSQL_URL names its host and port (and CDC_MYSQL_SSL_* its TLS)",
+                "check that the server runs and CDC_MYSQL_URL names its host and port",
             ))
         }
         Err(_) => {
@@ -413,16 +420,17 @@ async fn elasticsearch(cfg: &EsConfig) -> Result<String, Broken> {
             "set CDC_ES_API_KEY, or CDC_ES_USERNAME and CDC_ES_PASSWORD, to a user that may monitor the cluster and write the index",
         ));
     }
-    let health: serde_json::Value =
-        match json(health).await {
-            Some(v) if status == 200 => v,
-            _ => return Err(broken(
+    let health: serde_json::Value = match json(health).await {
+        Some(v) if status == 200 => v,
+        _ => {
+            return Err(broken(
                 format!(
                     "{urls} does not answer GET _cluster/health like Elasticsearch (HTTP {status})"
                 ),
                 "set CDC_ES_URL to an Elasticsearch cluster's address",
-            )),
-        };
+            ))
+        }
+    };
     let color = health["status"].as_str().unwrap_or("unknown").to_owned();
     let first = cfg.urls[0].as_str().trim_end_matches('/');
     if color == "red" {
