@@ -719,7 +719,7 @@ async fn instance(
     }
     let text = metrics.text().await.unwrap_or_default();
     let sample = |name: &str| samples(&text, name);
-    if sample("cdc_sink_up").iter().any(|v| *v == 0.0) {
+    if sample("cdc_sink_up").contains(&0.0) {
         return Err(broken(
             format!("{url}: the sink is down (cdc_sink_up 0), writes are being retried"),
             "see the sink hop above and the instance's log: `grep -E 'ERROR|WARN'` in it",
