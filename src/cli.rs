@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ConfigArgs, ConfigError, Layers, Origin, KEYS};
+use secrecy::SecretString;
+
+use crate::config::{
+    Config, ConfigArgs, ConfigError, Layers, MysqlSslMode, MysqlTls, Origin, SourceConfig, KEYS,
+};
 pub use crate::ticdc::ChangefeedArgs;
 
 /// Watches every database change: TiCDC canal-json from Kafka into
@@ -69,13 +73,43 @@ pub struct DoctorArgs {
     /// Longest wait for each server.
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
     pub timeout: std::time::Duration,
+    /// Also write a row into the canary table through CDC_MYSQL_URL (needs
+    /// CREATE, INSERT, UPDATE there) and time its arrival at --url.
+    #[arg(long, requires = "url")]
+    pub canary: bool,
+    /// The canary table, DATABASE.TABLE; created when absent, one row.
+    #[arg(
+        long,
+        env = "CDC_DOCTOR_CANARY_TABLE",
+        value_name = "DB.TABLE",
+        default_value = "cdc_canary.heartbeat",
+        value_parser = parse_canary_table
+    )]
+    pub canary_table: (String, String),
+    /// Longest wait for the canary row to arrive.
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub canary_timeout: std::time::Duration,
+}
+
+/// `DATABASE.TABLE`, each a plain identifier (it is quoted into SQL).
+fn parse_canary_table(s: &str) -> Result<(String, String), String> {
+    let plain = |p: &str| {
+        !p.is_empty() && p.len() <= 64 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match s.trim().split_once('.') {
+        Some((db, table)) if plain(db) && plain(table) => Ok((db.to_owned(), table.to_owned())),
+        _ => Err("expected DATABASE.TABLE of letters, digits and _".into()),
+    }
 }
 
 impl DoctorArgs {
     /// What doctor checks besides the configuration; the changefeed from
     /// the same CDC_TICDC_* / CDC_CHANGEFEED_* variables as `changefeed
     /// ensure`, when CDC_TICDC_URL is set.
-    pub fn options(&self) -> Result<crate::doctor::Options, clap::Error> {
+    /// The canary writes through the binlog source's CDC_MYSQL_URL and TLS
+    /// settings; with the Kafka source (TiDB), through CDC_MYSQL_URL /
+    /// --mysql-url alone, TLS preferred.
+    pub fn options(&self, cfg: &Config) -> Result<crate::doctor::Options, clap::Error> {
         #[derive(Parser)]
         struct TicdcEnv {
             #[command(flatten)]
@@ -85,10 +119,39 @@ impl DoctorArgs {
             Some(_) => Some(TicdcEnv::try_parse_from(["doctor"])?.args),
             None => None,
         };
+        let canary = if self.canary {
+            let (mysql_url, tls) = match &cfg.source {
+                SourceConfig::Binlog(m) => (m.url.clone(), m.tls.clone()),
+                SourceConfig::Kafka => {
+                    let Some(url) = &self.run.settings.mysql_url else {
+                        return Err(Cli::command().error(
+                            clap::error::ErrorKind::MissingRequiredArgument,
+                            "--canary writes its row through CDC_MYSQL_URL (or --mysql-url): set it",
+                        ));
+                    };
+                    let tls = MysqlTls {
+                        mode: MysqlSslMode::Preferred,
+                        ca_file: None,
+                        identity: None,
+                    };
+                    (SecretString::from(url.clone()), tls)
+                }
+            };
+            Some(crate::doctor::Canary {
+                database: self.canary_table.0.clone(),
+                table: self.canary_table.1.clone(),
+                mysql_url,
+                tls,
+                timeout: self.canary_timeout,
+            })
+        } else {
+            None
+        };
         Ok(crate::doctor::Options {
             url: self.url.clone(),
             ticdc,
             timeout: self.timeout,
+            canary,
         })
     }
 }

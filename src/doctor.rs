@@ -17,7 +17,8 @@ use url::Url;
 
 use crate::clock::now_millis;
 use crate::config::{
-    Config, ConfigError, EsConfig, KafkaConfig, MysqlConfig, SinkConfig, SourceConfig, StoreConfig,
+    Config, ConfigError, EsConfig, KafkaConfig, MysqlConfig, MysqlTls, SinkConfig, SourceConfig,
+    StoreConfig,
 };
 use crate::kafka_client::{client_config, LogContext};
 use crate::sink::elasticsearch::client::{template_name, EsClient};
@@ -51,6 +52,22 @@ pub struct Options {
     /// The changefeed to check, when `CDC_TICDC_URL` is set.
     pub ticdc: Option<ChangefeedArgs>,
     /// Longest wait for any one server.
+    pub timeout: Duration,
+    /// `--canary`: a row to write and wait for at `url`.
+    pub canary: Option<Canary>,
+}
+
+/// `--canary`: a row written into a table at the source, timed until the
+/// running instance serves it from `/api/events`.
+#[derive(Debug, Clone)]
+pub struct Canary {
+    /// `CDC_DOCTOR_CANARY_TABLE`'s database and table, created when absent.
+    pub database: String,
+    pub table: String,
+    /// Whom to write as: needs CREATE, INSERT and UPDATE there.
+    pub mysql_url: SecretString,
+    pub tls: MysqlTls,
+    /// Longest wait for the row to arrive.
     pub timeout: Duration,
 }
 
@@ -161,7 +178,28 @@ pub async fn diagnose(cfg: &Config, opts: &Options) -> Report {
     }
     if let Some(url) = &opts.url {
         let token = cfg.http.metrics_token.as_ref().or(cfg.http.token.as_ref());
-        report.push("instance", instance(url, token, opts.timeout).await);
+        if !report.push("instance", instance(url, token, opts.timeout).await) {
+            return report;
+        }
+    }
+    if let Some(c) = &opts.canary {
+        let result = match (&opts.url, &cfg.source) {
+            (None, _) => Err(broken(
+                "--canary times the row's arrival at a running instance, and no --url names one",
+                "add --url http://HOST:PORT (the instance's CDC_HTTP_ADDR)",
+            )),
+            (Some(_), SourceConfig::Binlog(m)) if !m.tables.accepts(&c.database, &c.table) => {
+                Err(broken(
+                    format!("the canary table {}.{} is not captured", c.database, c.table),
+                    format!(
+                        "add {}.{} to CDC_TABLES, or set CDC_DOCTOR_CANARY_TABLE to a captured table",
+                        c.database, c.table
+                    ),
+                ))
+            }
+            (Some(url), _) => canary(c, url, cfg.http.token.as_ref(), opts.timeout).await,
+        };
+        report.push("canary", result);
     }
     report
 }
@@ -301,42 +339,7 @@ fn group_line(
 /// The binlog source's own preflight: binary log on, row format, full
 /// images, the privileges a replica needs.
 async fn binlog(cfg: &MysqlConfig, timeout: Duration) -> Result<String, Broken> {
-    let opts = mysql_async::Opts::from_url(cfg.url.expose_secret()).map_err(|e| {
-        broken(
-            format!("CDC_MYSQL_URL does not parse: {e}"),
-            "set CDC_MYSQL_URL to mysql://USER:PASSWORD@HOST:PORT",
-        )
-    })?;
-    let at = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    let user = opts.user().unwrap_or_default().to_owned();
-    let (connected, _) = tls::connect(&with_tls(opts, &cfg.tls), cfg.tls.mode, timeout).await;
-    let mut conn = match connected {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(mysql_async::Error::Server(e))) if e.code == 1045 || e.code == 1044 => {
-            return Err(broken(
-                format!("mysql {at} refuses user {user}: {}", e.message),
-                "correct the user and password in CDC_MYSQL_URL",
-            ))
-        }
-        Ok(Err(e)) if tls::is_tls_failure(&e) => {
-            return Err(broken(
-                format!("TLS to mysql {at} fails: {e}"),
-                tls::failure_hint(cfg.tls.mode),
-            ))
-        }
-        Ok(Err(e)) => {
-            return Err(broken(
-                format!("cannot connect to mysql {at}: {e}"),
-                "check that the server runs and CDC_MYSQL_URL names its host and port",
-            ))
-        }
-        Err(_) => {
-            return Err(broken(
-                format!("mysql {at} does not answer within {}", secs(timeout)),
-                "check CDC_MYSQL_URL's host and port and any firewall between",
-            ))
-        }
-    };
+    let (mut conn, at) = mysql_connect(&cfg.url, &cfg.tls, timeout).await?;
     let checked = preflight::check(&mut conn, &cfg.tables).await;
     let _ = conn.disconnect().await;
     let (info, problems) =
@@ -350,9 +353,136 @@ async fn binlog(cfg: &MysqlConfig, timeout: Duration) -> Result<String, Broken> 
         ));
     }
     Ok(format!(
-        "binlog {at}: {}, binary log on in row format with full images, user {user} may replicate",
+        "binlog {at}: {}, binary log on in row format with full images, the user may replicate",
         info.version
     ))
+}
+
+/// Connects as `url` says, with `tls` (plaintext fallback in `preferred`).
+async fn mysql_connect(
+    url: &SecretString,
+    tls: &MysqlTls,
+    timeout: Duration,
+) -> Result<(mysql_async::Conn, String), Broken> {
+    let opts = mysql_async::Opts::from_url(url.expose_secret()).map_err(|e| {
+        broken(
+            format!("CDC_MYSQL_URL does not parse: {e}"),
+            "set CDC_MYSQL_URL to mysql://USER:PASSWORD@HOST:PORT",
+        )
+    })?;
+    let at = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    let user = opts.user().unwrap_or_default().to_owned();
+    let (connected, _) = tls::connect(&with_tls(opts, tls), tls.mode, timeout).await;
+    match connected {
+        Ok(Ok(conn)) => Ok((conn, at)),
+        Ok(Err(mysql_async::Error::Server(e))) if e.code == 1045 || e.code == 1044 => Err(broken(
+            format!("mysql {at} refuses user {user}: {}", e.message),
+            "correct the user and password in CDC_MYSQL_URL",
+        )),
+        Ok(Err(e)) if tls::is_tls_failure(&e) => Err(broken(
+            format!("TLS to mysql {at} fails: {e}"),
+            tls::failure_hint(tls.mode),
+        )),
+        Ok(Err(e)) => Err(broken(
+            format!("cannot connect to mysql {at}: {e}"),
+            "check that the server runs and CDC_MYSQL_URL names its host and port",
+        )),
+        Err(_) => Err(broken(
+            format!("mysql {at} does not answer within {}", secs(timeout)),
+            "check CDC_MYSQL_URL's host and port and any firewall between",
+        )),
+    }
+}
+
+/// Writes the canary row (one row, its marker replaced each run) and waits
+/// until the instance at `url` serves that change.
+async fn canary(
+    c: &Canary,
+    url: &Url,
+    token: Option<&SecretString>,
+    timeout: Duration,
+) -> Result<String, Broken> {
+    use mysql_async::prelude::Queryable;
+    let (db, table) = (&c.database, &c.table);
+    let (mut conn, at) = mysql_connect(&c.mysql_url, &c.tls, timeout).await?;
+    // Not named like a masked column (`*token*`, `*secret*`...): the
+    // marker must arrive as written to be recognised.
+    let marker = format!("doctor{}", now_millis());
+    let written = async {
+        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+            .await?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS `{db}`.`{table}` (id INT PRIMARY KEY, marker VARCHAR(64) NOT NULL)"
+        ))
+        .await?;
+        conn.exec_drop(
+            format!("INSERT INTO `{db}`.`{table}` (id, marker) VALUES (1, ?) ON DUPLICATE KEY UPDATE marker = VALUES(marker)"),
+            (marker.clone(),),
+        )
+        .await
+    }
+    .await;
+    let _ = conn.disconnect().await;
+    written.map_err(|e| {
+        broken(
+            format!("cannot write the canary row into {db}.{table} at mysql {at}: {e}"),
+            format!("GRANT CREATE, INSERT, UPDATE ON `{db}`.* TO the CDC_MYSQL_URL user, or set CDC_DOCTOR_CANARY_TABLE to a table it may write"),
+        )
+    })?;
+    let sent = tokio::time::Instant::now();
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| broken(format!("http client: {e}"), "report this bug"))?;
+    let mut events = at_path(url, "api/events");
+    events
+        .query_pairs_mut()
+        .append_pair("database", db)
+        .append_pair("table", table)
+        .append_pair("limit", "5");
+    loop {
+        let mut request = client.get(events.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        match request.send().await {
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                return Err(broken(
+                    format!(
+                        "{url}api/events refuses doctor's token (HTTP {})",
+                        r.status()
+                    ),
+                    "set CDC_HTTP_TOKEN to the instance's token",
+                ))
+            }
+            Ok(r) => {
+                if r.text().await.is_ok_and(|body| body.contains(&marker)) {
+                    return Ok(format!(
+                        "row written into {db}.{table} arrived at {url} in {:.1}s",
+                        sent.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+            Err(_) => {}
+        }
+        if sent.elapsed() >= c.timeout {
+            return Err(broken(
+                format!(
+                    "the row written into {db}.{table} did not arrive at {url} within {}",
+                    secs(c.timeout)
+                ),
+                "check that the table is captured (CDC_TABLES, or the changefeed's filter rules), then the hops above and the instance's log",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `url` with `path` appended to its path.
+fn at_path(url: &Url, path: &str) -> Url {
+    let mut u = url.clone();
+    u.set_path(&format!("{}/{path}", url.path().trim_end_matches('/')));
+    u
 }
 
 /// The changefeed exists and replicates; its checkpoint lag.
@@ -676,11 +806,7 @@ async fn instance(
         .timeout(timeout)
         .build()
         .map_err(|e| broken(format!("http client: {e}"), "report this bug"))?;
-    let at = |path: &str| {
-        let mut u = url.clone();
-        u.set_path(&format!("{}/{path}", url.path().trim_end_matches('/')));
-        u
-    };
+    let at = |path: &str| at_path(url, path);
     let ready = client.get(at("readyz")).send().await.map_err(|e| {
         broken(
             format!(

@@ -126,7 +126,7 @@ fn doctor(
 ) -> ExitCode {
     use cdc_monitor::doctor::{diagnose, Report};
     let report = match cli::run_config(&args.run, matches) {
-        Ok(cfg) => match args.options() {
+        Ok(cfg) => match args.options(&cfg) {
             Ok(opts) => runtime.block_on(diagnose(&cfg, &opts)),
             Err(e) => {
                 eprintln!("error: {e}");

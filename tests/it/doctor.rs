@@ -279,6 +279,40 @@ async fn a_stopped_consumer_is_named() {
     assert!(fix.contains("cdc-monitor run"), "{fix}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_row_is_timed_to_the_running_instance() {
+    let db = MariaDb::start().await;
+    let writer = db.user_with("ALL PRIVILEGES ON *.*").await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = db.capture_env("appdb.*,doctor_canary.*", dir.path());
+    let env = with(env, "CDC_MYSQL_URL", &writer);
+    let consumer = ConsumerProcess::spawn(&env);
+    consumer.wait_healthy().await;
+    let url = format!("http://{}", consumer.http());
+    let canary = ["--url", &url, "--canary", "--canary-timeout", "30s"];
+
+    let env = with(env, "CDC_DOCTOR_CANARY_TABLE", "doctor_canary.heartbeat");
+    let d = doctor(&env, &canary);
+    assert_eq!(d.code, Some(0), "{}", d.stdout);
+    let last = &d.report["hops"].as_array().unwrap().last().unwrap()["detail"];
+    assert!(
+        last.as_str()
+            .unwrap()
+            .contains("row written into doctor_canary.heartbeat arrived at"),
+        "{}",
+        d.stdout
+    );
+
+    // A table outside CDC_TABLES could never arrive: named before writing.
+    let env = with(env, "CDC_DOCTOR_CANARY_TABLE", "elsewhere.heartbeat");
+    let (detail, fix) = doctor(&env, &canary).broken("canary");
+    assert!(
+        detail.contains("elsewhere.heartbeat is not captured"),
+        "{detail}"
+    );
+    assert!(fix.contains("CDC_TABLES"), "{fix}");
+}
+
 /// Elasticsearch as far as doctor reads it: `_cluster/health` and
 /// `GET {index}/_settings` (flat, as `flat_settings=true` asks), with a
 /// write block switched on by the test. Shapes from Elasticsearch's
