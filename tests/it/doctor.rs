@@ -15,6 +15,7 @@ use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::kafka::broker;
 use crate::harness::mariadb::MariaDb;
 use crate::harness::ports::ClosedPort;
+use crate::harness::ticdc::{Changefeed, TicdcOptions, TicdcStub};
 
 /// What one doctor run printed with `--json`, and its exit code.
 struct Diagnosis {
@@ -261,6 +262,37 @@ async fn a_user_without_replication_is_named_with_the_grant() {
         fix.contains("GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO"),
         "{fix}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_changefeed_is_named_with_the_resume_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, env) = store_pipeline("doc-cf", dir.path()).await;
+    let ticdc = TicdcStub::start(TicdcOptions {
+        changefeeds: vec![
+            Changefeed::normal("cf-ok"),
+            Changefeed::failed("cf-bad", "CDC:ErrKafkaNewProducer", "kafka unreachable"),
+        ],
+        ..TicdcOptions::default()
+    })
+    .await;
+    let env = with(env, "CDC_TICDC_URL", ticdc.url.as_str());
+
+    let ok = doctor(&with(env.clone(), "CDC_CHANGEFEED_ID", "cf-ok"), &[]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("changefeed cf-ok normal"),
+        "{}",
+        ok.stdout
+    );
+
+    let env = with(env, "CDC_CHANGEFEED_ID", "cf-bad");
+    let (detail, fix) = doctor(&env, &[]).broken("ticdc");
+    assert!(
+        detail.contains("changefeed cf-bad is failed") && detail.contains("kafka unreachable"),
+        "{detail}"
+    );
+    assert!(fix.contains("changefeed resume"), "{fix}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
