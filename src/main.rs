@@ -125,6 +125,8 @@ fn doctor(
     runtime: &tokio::runtime::Runtime,
 ) -> ExitCode {
     use cdc_monitor::doctor::{diagnose, Report};
+    // No log subscriber: stdout is the report, and the clients' own retry
+    // warnings would only repeat what the broken hop says.
     let report = match cli::run_config(&args.run, matches) {
         Ok(cfg) => match args.options(&cfg) {
             Ok(opts) => runtime.block_on(diagnose(&cfg, &opts)),
