@@ -143,6 +143,37 @@ async fn a_working_pipeline_with_a_running_instance_is_healthy() {
     );
 }
 
+#[test]
+fn a_configuration_that_does_not_load_is_the_broken_config_hop_and_exit_2() {
+    let env = vec![("CDC_ES_URL".to_owned(), "htp//nowhere".to_owned())];
+
+    let d = doctor(&env, &[]);
+
+    assert_eq!(d.code, Some(2), "{}", d.stdout);
+    assert_eq!(d.hops(), [("config".to_owned(), false)], "{}", d.stdout);
+    let detail = d.report["hops"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("CDC_ES_URL") && detail.contains("htp//nowhere"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_disk_for_its_max_bytes_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, env) = store_pipeline("doc-disk", dir.path()).await;
+    // More than any test machine's disk: 1,000,000 GB.
+    let env = with(env, "CDC_STORE_MAX_BYTES", "1000000GB");
+
+    let (detail, fix) = doctor(&env, &[]).broken("sink");
+
+    assert!(
+        detail.contains("free, but the store may grow by"),
+        "{detail}"
+    );
+    assert!(fix.contains("CDC_STORE_MAX_BYTES below"), "{fix}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_broker_address_is_named() {
     let dir = tempfile::tempdir().unwrap();
