@@ -67,8 +67,9 @@ pub struct DoctorArgs {
     /// Print `{"healthy": bool, "hops": [{"hop", "ok", "detail", "fix"}]}`.
     #[arg(long)]
     pub json: bool,
-    /// A running instance to check too (its /readyz and /metrics), e.g. http://127.0.0.1:3000.
-    #[arg(long, value_name = "URL")]
+    /// A running instance to check too (its /readyz and /metrics), e.g.
+    /// http://127.0.0.1:3000 (HOST:PORT alone means http://).
+    #[arg(long, value_name = "URL", value_parser = parse_instance_url)]
     pub url: Option<url::Url>,
     /// Longest wait for each server.
     #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
@@ -89,6 +90,21 @@ pub struct DoctorArgs {
     /// Longest wait for the canary row to arrive.
     #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
     pub canary_timeout: std::time::Duration,
+}
+
+/// An http(s) URL, or `HOST:PORT` as CDC_HTTP_ADDR spells it.
+fn parse_instance_url(s: &str) -> Result<url::Url, String> {
+    let s = s.trim();
+    let full = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let url = url::Url::parse(&full).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("expected http:// or https://, not {other}://")),
+    }
 }
 
 /// `DATABASE.TABLE`, each a plain identifier (it is quoted into SQL).
