@@ -123,8 +123,8 @@ impl DoctorArgs {
     /// the same CDC_TICDC_* / CDC_CHANGEFEED_* variables as `changefeed
     /// ensure`, when CDC_TICDC_URL is set.
     /// The canary writes through the binlog source's CDC_MYSQL_URL and TLS
-    /// settings; with the Kafka source (TiDB), through CDC_MYSQL_URL /
-    /// --mysql-url alone, TLS preferred.
+    /// settings; with the Kafka source (TiDB), through CDC_MYSQL_URL or
+    /// CDC_MYSQL_URL_FILE (flag or variable, not the TOML file), TLS preferred.
     pub fn options(&self, cfg: &Config) -> Result<crate::doctor::Options, clap::Error> {
         #[derive(Parser)]
         struct TicdcEnv {
@@ -139,18 +139,33 @@ impl DoctorArgs {
             let (mysql_url, tls) = match &cfg.source {
                 SourceConfig::Binlog(m) => (m.url.clone(), m.tls.clone()),
                 SourceConfig::Kafka => {
-                    let Some(url) = &self.run.settings.mysql_url else {
-                        return Err(Cli::command().error(
-                            clap::error::ErrorKind::MissingRequiredArgument,
-                            "--canary writes its row through CDC_MYSQL_URL (or --mysql-url): set it",
-                        ));
+                    let settings = &self.run.settings;
+                    let from_file = settings.mysql_url_file.as_ref().map(|path| {
+                        std::fs::read_to_string(path)
+                            .map(|u| u.trim().to_owned())
+                            .map_err(|e| {
+                                clap::Error::raw(
+                                    clap::error::ErrorKind::Io,
+                                    format!("CDC_MYSQL_URL_FILE {path}: {e}\n"),
+                                )
+                            })
+                    });
+                    let url = match (&settings.mysql_url, from_file) {
+                        (Some(url), _) => url.clone(),
+                        (None, Some(read)) => read?,
+                        (None, None) => {
+                            return Err(clap::Error::raw(
+                                clap::error::ErrorKind::MissingRequiredArgument,
+                                "--canary writes its row through CDC_MYSQL_URL (or CDC_MYSQL_URL_FILE): set it\n",
+                            ))
+                        }
                     };
                     let tls = MysqlTls {
                         mode: MysqlSslMode::Preferred,
                         ca_file: None,
                         identity: None,
                     };
-                    (SecretString::from(url.clone()), tls)
+                    (SecretString::from(url), tls)
                 }
             };
             Some(crate::doctor::Canary {

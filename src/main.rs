@@ -130,10 +130,8 @@ fn doctor(
     let report = match cli::run_config(&args.run, matches) {
         Ok(cfg) => match args.options(&cfg) {
             Ok(opts) => runtime.block_on(diagnose(&cfg, &opts)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
+            // A usage error: clap prints it and exits 2.
+            Err(e) => e.exit(),
         },
         Err(e) => Report::config_error(&e),
     };
