@@ -1,5 +1,5 @@
 //! Command line: `run`, `setup`, `quickstart`, `changefeed ensure`, `bench`,
-//! `snapshot`, `reconcile`.
+//! `snapshot`, `reconcile`, `doctor`.
 //!
 //! Configuration flags double as `CDC_*` environment variables (clap's `env`);
 //! both are layered over the TOML file in `config::Layers`.
@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ConfigArgs, ConfigError, Layers, Origin, KEYS};
+use secrecy::SecretString;
+
+use crate::config::{
+    Config, ConfigArgs, ConfigError, Layers, MysqlSslMode, MysqlTls, Origin, SourceConfig, KEYS,
+};
 pub use crate::ticdc::ChangefeedArgs;
 
 /// Watches every database change: TiCDC canal-json from Kafka into
@@ -55,6 +59,15 @@ pub enum Command {
     /// Install what the sink needs (Elasticsearch: ILM policy and index
     /// templates, each unless present), then exit; takes `run`'s settings.
     Setup(Box<RunArgs>),
+    /// Check each hop of the pipeline `run` would build and name the first broken one.
+    ///
+    /// Takes `run`'s settings (flags, CDC_* variables, --config). In order:
+    /// configuration, source (Kafka brokers, topics, group lag; or the binlog
+    /// preflight), the TiCDC changefeed when CDC_TICDC_URL is set, the sink
+    /// (Elasticsearch health, write blocks, disk; or the embedded store's
+    /// directory, file and free space), and a running instance with --url.
+    /// Exit 0 healthy, 1 a hop broken, 2 the configuration does not load.
+    Doctor(Box<DoctorArgs>),
 }
 
 /// `reconcile` options, beside `run`'s configuration.
@@ -82,6 +95,134 @@ pub struct ReconcileArgs {
     /// Keys listed per kind of difference and table.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+}
+
+/// `doctor` options, besides `run`'s.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Print `{"healthy": bool, "hops": [{"hop", "ok", "detail", "fix"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// A running instance to check too (its /readyz and /metrics), e.g.
+    /// http://127.0.0.1:3000 (HOST:PORT alone means http://).
+    #[arg(long, value_name = "URL", value_parser = parse_instance_url)]
+    pub url: Option<url::Url>,
+    /// Longest wait for each server.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Also write a row into the canary table through CDC_MYSQL_URL (needs
+    /// CREATE, INSERT, UPDATE there) and time its arrival at --url.
+    #[arg(long, requires = "url")]
+    pub canary: bool,
+    /// The canary table, DATABASE.TABLE; created when absent, one row.
+    #[arg(
+        long,
+        env = "CDC_DOCTOR_CANARY_TABLE",
+        value_name = "DB.TABLE",
+        default_value = "cdc_canary.heartbeat",
+        value_parser = parse_canary_table
+    )]
+    pub canary_table: (String, String),
+    /// Longest wait for the canary row to arrive.
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub canary_timeout: std::time::Duration,
+}
+
+/// An http(s) URL, or `HOST:PORT` as CDC_HTTP_ADDR spells it.
+fn parse_instance_url(s: &str) -> Result<url::Url, String> {
+    let s = s.trim();
+    let full = if s.contains("://") {
+        s.to_owned()
+    } else {
+        format!("http://{s}")
+    };
+    let url = url::Url::parse(&full).map_err(|e| e.to_string())?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("expected http:// or https://, not {other}://")),
+    }
+}
+
+/// `DATABASE.TABLE`, each a plain identifier (it is quoted into SQL).
+fn parse_canary_table(s: &str) -> Result<(String, String), String> {
+    let plain = |p: &str| {
+        !p.is_empty() && p.len() <= 64 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match s.trim().split_once('.') {
+        Some((db, table)) if plain(db) && plain(table) => Ok((db.to_owned(), table.to_owned())),
+        _ => Err("expected DATABASE.TABLE of letters, digits and _".into()),
+    }
+}
+
+impl DoctorArgs {
+    /// What doctor checks besides the configuration; the changefeed from
+    /// the same CDC_TICDC_* / CDC_CHANGEFEED_* variables as `changefeed
+    /// ensure`, when CDC_TICDC_URL is set.
+    /// The canary writes through the binlog source's CDC_MYSQL_URL and TLS
+    /// settings; with the Kafka source (TiDB), through CDC_MYSQL_URL or
+    /// CDC_MYSQL_URL_FILE (flag or variable, not the TOML file), TLS preferred.
+    pub fn options(&self, cfg: &Config) -> Result<crate::doctor::Options, clap::Error> {
+        #[derive(Parser)]
+        struct TicdcEnv {
+            #[command(flatten)]
+            args: ChangefeedArgs,
+        }
+        let ticdc = match std::env::var_os("CDC_TICDC_URL") {
+            Some(_) => Some(TicdcEnv::try_parse_from(["doctor"])?.args),
+            None => None,
+        };
+        let canary = if self.canary {
+            let (mysql_url, tls) = match &cfg.source {
+                SourceConfig::Binlog(m) => (m.url.clone(), m.tls.clone()),
+                SourceConfig::Kafka => {
+                    let settings = &self.run.settings;
+                    let from_file = settings.mysql_url_file.as_ref().map(|path| {
+                        std::fs::read_to_string(path)
+                            .map(|u| u.trim().to_owned())
+                            .map_err(|e| {
+                                clap::Error::raw(
+                                    clap::error::ErrorKind::Io,
+                                    format!("CDC_MYSQL_URL_FILE {path}: {e}\n"),
+                                )
+                            })
+                    });
+                    let url = match (&settings.mysql_url, from_file) {
+                        (Some(url), _) => url.clone(),
+                        (None, Some(read)) => read?,
+                        (None, None) => {
+                            return Err(clap::Error::raw(
+                                clap::error::ErrorKind::MissingRequiredArgument,
+                                "--canary writes its row through CDC_MYSQL_URL (or CDC_MYSQL_URL_FILE): set it\n",
+                            ))
+                        }
+                    };
+                    let tls = MysqlTls {
+                        mode: MysqlSslMode::Preferred,
+                        ca_file: None,
+                        identity: None,
+                    };
+                    (SecretString::from(url), tls)
+                }
+            };
+            Some(crate::doctor::Canary {
+                database: self.canary_table.0.clone(),
+                table: self.canary_table.1.clone(),
+                mysql_url,
+                tls,
+                timeout: self.canary_timeout,
+            })
+        } else {
+            None
+        };
+        Ok(crate::doctor::Options {
+            url: self.url.clone(),
+            ticdc,
+            timeout: self.timeout,
+            canary,
+        })
+    }
 }
 
 /// `snapshot` options.

@@ -155,6 +155,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Doctor(args) => {
+            let matches = matches
+                .subcommand_matches("doctor")
+                .expect("doctor was parsed");
+            doctor(&args, matches, &runtime)
+        }
         // Parsed here for `--help` and early usage errors; measured by the
         // sibling program, which keeps the bench out of this one.
         Command::Bench(_) => {
@@ -185,6 +191,32 @@ async fn reconcile(
         samples: args.samples,
     };
     Ok(cdc_monitor::reconcile::reconcile(&cfg, &sink, masker.as_ref(), &opts, &metrics).await?)
+}
+
+/// `doctor`: the report on stdout; exit 0 healthy, 1 a hop broken, 2 the
+/// configuration does not load (its hop is the one reported).
+fn doctor(
+    args: &cli::DoctorArgs,
+    matches: &clap::ArgMatches,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    use cdc_monitor::doctor::{diagnose, Report};
+    // No log subscriber: stdout is the report, and the clients' own retry
+    // warnings would only repeat what the broken hop says.
+    let report = match cli::run_config(&args.run, matches) {
+        Ok(cfg) => match args.options(&cfg) {
+            Ok(opts) => runtime.block_on(diagnose(&cfg, &opts)),
+            // A usage error: clap prints it and exits 2.
+            Err(e) => e.exit(),
+        },
+        Err(e) => Report::config_error(&e),
+    };
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// Replaces this process with `cdc-bench` next to it, given the arguments

@@ -235,6 +235,9 @@ pub struct ChangefeedInfo {
     pub error: Option<RunningError>,
     #[serde(default)]
     pub config: Option<ReplicaConfigInfo>,
+    /// The TSO everything before which reached the sink (`doctor`'s lag).
+    #[serde(default)]
+    pub checkpoint_tso: Option<u64>,
 }
 
 /// `ChangeFeedInfo.config`, as far as `ensure` compares it.
@@ -683,6 +686,14 @@ impl TicdcApi {
         debug!(request = what, %status, "TiCDC answered");
         Ok((status, body))
     }
+}
+
+/// The changefeed as TiCDC reports it, or `None` when it does not exist
+/// (what `doctor` checks).
+pub async fn changefeed(args: &ChangefeedArgs) -> Result<Option<ChangefeedInfo>, TicdcError> {
+    TicdcApi::new(args)?
+        .get_changefeed(&args.changefeed_id)
+        .await
 }
 
 /// Waits for TiCDC, then creates the changefeed unless it exists and is normal.

@@ -7,6 +7,7 @@ mod binlog;
 mod changefeed;
 mod cli;
 mod dashboard;
+mod doctor;
 mod es_datastream;
 mod es_faults;
 mod es_nodes;

@@ -365,6 +365,23 @@ impl EsClient {
         Ok(reply.docs.into_iter().map(|d| d.found).collect())
     }
 
+    /// GETs `path` with `query` from the next healthy node and returns the
+    /// reply whatever its status (4xx included): `doctor`'s read-only checks.
+    pub async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::Response, SinkError> {
+        self.send(|base| {
+            let mut url = join(base, path);
+            if !query.is_empty() {
+                url.query_pairs_mut().extend_pairs(query);
+            }
+            self.http.get(url)
+        })
+        .await
+    }
+
     /// Asks every node; succeeds when one answers, else names each failure.
     /// A node that answers is marked up, one that fails down.
     pub async fn ping(&self) -> Result<(), SinkError> {

@@ -259,20 +259,15 @@ impl BinlogSource {
     /// A connection, within `CONNECT_TIMEOUT`. A rejected login is fatal:
     /// retrying the same credentials cannot succeed.
     pub(super) async fn connect(&self) -> Result<Conn, SourceError> {
-        let mut result = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(self.opts.clone())).await;
-        if self.cfg.tls.mode == MysqlSslMode::Preferred
-            && matches!(result, Ok(Err(ref e)) if tls::server_lacks_tls(e))
-        {
-            // Loopback traffic never leaves the machine: no warning.
-            if !tls::is_loopback(self.opts.ip_or_hostname()) {
-                warn!(
-                    server = %self.server(),
-                    "the MySQL server offers no TLS: connecting in plaintext \
-                     (CDC_MYSQL_SSL_MODE=preferred; set verify_identity to refuse)"
-                );
-            }
-            let plain = tls::with_tls(self.opts.clone(), &tls::PLAINTEXT);
-            result = tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(plain)).await;
+        let (result, plaintext) =
+            tls::connect(&self.opts, self.cfg.tls.mode, CONNECT_TIMEOUT).await;
+        // Loopback traffic never leaves the machine: no warning.
+        if plaintext && !tls::is_loopback(self.opts.ip_or_hostname()) {
+            warn!(
+                server = %self.server(),
+                "the MySQL server offers no TLS: connected in plaintext \
+                 (CDC_MYSQL_SSL_MODE=preferred; set verify_identity to refuse)"
+            );
         }
         match result {
             Ok(Ok(c)) => Ok(c),

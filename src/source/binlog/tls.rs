@@ -42,6 +42,28 @@ pub fn with_tls(opts: Opts, tls: &MysqlTls) -> Opts {
     OptsBuilder::from_opts(opts).ssl_opts(ssl).into()
 }
 
+/// Connects with `opts` (already `with_tls`) within `timeout`; in
+/// `preferred` mode, once more in plaintext when the server offers no TLS,
+/// then also returning true. Shared by the source and `doctor`.
+pub async fn connect(
+    opts: &Opts,
+    mode: MysqlSslMode,
+    timeout: std::time::Duration,
+) -> (
+    Result<Result<mysql_async::Conn, mysql_async::Error>, tokio::time::error::Elapsed>,
+    bool,
+) {
+    let result = tokio::time::timeout(timeout, mysql_async::Conn::new(opts.clone())).await;
+    if mode == MysqlSslMode::Preferred && matches!(result, Ok(Err(ref e)) if server_lacks_tls(e)) {
+        let plain = with_tls(opts.clone(), &PLAINTEXT);
+        return (
+            tokio::time::timeout(timeout, mysql_async::Conn::new(plain)).await,
+            true,
+        );
+    }
+    (result, false)
+}
+
 /// True when the server did not offer TLS at all.
 pub fn server_lacks_tls(e: &mysql_async::Error) -> bool {
     matches!(
