@@ -154,13 +154,21 @@ async fn reconcile_finds_exactly_the_seeded_damage_and_repairs_it() {
     }
     for id in &extra {
         conn.execute(
-            "INSERT INTO state (db, tbl, key, version, op, commit_time_ms, event_id, pk, data)
-             VALUES (?1, 't', ?2, 1, 'insert', 0, x'00', ?3, ?4)",
-            [
+            "INSERT INTO state (id, db, tbl, key, version, op, commit_time_ms, event_id, pk, data)
+             VALUES (?5, ?1, 't', ?2, 1, 'insert', 0, x'00', ?3, ?4)",
+            rusqlite::params![
                 d.clone(),
                 key(*id),
                 format!("{{\"id\":\"{id}\"}}"),
                 format!("{{\"id\":\"{id}\",\"v\":\"ghost\",\"n\":null,\"at\":null,\"j\":null}}"),
+                cdc_monitor::sink::state::RowKey {
+                    database: d.clone(),
+                    table: "t".into(),
+                    values: key(*id),
+                }
+                .id()
+                .0
+                .to_be_bytes(),
             ],
         )
         .unwrap();

@@ -271,13 +271,14 @@ impl Store {
                         e.doc,
                         e.row_key,
                     ])?;
+                    // Read before the state's inserts change it.
+                    let seq = tx.last_insert_rowid();
                     // Replays too: a version not above the stored one changes nothing.
                     state::apply(&tx, &e.state, batch.ingested_ms)?;
                     if inserted == 0 {
                         // A replay: the same change is stored already.
                         continue;
                     }
-                    let seq = tx.last_insert_rowid();
                     fts.execute(params![seq, e.text])?;
                     stored += 1;
                     let c = counts.entry((&e.db, &e.tbl, e.op)).or_default();
@@ -383,7 +384,7 @@ struct StoredEvent {
     /// What full-text search sees: row values and the DDL statement.
     text: String,
     /// The row whose history the event belongs to.
-    row_key: Option<[u8; 16]>,
+    row_key: Option<i64>,
     /// What the event does to the current state.
     state: Vec<state::StateWrite>,
 }

@@ -13,6 +13,7 @@ use super::query::with_id;
 
 /// One state write, encoded before the transaction.
 pub struct StateWrite {
+    id: [u8; 16],
     db: String,
     tbl: String,
     key: String,
@@ -27,9 +28,9 @@ pub struct StateWrite {
 
 /// The state writes of `event` and the row key its history is filed under
 /// (the key it sets, or deletes); nothing for DDL and reduced messages.
-pub fn writes_of(event: &ChangeEvent, event_id: [u8; 16]) -> (Option<[u8; 16]>, Vec<StateWrite>) {
+pub fn writes_of(event: &ChangeEvent, event_id: [u8; 16]) -> (Option<i64>, Vec<StateWrite>) {
     let changes = state::changes(event);
-    let row_key = changes.last().map(|c| c.key().id().0.to_be_bytes());
+    let row_key = changes.last().map(|c| history_key(c.key()));
     let version = event.version() as i64;
     let writes = changes
         .into_iter()
@@ -41,6 +42,7 @@ pub fn writes_of(event: &ChangeEvent, event_id: [u8; 16]) -> (Option<[u8; 16]>, 
             // Serialising a Row cannot fail: keys are strings, values JSON.
             let json = |r| serde_json::to_string(r).expect("row serialises");
             StateWrite {
+                id: key.id().0.to_be_bytes(),
                 db: key.database,
                 tbl: key.table,
                 key: key.values,
@@ -59,9 +61,9 @@ pub fn writes_of(event: &ChangeEvent, event_id: [u8; 16]) -> (Option<[u8; 16]>, 
 /// Applies `writes` in order: each only over a state of a version not above its own.
 pub fn apply(tx: &Transaction<'_>, writes: &[StateWrite], now_ms: i64) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO state (db, tbl, key, version, op, commit_time_ms, event_id, pk, data, deleted_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (db, tbl, key) DO UPDATE SET
+        "INSERT INTO state (id, db, tbl, key, version, op, commit_time_ms, event_id, pk, data, deleted_ms)
+         VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (id) DO UPDATE SET
              version = excluded.version, op = excluded.op,
              commit_time_ms = excluded.commit_time_ms, event_id = excluded.event_id,
              pk = excluded.pk, data = excluded.data, deleted_ms = excluded.deleted_ms
@@ -79,6 +81,7 @@ pub fn apply(tx: &Transaction<'_>, writes: &[StateWrite], now_ms: i64) -> rusqli
             w.pk,
             w.data,
             w.data.is_none().then_some(now_ms),
+            w.id,
         ])?;
     }
     Ok(())
@@ -88,16 +91,25 @@ pub fn apply(tx: &Transaction<'_>, writes: &[StateWrite], now_ms: i64) -> rusqli
 pub fn row(conn: &Connection, key: &RowKey) -> rusqlite::Result<Option<RowState>> {
     conn.prepare_cached(
         "SELECT version, op, commit_time_ms, event_id, pk, data FROM state
-         WHERE db = ?1 AND tbl = ?2 AND key = ?3",
+         WHERE id = ?4 AND db = ?1 AND tbl = ?2 AND key = ?3",
     )?
-    .query_row(params![key.database, key.table, key.values], |r| {
-        row_state(&key.database, &key.table, r)
-    })
+    .query_row(
+        params![key.database, key.table, key.values, key.id().0.to_be_bytes()],
+        |r| {
+            row_state(&key.database, &key.table, r)
+        },
+    )
     .optional()
 }
 
-/// Up to `limit` live rows of `database.table` after key `after`, in key
-/// order, and the cursor of the next page (the last key; `None` at the end).
+/// The events index's key of a row: the high 64 bits of its id.
+fn history_key(key: &RowKey) -> i64 {
+    (key.id().0 >> 64) as u64 as i64
+}
+
+/// Up to `limit` live rows of `database.table` after the cursor `after`, in
+/// storage order, and the cursor of the next page (`None` at the end). A
+/// scan of the state from the cursor on: reconcile reads a whole table.
 pub fn page(
     conn: &Connection,
     database: &str,
@@ -106,20 +118,17 @@ pub fn page(
     limit: usize,
 ) -> rusqlite::Result<StatePage> {
     let mut stmt = conn.prepare_cached(
-        "SELECT version, op, commit_time_ms, event_id, pk, data, key FROM state
-         WHERE db = ?1 AND tbl = ?2 AND key > ?3 AND data IS NOT NULL
-         ORDER BY key LIMIT ?4",
+        "SELECT version, op, commit_time_ms, event_id, pk, data, key, rowid FROM state
+         WHERE rowid > ?3 AND db = ?1 AND tbl = ?2 AND data IS NOT NULL
+         ORDER BY rowid LIMIT ?4",
     )?;
+    let after: i64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
     let mut last = None;
     let rows = stmt
-        .query_map(
-            params![database, table, after.unwrap_or(""), limit as i64],
-            |r| {
-                let key: String = r.get(6)?;
-                last = Some(key.clone());
-                Ok((key, row_state(database, table, r)?))
-            },
-        )?
+        .query_map(params![database, table, after, limit as i64], |r| {
+            last = Some(r.get::<_, i64>(7)?.to_string());
+            Ok((r.get::<_, String>(6)?, row_state(database, table, r)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let next = if rows.len() == limit { last } else { None };
     Ok((rows, next))
@@ -151,14 +160,17 @@ fn row_state(database: &str, table: &str, r: &rusqlite::Row<'_>) -> rusqlite::Re
 pub fn history(conn: &Connection, key: &RowKey, limit: usize) -> rusqlite::Result<EventPage> {
     let mut stmt = conn.prepare_cached(
         "SELECT doc_id, doc, coalesce(json_extract(doc, '$.commit_ts'), 0) AS v FROM events
-         WHERE row_key = ?1 ORDER BY v DESC, seq DESC LIMIT ?2",
+         WHERE row_key = ?1 AND db = ?3 AND tbl = ?4 ORDER BY v DESC, seq DESC LIMIT ?2",
     )?;
     let mut events = stmt
-        .query_map(params![key.id().0.to_be_bytes(), limit as i64], |r| {
+        .query_map(
+            params![history_key(key), limit as i64, key.database, key.table],
+            |r| {
             let id: Vec<u8> = r.get(0)?;
             let doc: String = r.get(1)?;
-            with_id(&id, &doc)
-        })?
+                with_id(&id, &doc)
+            },
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     events.reverse();
     Ok(EventPage {
@@ -174,8 +186,8 @@ pub fn purge_tombstones(
     chunk: usize,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "DELETE FROM state WHERE (db, tbl, key) IN (
-             SELECT db, tbl, key FROM state WHERE deleted_ms < ?1 LIMIT ?2)",
+        "DELETE FROM state WHERE rowid IN (
+             SELECT rowid FROM state WHERE deleted_ms < ?1 LIMIT ?2)",
     )?
     .execute(params![before_ms, chunk as i64])
 }
