@@ -94,10 +94,13 @@ pub fn row(conn: &Connection, key: &RowKey) -> rusqlite::Result<Option<RowState>
          WHERE id = ?4 AND db = ?1 AND tbl = ?2 AND key = ?3",
     )?
     .query_row(
-        params![key.database, key.table, key.values, key.id().0.to_be_bytes()],
-        |r| {
-            row_state(&key.database, &key.table, r)
-        },
+        params![
+            key.database,
+            key.table,
+            key.values,
+            key.id().0.to_be_bytes()
+        ],
+        |r| row_state(&key.database, &key.table, r),
     )
     .optional()
 }
@@ -166,8 +169,8 @@ pub fn history(conn: &Connection, key: &RowKey, limit: usize) -> rusqlite::Resul
         .query_map(
             params![history_key(key), limit as i64, key.database, key.table],
             |r| {
-            let id: Vec<u8> = r.get(0)?;
-            let doc: String = r.get(1)?;
+                let id: Vec<u8> = r.get(0)?;
+                let doc: String = r.get(1)?;
                 with_id(&id, &doc)
             },
         )?
