@@ -25,6 +25,7 @@ use crate::mask::{MaskError, Masker};
 use crate::metrics::Metrics;
 use crate::pipeline::batch::{run_batcher, BatchLimits, Halt, Writer};
 use crate::pipeline::dlq::DeadLetterQueue;
+use crate::reconcile;
 use crate::sink::{self, Sink, SinkError};
 use crate::source::ack::OffsetTracker;
 use crate::source::envelope;
@@ -146,6 +147,80 @@ impl App {
 }
 
 impl Parts {
+    /// `CDC_RECONCILE_INTERVAL`: every interval, compares the source
+    /// database with the sink's state and exports the result
+    /// (`cdc_reconcile_rows`, `cdc_reconcile_last_success_timestamp_seconds`);
+    /// never repairs (`cdc-monitor reconcile --repair` does).
+    fn schedule_reconcile(&self, stop: CancellationToken) {
+        let Some(every) = self.cfg.reconcile_interval else {
+            return;
+        };
+        let (cfg, sink, masker, metrics) = (
+            self.cfg.clone(),
+            self.sink.clone(),
+            self.masker.clone(),
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let opts = reconcile::Options {
+                tables: None,
+                repair: false,
+                chunk_rows: 10_000,
+                max_rows_per_sec: None,
+                // Not past the next run.
+                settle: every.min(Duration::from_secs(30)),
+                samples: 10,
+            };
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let run = reconcile::reconcile(&cfg, &sink, masker.as_ref(), &opts, &metrics);
+                let report = tokio::select! {
+                    r = run => r,
+                    _ = stop.cancelled() => return,
+                };
+                match report {
+                    Ok(report) => {
+                        for t in &report.tables {
+                            for (result, n) in [
+                                ("compared", t.compared),
+                                ("missing", t.missing.count),
+                                ("changed", t.changed.count),
+                                ("extra", t.extra.count),
+                            ] {
+                                metrics
+                                    .reconcile_rows
+                                    .with_label_values(&[&t.database, &t.table, result])
+                                    .set(n as i64);
+                            }
+                        }
+                        metrics
+                            .reconcile_last_success
+                            .set(now_millis() as f64 / 1000.0);
+                        if report.differences() > 0 {
+                            warn!(
+                                differences = report.differences(),
+                                report = %report.text().trim_end(),
+                                "reconcile: the captured state differs from the database; \
+                                 `cdc-monitor reconcile --repair` writes the corrections"
+                            );
+                        } else {
+                            info!(
+                                rows = report.compared(),
+                                "reconcile: the captured state equals the database"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "scheduled reconcile failed; trying again at the next interval")
+                    }
+                }
+            }
+        });
+    }
+
     async fn run_until(
         self,
         listener: TcpListener,
@@ -172,6 +247,7 @@ impl Parts {
             }
         }
         let running = self.start_pipeline(stop_reading.clone());
+        self.schedule_reconcile(stop_reading.clone());
         info!(
             source = self.source.name(),
             sink = self.sink.name(),

@@ -64,6 +64,7 @@ keys! {
     mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "Binlog source: PEM private key of CDC_MYSQL_SSL_CERT";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
     store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted so that events.db and its WAL stay within this size on disk";
+    reconcile_interval => "reconcile.interval", "CDC_RECONCILE_INTERVAL", ["off"], "Binlog source: compare the source database with the captured state every interval inside run (e.g. 6h), exporting cdc_reconcile_rows and cdc_reconcile_last_success_timestamp_seconds; off by default";
     state_tombstone_retention => "state.tombstone_retention", "CDC_STATE_TOMBSTONE_RETENTION", ["7d"], "Current state: how long a deleted row's tombstone (its version) is kept, so a late replay of an older change cannot bring it back";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
     kafka_topics => "kafka.topics", "CDC_KAFKA_TOPICS", ["tidb-cdc"], "Topics to consume, comma-separated";
@@ -927,6 +928,8 @@ pub struct Config {
     pub metrics_max_tables: usize,
     /// Column masking before any sink and the dead letters.
     pub mask: MaskConfig,
+    /// Scheduled reconcile inside `run` (binlog source); `None`: off.
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl Config {
@@ -938,6 +941,7 @@ impl Config {
         let source = source_section(l)?;
         let sink = sink_section(l, &source, &kafka)?;
         let mask = mask_section(l, &source)?;
+        let reconcile_interval = reconcile_section(l, &source)?;
         Ok(Config {
             source,
             sink,
@@ -956,6 +960,7 @@ impl Config {
             })?,
             shutdown_timeout: l.get("shutdown.timeout", parse_duration)?,
             metrics_max_tables: l.get("metrics.max_tables", positive)?,
+            reconcile_interval,
             mask,
         })
     }
@@ -1498,6 +1503,25 @@ fn index_pattern_matches(route: &IndexRoute, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     let (first, last) = (parts[0], parts[parts.len() - 1]);
     name.starts_with(first) && name.len() >= first.len() + last.len() && name.ends_with(last)
+}
+
+/// `[reconcile]`: the scheduled comparison inside `run`, binlog source only.
+fn reconcile_section(l: &Layers, source: &SourceConfig) -> Result<Option<Duration>, ConfigError> {
+    let interval = l.get("reconcile.interval", |s| match s.trim() {
+        "off" | "" => Ok(None),
+        other => match parse_duration(other)? {
+            d if d < Duration::from_secs(1) => Err("must be at least 1s, or off".into()),
+            d => Ok(Some(d)),
+        },
+    })?;
+    if interval.is_some() && !matches!(source, SourceConfig::Binlog(_)) {
+        return Err(invalid(
+            &l.name("reconcile.interval"),
+            &l.raw("reconcile.interval").map(|(v, _)| v.to_owned()).unwrap_or_default(),
+            "reconcile reads the source database of the binlog source: set CDC_SOURCE=binlog or leave it off",
+        ));
+    }
+    Ok(interval)
 }
 
 /// `[store]`: the embedded store.

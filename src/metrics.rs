@@ -52,6 +52,11 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     /// Elasticsearch sink: 1 while a node takes requests, 0 while it is skipped.
     pub es_node_up: IntGaugeVec,
+    /// Scheduled reconcile: the last run's rows by table and result
+    /// (`compared`, `missing`, `changed`, `extra`).
+    pub reconcile_rows: IntGaugeVec,
+    /// Scheduled reconcile: when a run last completed (Unix seconds).
+    pub reconcile_last_success: prometheus::Gauge,
     /// The failure the sink is in, for `/readyz`; `None` when healthy.
     sink_failure: Arc<Mutex<Option<SinkFailure>>>,
     /// Events counted under `_other` because the table limit was reached.
@@ -234,6 +239,17 @@ impl Metrics {
             ),
             &["node"],
         ));
+        let reconcile_rows = must(IntGaugeVec::new(
+            Opts::new(
+                "cdc_reconcile_rows",
+                "Scheduled reconcile: rows of the last run by result (compared, missing, changed, extra)",
+            ),
+            &["database", "table", "result"],
+        ));
+        let reconcile_last_success = must(prometheus::Gauge::new(
+            "cdc_reconcile_last_success_timestamp_seconds",
+            "Scheduled reconcile: when a run last completed, Unix seconds (0: none yet)",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -265,6 +281,8 @@ impl Metrics {
         reg(Box::new(sink_errors.clone()));
         reg(Box::new(tables_overflow.clone()));
         reg(Box::new(es_node_up.clone()));
+        reg(Box::new(reconcile_rows.clone()));
+        reg(Box::new(reconcile_last_success.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -292,6 +310,8 @@ impl Metrics {
             sink_up,
             sink_errors,
             es_node_up,
+            reconcile_rows,
+            reconcile_last_success,
             sink_failure: Arc::default(),
             tables_overflow,
             tables: Arc::new(Mutex::new(TableLabels {

@@ -345,3 +345,64 @@ async fn reconcile_against_the_elasticsearch_state_index() {
     .await;
     assert!(fixed, "the repair never showed in the state index");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_reconcile_exports_what_differs() {
+    let db = MariaDb::start().await;
+    let d = db.create_database("recsched").await;
+    db.exec(&format!(
+        "CREATE TABLE {d}.t (id INT PRIMARY KEY, v VARCHAR(64));
+         INSERT INTO {d}.t VALUES (1, 'a'), (2, 'b'), (3, 'c');"
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = db.capture_env(&format!("{d}.*"), dir.path());
+    env.push(("CDC_RECONCILE_INTERVAL".into(), "2s".into()));
+    let p = ConsumerProcess::spawn(&env);
+    p.wait_healthy().await;
+    let metric = |result: &'static str| {
+        let p = &p;
+        async move {
+            p.metric("cdc_reconcile_rows", &[&format!("result=\"{result}\"")])
+                .await
+        }
+    };
+    let equal = eventually(Duration::from_secs(60), || async {
+        metric("compared").await == 3.0 && metric("changed").await == 0.0
+    })
+    .await;
+    assert!(equal, "log:\n{}", p.log_tail());
+    assert!(
+        p.metric("cdc_reconcile_last_success_timestamp_seconds", &[])
+            .await
+            > 1.7e9
+    );
+    db.exec(&format!(
+        "SET SESSION sql_log_bin = 0; UPDATE {d}.t SET v = 'silent' WHERE id = 2"
+    ))
+    .await;
+    let found = eventually(Duration::from_secs(60), || async {
+        metric("changed").await == 1.0
+    })
+    .await;
+    assert!(found, "log:\n{}", p.log_tail());
+    assert!(
+        p.log_tail()
+            .contains("the captured state differs from the database"),
+        "{}",
+        p.log_tail()
+    );
+
+    // Only the binlog source has a database to compare with.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-monitor"))
+        .arg("run")
+        .env_clear()
+        .env("CDC_SOURCE", "kafka")
+        .env("CDC_RECONCILE_INTERVAL", "1h")
+        .env("CDC_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("CDC_RECONCILE_INTERVAL"), "{err}");
+}

@@ -64,8 +64,52 @@ pub async fn snapshot(n: usize, out: &mut String) -> anyhow::Result<()> {
         n as f64 / writes.max(1.0)
     )?;
     drop(child);
+    reconcile(&db, &dir, n, out)?;
     db.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `cdc-monitor reconcile` of the `n` rows the snapshot stored against the
+/// database: rows/s and the queries the database answered.
+fn reconcile(db: &MariaDb, dir: &Path, n: usize, out: &mut String) -> anyhow::Result<()> {
+    let exe = crate::process::monitor_exe()?;
+    let started = Instant::now();
+    let output = std::process::Command::new(exe)
+        .args(["reconcile", "--json", "--settle-seconds", "5"])
+        .env("CDC_SOURCE", "binlog")
+        .env("CDC_MYSQL_URL", db.capture_url())
+        .env("CDC_TABLES", "bench.users")
+        .env("CDC_SINK", "sqlite")
+        .env("CDC_STORE_MAX_BYTES", "64GiB")
+        .env("CDC_DATA_DIR", dir.join("snapshot-sqlite"))
+        .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "reconcile printed no report ({e}): {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let differences: u64 = report["tables"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| {
+                    ["missing", "changed", "extra"]
+                        .iter()
+                        .map(|k| t[k]["count"].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "reconcile of {n} rows (database vs the embedded store's state): {secs:.1} s = {:.0} rows/s, {} queries, {differences} differences",
+        n as f64 / secs,
+        report["queries"]
+    )?;
     Ok(())
 }
 
