@@ -154,10 +154,14 @@ pub async fn run_batcher(
                 }
                 None => break,
             },
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => true,
+            // The linger ends a batch only when a write can start now: while
+            // every writer is busy the batch keeps filling (a backlog then
+            // goes out in full batches), and leaves when one frees.
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                if deadline.is_some() && permits.available_permits() > 0 => true,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 joined(done);
-                false
+                deadline.is_some_and(|d| d <= Instant::now())
             }
             _ = writer.halt.halted() => break,
         };
