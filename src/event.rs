@@ -199,6 +199,35 @@ impl fmt::Display for DocumentId {
 }
 
 impl ChangeEvent {
+    /// A row change with none of the extras a source may add (commit TSO,
+    /// statement, column types, large-message marker, reason, position):
+    /// set those with struct update syntax.
+    pub fn row(
+        database: impl Into<String>,
+        table: impl Into<String>,
+        op: Op,
+        pk: Row,
+        data: Row,
+        old: Option<Row>,
+        commit_time_ms: i64,
+    ) -> ChangeEvent {
+        ChangeEvent {
+            database: database.into(),
+            table: table.into(),
+            op,
+            pk,
+            data,
+            old,
+            commit_time_ms,
+            commit_ts: None,
+            sql: None,
+            mysql_types: None,
+            large_message: None,
+            reason: None,
+            position: SourcePosition::None,
+        }
+    }
+
     /// A DDL statement on `database.table` (`table` empty for a database-wide one).
     pub fn ddl(
         database: String,
@@ -306,20 +335,10 @@ mod tests {
 
     fn event(op: Op, id: &str, ts: Option<u64>) -> ChangeEvent {
         let data = Row::from_values([("id", json!(id)), ("name", json!("a"))]);
+        let pk = Row::from_values([("id", json!(id))]);
         ChangeEvent {
-            database: "appdb".into(),
-            table: "users".into(),
-            op,
-            pk: Row::from_values([("id", json!(id))]),
-            data,
-            old: None,
-            commit_time_ms: 1_700_000_000_000,
             commit_ts: ts,
-            sql: None,
-            mysql_types: None,
-            large_message: None,
-            reason: None,
-            position: SourcePosition::None,
+            ..ChangeEvent::row("appdb", "users", op, pk, data, None, 1_700_000_000_000)
         }
     }
 

@@ -227,7 +227,7 @@ mod tests {
 
     use super::*;
     use crate::config::ColumnPattern;
-    use crate::event::{Op, SourcePosition};
+    use crate::event::Op;
 
     const DEFAULT: &str = "*.*.*password*,*.*.*passwd*,*.*.*secret*,*.*.*token*";
 
@@ -238,21 +238,16 @@ mod tests {
     }
 
     fn event(data: &[(&str, serde_json::Value)]) -> ChangeEvent {
-        ChangeEvent {
-            database: "appdb".into(),
-            table: "users".into(),
-            op: Op::Update,
-            pk: Row::from_values([("id", data[0].1.clone())]),
-            data: Row::from_values(data.iter().map(|(k, v)| (*k, v.clone()))),
-            old: Some(Row::from_values(data.iter().map(|(k, v)| (*k, v.clone())))),
-            commit_time_ms: 1_700_000_000_000,
-            commit_ts: None,
-            sql: None,
-            mysql_types: None,
-            large_message: None,
-            reason: None,
-            position: SourcePosition::None,
-        }
+        let row = || Row::from_values(data.iter().map(|(k, v)| (*k, v.clone())));
+        ChangeEvent::row(
+            "appdb",
+            "users",
+            Op::Update,
+            Row::from_values([("id", data[0].1.clone())]),
+            row(),
+            Some(row()),
+            1_700_000_000_000,
+        )
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::event::{ChangeEvent, Op, Row, SourcePosition};
 use crate::mask::Masker;
 use crate::metrics::Metrics;
 use crate::sink::state::{RowKey, RowState};
-use crate::sink::{Sink, WriteBatch};
+use crate::sink::{Sink, StatePageRequest, WriteBatch};
 use crate::source::ack::OffsetTracker;
 use crate::source::binlog::scan::{Scan, ScanKey};
 use crate::source::binlog::{BinlogSource, PositionStore};
@@ -249,7 +249,12 @@ async fn read_state(
     let mut cursor = None;
     loop {
         let (rows, next) = sink
-            .state_page(database, table, cursor, STATE_PAGE)
+            .state_page(StatePageRequest {
+                database: database.to_owned(),
+                table: table.to_owned(),
+                cursor,
+                limit: STATE_PAGE,
+            })
             .await
             .map_err(|e| ReconcileError::State(e.to_string()))?;
         for (key, state) in rows {

@@ -234,25 +234,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::event::{Row, SourcePosition};
+    use crate::event::Row;
 
     #[test]
     fn key_is_table_and_primary_key() {
-        let e = ChangeEvent {
-            database: "appdb".into(),
-            table: "users".into(),
-            op: Op::Update,
-            pk: Row::from_values([("id", json!("7"))]),
-            data: Row::default(),
-            old: None,
-            commit_time_ms: 0,
-            commit_ts: None,
-            sql: None,
-            mysql_types: None,
-            large_message: None,
-            reason: None,
-            position: SourcePosition::None,
-        };
+        let pk = Row::from_values([("id", json!("7"))]);
+        let e = ChangeEvent::row("appdb", "users", Op::Update, pk, Row::default(), None, 0);
         assert_eq!(key(&e), br#"appdb.users:{"id":"7"}"#);
     }
 }

@@ -103,6 +103,16 @@ pub type Written<'a> = BoxFuture<'a, Result<Vec<Rejected>, SinkError>>;
 /// `Sink::state_page`'s answer: `(key values, state)` of each row, and the next cursor.
 pub type StatePage = (Vec<(String, RowState)>, Option<String>);
 
+/// `Sink::state_page`'s question: up to `limit` live rows of
+/// `database.table` after `cursor` (the previous page's next cursor).
+#[derive(Debug, Clone)]
+pub struct StatePageRequest {
+    pub database: String,
+    pub table: String,
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
 /// A search's answer (`Sink::events`, `Sink::stats`).
 pub type Answer<'a, T> = BoxFuture<'a, Result<T, QueryError>>;
 
@@ -167,14 +177,8 @@ pub trait Sink: Send + Sync + 'static {
     /// (`RowKey::values`), at most `limit`, after the `cursor` of the page
     /// before; the next page's cursor, `None` after the last. For
     /// `reconcile`, which reads a table's whole state.
-    fn state_page<'a>(
-        &'a self,
-        database: &'a str,
-        table: &'a str,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Answer<'a, StatePage> {
-        let _ = (database, table, cursor, limit);
+    fn state_page(&self, page: StatePageRequest) -> Answer<'_, StatePage> {
+        let _ = page;
         Box::pin(async {
             Err(QueryError::Unavailable(
                 "this sink keeps no row state".into(),

@@ -182,19 +182,8 @@ mod tests {
 
     fn event(op: Op, pk: Row, data: Row, old: Option<Row>) -> ChangeEvent {
         ChangeEvent {
-            database: "appdb".into(),
-            table: "users".into(),
-            op,
-            pk,
-            data,
-            old,
-            commit_time_ms: 1_700_000_000_000,
             commit_ts: Some(7),
-            sql: None,
-            mysql_types: None,
-            large_message: None,
-            reason: None,
-            position: SourcePosition::None,
+            ..ChangeEvent::row("appdb", "users", op, pk, data, old, 1_700_000_000_000)
         }
     }
 

@@ -597,41 +597,60 @@ pub fn template_name(index: &IndexRoute) -> String {
 /// priority is one above a fixed index's, whose `cdc-events-*` it may
 /// overlap (Elasticsearch refuses overlapping templates of equal priority).
 pub fn index_template(index: &IndexRoute) -> serde_json::Value {
-    let flattened = serde_json::json!({"type": "flattened", "ignore_above": 8191});
     let (patterns, priority) = if index.is_fixed() {
         (vec![index.to_string(), format!("{index}-*")], 200)
     } else {
         (vec![index.pattern()], 201)
     };
+    let flattened = flattened();
+    composable_template(
+        patterns,
+        priority,
+        serde_json::json!({"refresh_interval": "1s"}),
+        serde_json::json!({
+            "@timestamp": {"type": "date"},
+            "database": {"type": "keyword"},
+            "table": {"type": "keyword"},
+            "op": {"type": "keyword"},
+            "pk": flattened,
+            "data": flattened,
+            "old": flattened,
+            "commit_ts": {"type": "unsigned_long"},
+            "sql": {"type": "text"},
+            "ingested_at": {"type": "date"},
+            "large_message": {"properties": {
+                "kind": {"type": "keyword"},
+                "location": {"type": "keyword"}
+            }},
+            "kafka": {"properties": {
+                "topic": {"type": "keyword"},
+                "partition": {"type": "integer"},
+                "offset": {"type": "long"}
+            }}
+        }),
+    )
+}
+
+/// The mapping of row columns: `flattened`, so arbitrary column names
+/// cannot grow the mapping without bound.
+pub(super) fn flattened() -> serde_json::Value {
+    serde_json::json!({"type": "flattened", "ignore_above": 8191})
+}
+
+/// A composable index template of ours (marked in `_meta`), with a strict
+/// mapping: fields not listed are kept in `_source` but not indexed.
+pub(super) fn composable_template(
+    patterns: Vec<String>,
+    priority: u32,
+    index_settings: serde_json::Value,
+    properties: serde_json::Value,
+) -> serde_json::Value {
     serde_json::json!({
         "index_patterns": patterns,
         "priority": priority,
         "template": {
-            "settings": {"index": {"refresh_interval": "1s"}},
-            "mappings": {
-                "dynamic": false,
-                "properties": {
-                    "@timestamp": {"type": "date"},
-                    "database": {"type": "keyword"},
-                    "table": {"type": "keyword"},
-                    "op": {"type": "keyword"},
-                    "pk": flattened,
-                    "data": flattened,
-                    "old": flattened,
-                    "commit_ts": {"type": "unsigned_long"},
-                    "sql": {"type": "text"},
-                    "ingested_at": {"type": "date"},
-                    "large_message": {"properties": {
-                        "kind": {"type": "keyword"},
-                        "location": {"type": "keyword"}
-                    }},
-                    "kafka": {"properties": {
-                        "topic": {"type": "keyword"},
-                        "partition": {"type": "integer"},
-                        "offset": {"type": "long"}
-                    }}
-                }
-            }
+            "settings": {"index": index_settings},
+            "mappings": {"dynamic": false, "properties": properties}
         },
         "_meta": {"managed_by": "cdc-monitor"}
     })

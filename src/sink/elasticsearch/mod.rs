@@ -40,7 +40,7 @@ use crate::sink::elasticsearch::response::{
 };
 use crate::sink::query::{EventFilter, EventPage, Stats};
 use crate::sink::state::{RowKey, RowState};
-use crate::sink::{Answer, Rejected, Sink, SinkError, WriteBatch, Written};
+use crate::sink::{Answer, Rejected, Sink, SinkError, StatePageRequest, WriteBatch, Written};
 
 /// Writes change events to one index, or each to the index its route names.
 pub struct ElasticsearchSink {
@@ -473,16 +473,8 @@ impl Sink for ElasticsearchSink {
         Box::pin(ElasticsearchSink::row_history(self, key, limit))
     }
 
-    fn state_page<'a>(
-        &'a self,
-        database: &'a str,
-        table: &'a str,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Answer<'a, crate::sink::StatePage> {
-        Box::pin(ElasticsearchSink::state_page(
-            self, database, table, cursor, limit,
-        ))
+    fn state_page(&self, page: StatePageRequest) -> Answer<'_, crate::sink::StatePage> {
+        Box::pin(async move { ElasticsearchSink::state_page(self, &page).await })
     }
 
     fn stats(&self, window: Duration, bucket: Duration) -> Answer<'_, Stats> {

@@ -27,6 +27,7 @@ use crate::event::Row;
 use crate::sink::elasticsearch::{state_index, ElasticsearchSink};
 use crate::sink::query::{EventFilter, EventPage, QueryError, RateSeries, Stats};
 use crate::sink::state::{RowKey, RowState};
+use crate::sink::StatePageRequest;
 
 /// Row fields `q` searches: `pk`, `data` and `old` are `flattened` (every
 /// leaf value is a keyword), `sql` is text.
@@ -82,11 +83,15 @@ impl ElasticsearchSink {
     /// after `cursor` (the last event id of the page before).
     pub async fn state_page(
         &self,
-        database: &str,
-        table: &str,
-        cursor: Option<String>,
-        limit: usize,
+        page: &StatePageRequest,
     ) -> Result<crate::sink::StatePage, QueryError> {
+        let StatePageRequest {
+            database,
+            table,
+            cursor,
+            limit,
+        } = page;
+        let limit = *limit;
         let Some(index) = &self.state_index else {
             return Err(QueryError::Unavailable(
                 "no current-state index: set CDC_ES_STATE_INDEX (es.state_index)".into(),

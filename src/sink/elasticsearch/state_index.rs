@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::rfc3339_millis;
 use crate::event::{ChangeEvent, Row};
+use crate::sink::elasticsearch::client::{composable_template, flattened};
 use crate::sink::state::{changes, RowState, StateChange};
 
 #[derive(Serialize)]
@@ -142,56 +143,39 @@ pub fn keyed_row_state(
 /// The state index's template: its mapping, and `index.gc_deletes` of the
 /// tombstone retention, so a deleted row's version outlives late replays.
 pub fn template(index: &str, tombstone_retention: Duration) -> serde_json::Value {
-    let flattened = serde_json::json!({"type": "flattened", "ignore_above": 8191});
-    serde_json::json!({
-        "index_patterns": [index],
-        "priority": 200,
-        "template": {
-            "settings": {"index": {
-                "refresh_interval": "1s",
-                "gc_deletes": format!("{}s", tombstone_retention.as_secs())
-            }},
-            "mappings": {
-                "dynamic": false,
-                "properties": {
-                    "database": {"type": "keyword"},
-                    "table": {"type": "keyword"},
-                    "op": {"type": "keyword"},
-                    "pk": flattened,
-                    "data": flattened,
-                    // Versions are at most i64::MAX (`ChangeEvent::version`).
-                    "version": {"type": "long"},
-                    "@timestamp": {"type": "date"},
-                    "event_id": {"type": "keyword"}
-                }
-            }
-        },
-        "_meta": {"managed_by": "cdc-monitor"}
-    })
+    let flattened = flattened();
+    composable_template(
+        vec![index.to_owned()],
+        200,
+        serde_json::json!({
+            "refresh_interval": "1s",
+            "gc_deletes": format!("{}s", tombstone_retention.as_secs())
+        }),
+        serde_json::json!({
+            "database": {"type": "keyword"},
+            "table": {"type": "keyword"},
+            "op": {"type": "keyword"},
+            "pk": flattened,
+            "data": flattened,
+            // Versions are at most i64::MAX (`ChangeEvent::version`).
+            "version": {"type": "long"},
+            "@timestamp": {"type": "date"},
+            "event_id": {"type": "keyword"}
+        }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Op, SourcePosition};
+    use crate::event::Op;
     use crate::sink::state::RowKey;
     use serde_json::{json, Value};
 
     fn event(op: Op, pk: Row, data: Row, old: Option<Row>) -> ChangeEvent {
         ChangeEvent {
-            database: "appdb".into(),
-            table: "users".into(),
-            op,
-            pk,
-            data,
-            old,
-            commit_time_ms: 1_700_000_000_000,
             commit_ts: Some(445_318_436_578_918_401),
-            sql: None,
-            mysql_types: None,
-            large_message: None,
-            reason: None,
-            position: SourcePosition::None,
+            ..ChangeEvent::row("appdb", "users", op, pk, data, old, 1_700_000_000_000)
         }
     }
 

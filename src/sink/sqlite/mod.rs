@@ -35,7 +35,7 @@ use crate::owner_only;
 use crate::sink::document;
 use crate::sink::query::{EventFilter, EventPage, QueryError, Stats};
 use crate::sink::state::{RowKey, RowState};
-use crate::sink::{Answer, Sink, SinkError, StatePage, WriteBatch, Written};
+use crate::sink::{Answer, Sink, SinkError, StatePage, StatePageRequest, WriteBatch, Written};
 
 /// Reader connections kept open, and API queries run at once: more wait
 /// for a reader (within their deadline), so an API flood never holds more
@@ -603,18 +603,8 @@ impl Sink for SqliteSink {
         })
     }
 
-    fn state_page<'a>(
-        &'a self,
-        database: &'a str,
-        table: &'a str,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Answer<'a, StatePage> {
-        Box::pin(async move {
-            let (database, table) = (database.to_owned(), table.to_owned());
-            self.query(move |conn| state::page(conn, &database, &table, cursor.as_deref(), limit))
-                .await
-        })
+    fn state_page(&self, page: StatePageRequest) -> Answer<'_, StatePage> {
+        Box::pin(async move { self.query(move |conn| state::page(conn, &page)).await })
     }
 
     fn row_history<'a>(&'a self, key: &'a RowKey, limit: usize) -> Answer<'a, EventPage> {
@@ -707,7 +697,7 @@ impl SqliteSink {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::event::{Op, SourcePosition};
+    use crate::event::Op;
     use serde_json::json;
 
     /// A row change whose `note` column holds `note`; `id` makes it unique.
@@ -719,21 +709,15 @@ pub(super) mod tests {
         commit_time_ms: i64,
         note: &str,
     ) -> ChangeEvent {
-        ChangeEvent {
-            database: db.into(),
-            table: tbl.into(),
+        ChangeEvent::row(
+            db,
+            tbl,
             op,
-            pk: Row::from_values([("id", json!(id.to_string()))]),
-            data: Row::from_values([("id", json!(id.to_string())), ("note", json!(note))]),
-            old: None,
+            Row::from_values([("id", json!(id.to_string()))]),
+            Row::from_values([("id", json!(id.to_string())), ("note", json!(note))]),
+            None,
             commit_time_ms,
-            commit_ts: None,
-            sql: None,
-            mysql_types: None,
-            large_message: None,
-            reason: None,
-            position: SourcePosition::None,
-        }
+        )
     }
 
     /// Opens a store with test timings: short busy timeout and backoff.

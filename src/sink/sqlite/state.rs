@@ -7,7 +7,7 @@ use crate::clock::rfc3339_millis;
 use crate::event::ChangeEvent;
 use crate::sink::query::EventPage;
 use crate::sink::state::{self, RowKey, RowState, StateChange};
-use crate::sink::StatePage;
+use crate::sink::{StatePage, StatePageRequest};
 
 use super::query::with_id;
 
@@ -113,19 +113,20 @@ fn history_key(key: &RowKey) -> i64 {
 /// Up to `limit` live rows of `database.table` after the cursor `after`, in
 /// storage order, and the cursor of the next page (`None` at the end). A
 /// scan of the state from the cursor on: reconcile reads a whole table.
-pub fn page(
-    conn: &Connection,
-    database: &str,
-    table: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> rusqlite::Result<StatePage> {
+pub fn page(conn: &Connection, page: &StatePageRequest) -> rusqlite::Result<StatePage> {
+    let StatePageRequest {
+        database,
+        table,
+        cursor: after,
+        limit,
+    } = page;
+    let limit = *limit;
     let mut stmt = conn.prepare_cached(
         "SELECT version, op, commit_time_ms, event_id, pk, data, key, rowid FROM state
          WHERE rowid > ?3 AND db = ?1 AND tbl = ?2 AND data IS NOT NULL
          ORDER BY rowid LIMIT ?4",
     )?;
-    let after: i64 = after.and_then(|a| a.parse().ok()).unwrap_or(0);
+    let after: i64 = after.as_deref().and_then(|a| a.parse().ok()).unwrap_or(0);
     let mut last = None;
     let rows = stmt
         .query_map(params![database, table, after, limit as i64], |r| {

@@ -426,54 +426,40 @@ mod tests {
             .to_owned()
     }
 
+    /// Each case: a value as the reader gets it, the column's binlog type,
+    /// fractional digits, column type, and the JSON text expected.
+    type Case = (Value, ColumnType, usize, &'static str, &'static str);
+
+    fn check(render: fn(Value, ColumnType, usize, &str) -> String, cases: Vec<Case>) {
+        for (value, t, digits, c, want) in cases {
+            let shown = format!("{value:?} as {c}");
+            assert_eq!(render(value, t, digits, c), want, "{shown}");
+        }
+    }
+
     #[test]
     fn snapshot_values_read_as_their_binlog_values() {
         use ColumnType::*;
-        assert_eq!(snap(Value::Int(0), MYSQL_TYPE_YEAR, 0, "year"), r#""0000""#);
-        assert_eq!(
-            snap(Value::Int(2024), MYSQL_TYPE_YEAR, 0, "year"),
-            r#""2024""#
-        );
+        #[rustfmt::skip]
+        let cases = vec![
+            (Value::Int(0), MYSQL_TYPE_YEAR, 0, "year", r#""0000""#),
+            (Value::Int(2024), MYSQL_TYPE_YEAR, 0, "year", r#""2024""#),
+            (Value::Date(2024, 5, 1, 12, 0, 0, 250_000), MYSQL_TYPE_TIMESTAMP, 3, "timestamp", r#""2024-05-01 12:00:00.250""#),
+            (Value::Date(0, 0, 0, 0, 0, 0, 0), MYSQL_TYPE_TIMESTAMP, 0, "timestamp", r#""0000-00-00 00:00:00""#),
+            (Value::Bytes(b"new,paid".to_vec()), MYSQL_TYPE_STRING, 0, "set", r#""new,paid""#),
+            (Value::Bytes(vec![1, 2]), MYSQL_TYPE_BIT, 0, "bit", r#""258""#),
+            (Value::NULL, MYSQL_TYPE_LONG, 0, "int", "null"),
+        ];
+        check(snap, cases);
+        // Where the binlog and a query carry the same value differently.
         assert_eq!(
             snap(Value::Int(-1), MYSQL_TYPE_INT24, 0, "mediumint"),
             text(Value::Int(0xff_ffff), MYSQL_TYPE_INT24, 0, "mediumint")
         );
         assert_eq!(
-            snap(
-                Value::Date(2024, 5, 1, 12, 0, 0, 250_000),
-                MYSQL_TYPE_TIMESTAMP,
-                3,
-                "timestamp"
-            ),
-            r#""2024-05-01 12:00:00.250""#
-        );
-        assert_eq!(
-            snap(
-                Value::Date(0, 0, 0, 0, 0, 0, 0),
-                MYSQL_TYPE_TIMESTAMP,
-                0,
-                "timestamp"
-            ),
-            r#""0000-00-00 00:00:00""#
-        );
-        assert_eq!(
-            snap(
-                Value::Bytes(b"new,paid".to_vec()),
-                MYSQL_TYPE_STRING,
-                0,
-                "set"
-            ),
-            r#""new,paid""#
-        );
-        assert_eq!(
-            snap(Value::Bytes(vec![1, 2]), MYSQL_TYPE_BIT, 0, "bit"),
-            r#""258""#
-        );
-        assert_eq!(
             snap(Value::Float(0.1), MYSQL_TYPE_FLOAT, 0, "float"),
             text(Value::Float(0.1), MYSQL_TYPE_FLOAT, 0, "float")
         );
-        assert_eq!(snap(Value::NULL, MYSQL_TYPE_LONG, 0, "int"), "null");
     }
 
     #[test]
@@ -648,88 +634,24 @@ mod tests {
     #[test]
     fn values_render_as_canal_json_strings() {
         use ColumnType::*;
-        assert_eq!(text(Value::NULL, MYSQL_TYPE_LONG, 0, "int"), "null");
-        assert_eq!(text(Value::Int(-5), MYSQL_TYPE_LONG, 0, "int"), r#""-5""#);
-        assert_eq!(
-            text(Value::Int(-1), MYSQL_TYPE_TINY, 0, "tinyint unsigned"),
-            r#""255""#
-        );
-        assert_eq!(
-            text(
-                Value::Bytes(b"12.50".to_vec()),
-                MYSQL_TYPE_NEWDECIMAL,
-                0,
-                "decimal"
-            ),
-            r#""12.50""#
-        );
-        assert_eq!(
-            text(
-                Value::Date(2024, 2, 29, 0, 0, 0, 0),
-                MYSQL_TYPE_DATE,
-                0,
-                "date"
-            ),
-            r#""2024-02-29""#
-        );
-        assert_eq!(
-            text(
-                Value::Date(2024, 2, 29, 13, 4, 5, 120000),
-                MYSQL_TYPE_DATETIME2,
-                3,
-                "datetime"
-            ),
-            r#""2024-02-29 13:04:05.120""#
-        );
-        assert_eq!(
-            text(
-                Value::Bytes(b"86400".to_vec()),
-                MYSQL_TYPE_TIMESTAMP2,
-                0,
-                "timestamp"
-            ),
-            r#""1970-01-02 00:00:00""#
-        );
-        assert_eq!(
-            text(
-                Value::Time(true, 1, 2, 3, 4, 0),
-                MYSQL_TYPE_TIME2,
-                0,
-                "time"
-            ),
-            r#""-26:03:04""#
-        );
-        assert_eq!(text(Value::Int(2), MYSQL_TYPE_ENUM, 0, "enum"), r#""paid""#);
-        assert_eq!(text(Value::Int(0), MYSQL_TYPE_ENUM, 0, "enum"), r#""""#);
-        assert_eq!(
-            text(Value::Bytes(vec![0b101]), MYSQL_TYPE_SET, 0, "set"),
-            r#""new,shipped""#
-        );
-        assert_eq!(
-            text(Value::Bytes(vec![1, 0]), MYSQL_TYPE_BIT, 0, "bit"),
-            r#""256""#
-        );
-        assert_eq!(
-            text(
-                Value::Bytes(vec![0, 0xff, b'a']),
-                MYSQL_TYPE_BLOB,
-                0,
-                "blob"
-            ),
-            r#""\u0000ÿa""#
-        );
-        assert_eq!(
-            text(
-                Value::Bytes("zoë 🚀".as_bytes().to_vec()),
-                MYSQL_TYPE_VARCHAR,
-                0,
-                "varchar"
-            ),
-            r#""zoë 🚀""#
-        );
-        assert_eq!(
-            text(Value::Double(1.5), MYSQL_TYPE_DOUBLE, 0, "double"),
-            r#""1.5""#
-        );
+        #[rustfmt::skip]
+        let cases = vec![
+            (Value::NULL, MYSQL_TYPE_LONG, 0, "int", "null"),
+            (Value::Int(-5), MYSQL_TYPE_LONG, 0, "int", r#""-5""#),
+            (Value::Int(-1), MYSQL_TYPE_TINY, 0, "tinyint unsigned", r#""255""#),
+            (Value::Bytes(b"12.50".to_vec()), MYSQL_TYPE_NEWDECIMAL, 0, "decimal", r#""12.50""#),
+            (Value::Date(2024, 2, 29, 0, 0, 0, 0), MYSQL_TYPE_DATE, 0, "date", r#""2024-02-29""#),
+            (Value::Date(2024, 2, 29, 13, 4, 5, 120000), MYSQL_TYPE_DATETIME2, 3, "datetime", r#""2024-02-29 13:04:05.120""#),
+            (Value::Bytes(b"86400".to_vec()), MYSQL_TYPE_TIMESTAMP2, 0, "timestamp", r#""1970-01-02 00:00:00""#),
+            (Value::Time(true, 1, 2, 3, 4, 0), MYSQL_TYPE_TIME2, 0, "time", r#""-26:03:04""#),
+            (Value::Int(2), MYSQL_TYPE_ENUM, 0, "enum", r#""paid""#),
+            (Value::Int(0), MYSQL_TYPE_ENUM, 0, "enum", r#""""#),
+            (Value::Bytes(vec![0b101]), MYSQL_TYPE_SET, 0, "set", r#""new,shipped""#),
+            (Value::Bytes(vec![1, 0]), MYSQL_TYPE_BIT, 0, "bit", r#""256""#),
+            (Value::Bytes(vec![0, 0xff, b'a']), MYSQL_TYPE_BLOB, 0, "blob", r#""\u0000ÿa""#),
+            (Value::Bytes("zoë 🚀".as_bytes().to_vec()), MYSQL_TYPE_VARCHAR, 0, "varchar", r#""zoë 🚀""#),
+            (Value::Double(1.5), MYSQL_TYPE_DOUBLE, 0, "double", r#""1.5""#),
+        ];
+        check(text, cases);
     }
 }
