@@ -7,11 +7,10 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::Value;
 
 use crate::harness::canal::{expected_id, message};
-use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
+use crate::harness::consumer::{kill_owner_repeatedly, Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsStub, EsTarget};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -192,30 +191,8 @@ async fn sigkill_five_times_in_data_stream_mode_loses_and_duplicates_nothing() {
             }
         })
     };
-    let mut consumer = ConsumerProcess::spawn(&env);
-    for _ in 0..5 {
-        // Kill only an owner of every partition (see faults.rs: Tansu 0.6
-        // may never expire a member killed mid-rebalance).
-        let owns_all = eventually(Duration::from_secs(90), || async {
-            consumer
-                .metrics()
-                .await
-                .matches("cdc_consumer_lag_records{")
-                .count()
-                == p.partitions as usize
-        })
-        .await;
-        assert!(
-            owns_all,
-            "consumer never got every partition:\n{}",
-            consumer.log_tail()
-        );
-        let wait = rand::rng().random_range(500..3_000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        consumer.kill();
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        consumer = ConsumerProcess::spawn(&env);
-    }
+    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = kill_owner_repeatedly(consumer, &env, p.partitions as usize, 5).await;
     producer.await.unwrap();
     let done = eventually(Duration::from_secs(180), || async {
         es.count(&p.index).await >= N as u64

@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use crate::harness::app::InProcessApp;
 use crate::harness::canal::{expected_id, message};
-use crate::harness::consumer::{sum_metric, Consumer, ConsumerProcess, Pipeline};
+use crate::harness::consumer::{
+    kill_owner_repeatedly, sum_metric, Consumer, ConsumerProcess, Pipeline,
+};
 use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
@@ -85,37 +85,8 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
         2_500,
         Duration::from_millis(300),
     ));
-    let mut consumer = ConsumerProcess::spawn(&env);
-    for _ in 0..5 {
-        // Kill only once this instance owns every partition: Tansu 0.6 does
-        // not always expire a member killed in the middle of a rebalance, and
-        // stacked dead members would then keep partitions forever.
-        let owns_all = eventually(Duration::from_secs(90), || async {
-            consumer
-                .metrics()
-                .await
-                .matches("cdc_consumer_lag_records{")
-                .count()
-                == p.partitions as usize
-        })
-        .await;
-        assert!(
-            owns_all,
-            "restarted consumer never got every partition:\n{}",
-            consumer.log_tail()
-        );
-        let wait = rand::rng().random_range(500..3_000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        consumer.kill();
-        if std::env::var_os("CDC_TEST_KAFKA_BROKERS").is_none() {
-            // Restart once the broker has expired the killed member (6 s
-            // session timeout): Tansu 0.6 sometimes never expires a dead
-            // member once a new one has joined beside it, leaving its
-            // partitions unowned. A supervisor's restart backoff looks the same.
-            tokio::time::sleep(Duration::from_secs(8)).await;
-        }
-        consumer = ConsumerProcess::spawn(&env);
-    }
+    let consumer = ConsumerProcess::spawn(&env);
+    let consumer = kill_owner_repeatedly(consumer, &env, p.partitions as usize, 5).await;
     producer.await.unwrap();
     assert_all_stored_once(&es, &p, N, &consumer).await;
     let committed: i64 = broker()

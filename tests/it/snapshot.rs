@@ -332,13 +332,8 @@ async fn snapshot_with_a_writer_running_replays_to_the_tables_exact_rows() {
     ));
     let p = ConsumerProcess::spawn(&snapshot_env(&db, &d, dir.path(), 500));
     p.wait_healthy().await;
-    let done = eventually(Duration::from_secs(180), || async {
-        std::fs::read_to_string(&p.log)
-            .unwrap_or_default()
-            .contains("snapshot done")
-    })
-    .await;
-    assert!(done, "snapshot never finished; log:\n{}", p.log_tail());
+    p.wait_for_log("snapshot done", Duration::from_secs(180))
+        .await;
     let stats = api_stats(&p).await;
     assert!(stats.get("snapshot").is_none(), "{stats}");
     // Changes go on a little after the snapshot, through the stream.
@@ -450,13 +445,8 @@ async fn snapshot_killed_twice_mid_way_resumes_after_the_last_stored_chunk() {
         }
         p = ConsumerProcess::spawn(&env);
     }
-    let done = eventually(Duration::from_secs(180), || async {
-        std::fs::read_to_string(&p.log)
-            .unwrap_or_default()
-            .contains("snapshot done")
-    })
-    .await;
-    assert!(done, "snapshot never finished; log:\n{}", p.log_tail());
+    p.wait_for_log("snapshot done", Duration::from_secs(180))
+        .await;
     let stats = api_stats(&p).await;
     assert!(stats.get("snapshot").is_none(), "{stats}");
     let log = std::fs::read_to_string(&p.log).unwrap();
@@ -659,17 +649,8 @@ async fn snapshot_on_demand_re_reads_tables_while_the_stream_goes_on() {
         out.contains("snapshot started at") && out.contains(&format!("{d}.a, {d}.c")),
         "{out}"
     );
-    let done = eventually(Duration::from_secs(120), || async {
-        std::fs::read_to_string(&p.log)
-            .unwrap_or_default()
-            .contains("on-demand snapshot done")
-    })
-    .await;
-    assert!(
-        done,
-        "on-demand snapshot never finished; log:\n{}",
-        p.log_tail()
-    );
+    p.wait_for_log("on-demand snapshot done", Duration::from_secs(120))
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let (_, _, statements) = writer.await.unwrap();
