@@ -279,6 +279,7 @@ impl Parts {
         let stop = CancellationToken::new();
         let (source, sink, metrics) =
             (self.source.clone(), self.sink.clone(), self.metrics.clone());
+        let status_source = self.source.clone();
         let readiness = Readiness::default()
             .with(self.source.name(), move || {
                 let s = source.clone();
@@ -295,6 +296,10 @@ impl Parts {
                         None => s.check().await.map_err(|e| e.to_string()),
                     }
                 }
+            })
+            .with_status("binlog_ha", move || {
+                let s = status_source.clone();
+                async move { s.status().await }
             });
         let state = HttpState {
             metrics: self.metrics.clone(),
@@ -346,6 +351,7 @@ impl Parts {
             halt: halt.clone(),
             masker: self.masker.clone(),
             dlq_keep_original: self.cfg.mask.dlq_keep_original,
+            fence: self.source.fence(),
         });
         let limits = BatchLimits {
             max_events: p.max_events,

@@ -57,6 +57,8 @@ keys! {
     tables_exclude => "binlog.tables_exclude", "CDC_TABLES_EXCLUDE", [], "Binlog source: tables to skip, same patterns as CDC_TABLES";
     binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
     snapshot => "snapshot.mode", "CDC_SNAPSHOT", ["initial"], "Binlog source, first start only: initial (read every captured table's existing rows, then stream from the matching binlog position) or never (stream only, from CDC_BINLOG_START)";
+    binlog_ha => "binlog.ha", "CDC_BINLOG_HA", ["none"], "Binlog source with the Elasticsearch or Kafka sink: none (one instance), or kafka (instances sharing CDC_KAFKA_GROUP_ID elect one capturer through Kafka's group protocol; the others stand by and take over within CDC_KAFKA_SESSION_TIMEOUT)";
+    binlog_position_topic => "binlog.position_topic", "CDC_BINLOG_POSITION_TOPIC", ["cdc-binlog-positions"], "With CDC_BINLOG_HA=kafka: compacted one-partition topic (created if absent) that holds the capture position and through whose partition the capturer is elected";
     snapshot_chunk_rows => "snapshot.chunk_rows", "CDC_SNAPSHOT_CHUNK_ROWS", ["10000"], "Binlog source snapshot: rows read per chunk (by primary key); progress is stored after each chunk";
     mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "Binlog source TLS, as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
     mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "Binlog source: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
@@ -774,6 +776,18 @@ pub struct MysqlConfig {
     /// Rows per snapshot chunk (`CDC_SNAPSHOT_CHUNK_ROWS`).
     pub snapshot_chunk_rows: usize,
     pub tls: MysqlTls,
+    /// `CDC_BINLOG_HA`: one instance, or a group electing its capturer.
+    pub ha: BinlogHa,
+}
+
+/// Who captures the binlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinlogHa {
+    /// This instance alone; its position in the data directory or the store.
+    None,
+    /// The instances of `CDC_KAFKA_GROUP_ID` elect one through the group
+    /// protocol on `position_topic`, which also keeps the position.
+    Kafka { position_topic: String },
 }
 
 /// How the binlog source secures its connection: MySQL's `--ssl-mode`.
@@ -1192,6 +1206,16 @@ fn mysql_section(l: &Layers) -> Result<MysqlConfig, ConfigError> {
         })?,
         snapshot_chunk_rows: l.get("snapshot.chunk_rows", positive)?,
         tls: mysql_tls(l)?,
+        ha: match l.get("binlog.ha", |s| match s.trim() {
+            "none" => Ok(false),
+            "kafka" => Ok(true),
+            _ => Err("must be none or kafka".into()),
+        })? {
+            false => BinlogHa::None,
+            true => BinlogHa::Kafka {
+                position_topic: l.get("binlog.position_topic", text)?,
+            },
+        },
     })
 }
 
@@ -1349,7 +1373,17 @@ fn sink_section(
                 )),
             }
         }
-        _ => Ok(SinkConfig::Sqlite(store_section(l)?)),
+        _ => {
+            if matches!(source, SourceConfig::Binlog(m) if m.ha != BinlogHa::None) {
+                return Err(invalid(
+                    "CDC_BINLOG_HA",
+                    "kafka",
+                    "a standby cannot take over a store on another machine's disk: \
+                     set CDC_SINK=elasticsearch or kafka, or CDC_BINLOG_HA=none",
+                ));
+            }
+            Ok(SinkConfig::Sqlite(store_section(l)?))
+        }
     }
 }
 

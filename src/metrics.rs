@@ -57,6 +57,8 @@ pub struct Metrics {
     pub reconcile_rows: IntGaugeVec,
     /// Scheduled reconcile: when a run last completed (Unix seconds).
     pub reconcile_last_success: prometheus::Gauge,
+    /// `CDC_BINLOG_HA=kafka`: 1 while this instance captures for its group.
+    pub binlog_leader: IntGaugeVec,
     /// The failure the sink is in, for `/readyz`; `None` when healthy.
     sink_failure: Arc<Mutex<Option<SinkFailure>>>,
     /// Events counted under `_other` because the table limit was reached.
@@ -250,6 +252,13 @@ impl Metrics {
             "cdc_reconcile_last_success_timestamp_seconds",
             "Scheduled reconcile: when a run last completed, Unix seconds (0: none yet)",
         ));
+        let binlog_leader = must(IntGaugeVec::new(
+            Opts::new(
+                "cdc_binlog_leader",
+                "CDC_BINLOG_HA=kafka: 1 while this instance captures the binlog for its group, 0 while it stands by",
+            ),
+            &["group"],
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -283,6 +292,7 @@ impl Metrics {
         reg(Box::new(es_node_up.clone()));
         reg(Box::new(reconcile_rows.clone()));
         reg(Box::new(reconcile_last_success.clone()));
+        reg(Box::new(binlog_leader.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -312,6 +322,7 @@ impl Metrics {
             es_node_up,
             reconcile_rows,
             reconcile_last_success,
+            binlog_leader,
             sink_failure: Arc::default(),
             tables_overflow,
             tables: Arc::new(Mutex::new(TableLabels {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{debug, error};
 
 use crate::checkpoint::Checkpoint;
 use crate::clock::now_millis;
@@ -35,6 +35,7 @@ use crate::pipeline::dlq::{DeadLetter, DeadLetterQueue};
 use crate::sink::{Sink, SinkError, WriteBatch};
 use crate::source::ack::OffsetTracker;
 use crate::source::envelope::Envelope;
+use crate::source::Fence;
 
 /// The first write failure the sink gave up on. Once set, no later batch is
 /// written and the application stops with it.
@@ -112,6 +113,9 @@ pub struct Writer {
     /// Dead letters carry the source's original bytes when it has them
     /// (masked columns in the clear), else the masked events as canal-json.
     pub dlq_keep_original: bool,
+    /// Closed once this instance may no longer publish what its source
+    /// read (`Source::fence`); `None`: always open.
+    pub fence: Option<Fence>,
 }
 
 impl Writer {
@@ -209,6 +213,15 @@ async fn write_batch(w: &Writer, messages: Vec<Envelope>) {
     // Started just before another write failed for good: stepping over
     // that batch is what halting prevents.
     if w.halt.is_halted() {
+        return;
+    }
+    // A capturer that lost its election: what it read is the new one's to
+    // write (from the stored position), and is never acknowledged here.
+    if w.fence.as_ref().is_some_and(|f| !f.is_open()) {
+        debug!(
+            messages = messages.len(),
+            "fenced: this instance no longer captures, batch not written"
+        );
         return;
     }
     // Undecodable messages go to the dead-letter queue first: a sink that
@@ -451,6 +464,7 @@ mod tests {
                 halt: Halt::default(),
                 masker: Some(masker.clone()),
                 dlq_keep_original: keep,
+                fence: None,
             });
             let (tx, rx) = channel(16, 1 << 20);
             let limits = BatchLimits {
@@ -508,6 +522,7 @@ mod tests {
             halt: Halt::default(),
             masker: None,
             dlq_keep_original: true,
+            fence: None,
         });
         let (tx, rx) = channel(16, 1 << 20);
         let limits = BatchLimits {

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::StoredCheckpoints;
-use crate::config::{Config, SourceConfig};
+use crate::config::{BinlogHa, Config, SourceConfig};
 use crate::control::SnapshotControl;
 use crate::metrics::Metrics;
 use ack::OffsetTracker;
@@ -72,6 +72,33 @@ pub trait Source: Send + Sync + 'static {
     fn snapshot_control(&self) -> Option<SnapshotControl> {
         None
     }
+
+    /// Whether what this source read may still be written; `None` when it
+    /// always may. A binlog capturer that lost its election closes it.
+    fn fence(&self) -> Option<Fence> {
+        None
+    }
+
+    /// What `/readyz` tells of this source beyond reachability (the binlog
+    /// capture's role under `CDC_BINLOG_HA`); `None` when nothing.
+    fn status(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(async { None })
+    }
+}
+
+/// Asked before each write: false once this instance may no longer
+/// publish what its source read.
+#[derive(Clone)]
+pub struct Fence(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Fence {
+    pub fn new(open: impl Fn() -> bool + Send + Sync + 'static) -> Fence {
+        Fence(Arc::new(open))
+    }
+
+    pub fn is_open(&self) -> bool {
+        (self.0)()
+    }
 }
 
 /// The configured source. `stored` is set when the sink keeps positions:
@@ -91,11 +118,24 @@ pub fn build(
             metrics.clone(),
             stored,
         )?),
-        SourceConfig::Binlog(mysql) => Arc::new(binlog::BinlogSource::new(
-            mysql,
-            binlog::PositionStore::open(&cfg.data_dir, stored)?,
-            tracker,
-            metrics.clone(),
-        )?),
+        SourceConfig::Binlog(mysql) => {
+            let store = match &mysql.ha {
+                BinlogHa::None => binlog::PositionStore::open(&cfg.data_dir, stored)?,
+                BinlogHa::Kafka { position_topic } => binlog::PositionStore::Kafka(
+                    Arc::new(binlog::ha::Leadership::new(
+                        &cfg.kafka,
+                        position_topic,
+                        metrics.clone(),
+                    )?),
+                    Arc::default(),
+                ),
+            };
+            Arc::new(binlog::BinlogSource::new(
+                mysql,
+                store,
+                tracker,
+                metrics.clone(),
+            )?)
+        }
     })
 }

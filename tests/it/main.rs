@@ -4,6 +4,7 @@ mod harness;
 
 mod architecture;
 mod binlog;
+mod binlog_ha;
 mod changefeed;
 mod cli;
 mod dashboard;

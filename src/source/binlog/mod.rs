@@ -12,6 +12,7 @@
 pub mod charset;
 pub mod convert;
 pub mod events;
+pub mod ha;
 pub mod position;
 pub mod preflight;
 pub mod scan;
@@ -21,7 +22,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -46,11 +47,12 @@ use crate::source::binlog::events::{
     ddl_target, ddl_verb, decoding_table_map, first_word, rotate_name, rows_to_events, uuid_text,
     MappedTable, ValueError,
 };
+use crate::source::binlog::ha::Leadership;
 use crate::source::binlog::position::{BinlogPosition, Boundaries, GtidState, PositionFile};
 use crate::source::binlog::preflight::ServerInfo;
 use crate::source::binlog::schema::{SchemaCache, TableSchema};
 use crate::source::envelope::{Envelope, EnvelopeTx, Origin, Undecodable};
-use crate::source::{Source, SourceError};
+use crate::source::{Fence, Source, SourceError};
 
 /// The stream name of binlog positions, in the tracker and in checkpoints.
 pub const STREAM: &str = BINLOG_STREAM;
@@ -73,6 +75,9 @@ pub enum PositionStore {
     /// The sink keeps it with the events, in the same transaction; this is
     /// what it held at start: a position, or how far a snapshot got.
     Sink(Option<BinlogPosition>, Option<SnapshotProgress>),
+    /// `CDC_BINLOG_HA=kafka`: the group's compacted position topic; what
+    /// it held when this instance was last elected.
+    Kafka(Arc<Leadership>, Arc<Mutex<Option<BinlogPosition>>>),
 }
 
 impl PositionStore {
@@ -108,6 +113,7 @@ impl PositionStore {
                 .load()
                 .map_err(|e| SourceError::Other(format!("cannot read the binlog position: {e}"))),
             PositionStore::Sink(p, _) => Ok(p.clone()),
+            PositionStore::Kafka(_, loaded) => Ok(loaded.lock().ok().and_then(|p| p.clone())),
         }
     }
 
@@ -115,7 +121,7 @@ impl PositionStore {
     fn snapshot(&self) -> Option<SnapshotProgress> {
         match self {
             PositionStore::Sink(_, s) => s.clone(),
-            PositionStore::File(_) => None,
+            PositionStore::File(_) | PositionStore::Kafka(..) => None,
         }
     }
 
@@ -126,6 +132,7 @@ impl PositionStore {
                 "delete the `binlog` checkpoint from the embedded store (or its data directory)"
                     .to_owned()
             }
+            PositionStore::Kafka(ha, _) => ha.describe(),
         }
     }
 }
@@ -214,7 +221,9 @@ pub struct BinlogSource {
     /// On-demand snapshot requests: the control handed out, the receiver
     /// taken by the capture loop.
     control: SnapshotControl,
-    requests: Mutex<Option<mpsc::Receiver<SnapshotRequest>>>,
+    /// A tokio mutex: held for a capture term, so a later term (after a
+    /// re-election) serves requests again.
+    requests: tokio::sync::Mutex<mpsc::Receiver<SnapshotRequest>>,
 }
 
 impl BinlogSource {
@@ -248,7 +257,7 @@ impl BinlogSource {
             emit_checkpoints,
             topic: Arc::from(STREAM),
             control,
-            requests: Mutex::new(Some(requests)),
+            requests: tokio::sync::Mutex::new(requests),
         })
     }
 
@@ -956,6 +965,77 @@ impl BinlogSource {
 impl BinlogSource {
     /// Connects (waiting for the server), then streams until `shutdown`,
     /// reconnecting from the last resume point.
+    /// `CDC_BINLOG_HA=kafka`: stands by until elected, captures from the
+    /// group's stored position until shutdown or until leadership is lost
+    /// (then stands by again). Losing it drops the capture at once: no
+    /// event is read and no position written after that.
+    async fn lead(
+        &self,
+        ha: &Arc<Leadership>,
+        loaded: &Mutex<Option<BinlogPosition>>,
+        tx: EnvelopeTx,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        ha.start().await?;
+        loop {
+            ha.set_role(false);
+            info!(instance = %ha.instance, "standing by for the binlog capture");
+            if !ha.elected(&shutdown).await {
+                return Ok(());
+            }
+            let elected = Instant::now();
+            let position = {
+                let ha = ha.clone();
+                tokio::task::spawn_blocking(move || ha.load())
+                    .await
+                    .map_err(|e| SourceError::Other(format!("reading the position: {e}")))?
+            };
+            let position = match position {
+                Ok(p) => p,
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the binlog position from Kafka; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Ok(mut l) = loaded.lock() {
+                *l = position;
+            }
+            ha.set_role(true);
+            info!(
+                instance = %ha.instance,
+                took_ms = elected.elapsed().as_millis() as u64,
+                "elected: capturing the binlog"
+            );
+            let term = shutdown.child_token();
+            let ended = tokio::select! {
+                r = self.capture(tx.clone(), term.clone()) => Some(r),
+                () = ha.lost() => None,
+            };
+            term.cancel();
+            match ended {
+                Some(r) => return r,
+                None => {
+                    warn!(
+                        instance = %ha.instance,
+                        "lost the binlog capture (partition revoked or session expired): standing by"
+                    );
+                    // What this term read is no longer ours to acknowledge.
+                    if let Ok(mut t) = self.tracker.lock() {
+                        t.revoke(STREAM, 0);
+                    }
+                    if let Ok(mut s) = self.stored.lock() {
+                        *s = None;
+                    }
+                    if let Ok(mut b) = self.boundaries.lock() {
+                        *b = Boundaries::default();
+                    }
+                }
+            }
+        }
+    }
+
     async fn capture(
         &self,
         tx: EnvelopeTx,
@@ -1070,8 +1150,8 @@ impl BinlogSource {
         tx: &EnvelopeTx,
         shutdown: &CancellationToken,
     ) {
-        let requests = self.requests.lock().ok().and_then(|mut r| r.take());
-        let Some(mut requests) = requests else {
+        let Ok(mut requests) = self.requests.try_lock() else {
+            // Another capture term still serves them (it is ending).
             return std::future::pending().await;
         };
         let mut st = ReadState::new(ON_DEMAND_PARTITION);
@@ -1116,7 +1196,10 @@ impl Source for BinlogSource {
         tx: EnvelopeTx,
         shutdown: CancellationToken,
     ) -> BoxFuture<'_, Result<(), SourceError>> {
-        Box::pin(self.capture(tx, shutdown))
+        match &self.store {
+            PositionStore::Kafka(ha, loaded) => Box::pin(self.lead(ha, loaded, tx, shutdown)),
+            _ => Box::pin(self.capture(tx, shutdown)),
+        }
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), SourceError>> {
@@ -1125,6 +1208,30 @@ impl Source for BinlogSource {
 
     fn snapshot_control(&self) -> Option<SnapshotControl> {
         Some(self.control.clone())
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        let PositionStore::Kafka(ha, _) = &self.store else {
+            return None;
+        };
+        let ha = ha.clone();
+        Some(Fence::new(move || ha.may_publish()))
+    }
+
+    fn status(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(async {
+            let PositionStore::Kafka(ha, _) = &self.store else {
+                return None;
+            };
+            let ha = ha.clone();
+            tokio::task::spawn_blocking(move || ha.status()).await.ok()
+        })
+    }
+
+    fn close(&self) {
+        if let PositionStore::Kafka(ha, _) = &self.store {
+            ha.leave();
+        }
     }
 
     fn commit(&self, _sync: bool) {
@@ -1164,10 +1271,18 @@ impl Source for BinlogSource {
             },
             // The sink stored it with the events.
             PositionStore::Sink(..) => *stored = Some(at),
+            PositionStore::Kafka(ha, _) => match ha.store(&at) {
+                Ok(()) => {
+                    self.metrics.commits.with_label_values(&["ok"]).inc();
+                    *stored = Some(at);
+                }
+                Err(e) => {
+                    self.metrics.commits.with_label_values(&["error"]).inc();
+                    warn!(error = %e, "storing the binlog position failed");
+                }
+            },
         }
     }
-
-    fn close(&self) {}
 }
 
 /// Between reconnects: 0.4 s, doubling up to 30 s.

@@ -215,6 +215,16 @@ impl ConsumerProcess {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// SIGTERM and wait for exit (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let mut c = self.child.take().expect("running");

@@ -1,0 +1,296 @@
+//! `CDC_BINLOG_HA=kafka`: two capture processes against a real MariaDB and
+//! Tansu, writing to the Elasticsearch stub (one stub node each, so the test
+//! can tell who wrote). A standby takes over from a killed or paused
+//! capturer, the paused one writes nothing after the takeover, and the
+//! position outlives both data directories.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+
+use crate::binlog::{capture_env, docs, wait_docs, write_changes_from};
+use crate::harness::consumer::{sum_metric, Consumer, ConsumerProcess};
+use crate::harness::es::{EsStub, EsTarget};
+use crate::harness::kafka::broker;
+use crate::harness::mariadb::MariaDb;
+use crate::harness::{eventually, unique};
+
+/// The session timeout the instances run with: it bounds each takeover.
+const SESSION: Duration = Duration::from_secs(6);
+
+struct Group {
+    db: MariaDb,
+    d: String,
+    es: EsTarget,
+    /// The second stub node, instance 1's.
+    node1: EsStub,
+    index: String,
+    envs: [Vec<(String, String)>; 2],
+    dirs: [tempfile::TempDir; 2],
+}
+
+impl Group {
+    async fn start(prefix: &str) -> Group {
+        let db = MariaDb::start().await;
+        let d = db.create_database(prefix).await;
+        db.exec(&format!(
+            "CREATE TABLE {d}.k (id INT PRIMARY KEY, v VARCHAR(200))"
+        ))
+        .await;
+        let es = EsTarget::stub().await;
+        let node1 = es.stub.as_ref().unwrap().start_node().await;
+        let index = unique(prefix);
+        let (group, topic) = (unique("ha-group"), unique("ha-positions"));
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let env = |i: usize| {
+            let mut env = capture_env(&db, &d, &es, &index, dirs[i].path());
+            env.extend(
+                [
+                    ("CDC_TABLES", format!("{d}.k")),
+                    ("CDC_BINLOG_HA", "kafka".to_owned()),
+                    ("CDC_BINLOG_POSITION_TOPIC", topic.clone()),
+                    ("CDC_KAFKA_BROKERS", broker().bootstrap.clone()),
+                    ("CDC_KAFKA_GROUP_ID", group.clone()),
+                    (
+                        "CDC_KAFKA_SESSION_TIMEOUT",
+                        format!("{}s", SESSION.as_secs()),
+                    ),
+                    ("CDC_LOG_LEVEL", "info,librdkafka=warn".to_owned()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+            );
+            if i == 1 {
+                env.retain(|(k, _)| k != "CDC_ES_URL");
+                env.push(("CDC_ES_URL".into(), node1.url()));
+            }
+            env
+        };
+        let envs = [env(0), env(1)];
+        Group {
+            db,
+            d,
+            es,
+            node1,
+            index,
+            envs,
+            dirs,
+        }
+    }
+
+    fn spawn(&self, i: usize) -> ConsumerProcess {
+        ConsumerProcess::spawn(&self.envs[i])
+    }
+
+    /// Bulk requests instance `i`'s stub node received.
+    fn bulks_of(&self, i: usize) -> u64 {
+        match i {
+            0 => self.es.stub.as_ref().unwrap().node_bulk_requests(),
+            _ => self.node1.node_bulk_requests(),
+        }
+    }
+
+    /// Writes `chunks` of `n` changes, `pause` apart, each on rows of its
+    /// own from id `first` on.
+    fn write_slowly(
+        &self,
+        first: usize,
+        chunks: usize,
+        n: usize,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<HashMap<&'static str, usize>> {
+        let (root, d) = (self.db.server().root_opts(), self.d.clone());
+        tokio::spawn(async move {
+            let mut counts = HashMap::new();
+            for c in 0..chunks {
+                for (op, k) in write_changes_from(root.clone(), &d, first + c * 2 * n, n).await {
+                    *counts.entry(op).or_insert(0) += k;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            counts
+        })
+    }
+
+    /// Every change stored once: one document per change, none missing.
+    async fn assert_all_stored_once(
+        &self,
+        counts: &HashMap<&'static str, usize>,
+        p: &impl Consumer,
+    ) {
+        let total: usize = counts.values().sum();
+        // The row changes plus CREATE DATABASE and CREATE TABLE.
+        wait_docs(&self.es, &self.index, total as u64 + 2, p).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all = docs(&self.es, &self.index);
+        assert_eq!(all.len(), total + 2, "documents are unique by id");
+        for (op, n) in counts {
+            let got = all.iter().filter(|x| x["op"] == *op).count();
+            assert_eq!(got, *n, "{op}");
+        }
+        eprintln!(
+            "{} changes stored once; {} were replayed and absorbed by their ids",
+            total,
+            self.es.stub.as_ref().unwrap().replayed_ids()
+        );
+    }
+}
+
+/// `/metrics` of `p`, or "" when it does not answer within 2 s (paused).
+async fn metrics_of(p: &ConsumerProcess) -> String {
+    let client = reqwest::Client::new();
+    match client
+        .get(format!("http://{}/metrics", p.http()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The instance (other than `not`) that reports itself capturing, within `timeout`.
+async fn leader(procs: &[ConsumerProcess; 2], not: Option<usize>, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (i, p) in procs.iter().enumerate() {
+            if Some(i) != not && sum_metric(&metrics_of(p).await, "cdc_binlog_leader", &[]) == 1.0 {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no instance leads within {timeout:?}; logs:\n{}\n---\n{}",
+            procs[0].log_tail(),
+            procs[1].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn readyz(p: &ConsumerProcess) -> Value {
+    let r = reqwest::get(format!("http://{}/readyz", p.http()))
+        .await
+        .unwrap();
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_capturer_and_every_change_is_stored_once() {
+    let g = Group::start("hakill").await;
+    let mut procs = [g.spawn(0), g.spawn(1)];
+    leader(&procs, None, Duration::from_secs(60)).await;
+    let writer = g.write_slowly(0, 40, 500, Duration::from_millis(700));
+    for round in 0..3 {
+        let was = leader(&procs, None, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(1000..3000))).await;
+        procs[was].kill();
+        let killed = Instant::now();
+        let now = leader(&procs, Some(was), SESSION + Duration::from_secs(30)).await;
+        let took = killed.elapsed();
+        eprintln!(
+            "kill {round}: instance {was} killed, instance {now} captures after {:.1} s \
+             (session timeout {} s); {} documents so far",
+            took.as_secs_f64(),
+            SESSION.as_secs(),
+            g.es.count(&g.index).await
+        );
+        assert!(
+            took <= SESSION + Duration::from_secs(10),
+            "takeover took {took:?}"
+        );
+        // Back as a standby.
+        procs[was] = g.spawn(was);
+    }
+    let counts = writer.await.unwrap();
+    assert_eq!(counts.values().sum::<usize>(), 20_000);
+    g.assert_all_stored_once(&counts, &procs[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_capturer_writes_nothing_after_the_takeover_and_stands_by() {
+    let g = Group::start("hastop").await;
+    let procs = [g.spawn(0), g.spawn(1)];
+    let was = leader(&procs, None, Duration::from_secs(60)).await;
+    let writer = g.write_slowly(0, 30, 300, Duration::from_millis(700));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    procs[was].signal("STOP");
+    let stopped = Instant::now();
+    let now = leader(&procs, Some(was), SESSION + Duration::from_secs(30)).await;
+    eprintln!(
+        "paused instance {was}; instance {now} captures after {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    );
+    // Paused well past the session timeout, changes flowing meanwhile.
+    tokio::time::sleep((SESSION * 2).saturating_sub(stopped.elapsed())).await;
+    let before = g.bulks_of(was);
+    procs[was].signal("CONT");
+    let standing_by = eventually(Duration::from_secs(30), || async {
+        let m = metrics_of(&procs[was]).await;
+        !m.is_empty() && sum_metric(&m, "cdc_binlog_leader", &[]) == 0.0
+    })
+    .await;
+    assert!(
+        standing_by,
+        "the resumed instance still leads; log:\n{}",
+        procs[was].log_tail()
+    );
+    let counts = writer.await.unwrap();
+    g.assert_all_stored_once(&counts, &procs[now]).await;
+    assert_eq!(
+        g.bulks_of(was),
+        before,
+        "the paused instance wrote after the takeover; log:\n{}",
+        procs[was].log_tail()
+    );
+    // Whoever leads, both say who it is.
+    let (zombie, current) = (readyz(&procs[was]).await, readyz(&procs[now]).await);
+    assert_eq!(zombie["binlog_ha"]["role"], "standby", "{zombie}");
+    assert_eq!(current["binlog_ha"]["role"], "leader", "{current}");
+    assert_eq!(
+        zombie["binlog_ha"]["leader"], current["binlog_ha"]["instance"],
+        "{zombie} / {current}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_position_outlives_both_data_directories() {
+    let g = Group::start("hadirs").await;
+    let mut procs = [g.spawn(0), g.spawn(1)];
+    leader(&procs, None, Duration::from_secs(60)).await;
+    let counts = g.write_slowly(0, 2, 1_000, Duration::ZERO).await.unwrap();
+    g.assert_all_stored_once(&counts, &procs[0]).await;
+    // Stopped in a settled group: Tansu 0.6 may never expire members that
+    // leave in the middle of a rebalance.
+    leader(&procs, None, Duration::from_secs(60)).await;
+    for p in &mut procs {
+        p.terminate(Duration::from_secs(30));
+    }
+    for dir in &g.dirs {
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+    let replayed = g.es.stub.as_ref().unwrap().replayed_ids();
+    // CDC_BINLOG_START=earliest: without the stored position this instance
+    // would read every change again from the first binlog.
+    let p = g.spawn(0);
+    p.wait_for_log("binlog position read from Kafka", Duration::from_secs(60))
+        .await;
+    let more = g.write_slowly(10_000, 1, 1_000, Duration::ZERO);
+    let mut all = counts.clone();
+    for (op, n) in more.await.unwrap() {
+        *all.entry(op).or_insert(0) += n;
+    }
+    g.assert_all_stored_once(&all, &p).await;
+    assert_eq!(
+        g.es.stub.as_ref().unwrap().replayed_ids(),
+        replayed,
+        "changes before the stored position were read again"
+    );
+}
