@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use secrecy::SecretString;
-
-use crate::config::{
-    Config, ConfigArgs, ConfigError, Layers, MysqlSslMode, MysqlTls, Origin, SourceConfig, KEYS,
-};
+use crate::config::{Config, ConfigArgs, ConfigError, Layers, Origin, KEYS};
 pub use crate::ticdc::ChangefeedArgs;
 
 /// Watches every database change: TiCDC canal-json from Kafka into
@@ -160,9 +156,8 @@ impl DoctorArgs {
     /// What doctor checks besides the configuration; the changefeed from
     /// the same CDC_TICDC_* / CDC_CHANGEFEED_* variables as `changefeed
     /// ensure`, when CDC_TICDC_URL is set.
-    /// The canary writes through the binlog source's CDC_MYSQL_URL and TLS
-    /// settings; with the Kafka source (TiDB), through CDC_MYSQL_URL or
-    /// CDC_MYSQL_URL_FILE (flag or variable, not the TOML file), TLS preferred.
+    /// The canary writes through CDC_MYSQL_URL and its TLS settings (with
+    /// the Kafka source, the upstream database: TiDB, MySQL or MariaDB).
     pub fn options(&self, cfg: &Config) -> Result<crate::doctor::Options, clap::Error> {
         #[derive(Parser)]
         struct TicdcEnv {
@@ -174,38 +169,13 @@ impl DoctorArgs {
             None => None,
         };
         let canary = if self.canary {
-            let (mysql_url, tls) = match &cfg.source {
-                SourceConfig::Binlog(m) => (m.url.clone(), m.tls.clone()),
-                SourceConfig::Kafka => {
-                    let settings = &self.run.settings;
-                    let from_file = settings.mysql_url_file.as_ref().map(|path| {
-                        std::fs::read_to_string(path)
-                            .map(|u| u.trim().to_owned())
-                            .map_err(|e| {
-                                clap::Error::raw(
-                                    clap::error::ErrorKind::Io,
-                                    format!("CDC_MYSQL_URL_FILE {path}: {e}\n"),
-                                )
-                            })
-                    });
-                    let url = match (&settings.mysql_url, from_file) {
-                        (Some(url), _) => url.clone(),
-                        (None, Some(read)) => read?,
-                        (None, None) => {
-                            return Err(clap::Error::raw(
-                                clap::error::ErrorKind::MissingRequiredArgument,
-                                "--canary writes its row through CDC_MYSQL_URL (or CDC_MYSQL_URL_FILE): set it\n",
-                            ))
-                        }
-                    };
-                    let tls = MysqlTls {
-                        mode: MysqlSslMode::Preferred,
-                        ca_file: None,
-                        identity: None,
-                    };
-                    (SecretString::from(url), tls)
-                }
+            let Some(upstream) = cfg.source.upstream() else {
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--canary writes its row through CDC_MYSQL_URL (or CDC_MYSQL_URL_FILE): set it\n",
+                ));
             };
+            let (mysql_url, tls) = (upstream.url.clone(), upstream.tls.clone());
             Some(crate::doctor::Canary {
                 database: self.canary_table.0.clone(),
                 table: self.canary_table.1.clone(),

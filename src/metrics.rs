@@ -57,6 +57,9 @@ pub struct Metrics {
     pub reconcile_rows: IntGaugeVec,
     /// Scheduled reconcile: when a run last completed (Unix seconds).
     pub reconcile_last_success: prometheus::Gauge,
+    /// Kafka source: the physical time of the TiDB checkpoint TSO (every
+    /// change up to it is stored), Unix seconds.
+    pub checkpoint_time: prometheus::Gauge,
     /// The failure the sink is in, for `/readyz`; `None` when healthy.
     sink_failure: Arc<Mutex<Option<SinkFailure>>>,
     /// Events counted under `_other` because the table limit was reached.
@@ -250,6 +253,10 @@ impl Metrics {
             "cdc_reconcile_last_success_timestamp_seconds",
             "Scheduled reconcile: when a run last completed, Unix seconds (0: none yet)",
         ));
+        let checkpoint_time = must(prometheus::Gauge::new(
+            "cdc_checkpoint_timestamp_seconds",
+            "Kafka source: the TiDB checkpoint (the least TiCDC watermark every change before which is stored, over the assigned partitions), Unix seconds of its TSO (0: none yet)",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -283,6 +290,7 @@ impl Metrics {
         reg(Box::new(es_node_up.clone()));
         reg(Box::new(reconcile_rows.clone()));
         reg(Box::new(reconcile_last_success.clone()));
+        reg(Box::new(checkpoint_time.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -312,6 +320,7 @@ impl Metrics {
             es_node_up,
             reconcile_rows,
             reconcile_last_success,
+            checkpoint_time,
             sink_failure: Arc::default(),
             tables_overflow,
             tables: Arc::new(Mutex::new(TableLabels {
