@@ -91,6 +91,16 @@ pub struct ReconcileArgs {
     /// Keys listed per kind of difference and table.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+    /// Kafka source with a TiDB upstream: read TiDB as of this TSO (every
+    /// change up to it must be stored), instead of --url's checkpoint.
+    #[arg(long, value_name = "TSO")]
+    pub as_of: Option<u64>,
+    /// Kafka source with a TiDB upstream: the running instance whose
+    /// checkpoint TSO (GET /api/checkpoint, with CDC_HTTP_TOKEN) TiDB is
+    /// read as of, e.g. http://127.0.0.1:3000. Without --as-of or --url,
+    /// the current data is read and rows that differ are re-read.
+    #[arg(long, value_name = "URL", value_parser = parse_instance_url, conflicts_with = "as_of")]
+    pub url: Option<url::Url>,
 }
 
 /// `doctor` options, besides `run`'s.
