@@ -58,10 +58,10 @@ keys! {
     binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
     snapshot => "snapshot.mode", "CDC_SNAPSHOT", ["initial"], "Binlog source, first start only: initial (read every captured table's existing rows, then stream from the matching binlog position) or never (stream only, from CDC_BINLOG_START)";
     snapshot_chunk_rows => "snapshot.chunk_rows", "CDC_SNAPSHOT_CHUNK_ROWS", ["10000"], "Binlog source snapshot: rows read per chunk (by primary key); progress is stored after each chunk";
-    mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "Binlog source TLS, as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
-    mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "Binlog source: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
-    mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "Binlog source: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
-    mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "Binlog source: PEM private key of CDC_MYSQL_SSL_CERT";
+    mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "TLS to CDC_MYSQL_URL (binlog source, or the Kafka source's upstream), as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
+    mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "CDC_MYSQL_URL: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
+    mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "CDC_MYSQL_URL: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
+    mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "CDC_MYSQL_URL: PEM private key of CDC_MYSQL_SSL_CERT";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
     store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted so that events.db and its WAL stay within this size on disk";
     reconcile_interval => "reconcile.interval", "CDC_RECONCILE_INTERVAL", ["off"], "Compare the source database (binlog source, or the Kafka source with CDC_MYSQL_URL) with the captured state every interval inside run (e.g. 6h), exporting cdc_reconcile_rows and cdc_reconcile_last_success_timestamp_seconds; off by default";
