@@ -308,7 +308,7 @@ async fn compare_table(
         ReadPoint::Tso(tso) => Some(*tso),
         _ => None,
     };
-    let past = |s: &RowState| tso.is_some_and(|t| s.version > t);
+    let past = |s: &RowState| past_read_point(s, tso);
     let mut compared = 0u64;
     // Differing rows seen in the database: key → the row.
     let mut differ: HashMap<String, Seen> = HashMap::new();
@@ -426,6 +426,12 @@ async fn compare_table(
         report.repaired = n;
     }
     Ok(report)
+}
+
+/// Whether the state holds a change committed after the TSO the database
+/// was read at: newer than what was compared, so not a difference.
+fn past_read_point(state: &RowState, tso: Option<u64>) -> bool {
+    tso.is_some_and(|t| state.version > t)
 }
 
 /// Reads the differing rows again on both sides; drops those that agree now.
@@ -556,4 +562,54 @@ async fn write_fixes(sink: &Arc<dyn Sink>, fixes: Vec<ChangeEvent>) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(version: u64) -> RowState {
+        RowState {
+            database: "appdb".into(),
+            table: "t".into(),
+            pk: serde_json::json!({"id": "7"}),
+            data: serde_json::json!({"id": "7", "v": "x"}),
+            deleted: false,
+            op: "update".into(),
+            version,
+            changed_at: String::new(),
+            event_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_state_newer_than_the_tso_is_past_the_read_point() {
+        assert!(past_read_point(&state(101), Some(100)));
+        assert!(!past_read_point(&state(100), Some(100)), "read at T sees T");
+        assert!(!past_read_point(&state(99), Some(100)));
+        assert!(!past_read_point(&state(u64::MAX), None), "no TSO: settled");
+    }
+
+    #[test]
+    fn a_deletion_carries_the_version_of_its_read_point() {
+        let tso = 445_318_436_315_725_826;
+        let d = deletion(&state(1), &ReadPoint::Tso(tso));
+        assert_eq!((d.op, d.version()), (Op::Delete, tso));
+        assert_eq!(d.reason.as_deref(), Some("reconcile: extra"));
+        assert_eq!(d.pk.text("id").as_deref(), Some("7"));
+        let before = crate::clock::now_millis();
+        let d = deletion(&state(1), &ReadPoint::Current);
+        assert_eq!(d.commit_ts, None);
+        assert!(d.version() >= (before as u64) << 18, "the time of the read");
+        let at = BinlogPosition {
+            file: "binlog.000003".into(),
+            pos: 1234,
+            gtid: None,
+        };
+        let d = deletion(&state(1), &ReadPoint::Binlog(at));
+        assert_eq!(
+            d.version(),
+            BinlogPosition::change_number("binlog.000003", 1234, 0)
+        );
+    }
 }
