@@ -50,7 +50,9 @@ pub enum Command {
     /// Reads the captured tables in key chunks and the current state of the
     /// configured sink (embedded store or CDC_ES_STATE_INDEX), and reports
     /// per table the rows missing, changed and extra. Takes the same
-    /// configuration as `run`. Exit 0 equal, 1 differences, 2 error.
+    /// configuration as `run`; with the Kafka source it reads the upstream
+    /// at CDC_MYSQL_URL (TiDB as of --as-of or --url's checkpoint TSO).
+    /// Exit 0 equal, 1 differences, 2 error.
     Reconcile(Box<ReconcileArgs>),
     /// Install what the sink needs (Elasticsearch: ILM policy and index
     /// templates, each unless present), then exit; takes `run`'s settings.
