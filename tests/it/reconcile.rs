@@ -88,6 +88,24 @@ fn key(id: i64) -> String {
     format!("[\"{id}\"]")
 }
 
+/// The newest stored event of row `id` of `{d}.t`, from the instance at `base`.
+async fn last_event(base: &str, d: &str, id: i64) -> Value {
+    let body = reqwest::get(format!(
+        "{base}/api/rows/history?database={d}&table=t&pk={id}"
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let history: Value = serde_json::from_str(&body).unwrap();
+    history["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Waits until a marker row written last is in the state: caught up.
 async fn caught_up(db: &MariaDb, d: &str, dir: &Path, p: &ConsumerProcess, marker: i64) {
     db.exec(&format!(
@@ -235,24 +253,9 @@ async fn reconcile_finds_exactly_the_seeded_damage_and_repairs_it() {
     assert_eq!(code, 0, "after repair: {out}");
     assert_eq!(report["tables"][0]["compared"], remaining as u64);
     // The repairs are events with their reason.
-    let body = reqwest::get(format!(
-        "http://{}/api/rows/history?database={d}&table=t&pk={}",
-        p.http(),
-        silent[0]
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    let history: Value = serde_json::from_str(&body).unwrap();
-    let last = history["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(last["reason"], "reconcile: changed", "{history}");
-    assert_eq!(last["data"]["v"], "silent", "{history}");
+    let last = last_event(&format!("http://{}", p.http()), &d, silent[0]).await;
+    assert_eq!(last["reason"], "reconcile: changed", "{last}");
+    assert_eq!(last["data"]["v"], "silent", "{last}");
 
     // c. A writer changing rows meanwhile: no false difference.
     let stop = Arc::new(AtomicBool::new(false));
@@ -536,18 +539,7 @@ async fn reconcile_through_the_kafka_source_reads_the_upstream_and_repairs() {
     assert_eq!(code, 0, "after repair: {out}");
     assert_eq!(report["tables"][0]["compared"], 20, "{out}");
     // The repairs are snapshot events with their reason, in the state.
-    let body = reqwest::get(format!("{url}/api/rows/history?database={d}&table=t&pk=17"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let history: Value = serde_json::from_str(&body).unwrap();
-    let last = history["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .cloned()
-        .unwrap_or_default();
+    let last = last_event(&url, &d, 17).await;
     assert_eq!(
         (&last["op"], &last["reason"], &last["data"]["v"]),
         (
@@ -555,7 +547,7 @@ async fn reconcile_through_the_kafka_source_reads_the_upstream_and_repairs() {
             &json!("reconcile: missing"),
             &json!("v17")
         ),
-        "{history}"
+        "{last}"
     );
     // --as-of is for a TiDB upstream; the binlog source refuses it.
     let mut binlog = db.capture_env(&tables, dir.path());
