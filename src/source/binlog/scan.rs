@@ -140,6 +140,8 @@ impl BinlogSource {
         self.scan_tables(conn, info, point, only).await
     }
 
+    /// The scan of the captured tables `only` names on `conn`, whose read
+    /// at `point` has started.
     async fn scan_tables(
         &self,
         mut conn: Conn,
