@@ -23,8 +23,9 @@
 //! the Kafka source, its upstream (`CDC_MYSQL_URL`) over the MySQL
 //! protocol, without any binlog part: TiDB as of a TSO (`Options::as_of`,
 //! the consumer's checkpoint: every change up to it is stored), where the
-//! two sides must agree with no settling (a row whose state is newer than
-//! the TSO is a change past the read point, not a difference), and repairs
+//! two sides must agree after one look at each differing row by key, with
+//! no settling (a row whose state is newer than the TSO is a change past
+//! the read point, not a difference), and repairs
 //! carry the TSO as their version (which is how a table's existing rows get
 //! into the state); without a TSO (not TiDB, or no checkpoint yet) the
 //! current data, settled like the binlog path's, and repairs carry the
@@ -304,10 +305,7 @@ async fn compare_table(
     let mut state = read_state(sink, database, table).await?;
     // At a TSO every change up to it is stored: a row whose state is newer
     // is a change past the read point, compared but no difference.
-    let tso = match scan.point() {
-        ReadPoint::Tso(tso) => Some(*tso),
-        _ => None,
-    };
+    let tso = scan.point().tso();
     let past = |s: &RowState| past_read_point(s, tso);
     let mut compared = 0u64;
     // Differing rows seen in the database: key → the row.
@@ -356,6 +354,22 @@ async fn compare_table(
         .map(|(k, (_, s))| (k, s))
         .collect();
     let first = differ.len() + extra.len();
+    if tso.is_some() && first > 0 {
+        // The database stands still at a TSO, but the state was read by
+        // search, which may lag its writes (Elasticsearch refreshes every
+        // second): one look at each differing row by key, now.
+        recheck(
+            scan,
+            t,
+            database,
+            table,
+            sink,
+            masker,
+            &mut differ,
+            &mut extra,
+        )
+        .await?;
+    }
     let deadline = Instant::now() + opts.settle;
     while !(differ.is_empty() && extra.is_empty()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -387,21 +401,15 @@ async fn compare_table(
     let mut fixes = Vec::new();
     for key in keys {
         let seen = &differ[key];
-        let stored = sink
+        let in_state = sink
             .row(&RowKey {
                 database: database.to_owned(),
                 table: table.to_owned(),
                 values: key.clone(),
             })
             .await
-            .map_err(|e| ReconcileError::State(e.to_string()))?;
-        // Deleted after the TSO: the tombstone is newer than the read
-        // point (the embedded store keeps it; Elasticsearch's state index
-        // does not, and such a row counts as missing until the TSO passes it).
-        if stored.as_ref().is_some_and(past) {
-            continue;
-        }
-        let in_state = stored.is_some_and(|s| !s.deleted);
+            .map_err(|e| ReconcileError::State(e.to_string()))?
+            .is_some_and(|s| !s.deleted);
         let reason = if in_state {
             report.changed.add(key, opts.samples);
             "reconcile: changed"
@@ -446,6 +454,7 @@ async fn recheck(
     differ: &mut HashMap<String, Seen>,
     extra: &mut HashMap<String, RowState>,
 ) -> Result<(), ReconcileError> {
+    let tso = scan.point().tso();
     scan.refresh().await?;
     let mut keys: Vec<ScanKey> = differ.values().map(|s| s.key.clone()).collect();
     for values in extra.keys() {
@@ -481,8 +490,14 @@ async fn recheck(
         let state = sink
             .row(&key)
             .await
-            .map_err(|e| ReconcileError::State(e.to_string()))?
-            .filter(|s| !s.deleted);
+            .map_err(|e| ReconcileError::State(e.to_string()))?;
+        // Changed or deleted after the TSO (the embedded store keeps a
+        // tombstone's version; Elasticsearch's state index does not, so
+        // there a row deleted after it counts until the TSO passes it).
+        if state.as_ref().is_some_and(|s| past_read_point(s, tso)) {
+            continue;
+        }
+        let state = state.filter(|s| !s.deleted);
         match (now.remove(&values), state) {
             (None, None) => {}
             (Some(seen), Some(s)) if seen.digest == digest(&s.data) => {}

@@ -36,6 +36,14 @@ pub enum ReadPoint {
 }
 
 impl ReadPoint {
+    /// The TSO of a read at one.
+    pub fn tso(&self) -> Option<u64> {
+        match self {
+            ReadPoint::Tso(tso) => Some(*tso),
+            _ => None,
+        }
+    }
+
     /// The statement that starts a read at this point (`Binlog` has its own,
     /// with the position: `BinlogSource::open_snapshot`).
     pub fn start_sql(&self, info: &ServerInfo) -> String {
