@@ -354,25 +354,16 @@ async fn compare_table(
         .map(|(k, (_, s))| (k, s))
         .collect();
     let first = differ.len() + extra.len();
-    if tso.is_some() && first > 0 {
-        // The database stands still at a TSO, but the state was read by
-        // search, which may lag its writes (Elasticsearch refreshes every
-        // second): one look at each differing row by key, now.
-        recheck(
-            scan,
-            t,
-            database,
-            table,
-            sink,
-            masker,
-            &mut differ,
-            &mut extra,
-        )
-        .await?;
-    }
+    // The database stands still at a TSO (no settling there), but the
+    // state was read by search, which may lag its writes (Elasticsearch
+    // refreshes every second): one look at each differing row by key, now.
+    let mut look_now = tso.is_some();
     let deadline = Instant::now() + opts.settle;
-    while !(differ.is_empty() && extra.is_empty()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    while !(differ.is_empty() && extra.is_empty()) && (look_now || Instant::now() < deadline) {
+        if !look_now {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        look_now = false;
         recheck(
             scan,
             t,
