@@ -155,11 +155,12 @@ impl Parts {
         let Some(every) = self.cfg.reconcile_interval else {
             return;
         };
-        let (cfg, sink, masker, metrics) = (
+        let (cfg, sink, masker, metrics, tracker) = (
             self.cfg.clone(),
             self.sink.clone(),
             self.masker.clone(),
             self.metrics.clone(),
+            self.tracker.clone(),
         );
         tokio::spawn(async move {
             let opts = reconcile::Options {
@@ -170,12 +171,18 @@ impl Parts {
                 // Not past the next run.
                 settle: every.min(Duration::from_secs(30)),
                 samples: 10,
+                as_of: None,
             };
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.cancelled() => return,
                 }
+                // Kafka source: TiDB as of what the sink holds now.
+                let opts = reconcile::Options {
+                    as_of: tracker.lock().ok().and_then(|t| t.checkpoint_tso()),
+                    ..opts.clone()
+                };
                 let run = reconcile::reconcile(&cfg, &sink, masker.as_ref(), &opts, &metrics);
                 let report = tokio::select! {
                     r = run => r,
@@ -307,6 +314,10 @@ impl Parts {
             query: self.sink.searchable().then(|| self.sink.clone()),
             access: Access::from_config(&self.cfg.http),
             snapshot: self.source.snapshot_control(),
+            checkpoint: Some({
+                let tracker = self.tracker.clone();
+                Arc::new(move || tracker.lock().ok()?.checkpoint_tso())
+            }),
         };
         if self.cfg.http.auth_disabled {
             warn!(

@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use secrecy::SecretString;
-
-use crate::config::{
-    Config, ConfigArgs, ConfigError, Layers, MysqlSslMode, MysqlTls, Origin, SourceConfig, KEYS,
-};
+use crate::config::{Config, ConfigArgs, ConfigError, Layers, Origin, KEYS};
 pub use crate::ticdc::ChangefeedArgs;
 
 /// Watches every database change: TiCDC canal-json from Kafka into
@@ -54,7 +50,9 @@ pub enum Command {
     /// Reads the captured tables in key chunks and the current state of the
     /// configured sink (embedded store or CDC_ES_STATE_INDEX), and reports
     /// per table the rows missing, changed and extra. Takes the same
-    /// configuration as `run`. Exit 0 equal, 1 differences, 2 error.
+    /// configuration as `run`; with the Kafka source it reads the upstream
+    /// at CDC_MYSQL_URL (TiDB as of --as-of or --url's checkpoint TSO).
+    /// Exit 0 equal, 1 differences, 2 error.
     Reconcile(Box<ReconcileArgs>),
     /// Install what the sink needs (Elasticsearch: ILM policy and index
     /// templates, each unless present), then exit; takes `run`'s settings.
@@ -95,6 +93,16 @@ pub struct ReconcileArgs {
     /// Keys listed per kind of difference and table.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+    /// Kafka source with a TiDB upstream: read TiDB as of this TSO (every
+    /// change up to it must be stored), instead of --url's checkpoint.
+    #[arg(long, value_name = "TSO")]
+    pub as_of: Option<u64>,
+    /// Kafka source with a TiDB upstream: the running instance whose
+    /// checkpoint TSO (GET /api/checkpoint, with CDC_HTTP_TOKEN) TiDB is
+    /// read as of, e.g. http://127.0.0.1:3000. Without --as-of or --url,
+    /// the current data is read and rows that differ are re-read.
+    #[arg(long, value_name = "URL", value_parser = parse_instance_url, conflicts_with = "as_of")]
+    pub url: Option<url::Url>,
 }
 
 /// `doctor` options, besides `run`'s.
@@ -160,9 +168,8 @@ impl DoctorArgs {
     /// What doctor checks besides the configuration; the changefeed from
     /// the same CDC_TICDC_* / CDC_CHANGEFEED_* variables as `changefeed
     /// ensure`, when CDC_TICDC_URL is set.
-    /// The canary writes through the binlog source's CDC_MYSQL_URL and TLS
-    /// settings; with the Kafka source (TiDB), through CDC_MYSQL_URL or
-    /// CDC_MYSQL_URL_FILE (flag or variable, not the TOML file), TLS preferred.
+    /// The canary writes through CDC_MYSQL_URL and its TLS settings (with
+    /// the Kafka source, the upstream database: TiDB, MySQL or MariaDB).
     pub fn options(&self, cfg: &Config) -> Result<crate::doctor::Options, clap::Error> {
         #[derive(Parser)]
         struct TicdcEnv {
@@ -174,38 +181,13 @@ impl DoctorArgs {
             None => None,
         };
         let canary = if self.canary {
-            let (mysql_url, tls) = match &cfg.source {
-                SourceConfig::Binlog(m) => (m.url.clone(), m.tls.clone()),
-                SourceConfig::Kafka => {
-                    let settings = &self.run.settings;
-                    let from_file = settings.mysql_url_file.as_ref().map(|path| {
-                        std::fs::read_to_string(path)
-                            .map(|u| u.trim().to_owned())
-                            .map_err(|e| {
-                                clap::Error::raw(
-                                    clap::error::ErrorKind::Io,
-                                    format!("CDC_MYSQL_URL_FILE {path}: {e}\n"),
-                                )
-                            })
-                    });
-                    let url = match (&settings.mysql_url, from_file) {
-                        (Some(url), _) => url.clone(),
-                        (None, Some(read)) => read?,
-                        (None, None) => {
-                            return Err(clap::Error::raw(
-                                clap::error::ErrorKind::MissingRequiredArgument,
-                                "--canary writes its row through CDC_MYSQL_URL (or CDC_MYSQL_URL_FILE): set it\n",
-                            ))
-                        }
-                    };
-                    let tls = MysqlTls {
-                        mode: MysqlSslMode::Preferred,
-                        ca_file: None,
-                        identity: None,
-                    };
-                    (SecretString::from(url), tls)
-                }
+            let Some(upstream) = cfg.source.upstream() else {
+                return Err(clap::Error::raw(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--canary writes its row through CDC_MYSQL_URL (or CDC_MYSQL_URL_FILE): set it\n",
+                ));
             };
+            let (mysql_url, tls) = (upstream.url.clone(), upstream.tls.clone());
             Some(crate::doctor::Canary {
                 database: self.canary_table.0.clone(),
                 table: self.canary_table.1.clone(),

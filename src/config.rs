@@ -50,23 +50,23 @@ keys! {
     source => "source", "CDC_SOURCE", ["kafka"], "Where changes come from: kafka (canal-json) or binlog (MySQL/MariaDB replication)";
     sink => "sink", "CDC_SINK", [], "Where changes go: elasticsearch, sqlite (embedded store) or kafka (canal-json producer); default elasticsearch when CDC_ES_URL is set, else sqlite";
     data_dir => "data_dir", "CDC_DATA_DIR", ["./cdc-data"], "Directory for the embedded store, binlog positions and dead letters without Kafka";
-    mysql_url => "mysql.url", "CDC_MYSQL_URL", [], "Binlog source: mysql://USER:PASSWORD@HOST:PORT (secret)";
+    mysql_url => "mysql.url", "CDC_MYSQL_URL", [], "Binlog source: mysql://USER:PASSWORD@HOST:PORT (secret); with the Kafka source, the upstream database (TiDB, MySQL, MariaDB) that reconcile reads";
     mysql_url_file => "mysql.url_file", "CDC_MYSQL_URL_FILE", [], "File holding CDC_MYSQL_URL";
     mysql_server_id => "mysql.server_id", "CDC_MYSQL_SERVER_ID", ["5799"], "Binlog source: replica server id, unique among the server's replicas";
-    tables => "binlog.tables", "CDC_TABLES", ["*.*"], "Binlog source: tables to capture, comma-separated DB.TABLE patterns with * (system schemas are never captured)";
+    tables => "binlog.tables", "CDC_TABLES", ["*.*"], "Binlog source: tables to capture, comma-separated DB.TABLE patterns with * (system schemas are never captured); with the Kafka source, the tables reconcile compares";
     tables_exclude => "binlog.tables_exclude", "CDC_TABLES_EXCLUDE", [], "Binlog source: tables to skip, same patterns as CDC_TABLES";
     binlog_start => "binlog.start", "CDC_BINLOG_START", ["current"], "Binlog source, first start only: current (from now) or earliest (oldest binlog the server keeps)";
     snapshot => "snapshot.mode", "CDC_SNAPSHOT", ["initial"], "Binlog source, first start only: initial (read every captured table's existing rows, then stream from the matching binlog position) or never (stream only, from CDC_BINLOG_START)";
     binlog_ha => "binlog.ha", "CDC_BINLOG_HA", ["none"], "Binlog source with the Elasticsearch or Kafka sink: none (one instance), or kafka (instances sharing CDC_KAFKA_GROUP_ID elect one capturer through Kafka's group protocol; the others stand by and take over within CDC_KAFKA_SESSION_TIMEOUT)";
     binlog_position_topic => "binlog.position_topic", "CDC_BINLOG_POSITION_TOPIC", ["cdc-binlog-positions"], "With CDC_BINLOG_HA=kafka: compacted one-partition topic (created if absent) that holds the capture position and through whose partition the capturer is elected";
     snapshot_chunk_rows => "snapshot.chunk_rows", "CDC_SNAPSHOT_CHUNK_ROWS", ["10000"], "Binlog source snapshot: rows read per chunk (by primary key); progress is stored after each chunk";
-    mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "Binlog source TLS, as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
-    mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "Binlog source: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
-    mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "Binlog source: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
-    mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "Binlog source: PEM private key of CDC_MYSQL_SSL_CERT";
+    mysql_ssl_mode => "mysql.ssl_mode", "CDC_MYSQL_SSL_MODE", [], "TLS to CDC_MYSQL_URL (binlog source, or the Kafka source's upstream), as MySQL's --ssl-mode: disabled, preferred (TLS when the server offers it, certificate unchecked), required (TLS, certificate unchecked), verify_ca or verify_identity (default: verify_identity with CDC_MYSQL_SSL_CA, else preferred)";
+    mysql_ssl_ca => "mysql.ssl_ca", "CDC_MYSQL_SSL_CA", [], "CDC_MYSQL_URL: PEM CA certificate(s) to verify the server with (default mode then verify_identity)";
+    mysql_ssl_cert => "mysql.ssl_cert", "CDC_MYSQL_SSL_CERT", [], "CDC_MYSQL_URL: PEM client certificate (chain) for a user created REQUIRE X509; needs CDC_MYSQL_SSL_KEY";
+    mysql_ssl_key => "mysql.ssl_key", "CDC_MYSQL_SSL_KEY", [], "CDC_MYSQL_URL: PEM private key of CDC_MYSQL_SSL_CERT";
     store_retention => "store.retention", "CDC_STORE_RETENTION", ["7d"], "Embedded store: events older than this are deleted";
     store_max_bytes => "store.max_bytes", "CDC_STORE_MAX_BYTES", ["1GiB"], "Embedded store: oldest events are deleted so that events.db and its WAL stay within this size on disk";
-    reconcile_interval => "reconcile.interval", "CDC_RECONCILE_INTERVAL", ["off"], "Binlog source: compare the source database with the captured state every interval inside run (e.g. 6h), exporting cdc_reconcile_rows and cdc_reconcile_last_success_timestamp_seconds; off by default";
+    reconcile_interval => "reconcile.interval", "CDC_RECONCILE_INTERVAL", ["off"], "Compare the source database (binlog source, or the Kafka source with CDC_MYSQL_URL) with the captured state every interval inside run (e.g. 6h), exporting cdc_reconcile_rows and cdc_reconcile_last_success_timestamp_seconds; off by default";
     state_tombstone_retention => "state.tombstone_retention", "CDC_STATE_TOMBSTONE_RETENTION", ["7d"], "Current state: how long a deleted row's tombstone (its version) is kept, so a late replay of an older change cannot bring it back";
     kafka_brokers => "kafka.brokers", "CDC_KAFKA_BROKERS", ["kafka:9092"], "Kafka bootstrap servers, comma-separated";
     kafka_topics => "kafka.topics", "CDC_KAFKA_TOPICS", ["tidb-cdc"], "Topics to consume, comma-separated";
@@ -581,10 +581,24 @@ pub struct PipelineConfig {
 /// Where changes come from, with the settings only that source uses.
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
-    /// canal-json from a consumer group (`Config::kafka`).
-    Kafka,
+    /// canal-json from a consumer group (`Config::kafka`); `upstream` is
+    /// the database the changes come from (TiDB, or MySQL/MariaDB through
+    /// Canal), read over the MySQL protocol by `reconcile` only, when
+    /// CDC_MYSQL_URL is set.
+    Kafka { upstream: Option<Box<MysqlConfig>> },
     /// MySQL/MariaDB replication.
     Binlog(MysqlConfig),
+}
+
+impl SourceConfig {
+    /// The source database `reconcile` compares with: the binlog source's,
+    /// or the Kafka source's upstream when configured.
+    pub fn upstream(&self) -> Option<&MysqlConfig> {
+        match self {
+            SourceConfig::Kafka { upstream } => upstream.as_deref(),
+            SourceConfig::Binlog(m) => Some(m),
+        }
+    }
 }
 
 /// Where changes go, with the settings only that sink uses.
@@ -942,7 +956,7 @@ pub struct Config {
     pub metrics_max_tables: usize,
     /// Column masking before any sink and the dead letters.
     pub mask: MaskConfig,
-    /// Scheduled reconcile inside `run` (binlog source); `None`: off.
+    /// Scheduled reconcile inside `run` (a source database is configured); `None`: off.
     pub reconcile_interval: Option<Duration>,
 }
 
@@ -981,7 +995,8 @@ impl Config {
 
     /// True when Kafka is part of the pipeline (then dead letters go to a topic).
     pub fn uses_kafka(&self) -> bool {
-        matches!(self.source, SourceConfig::Kafka) || matches!(self.sink, SinkConfig::Kafka { .. })
+        matches!(self.source, SourceConfig::Kafka { .. })
+            || matches!(self.sink, SinkConfig::Kafka { .. })
     }
 }
 
@@ -1019,7 +1034,7 @@ fn mask_section(l: &Layers, source: &SourceConfig) -> Result<MaskConfig, ConfigE
                 _ => Err("must be true or false".into()),
             })?
             // Only the Kafka source has original bytes to keep.
-            .unwrap_or(matches!(source, SourceConfig::Kafka)),
+            .unwrap_or(matches!(source, SourceConfig::Kafka { .. })),
     })
 }
 
@@ -1157,7 +1172,13 @@ fn source_section(l: &Layers) -> Result<SourceConfig, ConfigError> {
         .as_str()
     {
         "binlog" => Ok(SourceConfig::Binlog(mysql_section(l)?)),
-        _ => Ok(SourceConfig::Kafka),
+        // Only `reconcile` reads it: the Kafka source runs without.
+        _ => Ok(SourceConfig::Kafka {
+            upstream: match l.raw("mysql.url") {
+                Some((url, _)) if !url.trim().is_empty() => Some(Box::new(mysql_section(l)?)),
+                _ => None,
+            },
+        }),
     }
 }
 
@@ -1355,7 +1376,7 @@ fn sink_section(
             "CDC_SINK=elasticsearch needs an Elasticsearch URL",
         )),
         (Some("kafka"), _) => {
-            if matches!(source, SourceConfig::Kafka) {
+            if matches!(source, SourceConfig::Kafka { .. }) {
                 return Err(invalid(
                     "CDC_SINK",
                     "kafka",
@@ -1539,7 +1560,7 @@ fn index_pattern_matches(route: &IndexRoute, name: &str) -> bool {
     name.starts_with(first) && name.len() >= first.len() + last.len() && name.ends_with(last)
 }
 
-/// `[reconcile]`: the scheduled comparison inside `run`, binlog source only.
+/// `[reconcile]`: the scheduled comparison inside `run`; it needs the source database.
 fn reconcile_section(l: &Layers, source: &SourceConfig) -> Result<Option<Duration>, ConfigError> {
     let interval = l.get("reconcile.interval", |s| match s.trim() {
         "off" | "" => Ok(None),
@@ -1548,11 +1569,11 @@ fn reconcile_section(l: &Layers, source: &SourceConfig) -> Result<Option<Duratio
             d => Ok(Some(d)),
         },
     })?;
-    if interval.is_some() && !matches!(source, SourceConfig::Binlog(_)) {
+    if interval.is_some() && source.upstream().is_none() {
         return Err(invalid(
             &l.name("reconcile.interval"),
             &l.raw("reconcile.interval").map(|(v, _)| v.to_owned()).unwrap_or_default(),
-            "reconcile reads the source database of the binlog source: set CDC_SOURCE=binlog or leave it off",
+            "reconcile reads the source database: with CDC_SOURCE=kafka set CDC_MYSQL_URL to the upstream (TiDB, MySQL or MariaDB), or leave it off",
         ));
     }
     Ok(interval)
@@ -1627,7 +1648,7 @@ mod tests {
         assert_eq!(c.kafka.group_id, "cdc-consumer-group");
         assert_eq!(c.kafka.dlq_topic, "tidb-cdc-dlq");
         assert!(matches!(c.sink, SinkConfig::Sqlite(_)));
-        assert!(matches!(c.source, SourceConfig::Kafka));
+        assert!(matches!(c.source, SourceConfig::Kafka { upstream: None }));
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:3000");
         let c = load("[es]\nurl = \"http://elasticsearch:9200\"\n", &[]).unwrap();
         let SinkConfig::Elasticsearch(es) = c.sink else {
@@ -1750,6 +1771,7 @@ mod tests {
             assert!(err.contains(env), "{err}");
             assert!(!err.contains(secret), "{path}: {err}");
         }
+        // The Kafka source reads it too (the upstream `reconcile` compares with).
         let err = load(
             "",
             &[(
@@ -1757,8 +1779,25 @@ mod tests {
                 "mariadb://cdc:pw@db",
                 Origin::Env("CDC_MYSQL_URL"),
             )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mariadb://cdc:***@db"), "{err}");
+        let c = load(
+            "",
+            &[(
+                "mysql.url",
+                "mysql://cdc:pw@tidb:4000",
+                Origin::Env("CDC_MYSQL_URL"),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            c.source
+                .upstream()
+                .map(|m| m.url.expose_secret().to_owned()),
+            Some("mysql://cdc:pw@tidb:4000".to_owned())
         );
-        assert!(err.is_ok(), "only read for the binlog source");
         let err = load(
             "source = \"binlog\"\n",
             &[(

@@ -55,6 +55,15 @@ impl SnapshotControl {
     }
 }
 
+/// `GET /api/checkpoint`'s answer: the TiDB TSO up to which the sink holds
+/// every change of the Kafka source's assigned partitions (the least TiCDC
+/// watermark acknowledged over them), `None` before one is known (and with
+/// the binlog source). An integer above 2^53: read it as one, not a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointTso {
+    pub tso: Option<u64>,
+}
+
 /// Asks the instance serving `base` (`http://127.0.0.1:3000`) for a
 /// snapshot of `tables` (`appdb.users,shop.*`), as `cdc-monitor snapshot`
 /// does; `token` is its `CDC_HTTP_TOKEN`.
@@ -63,15 +72,44 @@ pub async fn request_over_http(
     token: Option<&str>,
     tables: &str,
 ) -> Result<SnapshotStarted, String> {
+    call(
+        base,
+        token,
+        reqwest::Method::POST,
+        "/api/snapshot",
+        &[("tables", tables)],
+    )
+    .await
+}
+
+/// Asks the instance serving `base` for its checkpoint TSO, as
+/// `cdc-monitor reconcile --url` does.
+pub async fn checkpoint_over_http(
+    base: &str,
+    token: Option<&str>,
+) -> Result<CheckpointTso, String> {
+    call(base, token, reqwest::Method::GET, "/api/checkpoint", &[]).await
+}
+
+/// One API request to a running instance; its JSON answer, or why not.
+async fn call<T: serde::de::DeserializeOwned>(
+    base: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<T, String> {
     let mut url = reqwest::Url::parse(base)
-        .and_then(|u| u.join("/api/snapshot"))
+        .and_then(|u| u.join(path))
         .map_err(|e| format!("--url {base:?}: {e}"))?;
-    url.query_pairs_mut().append_pair("tables", tables);
+    for (k, v) in query {
+        url.query_pairs_mut().append_pair(k, v);
+    }
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| e.to_string())?;
-    let mut request = client.post(url.clone());
+    let mut request = client.request(method, url.clone());
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -177,6 +177,33 @@ async fn reconcile(
     args: &cli::ReconcileArgs,
 ) -> anyhow::Result<cdc_monitor::reconcile::Report> {
     use cdc_monitor::reconcile::Options;
+    let kafka = matches!(cfg.source, cdc_monitor::config::SourceConfig::Kafka { .. });
+    if !kafka && (args.as_of.is_some() || args.url.is_some()) {
+        anyhow::bail!(
+            "--as-of and --url choose the TSO TiDB is read at (CDC_SOURCE=kafka); \
+             the binlog source reads at a binlog position of its own"
+        );
+    }
+    let as_of = match (args.as_of, &args.url) {
+        (Some(tso), _) => Some(tso),
+        (None, Some(url)) => {
+            use secrecy::ExposeSecret;
+            let token = cfg
+                .http
+                .token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned());
+            let answer = cdc_monitor::control::checkpoint_over_http(url.as_str(), token.as_deref())
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("reading the checkpoint TSO from --url")?;
+            if answer.tso.is_none() {
+                tracing::warn!(url = %url, "the instance has no checkpoint TSO yet (no TiCDC watermark stored): reading the current data");
+            }
+            answer.tso
+        }
+        (None, None) => None,
+    };
     let metrics = cdc_monitor::metrics::Metrics::new();
     let sink = cdc_monitor::sink::build(&cfg, &metrics)?;
     sink.prepare().await?;
@@ -189,6 +216,7 @@ async fn reconcile(
         max_rows_per_sec: Some(args.max_rows_per_sec).filter(|n| *n > 0),
         settle: std::time::Duration::from_secs(args.settle_seconds),
         samples: args.samples,
+        as_of,
     };
     Ok(cdc_monitor::reconcile::reconcile(&cfg, &sink, masker.as_ref(), &opts, &metrics).await?)
 }

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub reconcile_last_success: prometheus::Gauge,
     /// `CDC_BINLOG_HA=kafka`: 1 while this instance captures for its group.
     pub binlog_leader: IntGaugeVec,
+    /// Kafka source: the physical time of the TiDB checkpoint TSO (every
+    /// change up to it is stored), Unix seconds.
+    pub checkpoint_time: prometheus::Gauge,
     /// The failure the sink is in, for `/readyz`; `None` when healthy.
     sink_failure: Arc<Mutex<Option<SinkFailure>>>,
     /// Events counted under `_other` because the table limit was reached.
@@ -259,6 +262,10 @@ impl Metrics {
             ),
             &["group"],
         ));
+        let checkpoint_time = must(prometheus::Gauge::new(
+            "cdc_checkpoint_timestamp_seconds",
+            "Kafka source: the TiDB checkpoint (the least TiCDC watermark every change before which is stored, over the assigned partitions), Unix seconds of its TSO (0: none yet)",
+        ));
         let build_info = must(IntGaugeVec::new(
             Opts::new("cdc_build_info", "Build information, always 1"),
             &["version"],
@@ -293,6 +300,7 @@ impl Metrics {
         reg(Box::new(reconcile_rows.clone()));
         reg(Box::new(reconcile_last_success.clone()));
         reg(Box::new(binlog_leader.clone()));
+        reg(Box::new(checkpoint_time.clone()));
         reg(Box::new(build_info));
         Metrics {
             registry,
@@ -323,6 +331,7 @@ impl Metrics {
             reconcile_rows,
             reconcile_last_success,
             binlog_leader,
+            checkpoint_time,
             sink_failure: Arc::default(),
             tables_overflow,
             tables: Arc::new(Mutex::new(TableLabels {

@@ -18,6 +18,19 @@
 //! event with the database's row for a missing or changed row, and a
 //! `delete` event for an extra one, each with a `reason`, at the version of
 //! the read that saw them, so a change captured later still wins.
+//!
+//! Source database. The binlog source's, read at a binlog position. With
+//! the Kafka source, its upstream (`CDC_MYSQL_URL`) over the MySQL
+//! protocol, without any binlog part: TiDB as of a TSO (`Options::as_of`,
+//! the consumer's checkpoint: every change up to it is stored), where the
+//! two sides must agree after one look at each differing row by key, with
+//! no settling (a row whose state is newer than the TSO is a change past
+//! the read point, not a difference), and repairs
+//! carry the TSO as their version (which is how a table's existing rows get
+//! into the state); without a TSO (not TiDB, or no checkpoint yet) the
+//! current data, settled like the binlog path's, and repairs carry the
+//! time of the read as their version (the rule for changes without a
+//! commit_ts, which TiDB's TSOs and canal-json's `es` follow too).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::sink::state::{RowKey, RowState};
 use crate::sink::{Sink, StatePageRequest, WriteBatch};
 use crate::source::ack::OffsetTracker;
-use crate::source::binlog::scan::{Scan, ScanKey};
+use crate::source::binlog::scan::{ReadPoint, Scan, ScanKey};
 use crate::source::binlog::{BinlogSource, PositionStore};
 
 /// Rows of state read per page.
@@ -55,6 +68,8 @@ pub struct Options {
     pub settle: Duration,
     /// Keys listed per kind of difference.
     pub samples: usize,
+    /// Kafka source: the TSO to read TiDB at (the consumer's checkpoint).
+    pub as_of: Option<u64>,
 }
 
 /// Why reconcile could not run.
@@ -116,8 +131,8 @@ impl TableReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub tables: Vec<TableReport>,
-    /// The database position of the first read.
-    pub position: String,
+    /// Where the first read was: a binlog position, a TSO, or the current data.
+    pub read_point: String,
     /// SQL statements sent to the database.
     pub queries: u64,
     pub elapsed_seconds: f64,
@@ -164,11 +179,11 @@ impl Report {
             }
         }
         out.push_str(&format!(
-            "{} tables, {} rows compared, {} differences (read at {}, {} queries, {:.1} s; rows that differed were re-read for up to {:.0} s before counting)\n",
+            "{} tables, {} rows compared, {} differences (read point: {}, {} queries, {:.1} s; rows that differed were re-read for up to {:.0} s before counting)\n",
             self.tables.len(),
             self.compared(),
             self.differences(),
-            self.position,
+            self.read_point,
             self.queries,
             self.elapsed_seconds,
             self.settle_seconds
@@ -202,10 +217,10 @@ pub async fn reconcile(
     opts: &Options,
     metrics: &Metrics,
 ) -> Result<Report, ReconcileError> {
-    let SourceConfig::Binlog(mysql) = &cfg.source else {
+    let Some(mysql) = cfg.source.upstream() else {
         return Err(ReconcileError::Config(
-            "reconcile reads the source database of the binlog source (CDC_SOURCE=binlog, \
-             CDC_MYSQL_URL); TiDB through the Kafka source is not supported yet"
+            "reconcile reads the source database: with CDC_SOURCE=kafka set CDC_MYSQL_URL \
+             to the upstream (TiDB, MySQL or MariaDB)"
                 .into(),
         ));
     };
@@ -216,8 +231,23 @@ pub async fn reconcile(
         metrics.clone(),
     )?;
     let started = Instant::now();
-    let mut scan = source.scan(opts.tables.as_ref()).await?;
-    let position = scan.position().to_string();
+    let mut scan = match &cfg.source {
+        SourceConfig::Binlog(_) => source.scan(opts.tables.as_ref()).await?,
+        SourceConfig::Kafka { .. } => {
+            source
+                .scan_upstream(opts.tables.as_ref(), opts.as_of)
+                .await?
+        }
+    };
+    let read_point = scan.point().to_string();
+    // Nothing up to a TSO is still in flight: no settling there.
+    let opts = &Options {
+        settle: match scan.point() {
+            ReadPoint::Tso(_) => Duration::ZERO,
+            _ => opts.settle,
+        },
+        ..opts.clone()
+    };
     let mut reports = Vec::new();
     for (t, (database, table)) in scan.tables().into_iter().enumerate() {
         let report = compare_table(&mut scan, t, &database, &table, sink, masker, opts).await?;
@@ -232,7 +262,7 @@ pub async fn reconcile(
     scan.close().await;
     Ok(Report {
         tables: reports,
-        position,
+        read_point,
         queries,
         elapsed_seconds: started.elapsed().as_secs_f64(),
         settle_seconds: opts.settle.as_secs_f64(),
@@ -278,6 +308,10 @@ async fn compare_table(
     opts: &Options,
 ) -> Result<TableReport, ReconcileError> {
     let mut state = read_state(sink, database, table).await?;
+    // At a TSO every change up to it is stored: a row whose state is newer
+    // is a change past the read point, compared but no difference.
+    let tso = scan.point().tso();
+    let past = |s: &RowState| past_read_point(s, tso);
     let mut compared = 0u64;
     // Differing rows seen in the database: key → the row.
     let mut differ: HashMap<String, Seen> = HashMap::new();
@@ -294,6 +328,7 @@ async fn compare_table(
             let d = row_digest(&event.data);
             match state.remove(&values) {
                 Some((s, _)) if s == d => {}
+                Some((_, s)) if past(&s) => {}
                 _ => {
                     differ.insert(
                         values,
@@ -318,12 +353,22 @@ async fn compare_table(
         }
     }
     // What is left of the state is gone from the database (or in flight).
-    let mut extra: HashMap<String, RowState> =
-        state.into_iter().map(|(k, (_, s))| (k, s)).collect();
+    let mut extra: HashMap<String, RowState> = state
+        .into_iter()
+        .filter(|(_, (_, s))| !past(s))
+        .map(|(k, (_, s))| (k, s))
+        .collect();
     let first = differ.len() + extra.len();
+    // The database stands still at a TSO (no settling there), but the
+    // state was read by search, which may lag its writes (Elasticsearch
+    // refreshes every second): one look at each differing row by key, now.
+    let mut look_now = tso.is_some();
     let deadline = Instant::now() + opts.settle;
-    while !(differ.is_empty() && extra.is_empty()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    while !(differ.is_empty() && extra.is_empty()) && (look_now || Instant::now() < deadline) {
+        if !look_now {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        look_now = false;
         recheck(
             scan,
             t,
@@ -374,7 +419,7 @@ async fn compare_table(
     }
     let mut keys: Vec<&String> = extra.keys().collect();
     keys.sort();
-    let at = scan.position().clone();
+    let at = scan.point().clone();
     for key in keys {
         report.extra.add(key, opts.samples);
         fixes.push(deletion(&extra[key], &at));
@@ -385,6 +430,12 @@ async fn compare_table(
         report.repaired = n;
     }
     Ok(report)
+}
+
+/// Whether the state holds a change committed after the TSO the database
+/// was read at: newer than what was compared, so not a difference.
+fn past_read_point(state: &RowState, tso: Option<u64>) -> bool {
+    tso.is_some_and(|t| state.version > t)
 }
 
 /// Reads the differing rows again on both sides; drops those that agree now.
@@ -399,6 +450,7 @@ async fn recheck(
     differ: &mut HashMap<String, Seen>,
     extra: &mut HashMap<String, RowState>,
 ) -> Result<(), ReconcileError> {
+    let tso = scan.point().tso();
     scan.refresh().await?;
     let mut keys: Vec<ScanKey> = differ.values().map(|s| s.key.clone()).collect();
     for values in extra.keys() {
@@ -434,8 +486,14 @@ async fn recheck(
         let state = sink
             .row(&key)
             .await
-            .map_err(|e| ReconcileError::State(e.to_string()))?
-            .filter(|s| !s.deleted);
+            .map_err(|e| ReconcileError::State(e.to_string()))?;
+        // Changed or deleted after the TSO (the embedded store keeps a
+        // tombstone's version; Elasticsearch's state index does not, so
+        // there a row deleted after it counts until the TSO passes it).
+        if state.as_ref().is_some_and(|s| past_read_point(s, tso)) {
+            continue;
+        }
+        let state = state.filter(|s| !s.deleted);
         match (now.remove(&values), state) {
             (None, None) => {}
             (Some(seen), Some(s)) if seen.digest == digest(&s.data) => {}
@@ -452,8 +510,9 @@ async fn recheck(
     Ok(())
 }
 
-/// The delete that removes an extra row from the state.
-fn deletion(state: &RowState, at: &BinlogPosition) -> ChangeEvent {
+/// The delete that removes an extra row from the state, at the version of
+/// the read that missed it (as `Scan` gives its rows).
+fn deletion(state: &RowState, at: &ReadPoint) -> ChangeEvent {
     let row = |v: &serde_json::Value| {
         Row::from_values(
             v.as_object()
@@ -465,6 +524,22 @@ fn deletion(state: &RowState, at: &BinlogPosition) -> ChangeEvent {
                 .unwrap_or_default(),
         )
     };
+    let (commit_time_ms, commit_ts, position) = match at {
+        ReadPoint::Binlog(at) => (
+            crate::clock::now_millis(),
+            Some(BinlogPosition::change_number(&at.file, at.pos, 0)),
+            SourcePosition::Binlog {
+                file: Arc::from(at.file.as_str()),
+                pos: at.pos,
+            },
+        ),
+        ReadPoint::Tso(tso) => (
+            crate::canal::decode::tso_to_millis(*tso),
+            Some(*tso),
+            SourcePosition::None,
+        ),
+        ReadPoint::Current => (crate::clock::now_millis(), None, SourcePosition::None),
+    };
     ChangeEvent {
         database: state.database.clone(),
         table: state.table.clone(),
@@ -472,16 +547,13 @@ fn deletion(state: &RowState, at: &BinlogPosition) -> ChangeEvent {
         pk: row(&state.pk),
         data: row(&state.data),
         old: None,
-        commit_time_ms: crate::clock::now_millis(),
-        commit_ts: Some(BinlogPosition::change_number(&at.file, at.pos, 0)),
+        commit_time_ms,
+        commit_ts,
         sql: None,
         mysql_types: None,
         large_message: None,
         reason: Some("reconcile: extra".into()),
-        position: SourcePosition::Binlog {
-            file: Arc::from(at.file.as_str()),
-            pos: at.pos,
-        },
+        position,
     }
 }
 
@@ -501,4 +573,54 @@ async fn write_fixes(sink: &Arc<dyn Sink>, fixes: Vec<ChangeEvent>) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(version: u64) -> RowState {
+        RowState {
+            database: "appdb".into(),
+            table: "t".into(),
+            pk: serde_json::json!({"id": "7"}),
+            data: serde_json::json!({"id": "7", "v": "x"}),
+            deleted: false,
+            op: "update".into(),
+            version,
+            changed_at: String::new(),
+            event_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_state_newer_than_the_tso_is_past_the_read_point() {
+        assert!(past_read_point(&state(101), Some(100)));
+        assert!(!past_read_point(&state(100), Some(100)), "read at T sees T");
+        assert!(!past_read_point(&state(99), Some(100)));
+        assert!(!past_read_point(&state(u64::MAX), None), "no TSO: settled");
+    }
+
+    #[test]
+    fn a_deletion_carries_the_version_of_its_read_point() {
+        let tso = 445_318_436_315_725_826;
+        let d = deletion(&state(1), &ReadPoint::Tso(tso));
+        assert_eq!((d.op, d.version()), (Op::Delete, tso));
+        assert_eq!(d.reason.as_deref(), Some("reconcile: extra"));
+        assert_eq!(d.pk.text("id").as_deref(), Some("7"));
+        let before = crate::clock::now_millis();
+        let d = deletion(&state(1), &ReadPoint::Current);
+        assert_eq!(d.commit_ts, None);
+        assert!(d.version() >= (before as u64) << 18, "the time of the read");
+        let at = BinlogPosition {
+            file: "binlog.000003".into(),
+            pos: 1234,
+            gtid: None,
+        };
+        let d = deletion(&state(1), &ReadPoint::Binlog(at));
+        assert_eq!(
+            d.version(),
+            BinlogPosition::change_number("binlog.000003", 1234, 0)
+        );
+    }
 }

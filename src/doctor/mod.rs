@@ -147,7 +147,7 @@ pub async fn diagnose(cfg: &Config, opts: &Options) -> Report {
     let mut report = Report::default();
     report.push("config", Ok(config_summary(cfg)));
     let source = match &cfg.source {
-        SourceConfig::Kafka => {
+        SourceConfig::Kafka { .. } => {
             let (kafka, timeout) = (cfg.kafka.clone(), opts.timeout);
             let group = cfg.kafka.group_id.clone();
             kafka::blocking(move || {
@@ -216,7 +216,7 @@ pub async fn diagnose(cfg: &Config, opts: &Options) -> Report {
 
 fn config_summary(cfg: &Config) -> String {
     let source = match &cfg.source {
-        SourceConfig::Kafka => "kafka",
+        SourceConfig::Kafka { .. } => "kafka",
         SourceConfig::Binlog(_) => "binlog",
     };
     format!(

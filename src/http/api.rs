@@ -304,6 +304,14 @@ pub async fn snapshot(
     }
 }
 
+/// `GET /api/checkpoint`: `{"tso": N}`, the TiDB TSO up to which the sink
+/// holds every change (Kafka source), or `{"tso": null}` before one is
+/// known; `cdc-monitor reconcile --url` reads TiDB as of it.
+pub async fn checkpoint(State(s): State<HttpState>) -> Response {
+    let tso = s.checkpoint.as_ref().and_then(|read| read());
+    fresh(crate::control::CheckpointTso { tso })
+}
+
 fn invalid(param: &'static str, value: &str, why: &str) -> QueryError {
     QueryError::Invalid {
         param,

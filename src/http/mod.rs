@@ -53,7 +53,13 @@ pub struct HttpState {
     pub access: Access,
     /// Where `POST /api/snapshot` requests go; `None` answers 404.
     pub snapshot: Option<SnapshotControl>,
+    /// The source's TiDB checkpoint TSO, for `GET /api/checkpoint`; `None`
+    /// answers `{"tso": null}`.
+    pub checkpoint: Option<CheckpointFn>,
 }
+
+/// Reads the source's TiDB checkpoint TSO (`OffsetTracker::checkpoint_tso`).
+pub type CheckpointFn = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// The router, for embedding and tests: the routes behind the access check
 /// and the request limits.
@@ -68,6 +74,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/rows", get(api::rows))
         .route("/api/rows/history", get(api::row_history))
         .route("/api/snapshot", post(api::snapshot))
+        .route("/api/checkpoint", get(api::checkpoint))
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .layer(middleware::from_fn_with_state(

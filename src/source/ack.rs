@@ -6,6 +6,12 @@
 //! Each assignment of a partition gets a new epoch, so an acknowledgement that
 //! arrives after the partition was revoked (and perhaps assigned again) is
 //! ignored instead of corrupting the new assignment's state.
+//!
+//! It also keeps the consumer's TiDB checkpoint: a TiCDC watermark at
+//! offset `o` promises every change up to its TSO came before `o` on that
+//! partition, so once the committable offset is past `o` the sink holds
+//! all of them. The checkpoint is the least such TSO over the assigned
+//! partitions (`checkpoint_tso`), the point `reconcile` reads TiDB at.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,11 +41,27 @@ struct PartitionOffsets {
     next: Option<i64>,
     committed: Option<i64>,
     last_commit_time_ms: Option<i64>,
+    /// Watermarks read at or after the committable offset: offset → TSO.
+    watermarks: BTreeMap<i64, u64>,
+    /// The greatest TSO of a watermark below the committable offset.
+    passed_tso: Option<u64>,
 }
 
 impl PartitionOffsets {
     fn committable(&self) -> Option<i64> {
         self.in_flight.keys().next().copied().or(self.next)
+    }
+
+    /// Moves the watermarks the committable offset has passed into `passed_tso`.
+    fn pass_watermarks(&mut self) {
+        let Some(c) = self.committable() else {
+            return;
+        };
+        let pending = self.watermarks.split_off(&c);
+        let passed = std::mem::replace(&mut self.watermarks, pending);
+        if let Some(tso) = passed.into_values().max() {
+            self.passed_tso = Some(self.passed_tso.map_or(tso, |t| t.max(tso)));
+        }
     }
 }
 
@@ -72,6 +94,8 @@ impl OffsetTracker {
                 next: None,
                 committed: None,
                 last_commit_time_ms: None,
+                watermarks: BTreeMap::new(),
+                passed_tso: None,
             },
         );
         if let Some(old) = old {
@@ -125,6 +149,35 @@ impl OffsetTracker {
         })
     }
 
+    /// Records a TiCDC watermark read at `offset`: every change up to `tso`
+    /// was sent on this partition before it.
+    pub fn watermark(&mut self, topic: &Arc<str>, partition: i32, offset: i64, tso: u64) {
+        self.read(
+            topic,
+            partition,
+            offset,
+            0,
+            crate::canal::decode::tso_to_millis(tso),
+        );
+        if let Some(p) = self.parts.get_mut(&(topic.clone(), partition)) {
+            p.watermarks.insert(offset, tso);
+            p.pass_watermarks();
+        }
+    }
+
+    /// The TSO up to which the sink holds every change of every assigned
+    /// partition: per partition the greatest watermark below its
+    /// committable offset, the least of those. `None` before each assigned
+    /// partition passed a watermark.
+    pub fn checkpoint_tso(&self) -> Option<u64> {
+        let mut least: Option<u64> = None;
+        for p in self.parts.values() {
+            let tso = p.passed_tso?;
+            least = Some(least.map_or(tso, |l| l.min(tso)));
+        }
+        least
+    }
+
     /// Marks a message as done (stored or dead-lettered).
     pub fn ack(&mut self, ack: &Ack) {
         let Some(p) = self.parts.get_mut(&(ack.topic.clone(), ack.partition)) else {
@@ -139,6 +192,7 @@ impl OffsetTracker {
                 p.last_commit_time_ms
                     .map_or(f.commit_time_ms, |t| t.max(f.commit_time_ms)),
             );
+            p.pass_watermarks();
         }
     }
 
@@ -259,6 +313,33 @@ mod tests {
         let mut t = tracker();
         assert!(t.read(&Arc::from("t"), 9, 1, 1, 0).is_none());
         assert!(t.to_commit().is_empty());
+    }
+
+    #[test]
+    fn the_checkpoint_is_the_least_acknowledged_watermark_over_partitions() {
+        let mut t = tracker();
+        t.assign("t", 1);
+        let topic: Arc<str> = Arc::from("t");
+        assert_eq!(t.checkpoint_tso(), None);
+        // Partition 0: a watermark with nothing in flight before it counts.
+        t.watermark(&topic, 0, 0, 100);
+        assert_eq!(t.checkpoint_tso(), None, "partition 1 has passed none");
+        // Partition 1: a change in flight holds its later watermark back.
+        let a = t.read(&topic, 1, 0, 1, 0).unwrap();
+        t.watermark(&topic, 1, 1, 90);
+        assert_eq!(t.checkpoint_tso(), None, "offset 0 is not acknowledged");
+        t.ack(&a);
+        assert_eq!(t.checkpoint_tso(), Some(90), "the least over partitions");
+        // Partition 1 moves on while partition 0 has an unacknowledged change.
+        let b = t.read(&topic, 0, 1, 1, 0).unwrap();
+        t.watermark(&topic, 0, 2, 200);
+        t.watermark(&topic, 1, 2, 300);
+        assert_eq!(t.checkpoint_tso(), Some(100), "200 waits for offset 1");
+        t.ack(&b);
+        assert_eq!(t.checkpoint_tso(), Some(200));
+        // A revoked partition no longer holds the checkpoint back.
+        t.revoke("t", 0);
+        assert_eq!(t.checkpoint_tso(), Some(300));
     }
 
     #[test]

@@ -336,8 +336,8 @@ impl KafkaSource {
                     budget: None,
                 })
             }
-            Ok(Decoded::Watermark { time_ms, .. }) => {
-                tracker.read(topic, partition, offset, 0, time_ms);
+            Ok(Decoded::Watermark { ts, time_ms }) => {
+                tracker.watermark(topic, partition, offset, ts);
                 self.metrics.watermarks.inc();
                 self.metrics
                     .resolved_ts
@@ -469,6 +469,11 @@ impl Source for KafkaSource {
 
     fn refresh_lag(&self) {
         self.refresh_lag_records();
+        if let Some(tso) = self.tracker.lock().ok().and_then(|t| t.checkpoint_tso()) {
+            self.metrics
+                .checkpoint_time
+                .set(crate::canal::decode::tso_to_millis(tso) as f64 / 1000.0);
+        }
     }
 
     fn commit(&self, sync: bool) {

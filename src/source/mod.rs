@@ -112,7 +112,7 @@ pub fn build(
     stored: Option<StoredCheckpoints>,
 ) -> Result<Arc<dyn Source>, SourceError> {
     Ok(match &cfg.source {
-        SourceConfig::Kafka => Arc::new(kafka::KafkaSource::new(
+        SourceConfig::Kafka { .. } => Arc::new(kafka::KafkaSource::new(
             &cfg.kafka,
             tracker,
             metrics.clone(),

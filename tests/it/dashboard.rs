@@ -806,6 +806,7 @@ fn state_without_query() -> HttpState {
         query: None,
         access: Access::open(),
         snapshot: None,
+        checkpoint: None,
     }
 }
 
@@ -952,6 +953,7 @@ async fn api_over_the_embedded_store_pages_filters_and_counts() {
         query: Some(sink),
         access: Access::open(),
         snapshot: None,
+        checkpoint: None,
     })
     .await;
 
@@ -1121,6 +1123,7 @@ async fn api_over_elasticsearch_searches_the_index_and_pages_with_search_after()
         query: Some(sink),
         access: Access::open(),
         snapshot: None,
+        checkpoint: None,
     })
     .await;
 

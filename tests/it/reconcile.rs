@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use rand::Rng;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::harness::consumer::{Consumer, ConsumerProcess};
 use crate::harness::eventually;
@@ -86,6 +86,24 @@ fn count(report: &Value, kind: &str) -> u64 {
 
 fn key(id: i64) -> String {
     format!("[\"{id}\"]")
+}
+
+/// The newest stored event of row `id` of `{d}.t`, from the instance at `base`.
+async fn last_event(base: &str, d: &str, id: i64) -> Value {
+    let body = reqwest::get(format!(
+        "{base}/api/rows/history?database={d}&table=t&pk={id}"
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let history: Value = serde_json::from_str(&body).unwrap();
+    history["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Waits until a marker row written last is in the state: caught up.
@@ -235,24 +253,9 @@ async fn reconcile_finds_exactly_the_seeded_damage_and_repairs_it() {
     assert_eq!(code, 0, "after repair: {out}");
     assert_eq!(report["tables"][0]["compared"], remaining as u64);
     // The repairs are events with their reason.
-    let body = reqwest::get(format!(
-        "http://{}/api/rows/history?database={d}&table=t&pk={}",
-        p.http(),
-        silent[0]
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    let history: Value = serde_json::from_str(&body).unwrap();
-    let last = history["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(last["reason"], "reconcile: changed", "{history}");
-    assert_eq!(last["data"]["v"], "silent", "{history}");
+    let last = last_event(&format!("http://{}", p.http()), &d, silent[0]).await;
+    assert_eq!(last["reason"], "reconcile: changed", "{last}");
+    assert_eq!(last["data"]["v"], "silent", "{last}");
 
     // c. A writer changing rows meanwhile: no false difference.
     let stop = Arc::new(AtomicBool::new(false));
@@ -393,7 +396,7 @@ async fn scheduled_reconcile_exports_what_differs() {
         p.log_tail()
     );
 
-    // Only the binlog source has a database to compare with.
+    // Without a source database there is nothing to compare with.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-monitor"))
         .arg("run")
         .env_clear()
@@ -405,4 +408,151 @@ async fn scheduled_reconcile_exports_what_differs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("CDC_RECONCILE_INTERVAL"), "{err}");
+}
+
+/// A TiCDC-shaped canal-json change of `{d}.t` (id, v, n) at `ts`.
+fn canal_change(d: &str, kind: &str, id: i64, v: &str, ts: u64) -> Vec<u8> {
+    let row = json!({"id": id.to_string(), "v": v, "n": format!("{id}.50")});
+    serde_json::to_vec(&json!({
+        "id": 0, "database": d, "table": "t", "pkNames": ["id"], "isDdl": false, "type": kind,
+        "es": ts >> 18, "ts": ts >> 18, "sql": "",
+        "sqlType": {"id": 4, "v": 12, "n": 3},
+        "mysqlType": {"id": "int", "v": "varchar", "n": "decimal(10,2)"},
+        "old": if kind == "UPDATE" { json!([{"v": "before"}]) } else { Value::Null },
+        "data": [row], "_tidb": {"commitTs": ts}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_through_the_kafka_source_reads_the_upstream_and_repairs() {
+    use crate::harness::canal::{watermark, BASE_TS};
+    use crate::harness::consumer::Pipeline;
+
+    // MariaDB stands in for TiDB: 20 rows upstream.
+    let db = MariaDb::start().await;
+    let d = db.create_database("rectidb").await;
+    let rows: Vec<String> = (1..=20).map(|i| format!("({i}, 'v{i}', {i}.5)")).collect();
+    db.exec(&format!(
+        "CREATE TABLE {d}.t (id INT PRIMARY KEY, v VARCHAR(64), n DECIMAL(10,2));
+         INSERT INTO {d}.t VALUES {};
+         UPDATE {d}.t SET v = 'updated' WHERE id = 3;",
+        rows.join(",")
+    ))
+    .await;
+    // The topic carries rows 1..=16 (row 3 inserted, then updated) and a
+    // row 99 the database never had: 17..=20 never arrive.
+    let broker = crate::harness::kafka::broker();
+    let p = Pipeline::new("rectidb", &broker.bootstrap, "", 2);
+    broker.create_topic(&p.topic, p.partitions).await;
+    broker.create_topic(&p.dlq, 1).await;
+    let mut messages: Vec<Vec<u8>> = (1..=16)
+        .map(|i| canal_change(&d, "INSERT", i, &format!("v{i}"), BASE_TS + i as u64))
+        .collect();
+    messages.push(canal_change(&d, "UPDATE", 3, "updated", BASE_TS + 100));
+    messages.push(canal_change(&d, "INSERT", 99, "ghost", BASE_TS + 101));
+    broker.produce(&p.topic, p.partitions, messages).await;
+    // One watermark per partition, after every change.
+    let mark = BASE_TS + 1_000;
+    broker
+        .produce(&p.topic, p.partitions, [watermark(mark), watermark(mark)])
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = p.store_env(dir.path());
+    env.extend([
+        ("CDC_STORE_RETENTION".to_owned(), "36500d".to_owned()),
+        ("CDC_MYSQL_URL".to_owned(), db.capture_url()),
+        ("CDC_TABLES".to_owned(), format!("{d}.*")),
+        ("CDC_RECONCILE_INTERVAL".to_owned(), "2s".to_owned()),
+    ]);
+    let consumer = ConsumerProcess::spawn(&env);
+    consumer.wait_healthy().await;
+    // The checkpoint: both partitions passed the watermark.
+    let url = format!("http://{}", consumer.http());
+    let checkpoint = eventually(Duration::from_secs(60), || async {
+        let answer: Value = match reqwest::get(format!("{url}/api/checkpoint")).await {
+            Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        answer["tso"].as_u64() == Some(mark)
+    })
+    .await;
+    assert!(checkpoint, "log:\n{}", consumer.log_tail());
+    let gauge = eventually(Duration::from_secs(10), || async {
+        consumer
+            .metric("cdc_checkpoint_timestamp_seconds", &[])
+            .await
+            == (mark >> 18) as f64 / 1000.0
+    })
+    .await;
+    assert!(gauge, "{}", consumer.metrics().await);
+    // A change upstream that never reaches the topic.
+    db.exec(&format!("UPDATE {d}.t SET v = 'silent' WHERE id = 5"))
+        .await;
+
+    // The instance's checkpoint is a TSO, but MariaDB is not TiDB: the
+    // current data is read, and settled.
+    let tables = format!("{d}.*");
+    let args = [
+        "--tables",
+        &tables,
+        "--settle-seconds",
+        "2",
+        "--samples",
+        "50",
+    ];
+    let (code, report, out) = reconcile(&env, &[&args[..], &["--url", url.as_str()]].concat());
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(report["read_point"], "current data", "{out}");
+    assert_eq!(report["tables"][0]["compared"], 20, "{out}");
+    let ids = |ids: &[i64]| -> BTreeSet<String> { ids.iter().map(|i| key(*i)).collect() };
+    assert_eq!(
+        (count(&report, "missing"), keys(&report, "missing")),
+        (4, ids(&[17, 18, 19, 20])),
+        "{out}"
+    );
+    assert_eq!(
+        (count(&report, "changed"), keys(&report, "changed")),
+        (1, ids(&[5])),
+        "{out}"
+    );
+    assert_eq!(
+        (count(&report, "extra"), keys(&report, "extra")),
+        (1, ids(&[99])),
+        "{out}"
+    );
+    // Scheduled inside run, with the Kafka source too.
+    let scheduled = eventually(Duration::from_secs(30), || async {
+        consumer
+            .metric("cdc_reconcile_rows", &["result=\"missing\""])
+            .await
+            == 4.0
+    })
+    .await;
+    assert!(scheduled, "log:\n{}", consumer.log_tail());
+
+    let (code, report, out) = reconcile(&env, &[&args[..], &["--repair"]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["tables"][0]["repaired"], 6, "{out}");
+    let (code, report, out) = reconcile(&env, &args);
+    assert_eq!(code, 0, "after repair: {out}");
+    assert_eq!(report["tables"][0]["compared"], 20, "{out}");
+    // The repairs are snapshot events with their reason, in the state.
+    let last = last_event(&url, &d, 17).await;
+    assert_eq!(
+        (&last["op"], &last["reason"], &last["data"]["v"]),
+        (
+            &json!("snapshot"),
+            &json!("reconcile: missing"),
+            &json!("v17")
+        ),
+        "{last}"
+    );
+    // --as-of is for a TiDB upstream; the binlog source refuses it.
+    let mut binlog = db.capture_env(&tables, dir.path());
+    binlog.push(("CDC_SINK".into(), "sqlite".into()));
+    let (code, _, out) = reconcile(&binlog, &["--as-of", "1"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--as-of"), "{out}");
 }

@@ -94,7 +94,13 @@ async fn the_dashboard_api_and_metrics_need_the_token_which_never_shows_in_the_l
 
     // Without the token: 401 everywhere but the probes, with a challenge a
     // browser answers with a login prompt.
-    for path in ["/api/events", "/api/stats", "/", "/assets/app.js"] {
+    for path in [
+        "/api/events",
+        "/api/stats",
+        "/api/checkpoint",
+        "/",
+        "/assets/app.js",
+    ] {
         let (status, headers, body) = get(&p, path, None).await;
         assert_eq!(status, 401, "{path}: {body}");
         let challenge = headers["www-authenticate"].to_str().unwrap();
@@ -113,6 +119,9 @@ async fn the_dashboard_api_and_metrics_need_the_token_which_never_shows_in_the_l
     );
     assert_eq!(get(&p, "/", Some(&basic)).await.0, 200);
     assert_eq!(get(&p, "/api/stats", Some(&bearer)).await.0, 200);
+    // The binlog source has no TiDB checkpoint.
+    let (status, _, body) = get(&p, "/api/checkpoint", Some(&bearer)).await;
+    assert_eq!((status, body.trim()), (200, r#"{"tso":null}"#));
     // /metrics takes either token; the scrape token opens nothing else.
     let (status, _, body) = get(&p, "/metrics", Some(&format!("Bearer {scrape}"))).await;
     assert_eq!(status, 200);

@@ -258,6 +258,7 @@ async fn over_http(sink: Arc<SqliteSink>) -> anyhow::Result<Vec<String>> {
         query: Some(sink),
         access: Access::open(),
         snapshot: None,
+        checkpoint: None,
     };
     let (listener, addr) = http::bind(([127, 0, 0, 1], 0).into()).await?;
     let stop = CancellationToken::new();

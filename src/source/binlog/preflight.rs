@@ -11,8 +11,38 @@ use crate::config::TableFilter;
 pub struct ServerInfo {
     pub version: String,
     pub mariadb: bool,
+    /// TiDB (`VERSION()` names it): no binlog, reads `AS OF TIMESTAMP`.
+    pub tidb: bool,
     /// `binlog_row_metadata=FULL`: column names travel in the binlog.
     pub full_metadata: bool,
+}
+
+impl ServerInfo {
+    /// What `version` (`SELECT VERSION()`) says the server is.
+    pub fn from_version(version: String, full_metadata: bool) -> ServerInfo {
+        let lower = version.to_ascii_lowercase();
+        ServerInfo {
+            mariadb: lower.contains("mariadb"),
+            tidb: lower.contains("tidb"),
+            version,
+            full_metadata,
+        }
+    }
+}
+
+/// The server's version and row metadata setting, without checking
+/// anything binlog capture needs: for reading tables only (`reconcile`
+/// through the Kafka source, where the server may be TiDB).
+pub async fn describe(conn: &mut mysql_async::Conn) -> Result<ServerInfo, mysql_async::Error> {
+    let version: String = conn
+        .query_first("SELECT VERSION()")
+        .await?
+        .unwrap_or_default();
+    let metadata: Option<(String, String)> = conn
+        .query_first("SHOW GLOBAL VARIABLES LIKE 'binlog_row_metadata'")
+        .await?;
+    let full = metadata.is_some_and(|(_, v)| v.eq_ignore_ascii_case("FULL"));
+    Ok(ServerInfo::from_version(version, full))
 }
 
 /// One thing that keeps capture from working, and its fix.
@@ -153,14 +183,7 @@ pub async fn check(
             fix: format!("GRANT {} ON *.* TO {account};", missing.join(", ")),
         });
     }
-    Ok((
-        ServerInfo {
-            version,
-            mariadb,
-            full_metadata,
-        },
-        problems,
-    ))
+    Ok((ServerInfo::from_version(version, full_metadata), problems))
 }
 
 #[cfg(test)]
