@@ -250,7 +250,14 @@ pub async fn reconcile(
     };
     let mut reports = Vec::new();
     for (t, (database, table)) in scan.tables().into_iter().enumerate() {
-        let report = compare_table(&mut scan, t, &database, &table, sink, masker, opts).await?;
+        let target = Target {
+            t,
+            database: &database,
+            table: &table,
+            sink,
+            masker,
+        };
+        let report = compare_table(&mut scan, &target, opts).await?;
         reports.push(report);
         if t + 1 < scan.tables().len() {
             // Each table in a fresh view: one long transaction would hold
@@ -297,16 +304,54 @@ async fn read_state(
     }
 }
 
+/// One table compared: its place in the scan, and the state it is compared with.
+struct Target<'a> {
+    t: usize,
+    database: &'a str,
+    table: &'a str,
+    sink: &'a Arc<dyn Sink>,
+    masker: Option<&'a Masker>,
+}
+
+impl Target<'_> {
+    /// A row read from the database, masked as the capture masks it, under
+    /// its key values.
+    fn seen(&self, mut event: ChangeEvent, key: ScanKey) -> (String, Seen) {
+        if let Some(m) = self.masker {
+            m.mask_event(&mut event);
+        }
+        let values = RowKey::of(self.database, self.table, &event.pk, &event.data).values;
+        let digest = row_digest(&event.data);
+        (values, Seen { digest, event, key })
+    }
+
+    /// The state of the row with these key values (a tombstone too).
+    async fn state_of(&self, values: &str) -> Result<Option<RowState>, ReconcileError> {
+        let key = RowKey {
+            database: self.database.to_owned(),
+            table: self.table.to_owned(),
+            values: values.to_owned(),
+        };
+        self.sink
+            .row(&key)
+            .await
+            .map_err(|e| ReconcileError::State(e.to_string()))
+    }
+}
+
 /// Reads, compares, re-checks and (with `repair`) repairs one table.
 async fn compare_table(
     scan: &mut Scan<'_>,
-    t: usize,
-    database: &str,
-    table: &str,
-    sink: &Arc<dyn Sink>,
-    masker: Option<&Masker>,
+    target: &Target<'_>,
     opts: &Options,
 ) -> Result<TableReport, ReconcileError> {
+    let Target {
+        t,
+        database,
+        table,
+        sink,
+        ..
+    } = *target;
     let mut state = read_state(sink, database, table).await?;
     // At a TSO every change up to it is stored: a row whose state is newer
     // is a change past the read point, compared but no difference.
@@ -319,25 +364,14 @@ async fn compare_table(
     let limiter = Instant::now();
     loop {
         let chunk = scan.chunk(t, after.as_ref(), opts.chunk_rows).await?;
-        for (mut event, key) in chunk.rows {
-            if let Some(m) = masker {
-                m.mask_event(&mut event);
-            }
+        for (event, key) in chunk.rows {
             compared += 1;
-            let values = RowKey::of(database, table, &event.pk, &event.data).values;
-            let d = row_digest(&event.data);
+            let (values, seen) = target.seen(event, key);
             match state.remove(&values) {
-                Some((s, _)) if s == d => {}
+                Some((s, _)) if s == seen.digest => {}
                 Some((_, s)) if past(&s) => {}
                 _ => {
-                    differ.insert(
-                        values,
-                        Seen {
-                            digest: d,
-                            event,
-                            key,
-                        },
-                    );
+                    differ.insert(values, seen);
                 }
             }
         }
@@ -369,17 +403,7 @@ async fn compare_table(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         look_now = false;
-        recheck(
-            scan,
-            t,
-            database,
-            table,
-            sink,
-            masker,
-            &mut differ,
-            &mut extra,
-        )
-        .await?;
+        recheck(scan, target, &mut differ, &mut extra).await?;
     }
     let mut report = TableReport {
         database: database.to_owned(),
@@ -397,15 +421,7 @@ async fn compare_table(
     let mut fixes = Vec::new();
     for key in keys {
         let seen = &differ[key];
-        let in_state = sink
-            .row(&RowKey {
-                database: database.to_owned(),
-                table: table.to_owned(),
-                values: key.clone(),
-            })
-            .await
-            .map_err(|e| ReconcileError::State(e.to_string()))?
-            .is_some_and(|s| !s.deleted);
+        let in_state = target.state_of(key).await?.is_some_and(|s| !s.deleted);
         let reason = if in_state {
             report.changed.add(key, opts.samples);
             "reconcile: changed"
@@ -439,14 +455,9 @@ fn past_read_point(state: &RowState, tso: Option<u64>) -> bool {
 }
 
 /// Reads the differing rows again on both sides; drops those that agree now.
-#[allow(clippy::too_many_arguments)]
 async fn recheck(
     scan: &mut Scan<'_>,
-    t: usize,
-    database: &str,
-    table: &str,
-    sink: &Arc<dyn Sink>,
-    masker: Option<&Masker>,
+    target: &Target<'_>,
     differ: &mut HashMap<String, Seen>,
     extra: &mut HashMap<String, RowState>,
 ) -> Result<(), ReconcileError> {
@@ -459,34 +470,15 @@ async fn recheck(
         keys.push(ScanKey::from_rendered(&values));
     }
     let mut now: HashMap<String, Seen> = HashMap::new();
-    for (mut event, key) in scan.rows_by_key(t, &keys).await? {
-        if let Some(m) = masker {
-            m.mask_event(&mut event);
-        }
-        let values = RowKey::of(database, table, &event.pk, &event.data).values;
-        let d = row_digest(&event.data);
-        now.insert(
-            values,
-            Seen {
-                digest: d,
-                event,
-                key,
-            },
-        );
+    for (event, key) in scan.rows_by_key(target.t, &keys).await? {
+        let (values, seen) = target.seen(event, key);
+        now.insert(values, seen);
     }
     let mut still_differ = HashMap::new();
     let mut still_extra = HashMap::new();
     let candidates: Vec<String> = differ.keys().chain(extra.keys()).cloned().collect();
     for values in candidates {
-        let key = RowKey {
-            database: database.to_owned(),
-            table: table.to_owned(),
-            values: values.clone(),
-        };
-        let state = sink
-            .row(&key)
-            .await
-            .map_err(|e| ReconcileError::State(e.to_string()))?;
+        let state = target.state_of(&values).await?;
         // Changed or deleted after the TSO (the embedded store keeps a
         // tombstone's version; Elasticsearch's state index does not, so
         // there a row deleted after it counts until the TSO passes it).

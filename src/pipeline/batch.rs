@@ -374,47 +374,17 @@ mod tests {
     use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A sink whose `fail_on`-th write (0-based) fails for good.
-    struct FailingSink {
-        writes: AtomicUsize,
-        fail_on: usize,
-    }
-
-    impl Sink for FailingSink {
-        fn name(&self) -> &'static str {
-            "test"
-        }
-
-        fn concurrency(&self) -> usize {
-            1
-        }
-
-        fn prepare(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-            Box::pin(async { Ok(()) })
-        }
-
-        fn write<'a>(&'a self, _: WriteBatch<'a>, _: &'a CancellationToken) -> Written<'a> {
-            let failed = self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_on;
-            Box::pin(async move {
-                if failed {
-                    return Err(SinkError::Config("store is not a database".into()));
-                }
-                Ok(Vec::new())
-            })
-        }
-
-        fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    /// A sink that keeps what it was given and refuses every event.
+    /// A sink whose `fail_on`-th write (0-based) fails for good, and which
+    /// keeps what it was given and, with `refuse`, refuses every event.
     #[derive(Default)]
-    struct RefusingSink {
+    struct TestSink {
+        writes: AtomicUsize,
+        fail_on: Option<usize>,
+        refuse: bool,
         seen: Mutex<Vec<ChangeEvent>>,
     }
 
-    impl Sink for RefusingSink {
+    impl Sink for TestSink {
         fn name(&self) -> &'static str {
             "test"
         }
@@ -428,14 +398,21 @@ mod tests {
         }
 
         fn write<'a>(&'a self, batch: WriteBatch<'a>, _: &'a CancellationToken) -> Written<'a> {
+            let failed = Some(self.writes.fetch_add(1, Ordering::SeqCst)) == self.fail_on;
             self.seen.lock().unwrap().extend_from_slice(batch.events);
             let rejected = (0..batch.events.len())
+                .filter(|_| self.refuse)
                 .map(|index| crate::sink::Rejected {
                     index,
                     reason: "refused".into(),
                 })
                 .collect();
-            Box::pin(async move { Ok(rejected) })
+            Box::pin(async move {
+                if failed {
+                    return Err(SinkError::Config("store is not a database".into()));
+                }
+                Ok(rejected)
+            })
         }
 
         fn check(&self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -443,35 +420,52 @@ mod tests {
         }
     }
 
+    /// A writer to `sink` whose dead letters go to the file `letters`, and
+    /// its tracker with partition `t`/0 assigned.
+    fn writer(sink: Arc<TestSink>, letters: std::path::PathBuf, metrics: &Metrics) -> Writer {
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
+        tracker.lock().unwrap().assign("t", 0);
+        Writer {
+            sink,
+            dlq: DeadLetterQueue::file(letters),
+            tracker,
+            metrics: metrics.clone(),
+            abort: CancellationToken::new(),
+            halt: Halt::default(),
+            masker: None,
+            dlq_keep_original: true,
+            fence: None,
+        }
+    }
+
+    /// One event a batch: each write is its own.
+    const ONE_BY_ONE: BatchLimits = BatchLimits {
+        max_events: 1,
+        max_bytes: 1 << 20,
+        linger: Duration::from_millis(1),
+    };
+
     #[tokio::test]
     async fn the_sink_and_dead_letters_see_masked_values_unless_originals_are_kept() {
         for keep in [false, true] {
             let metrics = Metrics::new();
-            let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
             let topic: Arc<str> = Arc::from("t");
-            tracker.lock().unwrap().assign("t", 0);
-            let sink = Arc::new(RefusingSink::default());
+            let sink = Arc::new(TestSink {
+                refuse: true,
+                ..TestSink::default()
+            });
             let dir = tempfile::tempdir().unwrap();
             let letters = dir.path().join("dead-letters.jsonl");
             let pattern = crate::config::ColumnPattern::parse("appdb.users.EMAIL").unwrap();
             let masker = Masker::new(vec![pattern], b"a test key, 16 bytes or more");
             let writer = Arc::new(Writer {
-                sink: sink.clone(),
-                dlq: DeadLetterQueue::file(letters.clone()),
-                tracker: tracker.clone(),
-                metrics: metrics.clone(),
-                abort: CancellationToken::new(),
-                halt: Halt::default(),
                 masker: Some(masker.clone()),
                 dlq_keep_original: keep,
-                fence: None,
+                ..writer(sink.clone(), letters.clone(), &metrics)
             });
+            let tracker = writer.tracker.clone();
             let (tx, rx) = channel(16, 1 << 20);
-            let limits = BatchLimits {
-                max_events: 1,
-                max_bytes: 1 << 20,
-                linger: Duration::from_millis(1),
-            };
+            let limits = ONE_BY_ONE;
             let batcher = tokio::spawn(run_batcher(rx, writer, limits, 1));
             let sent = envelope(&tracker, &topic, 0);
             let original = sent.origin.payload.clone();
@@ -506,31 +500,16 @@ mod tests {
     #[tokio::test]
     async fn a_batch_the_sink_gives_up_on_halts_the_line_and_nothing_after_it_is_acknowledged() {
         let metrics = Metrics::new();
-        let tracker = Arc::new(Mutex::new(OffsetTracker::new(metrics.in_flight.clone())));
         let topic: Arc<str> = Arc::from("t");
-        tracker.lock().unwrap().assign("t", 0);
-        let sink = Arc::new(FailingSink {
-            writes: AtomicUsize::new(0),
-            fail_on: 1,
+        let sink = Arc::new(TestSink {
+            fail_on: Some(1),
+            ..TestSink::default()
         });
-        let writer = Arc::new(Writer {
-            sink: sink.clone(),
-            dlq: DeadLetterQueue::file(std::env::temp_dir().join("unused-dead-letters.jsonl")),
-            tracker: tracker.clone(),
-            metrics: metrics.clone(),
-            abort: CancellationToken::new(),
-            halt: Halt::default(),
-            masker: None,
-            dlq_keep_original: true,
-            fence: None,
-        });
+        let letters = std::env::temp_dir().join("unused-dead-letters.jsonl");
+        let writer = Arc::new(writer(sink.clone(), letters, &metrics));
+        let tracker = writer.tracker.clone();
         let (tx, rx) = channel(16, 1 << 20);
-        let limits = BatchLimits {
-            max_events: 1,
-            max_bytes: 1 << 20,
-            linger: Duration::from_millis(1),
-        };
-        let batcher = tokio::spawn(run_batcher(rx, writer.clone(), limits, 1));
+        let batcher = tokio::spawn(run_batcher(rx, writer.clone(), ONE_BY_ONE, 1));
         for offset in 0..5 {
             // Refused once the line halted and the batcher let go.
             let _ = tx.send(envelope(&tracker, &topic, offset)).await;

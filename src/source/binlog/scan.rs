@@ -196,6 +196,21 @@ impl Scan<'_> {
         &self.point
     }
 
+    /// One query on table `t`'s behalf, counted.
+    async fn read(
+        &mut self,
+        t: usize,
+        sql: String,
+        params: Vec<Value>,
+    ) -> Result<Vec<mysql_async::Row>, SourceError> {
+        self.queries += 1;
+        let plan = &self.plans[t];
+        self.conn
+            .exec(sql, params)
+            .await
+            .map_err(|e| read_error(plan, e))
+    }
+
     /// The rows of table `t` after `after`, at most `limit` (every row of a
     /// table without a key).
     pub async fn chunk(
@@ -206,13 +221,9 @@ impl Scan<'_> {
     ) -> Result<Chunk, SourceError> {
         let plan = &self.plans[t];
         let (sql, params) = plan.chunk_query(after.map(|k| k.0.as_slice()), limit);
-        self.queries += 1;
-        let rows: Vec<mysql_async::Row> = self
-            .conn
-            .exec(sql, params)
-            .await
-            .map_err(|e| read_error(plan, e))?;
-        let done = plan.key.is_empty() || rows.len() < limit;
+        let keyless = plan.key.is_empty();
+        let rows = self.read(t, sql, params).await?;
+        let done = keyless || rows.len() < limit;
         let rows = self.events(t, rows);
         let next = if done {
             None
@@ -232,7 +243,7 @@ impl Scan<'_> {
         let plan = &self.plans[t];
         let all: Vec<usize> = (0..plan.schema.columns.len()).collect();
         let cols: Vec<String> = plan.schema.columns.iter().map(|c| quote(&c.name)).collect();
-        let mut out = Vec::new();
+        let mut queries = Vec::new();
         for batch in keys.chunks(200) {
             // A key of the paging columns, else of every column (a table
             // whose rows are known by their whole row).
@@ -259,12 +270,11 @@ impl Scan<'_> {
                 conditions.join(" OR ")
             );
             let params: Vec<Value> = batch.iter().flat_map(|k| k.0.iter().cloned()).collect();
-            self.queries += 1;
-            let rows: Vec<mysql_async::Row> = self
-                .conn
-                .exec(sql, params)
-                .await
-                .map_err(|e| read_error(plan, e))?;
+            queries.push((sql, params));
+        }
+        let mut out = Vec::new();
+        for (sql, params) in queries {
+            let rows = self.read(t, sql, params).await?;
             out.extend(self.events(t, rows));
         }
         Ok(out)
