@@ -88,8 +88,11 @@ impl ConsumerContext for ElectionContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
-        // The whole assignment as it stands now: with the cooperative
-        // assignor a rebalance hands out or takes back only what changes.
+        // The whole assignment as it stands now. With librdkafka's default
+        // (eager) assignors every rebalance revokes all, so a standby that
+        // joins interrupts the capturer briefly; `partition.assignment.strategy=
+        // cooperative-sticky` in CDC_KAFKA_PROPERTIES avoids that on brokers
+        // that support it (a rebalance then moves only what changes).
         let holds = consumer.assignment().is_ok_and(|a| self.holds(&a));
         self.leader.send_replace(holds);
     }
@@ -131,16 +134,25 @@ impl Leadership {
             .set("client.id", &instance)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
-            // A standby joining or leaving does not interrupt the capturer:
-            // only a partition that moves is revoked.
-            .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
                 "session.timeout.ms",
                 kafka.session_timeout.as_millis().to_string(),
             )
+            // librdkafka's default (3 s), or half a shorter session.
             .set(
                 "heartbeat.interval.ms",
-                (kafka.session_timeout.as_millis() / 3).max(100).to_string(),
+                (kafka.session_timeout.as_millis() / 2)
+                    .clamp(100, 3000)
+                    .to_string(),
+            )
+            // JoinGroup carries it as the rebalance timeout: how long the
+            // broker waits for members to rejoin. The election thread polls
+            // every 100 ms, so the session timeout (its floor) bounds a
+            // takeover's rebalance too, and a capturer whose thread is stuck
+            // that long loses the election.
+            .set(
+                "max.poll.interval.ms",
+                kafka.session_timeout.as_millis().to_string(),
             )
             .create_with_context(context)?;
         let producer = client_config(kafka)
@@ -233,6 +245,14 @@ impl Leadership {
     /// The group's last stored position: the last record under this
     /// group's key, read to the end of the topic. Blocking.
     pub fn load(&self) -> Result<Option<BinlogPosition>, SourceError> {
+        Ok(self.read_stored()?.map(|s| {
+            info!(position = %s.position, written_by = %s.leader, "binlog position read from Kafka");
+            s.position
+        }))
+    }
+
+    /// The last record under this group's key. Blocking.
+    fn read_stored(&self) -> Result<Option<Stored>, SourceError> {
         // Assigned, never subscribed: the group id only satisfies
         // librdkafka's consumer; it never joins or commits.
         let reader: BaseConsumer<LogContext> = client_config(&self.kafka)
@@ -285,10 +305,7 @@ impl Leadership {
                 }
             };
         }
-        Ok(found.map(|s| {
-            info!(position = %s.position, written_by = %s.leader, "binlog position read from Kafka");
-            s.position
-        }))
+        Ok(found)
     }
 
     /// Writes `position` once the broker acknowledged it; refused when this
@@ -322,25 +339,30 @@ impl Leadership {
         )
     }
 
-    /// The instance holding partition 0 now, from the group's description
-    /// (its members' client ids). Blocking.
+    /// The instance holding partition 0 now: from the group's description
+    /// (its members' client ids), or, where the broker does not describe
+    /// groups, the writer of the last position (a capturer writes one as
+    /// soon as it is elected). Blocking.
     pub fn current_leader(&self) -> Option<String> {
         if self.is_leader() {
             return Some(self.instance.clone());
         }
-        let groups = self
+        let described = self
             .member
             .fetch_group_list(Some(&self.group), Duration::from_secs(3))
-            .ok()?;
-        let group = groups.groups().iter().find(|g| g.name() == self.group)?;
-        group
-            .members()
-            .iter()
-            .find(|m| {
-                m.assignment()
-                    .is_some_and(|a| assignment_holds(a, &self.topic, 0))
-            })
-            .map(|m| m.client_id().to_owned())
+            .ok()
+            .and_then(|groups| {
+                let group = groups.groups().iter().find(|g| g.name() == self.group)?;
+                group
+                    .members()
+                    .iter()
+                    .find(|m| {
+                        m.assignment()
+                            .is_some_and(|a| assignment_holds(a, &self.topic, 0))
+                    })
+                    .map(|m| m.client_id().to_owned())
+            });
+        described.or_else(|| self.read_stored().ok().flatten().map(|s| s.leader))
     }
 
     /// The role and leader for `/readyz`.

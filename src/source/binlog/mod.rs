@@ -999,6 +999,16 @@ impl BinlogSource {
                     continue;
                 }
             };
+            // Stamped at once with this instance's name: the record says who
+            // captures (for /readyz) before anything new is stored.
+            if let Some(p) = position.clone() {
+                let ha = ha.clone();
+                match tokio::task::spawn_blocking(move || ha.store(&p)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot stamp the binlog position"),
+                    Err(e) => warn!(error = %e, "cannot stamp the binlog position"),
+                }
+            }
             if let Ok(mut l) = loaded.lock() {
                 *l = position;
             }
