@@ -1,5 +1,7 @@
 //! canal-json bytes to normalised events.
 
+use std::sync::Arc;
+
 use crate::canal::message::{CanalMessage, WATERMARK_TYPE};
 use crate::event::{ChangeEvent, LargeMessage, Op, Row, SourcePosition};
 
@@ -88,9 +90,9 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
 
     if msg.is_ddl {
         let mut ddl = ChangeEvent::ddl(
-            database,
-            table,
-            msg.sql.unwrap_or_default(),
+            database.into_owned(),
+            table.into_owned(),
+            msg.sql.unwrap_or_default().into_owned(),
             commit_time_ms,
             commit_ts,
             position.clone(),
@@ -99,16 +101,18 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
         return Ok(Decoded::Events(vec![ddl]));
     }
 
-    let op = match msg.kind.as_str() {
+    let op = match msg.kind.as_ref() {
         "INSERT" if msg.binlog.as_ref().is_some_and(|b| b.snapshot) => Op::Snapshot,
         "INSERT" => Op::Insert,
         "UPDATE" => Op::Update,
         "DELETE" => Op::Delete,
-        _ => return Err(DecodeError::UnknownType(msg.kind)),
+        _ => return Err(DecodeError::UnknownType(msg.kind.into_owned())),
     };
     let rows = msg.data.unwrap_or_default();
     if rows.is_empty() {
-        return Err(DecodeError::NoRows { kind: msg.kind });
+        return Err(DecodeError::NoRows {
+            kind: msg.kind.into_owned(),
+        });
     }
     let mut olds = msg.old.map(|o| o.into_iter().map(Some).collect::<Vec<_>>());
     if let Some(o) = &olds {
@@ -121,15 +125,17 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
         }
     }
     let pk_names = msg.pk_names.unwrap_or_default();
+    // Shared by the message's events rather than copied into each.
+    let mysql_types = msg.mysql_type.map(Arc::new);
     // One message can carry several rows (Canal's flat messages): one event per row.
     let mut events = Vec::with_capacity(rows.len());
     for (i, data) in rows.into_iter().enumerate() {
         let mut pk = Vec::with_capacity(pk_names.len());
         for name in &pk_names {
             match data.get(name) {
-                Some(v) => pk.push((Box::<str>::from(name.as_str()), v.to_owned())),
+                Some(v) => pk.push((Box::<str>::from(name.as_ref()), v.to_owned())),
                 None if large_message.is_some() => {}
-                None => return Err(DecodeError::PkMissing(name.clone())),
+                None => return Err(DecodeError::PkMissing(name.clone().into_owned())),
             }
         }
         let old = match (&mut olds, op) {
@@ -137,8 +143,8 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
             _ => None,
         };
         events.push(ChangeEvent {
-            database: database.clone(),
-            table: table.clone(),
+            database: database.as_ref().to_owned(),
+            table: table.as_ref().to_owned(),
             op,
             pk: Row(pk),
             data,
@@ -146,7 +152,7 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
             commit_time_ms,
             commit_ts,
             sql: None,
-            mysql_types: msg.mysql_type.clone(),
+            mysql_types: mysql_types.clone(),
             large_message: large_message.clone(),
             reason: None,
             position: position.clone(),

@@ -5,37 +5,43 @@
 //! `pkNames`, `isDdl`, `type`, `es`, `ts`, `sql`, `sqlType`, `mysqlType`,
 //! `data`, `old`, and with `enable-tidb-extension=true` the `_tidb` object.
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::event::Row;
 
 /// `type` of the watermark messages TiCDC sends with the TiDB extension.
 pub const WATERMARK_TYPE: &str = "TIDB_WATERMARK";
 
-/// One canal-json message.
+/// One canal-json message. Strings borrow from the payload where they
+/// have no escapes: decoding copies only what the events keep.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CanalMessage {
-    #[serde(default)]
-    pub database: Option<String>,
-    #[serde(default)]
-    pub table: Option<String>,
-    #[serde(default)]
-    pub pk_names: Option<Vec<String>>,
+pub struct CanalMessage<'a> {
+    #[serde(default, borrow)]
+    pub database: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub table: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub pk_names: Option<Vec<Cow<'a, str>>>,
     #[serde(default)]
     pub is_ddl: bool,
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
     /// Commit time of the change in milliseconds.
     #[serde(default)]
     pub es: Option<i64>,
     /// Time the message was built in milliseconds.
     #[serde(default)]
     pub ts: Option<i64>,
+    #[serde(default, borrow)]
+    pub sql: Option<Cow<'a, str>>,
+    /// Nothing reads the JDBC types; an object is still required, as before.
     #[serde(default)]
-    pub sql: Option<String>,
-    #[serde(default)]
-    pub sql_type: Option<Row>,
+    pub sql_type: Option<AnyObject>,
     #[serde(default)]
     pub mysql_type: Option<Row>,
     #[serde(default)]
@@ -46,6 +52,27 @@ pub struct CanalMessage {
     pub tidb: Option<TidbExtension>,
     #[serde(default, rename = "_binlog")]
     pub binlog: Option<BinlogExtension>,
+}
+
+/// A JSON object whose contents are checked and skipped, not kept.
+#[derive(Debug)]
+pub struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<AnyObject, A::Error> {
+                while access.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyObject)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
 }
 
 /// cdc-monitor's `_binlog` extension on changes it captured from a MySQL or

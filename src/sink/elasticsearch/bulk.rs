@@ -4,36 +4,17 @@
 //! change meets its earlier copy and gets 409, which counts as stored. The
 //! document itself is `sink::document`, the shape the embedded store keeps too.
 
-use serde::Serialize;
-
 use crate::event::ChangeEvent;
-use crate::sink::document::document;
-
-#[derive(Serialize)]
-struct Action<'a> {
-    create: ActionMeta<'a>,
-}
-
-#[derive(Serialize)]
-struct ActionMeta<'a> {
-    #[serde(rename = "_index")]
-    index: &'a str,
-    #[serde(rename = "_id")]
-    id: String,
-}
+use crate::sink::document::{push_json_str, write_document};
 
 /// Appends the action line and the document line for `event`.
 pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent, ingested_at: &str) {
-    let action = Action {
-        create: ActionMeta {
-            index,
-            id: event.document_id().to_string(),
-        },
-    };
-    // Serialising these borrowed structs into a Vec cannot fail: every key is a string.
-    serde_json::to_writer(&mut *buf, &action).expect("action serialises");
-    buf.push(b'\n');
-    serde_json::to_writer(&mut *buf, &document(event, ingested_at)).expect("document serialises");
+    buf.extend_from_slice(b"{\"create\":{\"_index\":");
+    push_json_str(buf, index);
+    buf.extend_from_slice(b",\"_id\":\"");
+    buf.extend_from_slice(&event.document_id().hex());
+    buf.extend_from_slice(b"\"}}\n");
+    write_document(buf, event, ingested_at);
     buf.push(b'\n');
 }
 
@@ -42,6 +23,7 @@ mod tests {
     use super::*;
     use crate::canal::{decode, Decoded};
     use crate::event::SourcePosition;
+    use crate::sink::document::document;
     use std::sync::Arc;
 
     /// Messages beyond the fixtures that stress the byte-exact rendering:
@@ -88,6 +70,11 @@ mod tests {
                     continue;
                 };
                 for mut e in events {
+                    let mut doc = Vec::new();
+                    write_document(&mut doc, &e, "2024-01-01T00:00:00.000Z");
+                    let serialised =
+                        serde_json::to_vec(&document(&e, "2024-01-01T00:00:00.000Z")).unwrap();
+                    assert_eq!(doc, serialised, "write_document and document disagree");
                     encode(&mut body, "cdc-events", &e, "2024-01-01T00:00:00.000Z");
                     super::super::state_index::encode(&mut body, "cdc-state", &e);
                     e.reason = Some("repair \"x\"".into());
