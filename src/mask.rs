@@ -99,12 +99,14 @@ impl Masker {
 
     /// Masks the matching columns of `event`'s `data`, `old` and `pk`.
     pub fn mask_event(&self, event: &mut ChangeEvent) {
-        let patterns: Vec<&ColumnPattern> = self
-            .patterns
-            .iter()
-            .filter(|p| p.matches_table(&event.database, &event.table))
-            .collect();
-        if patterns.is_empty() {
+        // Which patterns name this table, as bits: no allocation per event.
+        let mut table_patterns = 0u64;
+        for (i, p) in self.patterns.iter().enumerate() {
+            if i >= 64 || p.matches_table(&event.database, &event.table) {
+                table_patterns |= 1 << i.min(63);
+            }
+        }
+        if table_patterns == 0 {
             return;
         }
         let rows = [
@@ -113,17 +115,26 @@ impl Masker {
             event.old.as_mut(),
         ];
         for row in rows.into_iter().flatten() {
-            self.mask_row(&patterns, row);
+            self.mask_row(table_patterns, &event.database, &event.table, row);
         }
     }
 
-    fn mask_row(&self, patterns: &[&ColumnPattern], row: &mut Row) {
+    fn mask_row(&self, table_patterns: u64, database: &str, table: &str, row: &mut Row) {
         for (name, value) in &mut row.0 {
             if value.get() == "null" {
                 continue;
             }
             let column = lowercase(name);
-            if patterns.iter().any(|p| p.matches_column(&column)) {
+            let matches = self.patterns.iter().enumerate().any(|(i, p)| {
+                // Past 64 patterns the bit is shared: ask the table again.
+                let names_table = if i < 63 {
+                    table_patterns & (1 << i) != 0
+                } else {
+                    p.matches_table(database, table)
+                };
+                names_table && p.matches_column(&column)
+            });
+            if matches {
                 *value = self.masked_value(value);
             }
         }

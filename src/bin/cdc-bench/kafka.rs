@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use cdc_monitor::cli::BenchArgs;
+use cdc_monitor::config::{Config, Layers, Origin};
+use cdc_monitor::kafka_client;
 use rdkafka::producer::Producer;
 
 use crate::broker::{self, create_topic, send};
@@ -55,6 +57,15 @@ pub async fn backlog(
         "backlog: produced {n} events in {:.1} s",
         started.elapsed().as_secs_f64()
     )?;
+    let bare = bare_consume(brokers, &topic, n).await?;
+    writeln!(
+        out,
+        "bare librdkafka consume (the consumer's client settings, no decode, no sink): {} messages in {:.1} s from start = {:.0} messages/s ({:.0} messages/s from the first message)",
+        bare.messages,
+        bare.total_secs,
+        bare.messages as f64 / bare.total_secs,
+        bare.messages as f64 / bare.from_first_secs.max(1e-9)
+    )?;
     // The same backlog twice, by a group of its own each time: bulk
     // bodies gzip-compressed (the default), then plain.
     for compression in ["gzip", "none"] {
@@ -98,8 +109,64 @@ pub async fn backlog(
             wire as f64 / (done as f64).max(1.0)
         )?;
         writeln!(out, "  peak RSS while catching up {n} events: {rss:.1} MiB")?;
+        writeln!(
+            out,
+            "  ratio to bare consume: {:.0}% from start, {:.0}% from the first document",
+            100.0 * (done as f64 / total) / (bare.messages as f64 / bare.total_secs),
+            100.0 * (done as f64 / from_first.max(1e-9))
+                / (bare.messages as f64 / bare.from_first_secs.max(1e-9))
+        )?;
     }
     Ok(())
+}
+
+/// What the bare consumer measured.
+struct BareConsume {
+    messages: u64,
+    total_secs: f64,
+    from_first_secs: f64,
+}
+
+/// Consumes `n` messages of `topic` in a group of its own with the client
+/// settings `cdc-monitor run` uses (`kafka_client::consumer_config` of the
+/// same defaults), reading each payload's length and nothing more: the
+/// ceiling the consumer's own work is measured against.
+async fn bare_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<BareConsume> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+
+    let mut layers = Layers::default();
+    let group = format!("bench-bare-{}-{}", std::process::id(), crate::now_millis());
+    for (path, value) in [
+        ("kafka.brokers", brokers),
+        ("kafka.topics", topic),
+        ("kafka.group_id", &group),
+        ("es.url", "http://127.0.0.1:9"),
+    ] {
+        layers.set(path, value.to_owned(), Origin::Flag("bench"));
+    }
+    let cfg = Config::from_layers(&layers)?;
+    let consumer: StreamConsumer = kafka_client::consumer_config(&cfg.kafka).create()?;
+    consumer.subscribe(&[topic])?;
+    let started = Instant::now();
+    let mut first: Option<Instant> = None;
+    let (mut messages, mut bytes) = (0u64, 0usize);
+    let deadline = started + Duration::from_secs(600);
+    while messages < n as u64 && Instant::now() < deadline {
+        let m = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(m) => m?,
+            Err(_) => continue,
+        };
+        first.get_or_insert_with(Instant::now);
+        bytes += m.payload().map_or(0, <[u8]>::len);
+        messages += 1;
+    }
+    anyhow::ensure!(bytes > 0, "the bare consumer read no bytes");
+    Ok(BareConsume {
+        messages,
+        total_secs: started.elapsed().as_secs_f64(),
+        from_first_secs: first.map_or(0.0, |f| f.elapsed().as_secs_f64()),
+    })
 }
 
 /// A backlog of large messages (one wide text column each) through the
