@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use crate::canal::message::{CanalMessage, WATERMARK_TYPE};
 use crate::event::{ChangeEvent, LargeMessage, Op, Row, SourcePosition};
 
@@ -57,6 +59,46 @@ pub fn tso_to_millis(ts: u64) -> i64 {
 
 /// Decodes one canal-json message into events tagged with `position`.
 pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, DecodeError> {
+    Decoder::default().decode(payload, position)
+}
+
+/// Decodes the messages of one stream in turn and shares what consecutive
+/// messages repeat: a table's `mysqlType` object is parsed once while it
+/// stays the same, and its events share it.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// The last `mysqlType` text and its parsed row.
+    mysql_types: Option<(Box<str>, Arc<Row>)>,
+}
+
+impl Decoder {
+    /// Decodes one canal-json message into events tagged with `position`.
+    pub fn decode(
+        &mut self,
+        payload: &[u8],
+        position: &SourcePosition,
+    ) -> Result<Decoded, DecodeError> {
+        decode_message(payload, position, self)
+    }
+
+    /// The parsed `mysqlType` of `raw`, from the last message when it is the same text.
+    fn mysql_types(&mut self, raw: &RawValue) -> Result<Arc<Row>, DecodeError> {
+        if let Some((text, row)) = &self.mysql_types {
+            if text.as_ref() == raw.get() {
+                return Ok(row.clone());
+            }
+        }
+        let row = Arc::new(serde_json::from_str::<Row>(raw.get())?);
+        self.mysql_types = Some((raw.get().into(), row.clone()));
+        Ok(row)
+    }
+}
+
+fn decode_message(
+    payload: &[u8],
+    position: &SourcePosition,
+    decoder: &mut Decoder,
+) -> Result<Decoded, DecodeError> {
     if payload.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::Empty);
     }
@@ -126,7 +168,10 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
     }
     let pk_names = msg.pk_names.unwrap_or_default();
     // Shared by the message's events rather than copied into each.
-    let mysql_types = msg.mysql_type.map(Arc::new);
+    let mysql_types = match msg.mysql_type {
+        Some(raw) => Some(decoder.mysql_types(raw)?),
+        None => None,
+    };
     // One message can carry several rows (Canal's flat messages): one event per row.
     let mut events = Vec::with_capacity(rows.len());
     for (i, data) in rows.into_iter().enumerate() {
@@ -238,6 +283,29 @@ mod tests {
         assert_eq!(e[0].op, Op::Ddl);
         assert!(e[0].sql.as_deref().unwrap().starts_with("ALTER TABLE"));
         assert!(e[0].commit_ts.is_some());
+    }
+
+    #[test]
+    fn a_decoder_shares_mysql_types_while_they_repeat() {
+        let mut d = Decoder::default();
+        let p = SourcePosition::None;
+        let types = |d: &mut Decoder, name: &str| match d.decode(&fixture(name), &p).unwrap() {
+            Decoded::Events(e) => e[0].mysql_types.clone().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let a = types(&mut d, "insert_tidb.json");
+        let b = types(&mut d, "insert_tidb.json");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = types(&mut d, "update.json");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.get("email").unwrap().get(), "\"varchar\"");
+        let err = d
+            .decode(
+                br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"es":1,"mysqlType":[1]}"#,
+                &p,
+            )
+            .unwrap_err();
+        assert_eq!(err.reason(), "invalid_json");
     }
 
     #[test]

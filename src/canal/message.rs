@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::event::Row;
 
@@ -42,8 +43,10 @@ pub struct CanalMessage<'a> {
     /// Nothing reads the JDBC types; an object is still required, as before.
     #[serde(default)]
     pub sql_type: Option<AnyObject>,
-    #[serde(default)]
-    pub mysql_type: Option<Row>,
+    /// Kept as its text: consecutive messages of a table repeat it, and
+    /// `Decoder` parses it only when it changes.
+    #[serde(default, borrow)]
+    pub mysql_type: Option<&'a RawValue>,
     #[serde(default)]
     pub data: Option<Vec<Row>>,
     #[serde(default)]

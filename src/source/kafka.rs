@@ -27,7 +27,7 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::canal::{decode, Decoded};
+use crate::canal::{Decoded, Decoder};
 use crate::checkpoint::{kafka_stream, Checkpoint, StoredCheckpoints};
 use crate::clock::now_millis;
 use crate::config::KafkaConfig;
@@ -260,6 +260,7 @@ impl KafkaSource {
         &self,
         msg: &rdkafka::message::BorrowedMessage<'_>,
         topic: &Arc<str>,
+        decoder: &mut Decoder,
     ) -> Option<Envelope> {
         let partition = msg.partition();
         let offset = msg.offset();
@@ -277,7 +278,7 @@ impl KafkaSource {
             payload,
         };
         // Decode before taking the lock: the sink's acknowledgements need it too.
-        let decoded = decode(&origin.payload, &position);
+        let decoded = decoder.decode(&origin.payload, &position);
         let checkpoint = self.emit_checkpoints.then(|| Checkpoint::Kafka {
             topic: topic.clone(),
             partition,
@@ -365,6 +366,7 @@ impl KafkaSource {
     async fn read(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
         info!(topics = ?self.topics, group = %self.group_id, "consuming");
         let mut topics: Vec<Arc<str>> = Vec::new();
+        let mut decoder = Decoder::default();
         loop {
             let msg = tokio::select! {
                 biased;
@@ -388,7 +390,7 @@ impl KafkaSource {
                     t
                 }
             };
-            let Some(envelope) = self.envelope(&msg, &topic) else {
+            let Some(envelope) = self.envelope(&msg, &topic, &mut decoder) else {
                 continue;
             };
             drop(msg);

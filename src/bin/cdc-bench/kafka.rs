@@ -69,7 +69,7 @@ pub async fn backlog(
     // The same backlog twice, by a group of its own each time: bulk
     // bodies gzip-compressed (the default), then plain.
     for compression in ["gzip", "none"] {
-        let before = (sink.docs(), sink.wire_bytes());
+        let before = (sink.docs(), sink.wire_bytes(), sink.requests());
         let (child, _) = spawn_consumer(
             brokers,
             &topic,
@@ -92,6 +92,7 @@ pub async fn backlog(
         }
         let done = sink.docs() - before.0;
         let wire = sink.wire_bytes() - before.1;
+        let requests = sink.requests() - before.2;
         let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
         let total = started.elapsed().as_secs_f64();
         let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
@@ -107,6 +108,11 @@ pub async fn backlog(
             "  bulk bytes on the wire: {:.1} MiB, {:.0} bytes/event",
             wire as f64 / (1 << 20) as f64,
             wire as f64 / (done as f64).max(1.0)
+        )?;
+        writeln!(
+            out,
+            "  bulk requests: {requests}, {:.0} events per request",
+            done as f64 / (requests as f64).max(1.0)
         )?;
         writeln!(out, "  peak RSS while catching up {n} events: {rss:.1} MiB")?;
         writeln!(
