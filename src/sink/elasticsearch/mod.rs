@@ -104,7 +104,10 @@ impl ElasticsearchSink {
             .sum();
         let mut body = Vec::with_capacity(estimate);
         let mut index = String::new();
-        for &i in indices.iter().filter(|i| !stored.contains(i)) {
+        for &i in indices
+            .iter()
+            .filter(|i| stored.is_empty() || !stored.contains(i))
+        {
             let e = &events[i];
             // From the event alone, never the clock: a replay meets its first copy.
             index.clear();
