@@ -12,7 +12,7 @@ use rdkafka::producer::Producer;
 
 use crate::broker::{self, create_topic, send};
 use crate::bulk_stub::BulkStub;
-use crate::process::{free_port, monitor_run, peak_rss_mib, KillOnDrop};
+use crate::process::{cpu_seconds, free_port, monitor_run, peak_rss_mib, KillOnDrop};
 use crate::sample;
 
 /// Starts a consumer of `topic` in a group of its own, with `env` on top of
@@ -96,6 +96,7 @@ pub async fn backlog(
         let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
         let total = started.elapsed().as_secs_f64();
         let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN);
         drop(child);
         writeln!(
             out,
@@ -117,6 +118,12 @@ pub async fn backlog(
         writeln!(out, "  peak RSS while catching up {n} events: {rss:.1} MiB")?;
         writeln!(
             out,
+            "  consumer CPU time: {cpu:.1} s = {:.1} µs per event (bare consume: {:.1} µs per message)",
+            cpu * 1e6 / (done as f64).max(1.0),
+            bare.cpu_secs * 1e6 / (bare.messages as f64).max(1.0)
+        )?;
+        writeln!(
+            out,
             "  ratio to bare consume: {:.0}% from start, {:.0}% from the first document",
             100.0 * (done as f64 / total) / (bare.messages as f64 / bare.total_secs),
             100.0 * (done as f64 / from_first.max(1e-9))
@@ -131,6 +138,8 @@ struct BareConsume {
     messages: u64,
     total_secs: f64,
     from_first_secs: f64,
+    /// CPU time the bench process used meanwhile (the idle bulk endpoint aside, all consuming).
+    cpu_secs: f64,
 }
 
 /// Consumes `n` messages of `topic` in a group of its own with the client
@@ -155,6 +164,7 @@ async fn bare_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<Ba
     let consumer: StreamConsumer = kafka_client::consumer_config(&cfg.kafka).create()?;
     consumer.subscribe(&[topic])?;
     let started = Instant::now();
+    let cpu_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
     let mut first: Option<Instant> = None;
     let (mut messages, mut bytes) = (0u64, 0usize);
     let deadline = started + Duration::from_secs(600);
@@ -172,6 +182,7 @@ async fn bare_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<Ba
         messages,
         total_secs: started.elapsed().as_secs_f64(),
         from_first_secs: first.map_or(0.0, |f| f.elapsed().as_secs_f64()),
+        cpu_secs: cpu_seconds(std::process::id()).unwrap_or(f64::NAN) - cpu_before,
     })
 }
 
