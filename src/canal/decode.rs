@@ -102,7 +102,13 @@ fn decode_message(
     if payload.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::Empty);
     }
-    let msg: CanalMessage = serde_json::from_slice(payload)?;
+    // Checked as UTF-8 once, here, so the parser need not check each
+    // string again; serde_json also accepts invalid bytes inside values it
+    // skips, so such a payload takes the byte parser as before.
+    let msg: CanalMessage = match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::from_str(text)?,
+        Err(_) => serde_json::from_slice(payload)?,
+    };
     let tidb = msg.tidb.unwrap_or_default();
 
     if msg.kind == WATERMARK_TYPE {
