@@ -109,6 +109,10 @@ fn decode_message(
         Ok(text) => serde_json::from_str(text)?,
         Err(_) => serde_json::from_slice(payload)?,
     };
+    if let Some(raw) = msg.sql_type.filter(|r| !r.get().starts_with('{')) {
+        // Not an object: the error a parse as a row gives, as for any bad field.
+        serde_json::from_str::<Row>(raw.get())?;
+    }
     let tidb = msg.tidb.unwrap_or_default();
 
     if msg.kind == WATERMARK_TYPE {
@@ -372,6 +376,7 @@ mod tests {
             (br#"{"type":"MERGE","database":"a","table":"t","data":[{}],"es":1}"#, "unknown_type"),
             (br#"{"type":"INSERT","database":"a","table":"t","pkNames":["id"],"data":[{"x":"1"}],"es":1}"#, "pk_missing"),
             (br#"{"type":"TIDB_WATERMARK","_tidb":{}}"#, "missing_field"),
+            (br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"es":1,"sqlType":[]}"#, "invalid_json"),
             (br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"_tidb":{"commitTs":1.5}}"#, "invalid_json"),
         ];
         for (input, reason) in cases {

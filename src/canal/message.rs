@@ -6,10 +6,8 @@
 //! `data`, `old`, and with `enable-tidb-extension=true` the `_tidb` object.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::Row;
@@ -40,9 +38,9 @@ pub struct CanalMessage<'a> {
     pub ts: Option<i64>,
     #[serde(default, borrow)]
     pub sql: Option<Cow<'a, str>>,
-    /// Nothing reads the JDBC types; an object is still required, as before.
-    #[serde(default)]
-    pub sql_type: Option<AnyObject>,
+    /// Nothing reads the JDBC types; `decode` still requires an object.
+    #[serde(default, borrow)]
+    pub sql_type: Option<&'a RawValue>,
     /// Kept as its text: consecutive messages of a table repeat it, and
     /// `Decoder` parses it only when it changes.
     #[serde(default, borrow)]
@@ -55,27 +53,6 @@ pub struct CanalMessage<'a> {
     pub tidb: Option<TidbExtension>,
     #[serde(default, rename = "_binlog")]
     pub binlog: Option<BinlogExtension>,
-}
-
-/// A JSON object whose contents are checked and skipped, not kept.
-#[derive(Debug)]
-pub struct AnyObject;
-
-impl<'de> Deserialize<'de> for AnyObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = AnyObject;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<AnyObject, A::Error> {
-                while access.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AnyObject)
-            }
-        }
-        deserializer.deserialize_map(ObjectVisitor)
-    }
 }
 
 /// cdc-monitor's `_binlog` extension on changes it captured from a MySQL or
