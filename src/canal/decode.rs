@@ -109,9 +109,13 @@ fn decode_message(
         Ok(text) => serde_json::from_str(text)?,
         Err(_) => serde_json::from_slice(payload)?,
     };
-    if let Some(raw) = msg.sql_type.filter(|r| !r.get().starts_with('{')) {
-        // Not an object: the error a parse as a row gives, as for any bad field.
-        serde_json::from_str::<Row>(raw.get())?;
+    // Kept as text, parsed later or never: still objects, or the message
+    // fails here, as when they were parsed with it.
+    for raw in [msg.sql_type, msg.mysql_type].into_iter().flatten() {
+        if !raw.get().starts_with('{') {
+            // The error a parse as a row gives, as for any bad field.
+            serde_json::from_str::<Row>(raw.get())?;
+        }
     }
     let tidb = msg.tidb.unwrap_or_default();
 
@@ -377,6 +381,8 @@ mod tests {
             (br#"{"type":"INSERT","database":"a","table":"t","pkNames":["id"],"data":[{"x":"1"}],"es":1}"#, "pk_missing"),
             (br#"{"type":"TIDB_WATERMARK","_tidb":{}}"#, "missing_field"),
             (br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"es":1,"sqlType":[]}"#, "invalid_json"),
+            (br#"{"type":"INSERT","database":"a","table":"t","data":[],"es":1,"mysqlType":"x"}"#, "invalid_json"),
+            (br#"{"type":"QUERY","isDdl":true,"database":"a","es":1,"mysqlType":1}"#, "invalid_json"),
             (br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"_tidb":{"commitTs":1.5}}"#, "invalid_json"),
         ];
         for (input, reason) in cases {
