@@ -179,8 +179,9 @@ pub struct ChangeEvent {
     pub commit_ts: Option<u64>,
     /// The statement, for DDL.
     pub sql: Option<String>,
-    /// Column types as MySQL names them, when the source provides them.
-    pub mysql_types: Option<Row>,
+    /// Column types as MySQL names them, when the source provides them;
+    /// shared by the events of one message or table.
+    pub mysql_types: Option<Arc<Row>>,
     /// Set when the message was reduced by TiCDC's large-message handling.
     pub large_message: Option<LargeMessage>,
     /// Why cdc-monitor itself wrote this event (`reconcile --repair`), when it did.
@@ -192,9 +193,22 @@ pub struct ChangeEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DocumentId(pub u128);
 
+impl DocumentId {
+    /// The id as 32 lower-case hex digits, on the stack.
+    pub fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = DIGITS[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for DocumentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -260,7 +274,7 @@ impl ChangeEvent {
         let rows = self.pk.json_len()
             + self.data.json_len()
             + self.old.as_ref().map_or(0, Row::json_len)
-            + self.mysql_types.as_ref().map_or(0, Row::json_len);
+            + self.mysql_types.as_deref().map_or(0, Row::json_len);
         rows + self.database.len()
             + self.table.len()
             + self.sql.as_ref().map_or(0, String::len)
@@ -352,6 +366,8 @@ mod tests {
         assert_ne!(a, event(Op::Insert, "2", ts).document_id());
         assert_ne!(a, event(Op::Insert, "1", Some(raw_ts + 1)).document_id());
         assert_eq!(a.to_string().len(), 32);
+        assert_eq!(a.to_string(), format!("{:032x}", a.0));
+        assert_eq!(DocumentId(0xab).to_string(), format!("{:032x}", 0xab));
     }
 
     #[test]

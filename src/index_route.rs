@@ -12,6 +12,7 @@
 //! Grafana.
 
 use std::fmt;
+use std::fmt::Write as _;
 
 /// Longest index name Elasticsearch accepts, in bytes.
 const MAX_INDEX_BYTES: usize = 255;
@@ -122,24 +123,30 @@ impl IndexRoute {
     /// The index of an event of `database`.`table` committed at `commit_time_ms`.
     pub fn index_for(&self, database: &str, table: &str, commit_time_ms: i64) -> String {
         let mut out = String::with_capacity(self.text.len() + 32);
+        self.push_index(&mut out, database, table, commit_time_ms);
+        out
+    }
+
+    /// `index_for` appended to `out`, so that a batch reuses one buffer.
+    pub fn push_index(&self, out: &mut String, database: &str, table: &str, commit_time_ms: i64) {
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
-                Part::Database => push_sanitised(&mut out, database),
-                Part::Table => push_sanitised(&mut out, table),
+                Part::Database => push_sanitised(out, database),
+                Part::Table => push_sanitised(out, table),
                 Part::Day | Part::Month => {
                     let secs = commit_time_ms.div_euclid(1000);
                     // Out of range: the epoch, as `clock::rfc3339_millis` clamps.
                     let t = time::OffsetDateTime::from_unix_timestamp(secs)
                         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-                    out.push_str(&format!("{:04}.{:02}", t.year(), t.month() as u8));
+                    // Writing into a String cannot fail.
+                    let _ = write!(out, "{:04}.{:02}", t.year(), t.month() as u8);
                     if *part == Part::Day {
-                        out.push_str(&format!(".{:02}", t.day()));
+                        let _ = write!(out, ".{:02}", t.day());
                     }
                 }
             }
         }
-        out
     }
 
     /// The wildcard covering every expansion: each placeholder becomes `*`.

@@ -10,7 +10,7 @@ use rdkafka::ClientContext;
 use secrecy::ExposeSecret;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaConfig, DLQ_HEADROOM};
+use crate::config::{KafkaConfig, OffsetReset, DLQ_HEADROOM};
 
 /// A Kafka client could not be created (a bad property, say).
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,50 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     if let Some(p) = &cfg.sasl_password {
         c.set("sasl.password", p.expose_secret());
     }
+    c
+}
+
+/// The consumer's librdkafka settings (group, offsets, fetch sizes), as
+/// the Kafka source uses them and the bench's bare consumer copies them.
+pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match cfg.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        )
+        // librdkafka's 45 s default leaves a crashed member's partitions
+        // idle too long; 10 s moves them within the 30 s we promise.
+        .set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (cfg.session_timeout.as_millis() / 3).max(100).to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            cfg.queue_max_kbytes.to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            cfg.fetch_wait_max.as_millis().max(1).to_string(),
+        )
+        // One fetch response fits the prefetch queue; a single larger
+        // message still comes through (Kafka returns at least one).
+        .set(
+            "fetch.max.bytes",
+            (cfg.queue_max_kbytes * 1024)
+                .clamp(1 << 20, 50 << 20)
+                .to_string(),
+        )
+        .set("enable.partition.eof", "false");
     c
 }
 

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -21,7 +22,7 @@ use serde_json::value::RawValue;
 use sha2::Sha256;
 
 use crate::config::{ColumnPattern, MaskConfig, MASK_KEY_MIN_BYTES};
-use crate::event::{ChangeEvent, Row};
+use crate::event::ChangeEvent;
 use crate::owner_only;
 
 /// The prefix of every masked value.
@@ -43,11 +44,55 @@ pub enum MaskError {
 }
 
 /// Replaces the values of matching columns with their keyed hash.
-#[derive(Clone)]
 pub struct Masker {
     patterns: Vec<ColumnPattern>,
     /// Keyed once; each value hashes with a clone, which skips re-keying.
     mac: Hmac<Sha256>,
+    /// Which columns of the last table matched: the patterns are tried once
+    /// per column name, not for every column of every event.
+    cache: Mutex<ColumnCache>,
+}
+
+impl Clone for Masker {
+    fn clone(&self) -> Masker {
+        Masker {
+            patterns: self.patterns.clone(),
+            mac: self.mac.clone(),
+            cache: Mutex::default(),
+        }
+    }
+}
+
+/// The masking decisions for the columns of one table.
+#[derive(Default)]
+struct ColumnCache {
+    /// `(database, table)`; `None` before the first event.
+    table: Option<(Box<str>, Box<str>)>,
+    /// Some pattern names this table.
+    any_pattern: bool,
+    /// Column name and whether it is masked, in the order first seen.
+    columns: Vec<(Box<str>, bool)>,
+}
+
+impl ColumnCache {
+    fn is_for(&self, database: &str, table: &str) -> bool {
+        self.table
+            .as_ref()
+            .is_some_and(|(d, t)| d.as_ref() == database && t.as_ref() == table)
+    }
+
+    /// The decision for `name`, the `i`th column of its row: rows of a
+    /// table list their columns in one order, so position `i` is tried first.
+    fn lookup(&self, i: usize, name: &str) -> Option<bool> {
+        match self.columns.get(i) {
+            Some((n, masked)) if n.as_ref() == name => Some(*masked),
+            _ => self
+                .columns
+                .iter()
+                .find(|(n, _)| n.as_ref() == name)
+                .map(|(_, masked)| *masked),
+        }
+    }
 }
 
 impl std::fmt::Debug for Masker {
@@ -80,6 +125,7 @@ impl Masker {
             patterns,
             // HMAC takes a key of any length.
             mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length"),
+            cache: Mutex::default(),
         }
     }
 
@@ -99,12 +145,23 @@ impl Masker {
 
     /// Masks the matching columns of `event`'s `data`, `old` and `pk`.
     pub fn mask_event(&self, event: &mut ChangeEvent) {
-        let patterns: Vec<&ColumnPattern> = self
-            .patterns
-            .iter()
-            .filter(|p| p.matches_table(&event.database, &event.table))
-            .collect();
-        if patterns.is_empty() {
+        // A poisoned cache is only a cache: start it again.
+        let mut cache = self.cache.lock().unwrap_or_else(|p| {
+            let mut c = p.into_inner();
+            *c = ColumnCache::default();
+            c
+        });
+        if !cache.is_for(&event.database, &event.table) {
+            *cache = ColumnCache {
+                table: Some((event.database.as_str().into(), event.table.as_str().into())),
+                any_pattern: self
+                    .patterns
+                    .iter()
+                    .any(|p| p.matches_table(&event.database, &event.table)),
+                columns: Vec::new(),
+            };
+        }
+        if !cache.any_pattern {
             return;
         }
         let rows = [
@@ -113,18 +170,25 @@ impl Masker {
             event.old.as_mut(),
         ];
         for row in rows.into_iter().flatten() {
-            self.mask_row(&patterns, row);
-        }
-    }
-
-    fn mask_row(&self, patterns: &[&ColumnPattern], row: &mut Row) {
-        for (name, value) in &mut row.0 {
-            if value.get() == "null" {
-                continue;
-            }
-            let column = lowercase(name);
-            if patterns.iter().any(|p| p.matches_column(&column)) {
-                *value = self.masked_value(value);
+            for (i, (name, value)) in row.0.iter_mut().enumerate() {
+                if value.get() == "null" {
+                    continue;
+                }
+                let masked = match cache.lookup(i, name) {
+                    Some(masked) => masked,
+                    None => {
+                        let column = lowercase(name);
+                        let masked = self.patterns.iter().any(|p| {
+                            p.matches_table(&event.database, &event.table)
+                                && p.matches_column(&column)
+                        });
+                        cache.columns.push((name.clone(), masked));
+                        masked
+                    }
+                };
+                if masked {
+                    *value = self.masked_value(value);
+                }
             }
         }
     }
@@ -227,7 +291,7 @@ mod tests {
 
     use super::*;
     use crate::config::ColumnPattern;
-    use crate::event::Op;
+    use crate::event::{Op, Row};
 
     const DEFAULT: &str = "*.*.*password*,*.*.*passwd*,*.*.*secret*,*.*.*token*";
 
@@ -248,6 +312,37 @@ mod tests {
             Some(row()),
             1_700_000_000_000,
         )
+    }
+
+    #[test]
+    fn decisions_follow_the_table_and_the_column_whatever_came_before() {
+        let m = Masker::new(
+            patterns("appdb.users.code,shop.*.note"),
+            b"0123456789abcdef",
+        );
+        let masked = |e: &ChangeEvent, col: &str| e.data.text(col).unwrap().starts_with(PREFIX);
+        for round in 0..2 {
+            let mut users = event(&[("id", json!(1)), ("code", json!("x")), ("note", json!("y"))]);
+            m.mask_event(&mut users);
+            assert!(
+                masked(&users, "code") && !masked(&users, "note"),
+                "round {round}"
+            );
+            // Another table, and the columns in another order.
+            let mut orders = event(&[("note", json!("y")), ("id", json!(2)), ("code", json!("x"))]);
+            orders.database = "shop".into();
+            orders.table = "orders".into();
+            m.mask_event(&mut orders);
+            assert!(
+                masked(&orders, "note") && !masked(&orders, "code"),
+                "round {round}"
+            );
+            let mut reordered = event(&[("code", json!("x")), ("note", json!("y"))]);
+            m.mask_event(&mut reordered);
+            assert!(masked(&reordered, "code") && !masked(&reordered, "note"));
+            // Its key column `id` (the pk row, another order) is not masked.
+            assert!(!reordered.pk.text("id").unwrap().starts_with(PREFIX));
+        }
     }
 
     #[test]

@@ -410,13 +410,23 @@ impl Metrics {
     pub fn stored(&self, events: &[&ChangeEvent], now_ms: i64) {
         // One lock per batch, not per event: this runs for every event stored.
         let mut seen = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        for e in events {
-            let (database, table) = self.table_labels(&mut seen, &e.database, &e.table);
-            self.events
-                .with_label_values(&[database, table, e.op.as_str()])
-                .inc();
+        // Counted per run of events of one table and op: one label lookup
+        // for a run rather than one per event.
+        let mut start = 0;
+        for (i, e) in events.iter().enumerate() {
             let latency = (now_ms - e.commit_time_ms).max(0) as f64 / 1000.0;
             self.end_to_end_latency.observe(latency);
+            let first = events[start];
+            let run_ends = events.get(i + 1).is_none_or(|next| {
+                next.op != first.op || next.table != first.table || next.database != first.database
+            });
+            if run_ends {
+                let (database, table) = self.table_labels(&mut seen, &first.database, &first.table);
+                self.events
+                    .with_label_values(&[database, table, first.op.as_str()])
+                    .inc_by((i + 1 - start) as u64);
+                start = i + 1;
+            }
         }
     }
 

@@ -1,5 +1,9 @@
 //! canal-json bytes to normalised events.
 
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
 use crate::canal::message::{CanalMessage, WATERMARK_TYPE};
 use crate::event::{ChangeEvent, LargeMessage, Op, Row, SourcePosition};
 
@@ -55,10 +59,64 @@ pub fn tso_to_millis(ts: u64) -> i64 {
 
 /// Decodes one canal-json message into events tagged with `position`.
 pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, DecodeError> {
+    Decoder::default().decode(payload, position)
+}
+
+/// Decodes the messages of one stream in turn and shares what consecutive
+/// messages repeat: a table's `mysqlType` object is parsed once while it
+/// stays the same, and its events share it.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// The last `mysqlType` text and its parsed row.
+    mysql_types: Option<(Box<str>, Arc<Row>)>,
+}
+
+impl Decoder {
+    /// Decodes one canal-json message into events tagged with `position`.
+    pub fn decode(
+        &mut self,
+        payload: &[u8],
+        position: &SourcePosition,
+    ) -> Result<Decoded, DecodeError> {
+        decode_message(payload, position, self)
+    }
+
+    /// The parsed `mysqlType` of `raw`, from the last message when it is the same text.
+    fn mysql_types(&mut self, raw: &RawValue) -> Result<Arc<Row>, DecodeError> {
+        if let Some((text, row)) = &self.mysql_types {
+            if text.as_ref() == raw.get() {
+                return Ok(row.clone());
+            }
+        }
+        let row = Arc::new(serde_json::from_str::<Row>(raw.get())?);
+        self.mysql_types = Some((raw.get().into(), row.clone()));
+        Ok(row)
+    }
+}
+
+fn decode_message(
+    payload: &[u8],
+    position: &SourcePosition,
+    decoder: &mut Decoder,
+) -> Result<Decoded, DecodeError> {
     if payload.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DecodeError::Empty);
     }
-    let msg: CanalMessage = serde_json::from_slice(payload)?;
+    // Checked as UTF-8 once, here, so the parser need not check each
+    // string again; serde_json also accepts invalid bytes inside values it
+    // skips, so such a payload takes the byte parser as before.
+    let msg: CanalMessage = match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::from_str(text)?,
+        Err(_) => serde_json::from_slice(payload)?,
+    };
+    // Kept as text, parsed later or never: still objects, or the message
+    // fails here, as when they were parsed with it.
+    for raw in [msg.sql_type, msg.mysql_type].into_iter().flatten() {
+        if !raw.get().starts_with('{') {
+            // The error a parse as a row gives, as for any bad field.
+            serde_json::from_str::<Row>(raw.get())?;
+        }
+    }
     let tidb = msg.tidb.unwrap_or_default();
 
     if msg.kind == WATERMARK_TYPE {
@@ -88,9 +146,9 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
 
     if msg.is_ddl {
         let mut ddl = ChangeEvent::ddl(
-            database,
-            table,
-            msg.sql.unwrap_or_default(),
+            database.into_owned(),
+            table.into_owned(),
+            msg.sql.unwrap_or_default().into_owned(),
             commit_time_ms,
             commit_ts,
             position.clone(),
@@ -99,16 +157,18 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
         return Ok(Decoded::Events(vec![ddl]));
     }
 
-    let op = match msg.kind.as_str() {
+    let op = match msg.kind.as_ref() {
         "INSERT" if msg.binlog.as_ref().is_some_and(|b| b.snapshot) => Op::Snapshot,
         "INSERT" => Op::Insert,
         "UPDATE" => Op::Update,
         "DELETE" => Op::Delete,
-        _ => return Err(DecodeError::UnknownType(msg.kind)),
+        _ => return Err(DecodeError::UnknownType(msg.kind.into_owned())),
     };
     let rows = msg.data.unwrap_or_default();
     if rows.is_empty() {
-        return Err(DecodeError::NoRows { kind: msg.kind });
+        return Err(DecodeError::NoRows {
+            kind: msg.kind.into_owned(),
+        });
     }
     let mut olds = msg.old.map(|o| o.into_iter().map(Some).collect::<Vec<_>>());
     if let Some(o) = &olds {
@@ -121,15 +181,20 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
         }
     }
     let pk_names = msg.pk_names.unwrap_or_default();
+    // Shared by the message's events rather than copied into each.
+    let mysql_types = match msg.mysql_type {
+        Some(raw) => Some(decoder.mysql_types(raw)?),
+        None => None,
+    };
     // One message can carry several rows (Canal's flat messages): one event per row.
     let mut events = Vec::with_capacity(rows.len());
     for (i, data) in rows.into_iter().enumerate() {
         let mut pk = Vec::with_capacity(pk_names.len());
         for name in &pk_names {
             match data.get(name) {
-                Some(v) => pk.push((Box::<str>::from(name.as_str()), v.to_owned())),
+                Some(v) => pk.push((Box::<str>::from(name.as_ref()), v.to_owned())),
                 None if large_message.is_some() => {}
-                None => return Err(DecodeError::PkMissing(name.clone())),
+                None => return Err(DecodeError::PkMissing(name.clone().into_owned())),
             }
         }
         let old = match (&mut olds, op) {
@@ -137,8 +202,8 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
             _ => None,
         };
         events.push(ChangeEvent {
-            database: database.clone(),
-            table: table.clone(),
+            database: database.as_ref().to_owned(),
+            table: table.as_ref().to_owned(),
             op,
             pk: Row(pk),
             data,
@@ -146,7 +211,7 @@ pub fn decode(payload: &[u8], position: &SourcePosition) -> Result<Decoded, Deco
             commit_time_ms,
             commit_ts,
             sql: None,
-            mysql_types: msg.mysql_type.clone(),
+            mysql_types: mysql_types.clone(),
             large_message: large_message.clone(),
             reason: None,
             position: position.clone(),
@@ -235,6 +300,29 @@ mod tests {
     }
 
     #[test]
+    fn a_decoder_shares_mysql_types_while_they_repeat() {
+        let mut d = Decoder::default();
+        let p = SourcePosition::None;
+        let types = |d: &mut Decoder, name: &str| match d.decode(&fixture(name), &p).unwrap() {
+            Decoded::Events(e) => e[0].mysql_types.clone().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let a = types(&mut d, "insert_tidb.json");
+        let b = types(&mut d, "insert_tidb.json");
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = types(&mut d, "update.json");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.get("email").unwrap().get(), "\"varchar\"");
+        let err = d
+            .decode(
+                br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"es":1,"mysqlType":[1]}"#,
+                &p,
+            )
+            .unwrap_err();
+        assert_eq!(err.reason(), "invalid_json");
+    }
+
+    #[test]
     fn watermark_is_not_an_event() {
         match decode(&fixture("watermark.json"), &SourcePosition::None).unwrap() {
             Decoded::Watermark { ts, time_ms } => {
@@ -292,6 +380,9 @@ mod tests {
             (br#"{"type":"MERGE","database":"a","table":"t","data":[{}],"es":1}"#, "unknown_type"),
             (br#"{"type":"INSERT","database":"a","table":"t","pkNames":["id"],"data":[{"x":"1"}],"es":1}"#, "pk_missing"),
             (br#"{"type":"TIDB_WATERMARK","_tidb":{}}"#, "missing_field"),
+            (br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"es":1,"sqlType":[]}"#, "invalid_json"),
+            (br#"{"type":"INSERT","database":"a","table":"t","data":[],"es":1,"mysqlType":"x"}"#, "invalid_json"),
+            (br#"{"type":"QUERY","isDdl":true,"database":"a","es":1,"mysqlType":1}"#, "invalid_json"),
             (br#"{"type":"INSERT","database":"a","table":"t","data":[{"a":"1"}],"_tidb":{"commitTs":1.5}}"#, "invalid_json"),
         ];
         for (input, reason) in cases {

@@ -134,8 +134,12 @@ pub fn encode(buf: &mut Vec<u8>, event: &ChangeEvent, now_ms: i64) {
         es: event.commit_time_ms,
         ts: now_ms,
         sql: event.sql.as_deref().unwrap_or_default(),
-        sql_type: event.mysql_types.as_ref().filter(|_| !is_ddl).map(SqlTypes),
-        mysql_type: event.mysql_types.as_ref().filter(|_| !is_ddl),
+        sql_type: event
+            .mysql_types
+            .as_deref()
+            .filter(|_| !is_ddl)
+            .map(SqlTypes),
+        mysql_type: event.mysql_types.as_deref().filter(|_| !is_ddl),
         data: (!is_ddl).then_some([&event.data]),
         old: event.old.as_ref().map(|o| [o]),
         tidb: match (&binlog, event.commit_ts) {
@@ -178,11 +182,11 @@ mod tests {
             commit_time_ms: 1_764_000_000_000,
             commit_ts: Some((3 << 32) | 1234),
             sql: None,
-            mysql_types: Some(Row::from_values([
+            mysql_types: Some(Arc::new(Row::from_values([
                 ("id", json!("int unsigned")),
                 ("name", json!("varchar")),
                 ("note", json!("text")),
-            ])),
+            ]))),
             large_message: None,
             reason: None,
             position: SourcePosition::Binlog {

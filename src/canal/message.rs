@@ -5,39 +5,46 @@
 //! `pkNames`, `isDdl`, `type`, `es`, `ts`, `sql`, `sqlType`, `mysqlType`,
 //! `data`, `old`, and with `enable-tidb-extension=true` the `_tidb` object.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::event::Row;
 
 /// `type` of the watermark messages TiCDC sends with the TiDB extension.
 pub const WATERMARK_TYPE: &str = "TIDB_WATERMARK";
 
-/// One canal-json message.
+/// One canal-json message. Strings borrow from the payload where they
+/// have no escapes: decoding copies only what the events keep.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CanalMessage {
-    #[serde(default)]
-    pub database: Option<String>,
-    #[serde(default)]
-    pub table: Option<String>,
-    #[serde(default)]
-    pub pk_names: Option<Vec<String>>,
+pub struct CanalMessage<'a> {
+    #[serde(default, borrow)]
+    pub database: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub table: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub pk_names: Option<Vec<Cow<'a, str>>>,
     #[serde(default)]
     pub is_ddl: bool,
-    #[serde(rename = "type")]
-    pub kind: String,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
     /// Commit time of the change in milliseconds.
     #[serde(default)]
     pub es: Option<i64>,
     /// Time the message was built in milliseconds.
     #[serde(default)]
     pub ts: Option<i64>,
-    #[serde(default)]
-    pub sql: Option<String>,
-    #[serde(default)]
-    pub sql_type: Option<Row>,
-    #[serde(default)]
-    pub mysql_type: Option<Row>,
+    #[serde(default, borrow)]
+    pub sql: Option<Cow<'a, str>>,
+    /// Nothing reads the JDBC types; `decode` still requires an object.
+    #[serde(default, borrow)]
+    pub sql_type: Option<&'a RawValue>,
+    /// Kept as its text: consecutive messages of a table repeat it, and
+    /// `Decoder` parses it only when it changes.
+    #[serde(default, borrow)]
+    pub mysql_type: Option<&'a RawValue>,
     #[serde(default)]
     pub data: Option<Vec<Row>>,
     #[serde(default)]

@@ -5,4 +5,4 @@ pub mod decode;
 pub mod encode;
 pub mod message;
 
-pub use decode::{decode, DecodeError, Decoded};
+pub use decode::{decode, DecodeError, Decoded, Decoder};

@@ -27,10 +27,10 @@ use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::canal::{decode, Decoded};
+use crate::canal::{Decoded, Decoder};
 use crate::checkpoint::{kafka_stream, Checkpoint, StoredCheckpoints};
 use crate::clock::now_millis;
-use crate::config::{KafkaConfig, OffsetReset};
+use crate::config::KafkaConfig;
 use crate::event::SourcePosition;
 use crate::kafka_client::{self, client_config, LogContext};
 use crate::metrics::Metrics;
@@ -222,44 +222,7 @@ impl KafkaSource {
         stored: Option<StoredCheckpoints>,
     ) -> Result<KafkaSource, SourceError> {
         let emit_checkpoints = stored.is_some();
-        let mut c = client_config(cfg);
-        c.set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                match cfg.auto_offset_reset {
-                    OffsetReset::Earliest => "earliest",
-                    OffsetReset::Latest => "latest",
-                },
-            )
-            // librdkafka's 45 s default leaves a crashed member's partitions
-            // idle too long; 10 s moves them within the 30 s we promise.
-            .set(
-                "session.timeout.ms",
-                cfg.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (cfg.session_timeout.as_millis() / 3).max(100).to_string(),
-            )
-            .set(
-                "queued.max.messages.kbytes",
-                cfg.queue_max_kbytes.to_string(),
-            )
-            .set(
-                "fetch.wait.max.ms",
-                cfg.fetch_wait_max.as_millis().max(1).to_string(),
-            )
-            // One fetch response fits the prefetch queue; a single larger
-            // message still comes through (Kafka returns at least one).
-            .set(
-                "fetch.max.bytes",
-                (cfg.queue_max_kbytes * 1024)
-                    .clamp(1 << 20, 50 << 20)
-                    .to_string(),
-            )
-            .set("enable.partition.eof", "false");
+        let mut c = kafka_client::consumer_config(cfg);
         if let Some(id) = &cfg.instance_id {
             c.set("group.instance.id", id);
         }
@@ -297,6 +260,7 @@ impl KafkaSource {
         &self,
         msg: &rdkafka::message::BorrowedMessage<'_>,
         topic: &Arc<str>,
+        decoder: &mut Decoder,
     ) -> Option<Envelope> {
         let partition = msg.partition();
         let offset = msg.offset();
@@ -314,7 +278,7 @@ impl KafkaSource {
             payload,
         };
         // Decode before taking the lock: the sink's acknowledgements need it too.
-        let decoded = decode(&origin.payload, &position);
+        let decoded = decoder.decode(&origin.payload, &position);
         let checkpoint = self.emit_checkpoints.then(|| Checkpoint::Kafka {
             topic: topic.clone(),
             partition,
@@ -402,6 +366,7 @@ impl KafkaSource {
     async fn read(&self, tx: EnvelopeTx, shutdown: CancellationToken) -> Result<(), SourceError> {
         info!(topics = ?self.topics, group = %self.group_id, "consuming");
         let mut topics: Vec<Arc<str>> = Vec::new();
+        let mut decoder = Decoder::default();
         loop {
             let msg = tokio::select! {
                 biased;
@@ -425,7 +390,7 @@ impl KafkaSource {
                     t
                 }
             };
-            let Some(envelope) = self.envelope(&msg, &topic) else {
+            let Some(envelope) = self.envelope(&msg, &topic, &mut decoder) else {
                 continue;
             };
             drop(msg);

@@ -22,6 +22,8 @@ pub struct BulkStub {
     pub docs: Arc<AtomicU64>,
     /// Bulk body bytes as received (compressed or not).
     pub wire_bytes: Arc<AtomicU64>,
+    /// Bulk requests received.
+    pub requests: Arc<AtomicU64>,
     /// Commit time → receipt of each document with a `commit_ts`.
     pub latencies_ms: Arc<Mutex<Vec<i64>>>,
 }
@@ -33,6 +35,7 @@ impl BulkStub {
             addr: "127.0.0.1:0".parse()?,
             docs: Arc::new(AtomicU64::new(0)),
             wire_bytes: Arc::new(AtomicU64::new(0)),
+            requests: Arc::new(AtomicU64::new(0)),
             latencies_ms: Arc::new(Mutex::new(Vec::new())),
         };
         let app = Router::new()
@@ -61,6 +64,11 @@ impl BulkStub {
         self.docs.load(Ordering::Relaxed)
     }
 
+    /// Bulk requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     /// Bulk body bytes received so far, as sent.
     pub fn wire_bytes(&self) -> u64 {
         self.wire_bytes.load(Ordering::Relaxed)
@@ -73,6 +81,7 @@ async fn bulk_handler(
     wire: Bytes,
 ) -> Result<([(&'static str, &'static str); 1], String), (StatusCode, String)> {
     s.wire_bytes.fetch_add(wire.len() as u64, Ordering::Relaxed);
+    s.requests.fetch_add(1, Ordering::Relaxed);
     let gzip = headers
         .get("content-encoding")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));

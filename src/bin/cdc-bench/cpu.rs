@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cdc_monitor::canal::{decode, Decoded};
+use cdc_monitor::canal::{Decoded, Decoder};
 use cdc_monitor::event::SourcePosition;
 use cdc_monitor::sink::elasticsearch::bulk;
 
@@ -20,13 +20,15 @@ pub fn decode_encode(events: usize, out: &mut String) -> anyhow::Result<()> {
     let mut body = Vec::with_capacity(6 << 20);
     let started = Instant::now();
     let mut events = 0usize;
+    // As the Kafka source decodes: one decoder for the stream.
+    let mut decoder = Decoder::default();
     for (i, m) in messages.iter().enumerate() {
         let pos = SourcePosition::Kafka {
             topic: topic.clone(),
             partition: 0,
             offset: i as i64,
         };
-        if let Decoded::Events(evs) = decode(m.as_bytes(), &pos)? {
+        if let Decoded::Events(evs) = decoder.decode(m.as_bytes(), &pos)? {
             for e in &evs {
                 bulk::encode(&mut body, "cdc-events", e, "2024-01-01T00:00:00.000Z");
                 events += 1;

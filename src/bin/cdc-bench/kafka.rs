@@ -6,11 +6,13 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use cdc_monitor::cli::BenchArgs;
+use cdc_monitor::config::{Config, Layers, Origin};
+use cdc_monitor::kafka_client;
 use rdkafka::producer::Producer;
 
 use crate::broker::{self, create_topic, send};
 use crate::bulk_stub::BulkStub;
-use crate::process::{free_port, monitor_run, peak_rss_mib, KillOnDrop};
+use crate::process::{cpu_seconds, free_port, monitor_run, peak_rss_mib, KillOnDrop};
 use crate::sample;
 
 /// Starts a consumer of `topic` in a group of its own, with `env` on top of
@@ -55,10 +57,19 @@ pub async fn backlog(
         "backlog: produced {n} events in {:.1} s",
         started.elapsed().as_secs_f64()
     )?;
+    let bare = bare_consume(brokers, &topic, n).await?;
+    writeln!(
+        out,
+        "bare librdkafka consume (the consumer's client settings, no decode, no sink): {} messages in {:.1} s from start = {:.0} messages/s ({:.0} messages/s from the first message)",
+        bare.messages,
+        bare.total_secs,
+        bare.messages as f64 / bare.total_secs,
+        bare.messages as f64 / bare.from_first_secs.max(1e-9)
+    )?;
     // The same backlog twice, by a group of its own each time: bulk
     // bodies gzip-compressed (the default), then plain.
     for compression in ["gzip", "none"] {
-        let before = (sink.docs(), sink.wire_bytes());
+        let before = (sink.docs(), sink.wire_bytes(), sink.requests());
         let (child, _) = spawn_consumer(
             brokers,
             &topic,
@@ -81,9 +92,11 @@ pub async fn backlog(
         }
         let done = sink.docs() - before.0;
         let wire = sink.wire_bytes() - before.1;
+        let requests = sink.requests() - before.2;
         let from_first = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
         let total = started.elapsed().as_secs_f64();
         let rss = peak_rss_mib(pid).unwrap_or(f64::NAN);
+        let cpu = cpu_seconds(pid).unwrap_or(f64::NAN);
         drop(child);
         writeln!(
             out,
@@ -97,9 +110,80 @@ pub async fn backlog(
             wire as f64 / (1 << 20) as f64,
             wire as f64 / (done as f64).max(1.0)
         )?;
+        writeln!(
+            out,
+            "  bulk requests: {requests}, {:.0} events per request",
+            done as f64 / (requests as f64).max(1.0)
+        )?;
         writeln!(out, "  peak RSS while catching up {n} events: {rss:.1} MiB")?;
+        writeln!(
+            out,
+            "  consumer CPU time: {cpu:.1} s = {:.1} µs per event (bare consume: {:.1} µs per message)",
+            cpu * 1e6 / (done as f64).max(1.0),
+            bare.cpu_secs * 1e6 / (bare.messages as f64).max(1.0)
+        )?;
+        writeln!(
+            out,
+            "  ratio to bare consume: {:.0}% from start, {:.0}% from the first document",
+            100.0 * (done as f64 / total) / (bare.messages as f64 / bare.total_secs),
+            100.0 * (done as f64 / from_first.max(1e-9))
+                / (bare.messages as f64 / bare.from_first_secs.max(1e-9))
+        )?;
     }
     Ok(())
+}
+
+/// What the bare consumer measured.
+struct BareConsume {
+    messages: u64,
+    total_secs: f64,
+    from_first_secs: f64,
+    /// CPU time the bench process used meanwhile (the idle bulk endpoint aside, all consuming).
+    cpu_secs: f64,
+}
+
+/// Consumes `n` messages of `topic` in a group of its own with the client
+/// settings `cdc-monitor run` uses (`kafka_client::consumer_config` of the
+/// same defaults), reading each payload's length and nothing more: the
+/// ceiling the consumer's own work is measured against.
+async fn bare_consume(brokers: &str, topic: &str, n: usize) -> anyhow::Result<BareConsume> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+
+    let mut layers = Layers::default();
+    let group = format!("bench-bare-{}-{}", std::process::id(), crate::now_millis());
+    for (path, value) in [
+        ("kafka.brokers", brokers),
+        ("kafka.topics", topic),
+        ("kafka.group_id", &group),
+        ("es.url", "http://127.0.0.1:9"),
+    ] {
+        layers.set(path, value.to_owned(), Origin::Flag("bench"));
+    }
+    let cfg = Config::from_layers(&layers)?;
+    let consumer: StreamConsumer = kafka_client::consumer_config(&cfg.kafka).create()?;
+    consumer.subscribe(&[topic])?;
+    let started = Instant::now();
+    let cpu_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let mut first: Option<Instant> = None;
+    let (mut messages, mut bytes) = (0u64, 0usize);
+    let deadline = started + Duration::from_secs(600);
+    while messages < n as u64 && Instant::now() < deadline {
+        let m = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(m) => m?,
+            Err(_) => continue,
+        };
+        first.get_or_insert_with(Instant::now);
+        bytes += m.payload().map_or(0, <[u8]>::len);
+        messages += 1;
+    }
+    anyhow::ensure!(bytes > 0, "the bare consumer read no bytes");
+    Ok(BareConsume {
+        messages,
+        total_secs: started.elapsed().as_secs_f64(),
+        from_first_secs: first.map_or(0.0, |f| f.elapsed().as_secs_f64()),
+        cpu_secs: cpu_seconds(std::process::id()).unwrap_or(f64::NAN) - cpu_before,
+    })
 }
 
 /// A backlog of large messages (one wide text column each) through the

@@ -97,13 +97,22 @@ impl ElasticsearchSink {
         stored: &HashSet<usize>,
         ingested_at: &str,
     ) -> Result<BulkReply, SinkError> {
-        let mut body = Vec::with_capacity(indices.len() * 512);
-        for &i in indices.iter().filter(|i| !stored.contains(i)) {
+        // One buffer for the request, sized from the events so it rarely grows.
+        let estimate: usize = indices
+            .iter()
+            .map(|&i| events[i].estimated_bytes() + 2 * ingested_at.len())
+            .sum();
+        let mut body = Vec::with_capacity(estimate);
+        let mut index = String::new();
+        for &i in indices
+            .iter()
+            .filter(|i| stored.is_empty() || !stored.contains(i))
+        {
             let e = &events[i];
             // From the event alone, never the clock: a replay meets its first copy.
-            let index = self
-                .index
-                .index_for(&e.database, &e.table, e.commit_time_ms);
+            index.clear();
+            self.index
+                .push_index(&mut index, &e.database, &e.table, e.commit_time_ms);
             bulk::encode(&mut body, &index, e, ingested_at);
         }
         // After the events' actions, each event's state actions; their

@@ -52,14 +52,18 @@ struct StateDoc<'a> {
     op: &'static str,
     version: u64,
     #[serde(rename = "@timestamp")]
-    timestamp: String,
-    event_id: String,
+    timestamp: &'a str,
+    event_id: &'a str,
 }
 
 /// Appends `event`'s state actions for `index`; returns how many.
 pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent) -> usize {
     let version = event.version();
     let changes = changes(event);
+    // Once per event, not per state action; hex digits and the timestamp are ASCII.
+    let event_hex = event.document_id().hex();
+    let event_id = std::str::from_utf8(&event_hex).unwrap_or_default();
+    let timestamp = rfc3339_millis(event.commit_time_ms);
     for change in &changes {
         let meta = Meta {
             index,
@@ -80,8 +84,8 @@ pub fn encode(buf: &mut Vec<u8>, index: &str, event: &ChangeEvent) -> usize {
                     data,
                     op: event.op.as_str(),
                     version,
-                    timestamp: rfc3339_millis(event.commit_time_ms),
-                    event_id: event.document_id().to_string(),
+                    timestamp: &timestamp,
+                    event_id,
                 };
                 serde_json::to_writer(&mut *buf, &doc).expect("document serialises");
             }

@@ -397,6 +397,15 @@ struct Batch {
     checkpoints: Vec<(String, String)>,
 }
 
+/// The stored document of `e` as text, the bytes the bulk body carries.
+fn document_text(e: &ChangeEvent, ingested_at: &str) -> String {
+    let mut doc = Vec::with_capacity(e.estimated_bytes() + 2 * ingested_at.len());
+    document::write_document(&mut doc, e, ingested_at);
+    // Built from str pieces and raw JSON text, all UTF-8; a bug would show
+    // as a lossy character, never as a panic.
+    String::from_utf8(doc).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 impl Batch {
     fn new(events: &[ChangeEvent], checkpoints: &[Checkpoint], ingested_ms: i64) -> Batch {
         let ingested_at = crate::clock::rfc3339_millis(ingested_ms);
@@ -411,10 +420,7 @@ impl Batch {
                     tbl: e.table.clone(),
                     op: e.op.as_str(),
                     commit_time_ms: e.commit_time_ms,
-                    // Serialising the borrowed document into a String cannot
-                    // fail: every key is a string and every value valid JSON.
-                    doc: serde_json::to_string(&document::document(e, &ingested_at))
-                        .expect("document serialises"),
+                    doc: document_text(e, &ingested_at),
                     text: search_text(e),
                     row_key,
                     state,

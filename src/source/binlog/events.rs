@@ -25,7 +25,7 @@ use crate::source::binlog::schema::{self, TableSchema};
 pub struct MappedTable {
     pub schema: Arc<TableSchema>,
     pub types: Vec<(ColumnType, usize)>,
-    pub mysql_types: Row,
+    pub mysql_types: Arc<Row>,
     /// The server's table map with TIME(1)/TIME(2) columns relabelled (see
     /// [`decoding_table_map`]).
     pub decoding: TableMapEvent<'static>,

@@ -815,12 +815,12 @@ impl BinlogSource {
                 )
             })
             .collect();
-        let mysql_types = Row::from_values(schema.columns.iter().map(|c| {
+        let mysql_types = Arc::new(Row::from_values(schema.columns.iter().map(|c| {
             (
                 c.name.as_str(),
                 serde_json::Value::from(c.mysql_type.clone()),
             )
-        }));
+        })));
         let decoding = decoding_table_map(tme).map_err(|e| {
             SourceError::Other(format!(
                 "re-reading the table map of {}.{}: {e}",

@@ -137,7 +137,7 @@ pub(super) struct Plan {
     pub(super) key: Vec<usize>,
     pk: Vec<usize>,
     /// Column types, as every event of the table carries them.
-    mysql_types: Row,
+    mysql_types: Arc<Row>,
 }
 
 impl Plan {
@@ -632,12 +632,12 @@ impl BinlogSource {
             } else {
                 (schema.primary_key.clone(), schema.primary_key.clone())
             };
-            let mysql_types = Row::from_values(schema.columns.iter().map(|c| {
+            let mysql_types = Arc::new(Row::from_values(schema.columns.iter().map(|c| {
                 (
                     c.name.as_str(),
                     serde_json::Value::from(c.mysql_type.clone()),
                 )
-            }));
+            })));
             plans.push(Plan {
                 schema,
                 key,
@@ -840,7 +840,7 @@ mod tests {
             }),
             pk: key.clone(),
             key,
-            mysql_types: Row::default(),
+            mysql_types: Arc::default(),
         }
     }
 
