@@ -1737,6 +1737,33 @@ mod tests {
     }
 
     #[test]
+    fn binlog_ha_keeps_its_topic_and_refuses_the_store_sink() {
+        let binlog = "source = \"binlog\"\n[mysql]\nurl = \"mysql://root:pw@127.0.0.1:3306\"\n";
+        let ha = |value: &str, sink: &str| {
+            let toml = format!("{binlog}[binlog]\nha = \"{value}\"\n{sink}");
+            load(&toml, &[])
+        };
+        let c = ha("kafka", "[es]\nurl = \"http://es:9200\"\n").unwrap();
+        let SourceConfig::Binlog(m) = c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(
+            m.ha,
+            BinlogHa::Kafka {
+                position_topic: "cdc-binlog-positions".into()
+            }
+        );
+        // A store on one machine's disk cannot be taken over.
+        let e = ha("kafka", "").unwrap_err().to_string();
+        assert!(e.contains("CDC_BINLOG_HA") && e.contains("CDC_SINK"), "{e}");
+        let e = ha("zookeeper", "").unwrap_err().to_string();
+        assert!(e.contains("binlog.ha") || e.contains("CDC_BINLOG_HA"), "{e}");
+        assert!(e.contains("none or kafka"), "{e}");
+        let c = ha("none", "").unwrap();
+        assert!(matches!(c.source, SourceConfig::Binlog(m) if m.ha == BinlogHa::None));
+    }
+
+    #[test]
     fn flags_beat_env_beat_file() {
         let toml =
             "[kafka]\nbrokers = \"file:1\"\ntopics = [\"a\", \"b\"]\n[batch]\nmax_events = 10\n";
