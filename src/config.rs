@@ -1757,7 +1757,10 @@ mod tests {
         let e = ha("kafka", "").unwrap_err().to_string();
         assert!(e.contains("CDC_BINLOG_HA") && e.contains("CDC_SINK"), "{e}");
         let e = ha("zookeeper", "").unwrap_err().to_string();
-        assert!(e.contains("binlog.ha") || e.contains("CDC_BINLOG_HA"), "{e}");
+        assert!(
+            e.contains("binlog.ha") || e.contains("CDC_BINLOG_HA"),
+            "{e}"
+        );
         assert!(e.contains("none or kafka"), "{e}");
         let c = ha("none", "").unwrap();
         assert!(matches!(c.source, SourceConfig::Binlog(m) if m.ha == BinlogHa::None));
