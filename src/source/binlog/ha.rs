@@ -112,6 +112,9 @@ pub struct Leadership {
     /// that goes stale while the process is paused.
     born: Instant,
     last_poll_ms: Arc<AtomicU64>,
+    /// The last answer of `current_leader` and when it was found: a probe
+    /// every few seconds must not ask the broker every time.
+    seen_leader: Mutex<Option<(Instant, Option<String>)>>,
     producer: FutureProducer<LogContext>,
     metrics: Metrics,
 }
@@ -171,6 +174,7 @@ impl Leadership {
             poller: Mutex::new(None),
             born: Instant::now(),
             last_poll_ms: Arc::default(),
+            seen_leader: Mutex::new(None),
             producer,
             metrics,
         })
@@ -365,12 +369,29 @@ impl Leadership {
         described.or_else(|| self.read_stored().ok().flatten().map(|s| s.leader))
     }
 
-    /// The role and leader for `/readyz`.
+    /// The role and leader for `/readyz`; the leader as found within the
+    /// last 10 s. Blocking.
     pub fn status(&self) -> serde_json::Value {
+        let cached = self
+            .seen_leader
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(10));
+        let leader = match cached {
+            Some((_, leader)) if !self.is_leader() => leader,
+            _ => {
+                let leader = self.current_leader();
+                if let Ok(mut c) = self.seen_leader.lock() {
+                    *c = Some((Instant::now(), leader.clone()));
+                }
+                leader
+            }
+        };
         serde_json::json!({
             "role": if self.is_leader() { "leader" } else { "standby" },
             "instance": self.instance,
-            "leader": self.current_leader(),
+            "leader": leader,
             "group": self.group,
         })
     }
