@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdc_monitor::config::StoreConfig;
-use cdc_monitor::event::{ChangeEvent, Op, Row, SourcePosition};
+use cdc_monitor::event::{ChangeEvent, Op, Row};
 use cdc_monitor::metrics::Metrics;
 use cdc_monitor::sink::query::EventFilter;
 use cdc_monitor::sink::sqlite::SqliteSink;
@@ -29,39 +29,28 @@ const WORDS: [&str; 16] = [
 fn order(i: u64, commit_time_ms: i64) -> ChangeEvent {
     let word = |k: u64| WORDS[((i / 7 + k * 5) % WORDS.len() as u64) as usize];
     let id = i.to_string();
-    ChangeEvent {
-        database: "app".into(),
-        table: "orders".into(),
-        op: Op::Insert,
-        // Changes of a 10,000-row table: the current state stays that size
-        // (it counts in the limit; retention deletes events, never state).
-        pk: Row::from_values([("slot", json!((i % 10_000).to_string()))]),
-        data: Row::from_values([
-            ("id", json!(id)),
-            ("slot", json!((i % 10_000).to_string())),
-            (
-                "customer",
-                json!(format!("customer{}@example.com", i % 10_007)),
-            ),
-            ("amount", json!(format!("{}.{:02}", i % 9_973, i % 100))),
-            (
-                "status",
-                json!(["new", "paid", "shipped"][(i % 3) as usize]),
-            ),
-            (
-                "note",
-                json!(format!("{} {} {} order {i}", word(0), word(1), word(2))),
-            ),
-        ]),
-        old: None,
-        commit_time_ms,
-        commit_ts: None,
-        sql: None,
-        mysql_types: None,
-        large_message: None,
-        reason: None,
-        position: SourcePosition::None,
-    }
+    // Changes of a 10,000-row table: the current state stays that size
+    // (it counts in the limit; retention deletes events, never state).
+    let slot = || json!((i % 10_000).to_string());
+    let data = Row::from_values([
+        ("id", json!(id)),
+        ("slot", slot()),
+        (
+            "customer",
+            json!(format!("customer{}@example.com", i % 10_007)),
+        ),
+        ("amount", json!(format!("{}.{:02}", i % 9_973, i % 100))),
+        (
+            "status",
+            json!(["new", "paid", "shipped"][(i % 3) as usize]),
+        ),
+        (
+            "note",
+            json!(format!("{} {} {} order {i}", word(0), word(1), word(2))),
+        ),
+    ]);
+    let pk = Row::from_values([("slot", slot())]);
+    ChangeEvent::row("app", "orders", Op::Insert, pk, data, None, commit_time_ms)
 }
 
 /// `events.db` plus its WAL, as `ls` shows them.
