@@ -214,13 +214,6 @@ async fn sigkill_five_times_in_data_stream_mode_loses_and_duplicates_nothing() {
         assert_eq!(stub.backing_indices(&p.index).len(), 1);
         assert_eq!(stub.puts(), (1, 1), "a restart installed again");
     }
-    let caught_up = eventually(Duration::from_secs(30), || async {
-        broker()
-            .committed(&p.group, &p.topic, p.partitions)
-            .iter()
-            .sum::<i64>()
-            == N as i64
-    })
-    .await;
+    let caught_up = p.all_committed(N, Duration::from_secs(30)).await;
     assert!(caught_up, "not every offset committed");
 }

@@ -122,14 +122,7 @@ async fn two_nodes_one_stopped_for_20s_mid_stream_store_every_event_once_and_bot
     .await;
     assert!(back, "{}", consumer.metrics().await);
     assert_stored_once(&first, &p, produced, &consumer).await;
-    let committed = eventually(Duration::from_secs(30), || async {
-        broker()
-            .committed(&p.group, &p.topic, p.partitions)
-            .iter()
-            .sum::<i64>()
-            == produced as i64
-    })
-    .await;
+    let committed = p.all_committed(produced, Duration::from_secs(30)).await;
     assert!(committed, "not every message committed");
 }
 

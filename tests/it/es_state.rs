@@ -147,14 +147,7 @@ async fn assert_state(es: &EsTarget, index: &str, rows: &Rows, consumer: &impl C
 }
 
 async fn committed_all(p: &Pipeline, n: usize) -> bool {
-    eventually(Duration::from_secs(60), || async {
-        broker()
-            .committed(&p.group, &p.topic, p.partitions)
-            .iter()
-            .sum::<i64>()
-            == n as i64
-    })
-    .await
+    p.all_committed(n, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

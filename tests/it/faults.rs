@@ -93,14 +93,7 @@ async fn sigkill_five_times_while_events_flow_loses_and_duplicates_nothing() {
         .committed(&p.group, &p.topic, p.partitions)
         .iter()
         .sum();
-    let caught_up = eventually(Duration::from_secs(30), || async {
-        broker()
-            .committed(&p.group, &p.topic, p.partitions)
-            .iter()
-            .sum::<i64>()
-            == N as i64
-    })
-    .await;
+    let caught_up = p.all_committed(N, Duration::from_secs(30)).await;
     assert!(caught_up, "committed {committed} of {N}");
 }
 

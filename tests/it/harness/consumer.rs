@@ -22,6 +22,19 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Whether the group's committed offsets on the shared broker add up to
+    /// `n` within `timeout` (every message of an `n`-message topic).
+    pub async fn all_committed(&self, n: usize, timeout: Duration) -> bool {
+        super::eventually(timeout, || async {
+            super::kafka::broker()
+                .committed(&self.group, &self.topic, self.partitions)
+                .iter()
+                .sum::<i64>()
+                == n as i64
+        })
+        .await
+    }
+
     /// Fresh names with `prefix`.
     pub fn new(prefix: &str, brokers: &str, es_url: &str, partitions: i32) -> Pipeline {
         let id = super::unique(prefix);
