@@ -1005,6 +1005,11 @@ impl Config {
         matches!(self.source, SourceConfig::Kafka { .. })
             || matches!(self.sink, SinkConfig::Kafka { .. })
     }
+
+    /// True when binlog capturers elect one of them (`CDC_BINLOG_HA`).
+    pub fn binlog_ha(&self) -> bool {
+        matches!(&self.source, SourceConfig::Binlog(m) if m.ha != BinlogHa::None)
+    }
 }
 
 fn secret(s: &str) -> Result<SecretString, String> {

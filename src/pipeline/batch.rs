@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::checkpoint::Checkpoint;
 use crate::clock::now_millis;
@@ -266,6 +266,14 @@ async fn write_batch(w: &Writer, messages: Vec<Envelope>) {
             Ok(r) => r,
             // Shutting down: not acknowledged, read again after a restart.
             Err(SinkError::Aborted) => return,
+            // A newer capturer took the writes over after this one lost its
+            // election: as with a closed fence, what this batch read is the
+            // new one's to write. Fenced while still elected is a conflict
+            // nothing here can settle: the line stops (below).
+            Err(SinkError::Fenced(why)) if w.fence.as_ref().is_some_and(|f| !f.is_open()) => {
+                warn!(error = %why, "fenced by a newer capturer: batch not written");
+                return;
+            }
             Err(e) => {
                 // The sink gave up: stop the line rather than step over this
                 // batch (a later checkpoint would pass it for good).

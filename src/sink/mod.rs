@@ -51,6 +51,10 @@ pub enum SinkError {
     Config(String),
     #[error("gave up: shutting down")]
     Aborted,
+    /// Another instance took over the writes (a newer producer with the
+    /// same transactional id): nothing of this batch was stored.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl SinkError {
@@ -62,6 +66,7 @@ impl SinkError {
             SinkError::Response(_) => "response",
             SinkError::Config(_) => "permanent",
             SinkError::Aborted => "aborted",
+            SinkError::Fenced(_) => "fenced",
         }
     }
 
@@ -74,7 +79,7 @@ impl SinkError {
             SinkError::Status { status, .. } => {
                 *status == 429 || *status >= 500 || matches!(status, 401 | 403 | 404 | 408)
             }
-            SinkError::Config(_) | SinkError::Aborted => false,
+            SinkError::Config(_) | SinkError::Aborted | SinkError::Fenced(_) => false,
         }
     }
 }
@@ -224,6 +229,10 @@ pub fn build(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Sink>, SinkError
         SinkConfig::Kafka { topic } => Arc::new(kafka::KafkaSink::new(
             &cfg.kafka,
             topic,
+            // One capturer of the group writes at a time (binlog HA): its
+            // transactions fence the one it took over from.
+            cfg.binlog_ha()
+                .then(|| kafka::transactional_id(&cfg.kafka.group_id)),
             &cfg.pipeline,
             metrics.clone(),
         )?),

@@ -5,10 +5,16 @@
 //! position outlives both data directories.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cdc_monitor::config::{Config, Layers};
+use cdc_monitor::event::{ChangeEvent, Op, Row};
+use cdc_monitor::metrics::Metrics;
+use cdc_monitor::sink::{self, SinkError, WriteBatch};
 use rand::Rng;
-use serde_json::Value;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::binlog::{capture_env, docs, wait_docs, write_changes_from};
 use crate::harness::consumer::{sum_metric, Consumer, ConsumerProcess};
@@ -323,4 +329,63 @@ async fn the_position_outlives_both_data_directories() {
         replayed,
         "changes before the stored position were read again"
     );
+}
+
+/// Point 2 with the Kafka sink: two instances' sinks, built from one HA
+/// configuration, hold the group's transactional id in turn. The first
+/// one's batch is committed; once the second has written, the first is
+/// fenced (its write fails as fenced) and a reader of committed data sees
+/// the two committed batches only. Tansu 0.6 has no transactions (it
+/// refuses EndTxn), so this runs against `CDC_TEST_KAFKA_BROKERS` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capturer_taken_over_is_fenced_out_of_the_kafka_sink() {
+    if std::env::var_os("CDC_TEST_KAFKA_BROKERS").is_none() {
+        eprintln!(
+            "skipped: needs Kafka transactions, which Tansu 0.6 lacks; set CDC_TEST_KAFKA_BROKERS"
+        );
+        return;
+    }
+    let b = broker();
+    let topic = unique("fenced");
+    b.create_topic(&topic, 1).await;
+    let toml = format!(
+        "source = \"binlog\"\nsink = \"kafka\"\n\
+         [mysql]\nurl = \"mysql://root:pw@127.0.0.1:3306\"\n[binlog]\nha = \"kafka\"\n\
+         [kafka]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\n",
+        b.bootstrap,
+        unique("fence-group")
+    );
+    let layers = Layers::from_toml(&toml, Path::new("cdc.toml")).unwrap();
+    let cfg = Config::from_layers(&layers).unwrap();
+    let metrics = Metrics::new();
+    let batch = |from: u32| -> Vec<ChangeEvent> {
+        (from..from + 10)
+            .map(|i| {
+                let pk = Row::from_values([("id", json!(i.to_string()))]);
+                ChangeEvent::row("d", "t", Op::Insert, pk.clone(), pk, None, 0)
+            })
+            .collect()
+    };
+    let abort = CancellationToken::new();
+    let first = sink::build(&cfg, &metrics).unwrap();
+    let second = sink::build(&cfg, &metrics).unwrap();
+    let (a, c, zombie) = (batch(0), batch(10), batch(20));
+    first.write(WriteBatch::events(&a), &abort).await.unwrap();
+    // The standby takes over: its first write initialises the id.
+    second.write(WriteBatch::events(&c), &abort).await.unwrap();
+    let e = first
+        .write(WriteBatch::events(&zombie), &abort)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SinkError::Fenced(_)), "{e}");
+    let got = b.read_all(&topic, 30, Duration::from_secs(20));
+    let ids: Vec<String> = got
+        .iter()
+        .map(|(payload, _)| {
+            let v: Value = serde_json::from_slice(payload).unwrap();
+            v["data"][0]["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(ids, want, "only the committed batches, in order");
 }
