@@ -13,6 +13,10 @@ use cdc_monitor::event::{ChangeEvent, Op, Row};
 use cdc_monitor::metrics::Metrics;
 use cdc_monitor::sink::{self, SinkError, WriteBatch};
 use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Message as _};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -331,12 +335,57 @@ async fn the_position_outlives_both_data_directories() {
     );
 }
 
+/// The configuration of an HA capturer with the Kafka sink on `brokers`.
+fn kafka_sink_ha_config(brokers: &str, topic: &str) -> Config {
+    let toml = format!(
+        "source = \"binlog\"\nsink = \"kafka\"\n\
+         [mysql]\nurl = \"mysql://root:pw@127.0.0.1:3306\"\n[binlog]\nha = \"kafka\"\n\
+         [kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\n",
+        unique("fence-group")
+    );
+    let layers = Layers::from_toml(&toml, Path::new("cdc.toml")).unwrap();
+    Config::from_layers(&layers).unwrap()
+}
+
+/// Ten inserts of keys `from..from + 10`.
+fn ten_rows(from: u32) -> Vec<ChangeEvent> {
+    (from..from + 10)
+        .map(|i| {
+            let pk = Row::from_values([("id", json!(i.to_string()))]);
+            ChangeEvent::row("d", "t", Op::Insert, pk.clone(), pk, None, 0)
+        })
+        .collect()
+}
+
+/// `write`'s answer, or a failure after 90 s (a broker without
+/// transactions makes a transactional write retry for ever).
+async fn within<T>(write: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(90), write)
+        .await
+        .expect("a transactional write took over 90 s: does the broker support transactions?")
+}
+
+/// The `id` of each canal-json message in `records`, in order.
+fn ids_of(records: &[crate::harness::kafka::Record]) -> Vec<String> {
+    records
+        .iter()
+        .map(|(payload, _)| {
+            let v: Value = serde_json::from_slice(payload).unwrap();
+            v["data"][0]["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn ids(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| i.to_string()).collect()
+}
+
 /// Point 2 with the Kafka sink: two instances' sinks, built from one HA
 /// configuration, hold the group's transactional id in turn. The first
 /// one's batch is committed; once the second has written, the first is
 /// fenced (its write fails as fenced) and a reader of committed data sees
-/// the two committed batches only. Tansu 0.6 has no transactions (it
-/// refuses EndTxn), so this runs against `CDC_TEST_KAFKA_BROKERS` only.
+/// the two committed batches only. Tansu 0.6 cannot commit a transaction
+/// (no EndTxn handler), so this runs against `CDC_TEST_KAFKA_BROKERS` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capturer_taken_over_is_fenced_out_of_the_kafka_sink() {
     if std::env::var_os("CDC_TEST_KAFKA_BROKERS").is_none() {
@@ -348,34 +397,12 @@ async fn a_capturer_taken_over_is_fenced_out_of_the_kafka_sink() {
     let b = broker();
     let topic = unique("fenced");
     b.create_topic(&topic, 1).await;
-    let toml = format!(
-        "source = \"binlog\"\nsink = \"kafka\"\n\
-         [mysql]\nurl = \"mysql://root:pw@127.0.0.1:3306\"\n[binlog]\nha = \"kafka\"\n\
-         [kafka]\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{}\"\n",
-        b.bootstrap,
-        unique("fence-group")
-    );
-    let layers = Layers::from_toml(&toml, Path::new("cdc.toml")).unwrap();
-    let cfg = Config::from_layers(&layers).unwrap();
+    let cfg = kafka_sink_ha_config(&b.bootstrap, &topic);
     let metrics = Metrics::new();
-    let batch = |from: u32| -> Vec<ChangeEvent> {
-        (from..from + 10)
-            .map(|i| {
-                let pk = Row::from_values([("id", json!(i.to_string()))]);
-                ChangeEvent::row("d", "t", Op::Insert, pk.clone(), pk, None, 0)
-            })
-            .collect()
-    };
     let abort = CancellationToken::new();
     let first = sink::build(&cfg, &metrics).unwrap();
     let second = sink::build(&cfg, &metrics).unwrap();
-    let (a, c, zombie) = (batch(0), batch(10), batch(20));
-    // A broker without transactions makes the writes retry for ever: fail.
-    let within = |w| async move {
-        tokio::time::timeout(Duration::from_secs(90), w)
-            .await
-            .expect("a transactional write took over 90 s: does the broker support transactions?")
-    };
+    let (a, c, zombie) = (ten_rows(0), ten_rows(10), ten_rows(20));
     within(first.write(WriteBatch::events(&a), &abort))
         .await
         .unwrap();
@@ -388,13 +415,68 @@ async fn a_capturer_taken_over_is_fenced_out_of_the_kafka_sink() {
         .unwrap_err();
     assert!(matches!(e, SinkError::Fenced(_)), "{e}");
     let got = b.read_all(&topic, 30, Duration::from_secs(20));
-    let ids: Vec<String> = got
-        .iter()
-        .map(|(payload, _)| {
-            let v: Value = serde_json::from_slice(payload).unwrap();
-            v["data"][0]["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
-    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-    assert_eq!(ids, want, "only the committed batches, in order");
+    assert_eq!(
+        ids_of(&got),
+        ids(0..20),
+        "only the committed batches, in order"
+    );
+}
+
+/// The same sink against librdkafka's mock cluster, an in-process broker
+/// that implements the transaction protocol (InitProducerId,
+/// AddPartitionsToTxn, EndTxn, producer epochs) but does not fence by
+/// transactional id itself: the broker's fencing answer is injected. A
+/// batch is committed; a batch whose produce is refused once is aborted and
+/// sent again, once; a produce answered `PRODUCER_FENCED` makes the write
+/// fail as fenced, with nothing of that batch in the log; a later write (the
+/// instance elected again) initialises a new producer and is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_sink_commits_each_batch_and_stops_when_the_broker_fences_it() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("txn");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let cfg = kafka_sink_ha_config(&mock.bootstrap_servers(), &topic);
+    let metrics = Metrics::new();
+    let abort = CancellationToken::new();
+    let sink = sink::build(&cfg, &metrics).unwrap();
+    within(sink.write(WriteBatch::events(&ten_rows(0)), &abort))
+        .await
+        .unwrap();
+    // A produce refused once: the transaction is aborted and the whole
+    // batch sent again in a new one.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS],
+    );
+    within(sink.write(WriteBatch::events(&ten_rows(10)), &abort))
+        .await
+        .unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+    );
+    let e = within(sink.write(WriteBatch::events(&ten_rows(20)), &abort))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SinkError::Fenced(_)), "{e}");
+    within(sink.write(WriteBatch::events(&ten_rows(30)), &abort))
+        .await
+        .unwrap();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&topic]).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 30 && Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            got.push((m.payload().unwrap_or_default().to_vec(), Vec::new()));
+        }
+    }
+    assert_eq!(ids_of(&got), [ids(0..20), ids(30..40)].concat());
+    let retries = sum_metric(&metrics.render(), "cdc_sink_retries_total", &[]);
+    assert!(retries >= 1.0, "the refused produce was not retried");
 }
