@@ -384,11 +384,14 @@ mod tests {
 
     /// A sink whose `fail_on`-th write (0-based) fails for good, and which
     /// keeps what it was given and, with `refuse`, refuses every event.
+    /// With `fenced`, that write is fenced instead, and `fenced` (this
+    /// instance's election) is lost when it says so.
     #[derive(Default)]
     struct TestSink {
         writes: AtomicUsize,
         fail_on: Option<usize>,
         refuse: bool,
+        fenced: Option<(Arc<std::sync::atomic::AtomicBool>, bool)>,
         seen: Mutex<Vec<ChangeEvent>>,
     }
 
@@ -416,6 +419,12 @@ mod tests {
                 })
                 .collect();
             Box::pin(async move {
+                if let (true, Some((elected, lost))) = (failed, &self.fenced) {
+                    if *lost {
+                        elected.store(false, Ordering::SeqCst);
+                    }
+                    return Err(SinkError::Fenced("a newer producer".into()));
+                }
                 if failed {
                     return Err(SinkError::Config("store is not a database".into()));
                 }
@@ -537,5 +546,49 @@ mod tests {
         );
         assert!(matches!(writer.halt.take(), Some(SinkError::Config(_))));
         assert_eq!(metrics.sink_up.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_write_is_dropped_once_the_election_is_lost_and_halts_while_elected() {
+        for lost in [true, false] {
+            let metrics = Metrics::new();
+            let topic: Arc<str> = Arc::from("t");
+            let elected = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let sink = Arc::new(TestSink {
+                fail_on: Some(1),
+                fenced: Some((elected.clone(), lost)),
+                ..TestSink::default()
+            });
+            let letters = std::env::temp_dir().join("unused-dead-letters.jsonl");
+            let open = elected.clone();
+            let writer = Arc::new(Writer {
+                fence: Some(Fence::new(move || open.load(Ordering::SeqCst))),
+                ..writer(sink.clone(), letters, &metrics)
+            });
+            let tracker = writer.tracker.clone();
+            let (tx, rx) = channel(16, 1 << 20);
+            let batcher = tokio::spawn(run_batcher(rx, writer.clone(), ONE_BY_ONE, 1));
+            for offset in 0..3 {
+                let _ = tx.send(envelope(&tracker, &topic, offset)).await;
+            }
+            drop(tx);
+            tokio::time::timeout(Duration::from_secs(5), batcher)
+                .await
+                .expect("the batcher stops")
+                .unwrap();
+            // Only the write before the fencing is acknowledged either way.
+            assert_eq!(
+                tracker.lock().unwrap().all_committable(),
+                vec![(topic.clone(), 0, 1)],
+                "lost: {lost}"
+            );
+            if lost {
+                // A standby now: nothing more is written, nothing halts.
+                assert!(!writer.halt.is_halted());
+                assert_eq!(sink.writes.load(Ordering::SeqCst), 2);
+            } else {
+                assert!(matches!(writer.halt.take(), Some(SinkError::Fenced(_))));
+            }
+        }
     }
 }
