@@ -14,8 +14,11 @@
 //!   `CDC_STATE_TOMBSTONE_RETENTION`; Elasticsearch deletes the document and
 //!   keeps its version for `index.gc_deletes`). An update that changes the
 //!   key deletes the old key and sets the new one.
-//! - DDL and reduced messages (TiCDC large-message handling: the row is not
-//!   all there) leave the state as it is.
+//! - A `TRUNCATE`, `DROP TABLE` or `DROP DATABASE` statement turns every row
+//!   of the tables it empties or removes into a tombstone at the
+//!   statement's version (rows of a higher version, changed after it, stay):
+//!   `cleared`. Other DDL and reduced messages (TiCDC large-message handling:
+//!   the row is not all there) leave the state as it is.
 
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
@@ -151,6 +154,133 @@ pub fn changes(event: &ChangeEvent) -> Vec<StateChange<'_>> {
     }
 }
 
+/// A table whose rows a statement removed, or with `table` `None` every
+/// table of `database` (`DROP DATABASE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    pub database: String,
+    pub table: Option<String>,
+}
+
+/// What `event`, when it is a `TRUNCATE [TABLE] t`, `DROP TABLE [IF EXISTS]
+/// t [, t …]` or `DROP {DATABASE | SCHEMA} [IF EXISTS] d` statement, clears
+/// from the state; nothing for any other event. `DROP TEMPORARY TABLE`
+/// clears nothing (a temporary table's rows are never captured).
+pub fn cleared(event: &ChangeEvent) -> Vec<Cleared> {
+    let Some(sql) = event.sql.as_deref().filter(|_| event.op == Op::Ddl) else {
+        return Vec::new();
+    };
+    let words = sql_words(sql);
+    let word = |i: usize| words.get(i).map(|w| w.to_ascii_uppercase());
+    let mut i = match (word(0).as_deref(), word(1).as_deref()) {
+        (Some("TRUNCATE"), Some("TABLE")) => 2,
+        (Some("TRUNCATE"), _) => 1,
+        (Some("DROP"), Some("DATABASE" | "SCHEMA")) => {
+            let at = if word(2).as_deref() == Some("IF") {
+                4
+            } else {
+                2
+            };
+            return words
+                .get(at)
+                .map(|d| Cleared {
+                    database: d.clone(),
+                    table: None,
+                })
+                .into_iter()
+                .collect();
+        }
+        (Some("DROP"), Some("TABLE")) => 2,
+        _ => return Vec::new(),
+    };
+    if word(i).as_deref() == Some("IF") {
+        i += 2;
+    }
+    let truncate = word(0).as_deref() == Some("TRUNCATE");
+    let mut out = Vec::new();
+    while let Some(name) = words.get(i) {
+        let qualified = words.get(i + 1).is_some_and(|w| w == ".");
+        let (database, table) = match (qualified, words.get(i + 2)) {
+            (true, Some(t)) => {
+                i += 3;
+                (name.clone(), t.clone())
+            }
+            _ => {
+                i += 1;
+                (event.database.clone(), name.clone())
+            }
+        };
+        out.push(Cleared {
+            database,
+            table: Some(table),
+        });
+        // TRUNCATE names one table; DROP TABLE a list.
+        if truncate || words.get(i).is_none_or(|w| w != ",") {
+            break;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A statement's words: names unquoted (backticks), `.` and `,` words of
+/// their own, comments left out.
+fn sql_words(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '`' => {
+                let mut name = String::new();
+                while let Some(c) = chars.next() {
+                    if c == '`' {
+                        // A doubled backtick is one inside the name.
+                        if chars.peek() == Some(&'`') {
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    name.push(c);
+                }
+                out.push(name);
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut last = ' ';
+                for c in chars.by_ref() {
+                    if last == '*' && c == '/' {
+                        break;
+                    }
+                    last = c;
+                }
+            }
+            '#' => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '.' | ',' | ';' => out.push(c.to_string()),
+            c if c.is_alphanumeric() || c == '_' || c == '$' => {
+                let mut word = String::from(c);
+                while let Some(&c) = chars.peek() {
+                    if c.is_alphanumeric() || c == '_' || c == '$' {
+                        word.push(c);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.push(word);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// One row's current state as `/api/rows` returns it (and as the
 /// Elasticsearch state index stores it, minus `deleted`, which it never holds).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -185,6 +315,52 @@ mod tests {
             commit_ts: Some(7),
             ..ChangeEvent::row("appdb", "users", op, pk, data, old, 1_700_000_000_000)
         }
+    }
+
+    #[test]
+    fn truncate_and_drop_clear_their_tables_and_other_statements_nothing() {
+        let cleared_by = |sql: &str| {
+            let e = ChangeEvent::ddl(
+                "appdb".into(),
+                "users".into(),
+                sql.into(),
+                0,
+                None,
+                SourcePosition::None,
+            );
+            cleared(&e)
+        };
+        let table = |d: &str, t: &str| Cleared {
+            database: d.into(),
+            table: Some(t.into()),
+        };
+        assert_eq!(cleared_by("TRUNCATE users"), [table("appdb", "users")]);
+        assert_eq!(
+            cleared_by("truncate table `shop`.`order``s`"),
+            [table("shop", "order`s")]
+        );
+        assert_eq!(
+            cleared_by("DROP TABLE IF EXISTS `a`, shop.b /* generated by server */"),
+            [table("appdb", "a"), table("shop", "b")]
+        );
+        assert_eq!(
+            cleared_by("/* x */ DROP SCHEMA IF EXISTS shop"),
+            [Cleared {
+                database: "shop".into(),
+                table: None
+            }]
+        );
+        for other in [
+            "DROP TEMPORARY TABLE users",
+            "DROP VIEW v",
+            "ALTER TABLE users ADD c INT",
+            "CREATE TABLE t (id INT)",
+            "RENAME TABLE a TO b",
+        ] {
+            assert_eq!(cleared_by(other), [], "{other}");
+        }
+        let row = event(Op::Delete, Row::default(), Row::default(), None);
+        assert_eq!(cleared(&row), []);
     }
 
     #[test]

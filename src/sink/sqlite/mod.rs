@@ -275,6 +275,7 @@ impl Store {
                     let seq = tx.last_insert_rowid();
                     // Replays too: a version not above the stored one changes nothing.
                     state::apply(&tx, &e.state, batch.ingested_ms)?;
+                    state::clear(&tx, &e.clears, batch.ingested_ms)?;
                     if inserted == 0 {
                         // A replay: the same change is stored already.
                         continue;
@@ -387,6 +388,8 @@ struct StoredEvent {
     row_key: Option<i64>,
     /// What the event does to the current state.
     state: Vec<state::StateWrite>,
+    /// The tables a statement clears from the state.
+    clears: Vec<state::ClearWrite>,
 }
 
 /// A batch encoded once, written as often as retries need.
@@ -424,6 +427,7 @@ impl Batch {
                     text: search_text(e),
                     row_key,
                     state,
+                    clears: state::clears_of(e, doc_id),
                 }
             })
             .collect();
@@ -965,6 +969,63 @@ pub(super) mod tests {
         assert_eq!(count(&sink, "SELECT count(*) FROM counts"), 0);
         assert_eq!(count(&sink, "SELECT count(*) FROM zones"), 0);
         assert_eq!(sink.checkpoint("binlog").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn truncate_and_drop_tombstone_the_rows_older_than_the_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = open_with(dir.path(), &cfg());
+        let t0 = 1_700_000_000_000;
+        let ddl = |tbl: &str, sql: &str, at: i64| {
+            ChangeEvent::ddl(
+                "app".into(),
+                tbl.into(),
+                sql.into(),
+                at,
+                None,
+                crate::event::SourcePosition::None,
+            )
+        };
+        write(
+            &sink,
+            &[
+                event("app", "users", Op::Insert, 1, t0, "a"),
+                event("app", "users", Op::Insert, 2, t0, "b"),
+                event("app", "orders", Op::Insert, 1, t0, "c"),
+                event("other", "users", Op::Insert, 1, t0, "d"),
+            ],
+        )
+        .await;
+        // The row inserted after the statement, in the same batch, stays.
+        write(
+            &sink,
+            &[
+                ddl("users", "TRUNCATE TABLE users", t0 + 1_000),
+                event("app", "users", Op::Insert, 3, t0 + 2_000, "e"),
+            ],
+        )
+        .await;
+        // A late replay of a change from before the statement changes nothing.
+        write(&sink, &[event("app", "users", Op::Insert, 2, t0, "b")]).await;
+        let deleted = |db: &'static str, tbl: &'static str, id: u64| {
+            let key = RowKey::of(
+                db,
+                tbl,
+                &Row::from_values([("id", json!(id.to_string()))]),
+                &Row::default(),
+            );
+            let sink = &sink;
+            async move { sink.row(&key).await.unwrap().unwrap().deleted }
+        };
+        assert!(deleted("app", "users", 1).await);
+        assert!(deleted("app", "users", 2).await);
+        assert!(!deleted("app", "users", 3).await);
+        assert!(!deleted("app", "orders", 1).await);
+        assert!(!deleted("other", "users", 1).await);
+        write(&sink, &[ddl("", "DROP DATABASE app", t0 + 3_000)]).await;
+        assert!(deleted("app", "users", 3).await);
+        assert!(deleted("app", "orders", 1).await);
+        assert!(!deleted("other", "users", 1).await);
     }
 
     #[tokio::test]

@@ -26,6 +26,54 @@ pub struct StateWrite {
     data: Option<String>,
 }
 
+/// A statement's clearing of whole tables (`sink::state::cleared`),
+/// encoded before the transaction.
+pub struct ClearWrite {
+    db: String,
+    /// `None`: every table of `db`.
+    tbl: Option<String>,
+    version: i64,
+    commit_time_ms: i64,
+    event_id: [u8; 16],
+}
+
+/// What `event` clears: nothing but for `TRUNCATE` and `DROP` statements.
+pub fn clears_of(event: &ChangeEvent, event_id: [u8; 16]) -> Vec<ClearWrite> {
+    state::cleared(event)
+        .into_iter()
+        .map(|c| ClearWrite {
+            db: c.database,
+            tbl: c.table,
+            version: event.version() as i64,
+            commit_time_ms: event.commit_time_ms,
+            event_id,
+        })
+        .collect()
+}
+
+/// Turns every row of the cleared tables whose version is below the
+/// statement's into a tombstone at the statement's version; rows changed
+/// after it (a higher version) stay. A scan of the state: statements that
+/// clear tables are rare.
+pub fn clear(tx: &Transaction<'_>, clears: &[ClearWrite], now_ms: i64) -> rusqlite::Result<()> {
+    for c in clears {
+        tx.prepare_cached(
+            "UPDATE state SET version = ?3, op = 'ddl', commit_time_ms = ?4, event_id = ?5,
+                 data = NULL, deleted_ms = COALESCE(deleted_ms, ?6)
+             WHERE db = ?1 AND (?2 IS NULL OR tbl = ?2) AND version < ?3",
+        )?
+        .execute(params![
+            c.db,
+            c.tbl,
+            c.version,
+            c.commit_time_ms,
+            c.event_id,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
 /// The state writes of `event` and the row key its history is filed under
 /// (the key it sets, or deletes); nothing for DDL and reduced messages.
 pub fn writes_of(event: &ChangeEvent, event_id: [u8; 16]) -> (Option<i64>, Vec<StateWrite>) {
