@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use cdc_monitor::config::{EsCompression, EsConfig, EsMode, PipelineConfig};
-use cdc_monitor::event::Row;
+use cdc_monitor::event::{ChangeEvent, Op, Row, SourcePosition};
 use cdc_monitor::metrics::Metrics;
 use cdc_monitor::sink::elasticsearch::ElasticsearchSink;
 use cdc_monitor::sink::state::RowKey;
@@ -19,6 +19,8 @@ use crate::harness::consumer::{Consumer, ConsumerProcess, Pipeline};
 use crate::harness::es::{EsTarget, Faults};
 use crate::harness::eventually;
 use crate::harness::kafka::broker;
+use crate::harness::unique;
+use tokio_util::sync::CancellationToken;
 
 /// One canal-json change of `appdb.accounts` (key `id`) at sequence `seq`.
 fn change(seq: usize, kind: &str, id: u64, name: &str, old: Value) -> Vec<u8> {
@@ -279,6 +281,67 @@ async fn a_state_action_refused_for_good_dead_letters_its_event_and_the_rest_flo
     let docs = stub.docs(&state_index);
     assert_eq!(docs.len(), 19, "every other row's state is there");
     assert!(!docs.contains_key(&state_id(5)));
+}
+
+/// `TRUNCATE` and `DROP DATABASE` (in-process sink): the state documents of
+/// the rows older than the statement go, a row written after it in the same
+/// batch stays, a late replay of an older change does not bring a row back,
+/// and other tables stay until their database is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_and_drop_delete_the_state_rows_older_than_the_statement() {
+    let es = EsTarget::start().await;
+    let (index, state) = (unique("trunc-events"), unique("trunc-state"));
+    let sink = sink_for(&es, &index, Some(&state));
+    sink.prepare().await.unwrap();
+    let key = |table: &str, id: u64| {
+        let pk = Row::from_values([("id", json!(id.to_string()))]);
+        RowKey::of("appdb", table, &pk, &pk).id().to_string()
+    };
+    let row = |table: &str, id: u64, ts: u64| {
+        let pk = Row::from_values([("id", json!(id.to_string()))]);
+        ChangeEvent {
+            commit_ts: Some(ts),
+            ..ChangeEvent::row("appdb", table, Op::Insert, pk.clone(), pk, None, 0)
+        }
+    };
+    let ddl = |table: &str, sql: &str, ts: u64| {
+        ChangeEvent::ddl(
+            "appdb".into(),
+            table.into(),
+            sql.into(),
+            0,
+            Some(ts),
+            SourcePosition::None,
+        )
+    };
+    let abort = CancellationToken::new();
+    let write = |events: Vec<ChangeEvent>| {
+        let (sink, abort) = (&sink, &abort);
+        async move { assert!(sink.write(&events, &[], abort).await.unwrap().is_empty()) }
+    };
+    let ids = || async {
+        let mut ids: Vec<String> = state_docs(&es, &state).await.into_keys().collect();
+        ids.sort();
+        ids
+    };
+    write(vec![
+        row("accounts", 1, BASE_TS),
+        row("accounts", 2, BASE_TS + 1),
+        row("orders", 1, BASE_TS + 2),
+    ])
+    .await;
+    write(vec![
+        ddl("accounts", "TRUNCATE TABLE `accounts`", BASE_TS + 10),
+        row("accounts", 3, BASE_TS + 11),
+    ])
+    .await;
+    // A late replay of a change from before the statement.
+    write(vec![row("accounts", 2, BASE_TS + 1)]).await;
+    let mut left = vec![key("accounts", 3), key("orders", 1)];
+    left.sort();
+    assert_eq!(ids().await, left);
+    write(vec![ddl("", "DROP DATABASE IF EXISTS appdb", BASE_TS + 20)]).await;
+    assert_eq!(ids().await, Vec::<String>::new());
 }
 
 #[tokio::test]

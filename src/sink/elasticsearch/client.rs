@@ -202,6 +202,43 @@ impl EsClient {
         json_reply(resp, "search reply").await
     }
 
+    /// Deletes the documents of `index` that `query` matches
+    /// (`_delete_by_query`, version conflicts skipped: a document changed
+    /// meanwhile is newer than the deletion); a missing index has none.
+    pub async fn delete_by_query(
+        &self,
+        index: &str,
+        query: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            #[serde(default)]
+            failures: Vec<serde_json::Value>,
+        }
+        let body = serde_json::json!({ "query": query }).to_string();
+        let resp = self
+            .send(|base| {
+                let mut url = join(base, &format!("{index}/_delete_by_query"));
+                url.query_pairs_mut()
+                    .append_pair("conflicts", "proceed")
+                    .append_pair("ignore_unavailable", "true")
+                    .append_pair("allow_no_indices", "true");
+                self.http
+                    .post(url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        let reply: Reply = json_reply(resp, "delete-by-query reply").await?;
+        match reply.failures.first() {
+            None => Ok(()),
+            Some(f) => Err(SinkError::Response(format!(
+                "delete by query on {index}: {} failures, e.g. {f}",
+                reply.failures.len()
+            ))),
+        }
+    }
+
     /// Installs `body` at `path` (an index template, an ILM policy) unless
     /// something is there already; true when created. Existing ones are
     /// left as they are: an operator's edits survive restarts.

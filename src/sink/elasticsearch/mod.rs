@@ -343,7 +343,51 @@ impl ElasticsearchSink {
             // template behind a growing dead-letter topic: stop instead.
             return Err(everything_refused(&rejected));
         }
+        self.clear_state(events, abort).await?;
         Ok(rejected)
+    }
+
+    /// Deletes from the state index the rows that `TRUNCATE`/`DROP`
+    /// statements in `events` removed: those of a version below the
+    /// statement's (see `sink::state::cleared`). Rows written after the
+    /// statement, in this batch too, have higher versions and stay; so the
+    /// order against the bulk does not matter, and a replay is harmless.
+    async fn clear_state(
+        &self,
+        events: &[ChangeEvent],
+        abort: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        let Some(state_index) = &self.state_index else {
+            return Ok(());
+        };
+        for e in events {
+            for cleared in crate::sink::state::cleared(e) {
+                let mut filter = vec![
+                    serde_json::json!({"term": {"database": cleared.database}}),
+                    serde_json::json!({"range": {"version": {"lt": e.version()}}}),
+                ];
+                if let Some(table) = &cleared.table {
+                    filter.push(serde_json::json!({"term": {"table": table}}));
+                }
+                let query = serde_json::json!({"bool": {"filter": filter}});
+                let mut attempt = 0;
+                while let Err(error) = self.client.delete_by_query(state_index, &query).await {
+                    if !error.is_retryable() {
+                        return Err(error);
+                    }
+                    attempt += 1;
+                    self.metrics.sink_retry(
+                        "elasticsearch",
+                        failure_label(&error),
+                        1,
+                        attempt,
+                        &format!("clearing the state of {}: {error}", cleared.database),
+                    );
+                    self.pause(attempt, abort).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Data-stream mode: which of the `pending` events an older backing

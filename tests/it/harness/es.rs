@@ -333,6 +333,7 @@ fn serve(
         .route("/{index}", get(get_index).put(put_index))
         .route("/{index}/_count", get(count).post(count))
         .route("/{index}/_search", post(search))
+        .route("/{index}/_delete_by_query", post(delete_by_query))
         .route("/{index}/_refresh", post(refresh).get(refresh))
         .route("/{index}/_doc/{id}", get(get_doc))
         // Elasticsearch takes up to 100 MB (http.max_content_length); axum's
@@ -776,8 +777,44 @@ async fn search(
     Json(json!({"took": 1, "timed_out": false, "hits": {"hits": hits}})).into_response()
 }
 
+/// `POST /{index}/_delete_by_query` with `conflicts=proceed`: deletes the
+/// documents `query` matches; an externally versioned document leaves a
+/// tombstone of its version + 1, as Elasticsearch's internal delete does.
+async fn delete_by_query(
+    State(s): State<Arc<Mutex<StubState>>>,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
+    };
+    let mut st = s.lock().unwrap();
+    let mut deleted = 0;
+    for name in resolve(&st, &index) {
+        let Some(idx) = st.indices.get_mut(&name) else {
+            continue;
+        };
+        let mut gone = Vec::new();
+        for (id, doc) in &idx.docs {
+            match matches(doc, &req["query"]) {
+                Ok(true) => gone.push(id.clone()),
+                Ok(false) => {}
+                Err(what) => return (StatusCode::BAD_REQUEST, what).into_response(),
+            }
+        }
+        for id in gone {
+            idx.docs.remove(&id);
+            if let Some(v) = idx.versions.get_mut(&id) {
+                *v += 1;
+            }
+            deleted += 1;
+        }
+    }
+    Json(json!({"took": 1, "timed_out": false, "deleted": deleted, "failures": []})).into_response()
+}
+
 /// Whether `doc` matches the query clause `q`: `term` (on a `flattened`
-/// field's root, any leaf), `@timestamp` `range`, `exists`, and `bool` with
+/// field's root, any leaf), a numeric or `@timestamp` `range`, `exists`, and `bool` with
 /// `filter`, `must`, `must_not`, `should` and `minimum_should_match`; any
 /// other clause is an error rather than a wrong answer.
 fn matches(doc: &Value, q: &Value) -> Result<bool, String> {
@@ -811,10 +848,20 @@ fn matches(doc: &Value, q: &Value) -> Result<bool, String> {
             }
         }
         Ok(true)
-    } else if let Some(range) = q.get("range").and_then(|r| r.get("@timestamp")) {
-        let ts = sort_value(doc, "@timestamp").as_i64().unwrap_or(i64::MIN);
-        Ok(!(range["gte"].as_i64().is_some_and(|g| ts < g)
-            || range["lte"].as_i64().is_some_and(|l| ts > l)))
+    } else if let Some((name, range)) = q
+        .get("range")
+        .and_then(Value::as_object)
+        .and_then(|r| r.iter().next())
+    {
+        // `@timestamp` as epoch ms; other fields as numbers.
+        let Some(v) = sort_value(doc, name).as_i64() else {
+            return Ok(false);
+        };
+        let bound = |op: &str| range[op].as_i64();
+        Ok(!(bound("gte").is_some_and(|g| v < g)
+            || bound("gt").is_some_and(|g| v <= g)
+            || bound("lte").is_some_and(|l| v > l)
+            || bound("lt").is_some_and(|l| v >= l)))
     } else if let Some(f) = q.get("exists").and_then(|e| e["field"].as_str()) {
         Ok(match field(doc, f) {
             Some(Value::Object(m)) => !m.is_empty(),
