@@ -184,22 +184,34 @@ impl EsClient {
         index: &str,
         body: &serde_json::Value,
     ) -> Result<T, SinkError> {
-        let body = body.to_string();
         let resp = self
-            .send(|base| {
-                let mut url = join(base, &format!("{index}/_search"));
-                // Before the first event is stored the index does not exist
-                // yet: that is an empty result, not an outage.
-                url.query_pairs_mut()
-                    .append_pair("ignore_unavailable", "true")
-                    .append_pair("allow_no_indices", "true");
-                self.http
-                    .post(url)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-            })
+            .post_to_index(index, "_search", &[], body.to_string())
             .await?;
         json_reply(resp, "search reply").await
+    }
+
+    /// POSTs the JSON `body` to `index`'s `endpoint` with `params`. Before
+    /// the first event is stored the index does not exist yet: that is an
+    /// empty index, not an outage (`ignore_unavailable`, `allow_no_indices`).
+    async fn post_to_index(
+        &self,
+        index: &str,
+        endpoint: &str,
+        params: &[(&str, &str)],
+        body: String,
+    ) -> Result<reqwest::Response, SinkError> {
+        self.send(|base| {
+            let mut url = join(base, &format!("{index}/{endpoint}"));
+            url.query_pairs_mut()
+                .append_pair("ignore_unavailable", "true")
+                .append_pair("allow_no_indices", "true")
+                .extend_pairs(params);
+            self.http
+                .post(url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
+        .await
     }
 
     /// Deletes the documents of `index` that `query` matches
@@ -217,17 +229,7 @@ impl EsClient {
         }
         let body = serde_json::json!({ "query": query }).to_string();
         let resp = self
-            .send(|base| {
-                let mut url = join(base, &format!("{index}/_delete_by_query"));
-                url.query_pairs_mut()
-                    .append_pair("conflicts", "proceed")
-                    .append_pair("ignore_unavailable", "true")
-                    .append_pair("allow_no_indices", "true");
-                self.http
-                    .post(url)
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-            })
+            .post_to_index(index, "_delete_by_query", &[("conflicts", "proceed")], body)
             .await?;
         let reply: Reply = json_reply(resp, "delete-by-query reply").await?;
         match reply.failures.first() {
