@@ -591,6 +591,13 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
+    /// True for binlog capturers that elect one of them (`CDC_BINLOG_HA`).
+    pub fn binlog_ha(&self) -> bool {
+        matches!(self, SourceConfig::Binlog(m) if m.ha != BinlogHa::None)
+    }
+}
+
+impl SourceConfig {
     /// The source database `reconcile` compares with: the binlog source's,
     /// or the Kafka source's upstream when configured.
     pub fn upstream(&self) -> Option<&MysqlConfig> {
@@ -1008,7 +1015,7 @@ impl Config {
 
     /// True when binlog capturers elect one of them (`CDC_BINLOG_HA`).
     pub fn binlog_ha(&self) -> bool {
-        matches!(&self.source, SourceConfig::Binlog(m) if m.ha != BinlogHa::None)
+        self.source.binlog_ha()
     }
 }
 
@@ -1407,7 +1414,7 @@ fn sink_section(
             }
         }
         _ => {
-            if matches!(source, SourceConfig::Binlog(m) if m.ha != BinlogHa::None) {
+            if source.binlog_ha() {
                 return Err(invalid(
                     "CDC_BINLOG_HA",
                     "kafka",

@@ -42,7 +42,7 @@ pub struct KafkaSink {
     /// again once fenced.
     producer: Mutex<Option<FutureProducer<LogContext>>>,
     /// Asks the broker for metadata (`check`); under transactions a plain
-    /// producer, since a transactional one exists only while writing.
+    /// client's producer, since a transactional one exists only while writing.
     probe: FutureProducer<LogContext>,
     /// The transactional id, when writes are transactions (binlog HA).
     transactional_id: Option<String>,
@@ -90,14 +90,21 @@ impl KafkaSink {
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000")
             .set("message.max.bytes", cfg.message_max_bytes.to_string());
-        let probe = create(&settings)?;
-        if let Some(id) = &transactional_id {
-            settings
-                .set("transactional.id", id)
-                .set("transaction.timeout.ms", "60000");
-        }
+        let (producer, probe) = match &transactional_id {
+            None => {
+                let p = create(&settings)?;
+                (Some(p.clone()), p)
+            }
+            Some(id) => {
+                settings
+                    .set("transactional.id", id)
+                    .set("transaction.timeout.ms", "60000");
+                // Metadata only: no producer id of its own at the broker.
+                (None, create(&client_config(cfg))?)
+            }
+        };
         let sink = KafkaSink {
-            producer: Mutex::new(transactional_id.is_none().then(|| probe.clone())),
+            producer: Mutex::new(producer),
             probe,
             settings,
             transactional_id,
